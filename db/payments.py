@@ -1,0 +1,186 @@
+"""Payments: the three steps of a charge, reconciliation, and the charge invariants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from db.orders import Expired, OrderNotFound, PaymentInFlight, WrongStatus
+from db.pool import Database, Executor
+
+PAYMENT_COLUMNS = "id, order_id, amount, currency, status, failure_reason, provider, provider_ref, created_at"
+
+
+@dataclass
+class AmountMismatch(Exception):
+    total: int
+
+
+# Step 1: lock the order, check it can be paid (and the amount), and record a pending
+# payment, in one statement. The partial unique index on pending payments makes a
+# second one for the same order fail, whichever process tries.
+_BEGIN = f"""
+WITH o AS (
+    SELECT id, status, total, currency, expires_at > now() AS open
+    FROM orders
+    WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+    FOR UPDATE
+)
+INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until)
+SELECT o.id, $2, o.total, o.currency, $3, $4, now() + make_interval(secs => $5)
+FROM o
+WHERE o.status = 'pending' AND o.open AND ($6::bigint IS NULL OR o.total = $6)
+RETURNING {PAYMENT_COLUMNS}, provider_key
+"""
+_WHY_NOT_PAYABLE = """
+SELECT status, total, expires_at > now() AS open
+FROM orders WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+"""
+
+
+async def begin(
+    db: Executor,
+    *,
+    order_id: int,
+    user_id: int,
+    amount: int | None,
+    provider: str,
+    provider_key: str,
+    lease_seconds: float,
+) -> asyncpg.Record:
+    """Record a pending payment for the user's order, or raise why it cannot be
+    paid: OrderNotFound, WrongStatus, Expired, AmountMismatch or PaymentInFlight."""
+    try:
+        row = await db.fetchrow(_BEGIN, order_id, user_id, provider, provider_key, lease_seconds, amount)
+    except asyncpg.UniqueViolationError:
+        raise PaymentInFlight() from None
+    if row is not None:
+        return row
+    order = await db.fetchrow(_WHY_NOT_PAYABLE, order_id, user_id)
+    if order is None:
+        raise OrderNotFound()
+    if order["status"] != "pending":
+        raise WrongStatus(order["status"])
+    if not order["open"]:
+        raise Expired()
+    raise AmountMismatch(order["total"])
+
+
+# Step 3: record the provider's answer and, on success, mark the order paid, in one
+# statement. A charge that succeeded for an order that can no longer be paid is
+# recorded as failed with `order_not_payable` and must be refunded (refund_due).
+_FINISH = f"""
+WITH pay AS (
+    SELECT id, order_id FROM payments WHERE id = $1 AND status = 'pending' FOR UPDATE
+), paid AS (
+    UPDATE orders o SET status = 'paid', expires_at = NULL, updated_at = now()
+    FROM pay
+    WHERE $2::text = 'succeeded' AND o.id = pay.order_id AND o.status = 'pending' AND o.deleted_at IS NULL
+    RETURNING o.id
+), outcome AS (
+    SELECT CASE WHEN $2::text = 'succeeded' AND NOT EXISTS (SELECT 1 FROM paid) THEN 'order_not_payable' END AS unpayable
+)
+UPDATE payments p SET
+    status = CASE WHEN outcome.unpayable IS NULL THEN $2::text ELSE 'failed' END,
+    failure_reason = coalesce(outcome.unpayable, $4::text),
+    provider_ref = $3,
+    lease_until = NULL,
+    updated_at = now()
+FROM pay, outcome
+WHERE p.id = pay.id
+RETURNING {', '.join('p.' + c for c in PAYMENT_COLUMNS.split(', '))}, outcome.unpayable IS NOT NULL AS refund_due
+"""
+
+
+async def finish(
+    db: Database, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
+) -> asyncpg.Record | None:
+    """Settle a pending payment ('succeeded' or 'failed'); None if it was no longer
+    pending (someone settled it first)."""
+    return await db.fetchrow(_FINISH, payment_id, status, provider_ref, failure_reason)
+
+
+_GET = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)"
+
+
+async def get(db: Executor, payment_id: int, owner_id: int | None) -> asyncpg.Record | None:
+    return await db.fetchrow(_GET, payment_id, owner_id)
+
+
+# Pending payments whose lease ran out (their process died, or the outcome stayed
+# unknown): claimed for a new lease, so that one reconciler at a time handles each.
+_CLAIM_STALE = """
+UPDATE payments SET lease_until = now() + make_interval(secs => $2)
+WHERE id IN (
+    SELECT id FROM payments
+    WHERE status = 'pending' AND lease_until < now()
+    ORDER BY lease_until
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, order_id, amount, currency, provider_key
+"""
+
+
+async def claim_stale(db: Database, *, batch: int, lease_seconds: float) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_STALE, batch, lease_seconds)
+
+
+_REFUNDS_DUE = """
+SELECT id, order_id, provider_key, provider_ref FROM payments
+WHERE status = 'failed' AND failure_reason = 'order_not_payable' AND refund_ref IS NULL
+ORDER BY id
+LIMIT $1
+"""
+_SET_REFUNDED = "UPDATE payments SET refund_ref = $2, updated_at = now() WHERE id = $1 AND refund_ref IS NULL"
+
+
+async def refunds_due(db: Database, batch: int) -> list[asyncpg.Record]:
+    return await db.fetch(_REFUNDS_DUE, batch)
+
+
+async def set_refunded(db: Database, payment_id: int, refund_ref: str) -> None:
+    await db.execute(_SET_REFUNDED, payment_id, refund_ref)
+
+
+# --- invariants -------------------------------------------------------------------------
+
+_CHARGE_VIOLATIONS = """
+SELECT 'order ' || o.id || ' is ' || o.status || ' with ' || count(p.id) || ' succeeded payments' AS problem
+FROM orders o LEFT JOIN payments p ON p.order_id = o.id AND p.status = 'succeeded'
+GROUP BY o.id
+HAVING (o.status IN ('paid', 'shipped', 'delivered')) <> (count(p.id) = 1) OR count(p.id) > 1
+UNION ALL
+SELECT 'charge ' || c.reference || ' (' || c.idempotency_key || ') kept without a succeeded payment'
+FROM simulated_provider_charges c
+WHERE c.status = 'succeeded' AND c.refund_reference IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM payments p
+      WHERE p.provider_key = c.idempotency_key AND p.status = 'succeeded' AND p.provider_ref = c.reference
+  )
+  AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.provider_key = c.idempotency_key AND p.status = 'pending')
+UNION ALL
+SELECT 'payment ' || p.id || ' succeeded without a kept charge'
+FROM payments p
+WHERE p.status = 'succeeded' AND p.provider = 'simulated' AND NOT EXISTS (
+    SELECT 1 FROM simulated_provider_charges c
+    WHERE c.idempotency_key = p.provider_key AND c.status = 'succeeded' AND c.refund_reference IS NULL
+)
+"""
+
+
+async def charge_violations(db: Database) -> list[str]:
+    """Breaches of "exactly one charge per paid order": paid orders without exactly
+    one succeeded payment, succeeded payments of unpaid orders, money the provider
+    kept for no succeeded payment, succeeded payments the provider has no charge
+    for. Payments still pending are not judged (they are not settled yet)."""
+    return [r["problem"] for r in await db.fetch(_CHARGE_VIOLATIONS)]
+
+
+_PENDING_COUNT = "SELECT count(*) FROM payments WHERE status = 'pending'"
+
+
+async def pending_count(db: Database) -> int:
+    value: int = await db.fetchval(_PENDING_COUNT)
+    return value

@@ -1,0 +1,148 @@
+"""The products table (the catalog)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from db.pool import Database
+
+PRODUCT_COLUMNS = "id, name, description, price, currency, stock, sku, created_at, updated_at"
+
+
+class SkuTaken(Exception):
+    pass
+
+
+def _raise_if_sku_taken(exc: asyncpg.UniqueViolationError) -> None:
+    if exc.constraint_name == "products_sku_live_key":
+        raise SkuTaken() from None
+
+
+_INSERT = f"""
+INSERT INTO products (name, description, price, currency, stock, stock_received, sku)
+VALUES ($1, $2, $3, $4, $5::int, $5::int, $6)
+RETURNING {PRODUCT_COLUMNS}
+"""
+
+
+async def create(
+    db: Database, *, name: str, description: str, price: int, currency: str, stock: int, sku: str | None
+) -> asyncpg.Record:
+    try:
+        row = await db.fetchrow(_INSERT, name, description, price, currency, stock, sku)
+    except asyncpg.UniqueViolationError as exc:
+        _raise_if_sku_taken(exc)
+        raise
+    assert row is not None
+    return row
+
+
+_GET = f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 AND deleted_at IS NULL"
+
+
+async def get(db: Database, product_id: int) -> asyncpg.Record | None:
+    return await db.fetchrow(_GET, product_id)
+
+
+# Only the columns the request names change; a change of stock also counts as stock
+# received (or removed), which keeps the stock invariant true across restocking.
+_UPDATABLE = ("name", "description", "price", "currency", "stock", "sku")
+
+
+async def update(db: Database, product_id: int, changes: dict[str, Any]) -> asyncpg.Record | None:
+    assignments = ["updated_at = now()"]
+    args: list[Any] = [product_id]
+    for column in _UPDATABLE:
+        if column in changes:
+            args.append(changes[column])
+            if column == "stock":
+                assignments.append(f"stock_received = stock_received + (${len(args)} - stock)")
+            assignments.append(f"{column} = ${len(args)}")
+    query = (
+        f"UPDATE products SET {', '.join(assignments)} "
+        f"WHERE id = $1 AND deleted_at IS NULL RETURNING {PRODUCT_COLUMNS}"
+    )
+    try:
+        return await db.fetchrow(query, *args)
+    except asyncpg.UniqueViolationError as exc:
+        _raise_if_sku_taken(exc)
+        raise
+
+
+_SOFT_DELETE = "UPDATE products SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL"
+
+
+async def soft_delete(db: Database, product_id: int) -> bool:
+    return await db.execute(_SOFT_DELETE, product_id) == "UPDATE 1"
+
+
+@dataclass(frozen=True)
+class Sort:
+    column: str
+    descending: bool
+
+    @property
+    def name(self) -> str:
+        return ("-" if self.descending else "") + self.column
+
+
+SORTS = {s.name: s for s in (Sort(c, d) for c in ("created_at", "price", "name") for d in (False, True))}
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    q: str | None = None
+    min_price: int | None = None
+    max_price: int | None = None
+    in_stock: bool = False
+
+
+def _like_pattern(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, limit: int) -> tuple[str, list[Any]]:
+    """The keyset query for one page: only the conditions in use, so that each
+    combination is its own prepared statement with its own (index) plan."""
+    conditions = ["deleted_at IS NULL"]
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if filters.q is not None:
+        conditions.append(f"name ILIKE {arg(_like_pattern(filters.q))}")
+    if filters.min_price is not None:
+        conditions.append(f"price >= {arg(filters.min_price)}")
+    if filters.max_price is not None:
+        conditions.append(f"price <= {arg(filters.max_price)}")
+    if filters.in_stock:
+        conditions.append("stock > 0")
+    if after is not None:
+        op = "<" if sort.descending else ">"
+        conditions.append(f"({sort.column}, id) {op} ({arg(after[0])}, {arg(after[1])})")
+    direction = "DESC" if sort.descending else "ASC"
+    query = (
+        f"SELECT {PRODUCT_COLUMNS} FROM products WHERE {' AND '.join(conditions)} "
+        f"ORDER BY {sort.column} {direction}, id {direction} LIMIT {arg(limit)}"
+    )
+    return query, args
+
+
+async def list_page(
+    db: Database, sort: Sort, filters: ListFilters, after: Sequence[Any] | None, limit: int
+) -> list[asyncpg.Record]:
+    """Up to `limit` + 1 rows (the extra one tells that a next page exists)."""
+    query, args = list_query(sort, filters, after, limit + 1)
+    return await db.fetch(query, *args)
+
+
+async def seed(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
+    """Bulk-load products with COPY."""
+    await conn.copy_records_to_table("products", records=records, columns=list(columns))

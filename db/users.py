@@ -1,0 +1,107 @@
+"""The users table."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from db.pool import Database
+
+USER_COLUMNS = "id, email, name, role, created_at, updated_at"
+
+
+class EmailTaken(Exception):
+    pass
+
+
+_INSERT = f"""
+INSERT INTO users (email, name, password_hash, role)
+VALUES ($1, $2, $3, $4)
+RETURNING {USER_COLUMNS}
+"""
+
+
+async def create(db: Database, email: str, name: str, password_hash: str, role: str = "customer") -> asyncpg.Record:
+    try:
+        row = await db.fetchrow(_INSERT, email, name, password_hash, role)
+    except asyncpg.UniqueViolationError:
+        raise EmailTaken(email) from None
+    assert row is not None
+    return row
+
+
+_GET = f"SELECT {USER_COLUMNS}, token_version FROM users WHERE id = $1"
+
+
+async def get(db: Database, user_id: int) -> asyncpg.Record | None:
+    """A user with its token_version (to check a token against in the same query)."""
+    return await db.fetchrow(_GET, user_id)
+
+
+_GET_AUTH = "SELECT role, token_version FROM users WHERE id = $1"
+
+
+async def get_auth(db: Database, user_id: int) -> asyncpg.Record | None:
+    return await db.fetchrow(_GET_AUTH, user_id)
+
+
+_GET_CREDENTIALS = "SELECT id, password_hash, token_version FROM users WHERE email = $1"
+
+
+async def get_credentials(db: Database, email: str) -> asyncpg.Record | None:
+    return await db.fetchrow(_GET_CREDENTIALS, email)
+
+
+_GET_PASSWORD_HASH = "SELECT password_hash FROM users WHERE id = $1"
+
+
+async def get_password_hash(db: Database, user_id: int) -> str | None:
+    value: str | None = await db.fetchval(_GET_PASSWORD_HASH, user_id)
+    return value
+
+
+# A password change bumps token_version, which revokes every token issued before it.
+_UPDATE_PROFILE = f"""
+UPDATE users SET
+    name = coalesce($2, name),
+    email = coalesce($3, email),
+    password_hash = coalesce($4, password_hash),
+    token_version = token_version + CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END,
+    updated_at = now()
+WHERE id = $1
+RETURNING {USER_COLUMNS}, token_version
+"""
+
+
+async def update_profile(
+    db: Database,
+    user_id: int,
+    *,
+    name: str | None = None,
+    email: str | None = None,
+    password_hash: str | None = None,
+) -> asyncpg.Record | None:
+    try:
+        return await db.fetchrow(_UPDATE_PROFILE, user_id, name, email, password_hash)
+    except asyncpg.UniqueViolationError:
+        raise EmailTaken(email or "") from None
+
+
+_UPSERT_ADMIN = """
+INSERT INTO users (email, name, password_hash, role)
+VALUES ($1, $2, $3, 'admin')
+ON CONFLICT (email) DO UPDATE SET
+    role = 'admin',
+    password_hash = coalesce($4, users.password_hash),
+    token_version = users.token_version + CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END,
+    updated_at = now()
+RETURNING id
+"""
+
+
+async def upsert_admin(db: Database, email: str, name: str, password_hash: str, replace_password: bool) -> int:
+    """Create an admin, or promote the user with this email (and reset its password
+    when `replace_password`)."""
+    user_id: int = await db.fetchval(
+        _UPSERT_ADMIN, email, name, password_hash, password_hash if replace_password else None
+    )
+    return user_id

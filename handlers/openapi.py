@@ -1,0 +1,221 @@
+"""The OpenAPI 3.1 document, generated from the route table and the pydantic
+models the handlers validate with, and an offline Swagger UI page for it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import openapi_ui_bundles.swagger_ui
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from handlers.routing import Response, Route
+from handlers.schemas import Problem
+from server.errors import NotFound
+
+DOCS_ASSETS = "/api/docs/assets"
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_STANDARD_PROBLEMS = {
+    400: "The body is not valid JSON",
+    401: "Missing, malformed, expired or revoked access token",
+    403: "Authenticated, but the role does not allow this",
+    413: "The body is larger than the limit",
+    415: "The body is not application/json",
+    422: "The request failed validation (see `errors`)",
+    500: "Unexpected error (quote the request id)",
+    503: "The database is unavailable (see Retry-After)",
+}
+_HEADER_DOCS = {
+    "Location": "URL of the created resource",
+    "Retry-After": "Seconds to wait before retrying",
+    "WWW-Authenticate": "Bearer",
+    "X-Request-ID": "The request's id (the client's, when it sent a valid one)",
+}
+
+
+def _problem_codes(route: Route) -> dict[int, str]:
+    codes: dict[int, str] = {500: _STANDARD_PROBLEMS[500]}
+    if route.path.startswith("/api/"):
+        codes[503] = _STANDARD_PROBLEMS[503]
+    if route.auth != "none":
+        codes[401] = _STANDARD_PROBLEMS[401]
+    if route.auth == "admin":
+        codes[403] = _STANDARD_PROBLEMS[403]
+    if route.body is not None:
+        codes.update({c: _STANDARD_PROBLEMS[c] for c in (400, 413, 415, 422)})
+    if route.query is not None:
+        codes[422] = _STANDARD_PROBLEMS[422]
+    if "{" in route.path:
+        codes[404] = "No such resource"
+    codes.update(route.problems)
+    return codes
+
+
+def _headers(names: tuple[str, ...]) -> dict[str, Any]:
+    headers = {"X-Request-ID": {"description": _HEADER_DOCS["X-Request-ID"], "schema": {"type": "string"}}}
+    for name in names:
+        headers[name] = {"description": _HEADER_DOCS[name], "schema": {"type": "string"}}
+    return headers
+
+
+def build_document(routes: list[Route]) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {Problem}
+    for route in routes:
+        models.update(m for m in (route.body, *(r.model for r in route.responses.values())) if m is not None)
+    ordered = sorted(models, key=lambda m: m.__name__)
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
+    )
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{model.__name__.replace('[', '_').replace(']', '_')}"}
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Storefront API",
+            "version": "1.0.0",
+            "description": "Users, catalog, orders and payments. Errors are RFC 9457 problem documents "
+            "(application/problem+json); 402 answers carry the failed payment instead.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "tags": [{"name": t} for t in ("users", "products", "orders", "payments", "operations")],
+    }
+
+
+def _operation(route: Route, ref: Any) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": route.handler.__name__,
+        "tags": [route.tag],
+        "responses": {},
+    }
+    if route.auth != "none":
+        operation["security"] = [{"bearerAuth": []}]
+    parameters = []
+    if "{id}" in route.path:
+        parameters.append(
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+        )
+    if "{name}" in route.path:
+        parameters.append({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}})
+    if route.query is not None:
+        schema = route.query.model_json_schema()
+        for name, prop in schema["properties"].items():
+            parameters.append({"name": name, "in": "query", "required": False, "schema": prop})
+    for name, description in route.request_headers.items():
+        parameters.append({"name": name, "in": "header", "required": False, "description": description,
+                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}})  # fmt: skip
+    if parameters:
+        operation["parameters"] = parameters
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(route.body)}}}
+    for status, response in route.responses.items():
+        operation["responses"][str(status)] = _response(route, response, ref)
+    for status, description in sorted(_problem_codes(route).items()):
+        if str(status) in operation["responses"]:
+            continue
+        headers: tuple[str, ...] = {401: ("WWW-Authenticate",), 429: ("Retry-After",), 503: ("Retry-After",)}.get(
+            status, ()
+        )
+        operation["responses"][str(status)] = {
+            "description": description,
+            "headers": _headers(headers),
+            "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
+        }
+    return operation
+
+
+def _response(route: Route, response: Response, ref: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"description": response.description, "headers": _headers(response.headers)}
+    if response.model is not None:
+        body["content"] = {"application/json": {"schema": ref(response.model)}}
+    elif route.content_type != "application/json":
+        body["content"] = {route.content_type: {"schema": {"type": "string"}}}
+    return body
+
+
+_DOCS_PAGE = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Storefront API</title>
+  <link rel="stylesheet" href="{DOCS_ASSETS}/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{DOCS_ASSETS}/swagger-ui-bundle.js"></script>
+  <script src="{DOCS_ASSETS}/swagger-ui-standalone-preset.js"></script>
+  <script src="{DOCS_ASSETS}/storefront-init.js"></script>
+</body>
+</html>
+""".encode()
+
+# Served beside the bundle's own files (an inline script would need a laxer CSP).
+_INIT_SCRIPT = b"""window.onload = function () {
+  window.ui = SwaggerUIBundle({
+    url: "/api/openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    layout: "StandaloneLayout",
+  });
+};
+"""
+_ASSET_TYPES = {".css": "text/css", ".js": "application/javascript", ".png": "image/png"}
+OPENAPI_DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi_document", bytes)
+
+
+@functools.cache
+def _asset(name: str) -> tuple[bytes, str] | None:
+    """A file of the installed Swagger UI bundle (no path tricks: names only)."""
+    if name == "storefront-init.js":
+        return _INIT_SCRIPT, _ASSET_TYPES[".js"]
+    path = openapi_ui_bundles.swagger_ui.static_path / name
+    content_type = _ASSET_TYPES.get(path.suffix)
+    if "/" in name or name.startswith(".") or content_type is None or not path.is_file():
+        return None
+    return path.read_bytes(), content_type
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_DOCUMENT], content_type="application/json")
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(body=_DOCS_PAGE, content_type="text/html")
+
+
+async def docs_asset(request: web.Request) -> web.Response:
+    asset = _asset(request.match_info["name"])
+    if asset is None:
+        raise NotFound("no such file")
+    body, content_type = asset
+    return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "public, max-age=86400"})
+
+
+ROUTES = [
+    Route(
+        "GET", "/api/openapi.json", openapi_json, "This document", "operations",
+        responses={200: Response("The OpenAPI 3.1 document")}, content_type="application/json",
+    ),
+    Route(
+        "GET", "/api/docs", docs, "Interactive documentation (works offline)", "operations",
+        responses={200: Response("An HTML page")}, content_type="text/html",
+    ),
+    Route(
+        "GET", "/api/docs/assets/{name}", docs_asset, "A file of the documentation page", "operations",
+        responses={200: Response("CSS, JavaScript or an image")}, content_type="application/octet-stream",
+        problems={404: "No such file"},
+    ),
+]  # fmt: skip

@@ -1,0 +1,272 @@
+"""Request and response definitions: what the handlers validate with, and what the
+OpenAPI document is generated from (one source for both)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+# Integer ranges of the columns the values land in: out of range is a 422, never a
+# database error.
+MAX_INT32 = 2**31 - 1
+MAX_ID = 2**63 - 1
+# Prices are capped so that 100 lines x 1000 units can never overflow a bigint total.
+MAX_PRICE = 10**12
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _email(value: str) -> str:
+    value = value.strip().lower()
+    if not _EMAIL.match(value):
+        raise ValueError("must be an email address")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_no_nul), AfterValidator(_email)]
+LoginEmail = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320), AfterValidator(_no_nul)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128), AfterValidator(_no_nul)]
+UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_no_nul)]
+ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_nul)]
+Description = Annotated[str, StringConstraints(max_length=5000), AfterValidator(_no_nul)]
+Currency = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[A-Za-z]{3}$")]
+Sku = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Price = Annotated[int, Field(ge=0, le=MAX_PRICE)]
+Stock = Annotated[int, Field(ge=0, le=MAX_INT32)]
+Quantity = Annotated[int, Field(ge=1, le=1000)]
+OrderStatus = Literal["pending", "paid", "shipped", "delivered", "cancelled", "expired"]
+ProductSort = Literal["created_at", "-created_at", "price", "-price", "name", "-name"]
+
+
+class Body(BaseModel):
+    """A JSON request body: exact types (no "12" for 12), unknown fields rejected."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Query(BaseModel):
+    """A query string: values arrive as text and are converted; unknown keys ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Out(BaseModel):
+    """A response body (documents what handlers send; tests check they match)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- problems -------------------------------------------------------------------------
+
+
+class FieldError(Out):
+    field: str = Field(description="Path of the offending field, e.g. items[0].quantity.")
+    message: str
+
+
+class Problem(Out):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = Field(None, description="Only for validation failures (422).")
+
+
+# --- pages ----------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Page(Out, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class PageQuery(Query):
+    limit: int = Field(20, ge=1, le=100)
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+
+
+# --- users ----------------------------------------------------------------------------
+
+
+class RegisterIn(Body):
+    email: Email
+    password: Password
+    name: UserName
+
+
+class LoginIn(Body):
+    email: LoginEmail
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_no_nul)]
+
+
+class ProfileUpdateIn(Body):
+    name: UserName | None = None
+    email: Email | None = None
+    password: Password | None = None
+    current_password: Annotated[str, StringConstraints(max_length=128), AfterValidator(_no_nul)] | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ProfileUpdateIn:
+        if self.name is None and self.email is None and self.password is None:
+            raise ValueError("give at least one of name, email, password")
+        return self
+
+
+class UserOut(Out):
+    id: int
+    email: str
+    name: str
+    role: Literal["customer", "admin"]
+    created_at: datetime
+    updated_at: datetime
+
+
+class TokenOut(Out):
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Seconds until the token expires.")
+
+
+# --- products -------------------------------------------------------------------------
+
+
+class ProductCreateIn(Body):
+    name: ProductName
+    description: Description = ""
+    price: Price
+    currency: Currency = "USD"
+    stock: Stock
+    sku: Sku | None = None
+
+
+class ProductUpdateIn(Body):
+    """Any subset of the create fields; omitted fields stay as they are (sku: null clears it)."""
+
+    name: ProductName = None  # type: ignore[assignment]
+    description: Description = None  # type: ignore[assignment]
+    price: Price = None  # type: ignore[assignment]
+    currency: Currency = None  # type: ignore[assignment]
+    stock: Stock = None  # type: ignore[assignment]
+    sku: Sku | None = None
+
+    def changes(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class ProductOut(Out):
+    id: int
+    name: str
+    description: str
+    price: int
+    currency: str
+    stock: int
+    sku: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProductListQuery(PageQuery):
+    q: Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)] | None = None
+    min_price: Price | None = None
+    max_price: Price | None = None
+    in_stock: bool = False
+    sort: ProductSort = "created_at"
+
+
+# --- orders ---------------------------------------------------------------------------
+
+
+class OrderItemIn(Body):
+    product_id: Id
+    quantity: Quantity
+
+
+class OrderCreateIn(Body):
+    items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)]
+
+
+class OrderUpdateIn(Body):
+    """Either `items` (replace the lines of a pending order) or `status`."""
+
+    items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)] | None = None
+    status: OrderStatus | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> OrderUpdateIn:
+        if (self.items is None) == (self.status is None):
+            raise ValueError("give either items or status")
+        return self
+
+
+class OrderItemOut(Out):
+    product_id: int
+    name: str
+    unit_price: int
+    quantity: int
+    line_total: int
+
+
+class OrderOut(Out):
+    id: int
+    user_id: int
+    status: OrderStatus
+    items: list[OrderItemOut]
+    total: int
+    currency: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = Field(description="Set while pending.")
+
+
+class OrderListQuery(PageQuery):
+    user_id: Id | None = Field(None, description="Admins only: orders of this user.")
+    status: OrderStatus | None = None
+
+
+# --- payments -------------------------------------------------------------------------
+
+
+class PaymentMethodIn(Body):
+    type: Literal["card"]
+    token: Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_no_nul)]
+
+
+class PaymentCreateIn(Body):
+    order_id: Id
+    payment_method: PaymentMethodIn
+    amount: Price | None = Field(None, description="If given, must equal the order total.")
+
+
+class PaymentOut(Out):
+    id: int
+    order_id: int
+    amount: int
+    currency: str
+    status: Literal["pending", "succeeded", "failed"]
+    failure_reason: str | None
+    provider: str
+    provider_ref: str | None
+    created_at: datetime
+
+
+# --- operations -----------------------------------------------------------------------
+
+
+class HealthOut(Out):
+    status: Literal["ok", "unavailable"]

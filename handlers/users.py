@@ -1,0 +1,85 @@
+"""Users: register, login, profile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from handlers.common import context, read_json
+from handlers.routing import Response, Route
+from handlers.schemas import LoginIn, ProfileUpdateIn, RegisterIn, TokenOut, UserOut
+from server import accounts
+from server.jsonio import json_response
+
+
+def user_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "name": row["name"],
+        "role": row["role"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
+    if trust_forwarded_for and (forwarded := request.headers.get("X-Forwarded-For")):
+        return forwarded.split(",")[0].strip()[:64]
+    return request.remote or "unknown"
+
+
+async def register(request: web.Request) -> web.Response:
+    body = await read_json(request, RegisterIn)
+    row = await accounts.register(context(request), body.email, body.password, body.name)
+    return json_response(user_json(row), status=201, headers={"Location": "/api/users/profile"})
+
+
+async def login(request: web.Request) -> web.Response:
+    ctx = context(request)
+    body = await read_json(request, LoginIn)
+    token = await accounts.login(ctx, body.email, body.password, client_ip(request, ctx.config.trust_forwarded_for))
+    return json_response({"access_token": token, "token_type": "Bearer", "expires_in": ctx.tokens.ttl_seconds})
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    row = await accounts.profile(context(request), request.headers.get("Authorization"))
+    return json_response(user_json(row))
+
+
+async def update_profile(request: web.Request) -> web.Response:
+    ctx = context(request)
+    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    body = await read_json(request, ProfileUpdateIn)
+    row = await accounts.update_profile(ctx, principal, body.model_dump(exclude_none=True))
+    return json_response(user_json(row))
+
+
+ROUTES = [
+    Route(
+        "POST", "/api/users/register", register, "Register a customer", "users",
+        body=RegisterIn,
+        responses={201: Response("The new user", UserOut, ("Location",))},
+        problems={409: "A user with this email exists"},
+    ),
+    Route(
+        "POST", "/api/users/login", login, "Log in for an access token", "users",
+        body=LoginIn,
+        responses={200: Response("An access token", TokenOut)},
+        problems={401: "Wrong email or password", 429: "Too many failed logins (see Retry-After)"},
+    ),
+    Route(
+        "GET", "/api/users/profile", get_profile, "The caller's profile", "users",
+        auth="user",
+        responses={200: Response("The caller", UserOut)},
+    ),
+    Route(
+        "PUT", "/api/users/profile", update_profile, "Change name, email or password", "users",
+        auth="user",
+        body=ProfileUpdateIn,
+        responses={200: Response("The updated user", UserOut)},
+        problems={409: "Another user has this email"},
+    ),
+]  # fmt: skip

@@ -1,0 +1,124 @@
+"""Users: registration, login (with throttling), who a request is, profiles."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+
+from db import login_failures
+from db import users as users_db
+from server.auth import Principal, bearer_token
+from server.context import Context
+from server.errors import (
+    Conflict,
+    Forbidden,
+    InvalidCredentials,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def register(ctx: Context, email: str, password: str, name: str) -> asyncpg.Record:
+    password_hash = await ctx.passwords.hash(password)
+    try:
+        return await users_db.create(ctx.db, email, name, password_hash)
+    except users_db.EmailTaken:
+        raise Conflict("a user with this email already exists") from None
+
+
+async def login(ctx: Context, email: str, password: str, client_ip: str) -> str:
+    """An access token for these credentials; 401 when wrong, 429 when throttled."""
+    keys = _throttle_keys(ctx, email, client_ip)
+    await _refuse_if_throttled(ctx, keys)
+    credentials = await users_db.get_credentials(ctx.db, email)
+    # Unknown emails are verified against a dummy hash: same work, same time, same answer.
+    password_hash = credentials["password_hash"] if credentials is not None else None
+    if credentials is None or not await ctx.passwords.verify(password_hash, password):
+        if keys:
+            await login_failures.record(ctx.db, list(keys), ctx.config.login_throttle_window_seconds)
+        log.info("login failed", extra={"client_ip": client_ip})
+        raise InvalidCredentials()
+    if f"email:{email}" in keys:
+        await login_failures.clear(ctx.db, f"email:{email}")
+    return ctx.tokens.issue(credentials["id"], credentials["token_version"])
+
+
+def _throttle_keys(ctx: Context, email: str, client_ip: str) -> dict[str, int]:
+    """Each throttled key with its limit (a limit of 0 turns that key off)."""
+    config = ctx.config
+    keys = {}
+    if config.login_max_failures_per_email:
+        keys[f"email:{email}"] = config.login_max_failures_per_email
+    if config.login_max_failures_per_ip:
+        keys[f"ip:{client_ip}"] = config.login_max_failures_per_ip
+    return keys
+
+
+async def _refuse_if_throttled(ctx: Context, keys: dict[str, int]) -> None:
+    if not keys:
+        return
+    rows = await login_failures.current(ctx.db, list(keys), ctx.config.login_throttle_window_seconds)
+    waits = [row["seconds_left"] for row in rows if row["failures"] >= keys[row["key"]]]
+    if waits:
+        raise TooManyRequests("too many failed logins; try again later", retry_after=max(waits))
+
+
+async def authenticate(ctx: Context, authorization: str | None) -> Principal:
+    """The caller of a request with this Authorization header, or 401."""
+    claims = ctx.tokens.decode(bearer_token(authorization))
+    row = await users_db.get_auth(ctx.db, claims.user_id)
+    if row is None or row["token_version"] != claims.token_version:
+        raise Unauthorized("access token is no longer valid")
+    return Principal(claims.user_id, row["role"])
+
+
+async def require_admin(ctx: Context, authorization: str | None) -> Principal:
+    principal = await authenticate(ctx, authorization)
+    if not principal.is_admin:
+        raise Forbidden("this needs an admin")
+    return principal
+
+
+async def profile(ctx: Context, authorization: str | None) -> asyncpg.Record:
+    """The caller's own user row: token check and lookup in one query."""
+    claims = ctx.tokens.decode(bearer_token(authorization))
+    row = await users_db.get(ctx.db, claims.user_id)
+    if row is None or row["token_version"] != claims.token_version:
+        raise Unauthorized("access token is no longer valid")
+    return row
+
+
+async def update_profile(ctx: Context, principal: Principal, changes: dict[str, Any]) -> asyncpg.Record:
+    """Apply name/email/password changes; email and password need current_password."""
+    current_password = changes.pop("current_password", None)
+    if "email" in changes or "password" in changes:
+        if current_password is None:
+            raise ValidationFailed.field("current_password", "required to change email or password")
+        stored = await users_db.get_password_hash(ctx.db, principal.id)
+        if stored is None or not await ctx.passwords.verify(stored, current_password):
+            raise ValidationFailed.field("current_password", "is not the current password")
+    new_hash = await ctx.passwords.hash(changes["password"]) if "password" in changes else None
+    try:
+        row = await users_db.update_profile(
+            ctx.db, principal.id, name=changes.get("name"), email=changes.get("email"), password_hash=new_hash
+        )
+    except users_db.EmailTaken:
+        raise Conflict("a user with this email already exists") from None
+    if row is None:
+        raise Unauthorized("access token is no longer valid")
+    return row
+
+
+async def ensure_admin(ctx: Context, email: str, password: str) -> None:
+    """Make sure an admin with this email and password exists (ADMIN_EMAIL/PASSWORD)."""
+    email = email.strip().lower()
+    credentials = await users_db.get_credentials(ctx.db, email)
+    matches = credentials is not None and await ctx.passwords.verify(credentials["password_hash"], password)
+    password_hash = credentials["password_hash"] if matches else await ctx.passwords.hash(password)
+    await users_db.upsert_admin(ctx.db, email, "Administrator", password_hash, replace_password=not matches)
+    log.info("admin ensured", extra={"email": email})

@@ -1,0 +1,122 @@
+"""Passwords (argon2id, off the event loop) and access tokens (JWT HS256)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from server.errors import Unauthorized
+
+log = logging.getLogger(__name__)
+
+Role = Literal["customer", "admin"]
+_ALGORITHM = "HS256"
+_REQUIRED_CLAIMS = ["sub", "iat", "exp", "ver"]
+# Clock skew tolerated between replicas that issue and check tokens.
+_LEEWAY_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    id: int
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: int
+    token_version: int
+
+
+class Passwords:
+    """argon2id hashing on a small thread pool.
+
+    argon2-cffi releases the GIL while hashing, so a burst of logins uses the
+    threads while the event loop keeps serving; the pool's size bounds the memory a
+    burst can take (PASSWORD_HASH_MEMORY_KIB per thread).
+    """
+
+    def __init__(self, time_cost: int, memory_kib: int, parallelism: int, threads: int = 2) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
+        )
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
+        self._dummy_hash: str | None = None
+
+    async def hash(self, password: str) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Check a password; with no hash (unknown user) spend the same time and fail."""
+        if password_hash is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+            password_hash = self._dummy_hash
+            password = ""  # never matches: the dummy hash is of a random password
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._check, password_hash, password)
+
+    def _check(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Tokens:
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, user_id: int, token_version: int) -> str:
+        now = int(time.time())
+        claims = {"sub": str(user_id), "iat": now, "exp": now + self.ttl_seconds, "ver": token_version}
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+
+    def decode(self, token: str) -> TokenClaims:
+        """Verify signature, algorithm and lifetime; raises Unauthorized otherwise."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                options={"require": _REQUIRED_CLAIMS},
+                leeway=_LEEWAY_SECONDS,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("access token has expired") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("access token is invalid") from None
+        sub, ver = claims["sub"], claims["ver"]
+        if not (isinstance(sub, str) and sub.isdigit() and len(sub) <= 18 and type(ver) is int):
+            raise Unauthorized("access token is invalid")
+        return TokenClaims(int(sub), ver)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header, or Unauthorized."""
+    if not authorization:
+        raise Unauthorized()
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("expected an Authorization: Bearer <token> header")
+    return token.strip()

@@ -1,0 +1,324 @@
+"""The service's one configuration object, built from the environment at start.
+
+Every setting is a field whose alias is its environment variable; the field's
+description is what the README documents. A bad value stops the start with a
+one-line message naming the variable (see `load`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+def _default_workers() -> int:
+    # The CPUs this process may run on, not the machine's: under `taskset` or a
+    # container CPU set, one worker per allowed core.
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class ConfigError(SystemExit):
+    """A setting is invalid; the message names the variable."""
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=False)
+
+    # --- serving -----------------------------------------------------------------
+    host: str = Field("127.0.0.1", alias="HOST", description="Address to listen on.")
+    port: int = Field(8080, alias="PORT", ge=0, le=65535, description="TCP port to listen on.")
+    workers: int = Field(
+        default_factory=_default_workers,
+        alias="WORKERS",
+        ge=1,
+        le=256,
+        description="Worker processes sharing the port with SO_REUSEPORT (default: the CPUs "
+        "this process may use). 1 serves from the main process.",
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        alias="SHUTDOWN_GRACE_SECONDS",
+        gt=0,
+        description="On SIGTERM, how long in-flight requests and queued order commands may "
+        "take to finish before the process exits.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        alias="MAX_BODY_BYTES",
+        ge=1024,
+        description="Largest accepted request body; larger ones get 413.",
+    )
+    client_body_timeout_seconds: float = Field(
+        30.0,
+        alias="CLIENT_BODY_TIMEOUT_SECONDS",
+        gt=0,
+        description="A client must send a request's body within this time or gets 408.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        15.0,
+        alias="KEEPALIVE_TIMEOUT_SECONDS",
+        gt=0,
+        description="An idle keep-alive connection is closed after this, and so is one whose "
+        "client takes longer than this to send a request's headers (slow-client protection).",
+    )
+    trust_forwarded_for: bool = Field(
+        False,
+        alias="TRUST_FORWARDED_FOR",
+        description="Take the client address from the first X-Forwarded-For entry (only "
+        "behind a load balancer that sets it). Used by login throttling and logs.",
+    )
+    cors_allow_origins: str = Field(
+        "",
+        alias="CORS_ALLOW_ORIGINS",
+        description="Comma-separated origins allowed to call the API from a browser; empty "
+        "(the default) allows none, '*' allows any.",
+    )
+
+    # --- database ----------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        alias="DATABASE_URL",
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL is started under "
+        "EMBEDDED_PG_DIR.",
+    )
+    embedded_pg_dir: str = Field(
+        ".data/postgres",
+        alias="EMBEDDED_PG_DIR",
+        description="Data folder of the embedded PostgreSQL (used only without DATABASE_URL).",
+    )
+    db_pool_min_size: int = Field(
+        4,
+        alias="DB_POOL_MIN_SIZE",
+        ge=0,
+        description="Connections each worker opens at start and keeps.",
+    )
+    db_pool_max_size: int = Field(
+        10,
+        alias="DB_POOL_MAX_SIZE",
+        ge=1,
+        description="Most connections one worker holds; total = WORKERS x this.",
+    )
+    db_pool_max_queries: int = Field(
+        50_000,
+        alias="DB_POOL_MAX_QUERIES",
+        ge=1,
+        description="A connection is replaced after this many queries (bounds server-side "
+        "memory growth).",
+    )
+    db_pool_max_inactive_lifetime: float = Field(
+        300.0,
+        alias="DB_POOL_MAX_INACTIVE_LIFETIME",
+        ge=0,
+        description="Seconds an idle connection above the minimum is kept before closing "
+        "(0: never closed).",
+    )
+    db_pool_acquire_timeout: float = Field(
+        5.0,
+        alias="DB_POOL_ACQUIRE_TIMEOUT",
+        gt=0,
+        description="Seconds a request waits for a free connection before it gets 503.",
+    )
+    db_command_timeout: float = Field(
+        10.0,
+        alias="DB_COMMAND_TIMEOUT",
+        gt=0,
+        description="Seconds one SQL statement may run before it is cancelled (then 503).",
+    )
+    db_connect_timeout: float = Field(
+        5.0,
+        alias="DB_CONNECT_TIMEOUT",
+        gt=0,
+        description="Seconds to wait when opening a new connection.",
+    )
+    db_statement_cache_size: int = Field(
+        100,
+        alias="DB_STATEMENT_CACHE_SIZE",
+        ge=0,
+        description="Prepared statements cached per connection. Set 0 behind PgBouncer in "
+        "transaction pooling mode (it cannot keep prepared statements).",
+    )
+
+    # --- auth --------------------------------------------------------------------
+    jwt_secret: str | None = Field(
+        None,
+        alias="JWT_SECRET",
+        min_length=32,
+        description="HS256 signing key for access tokens (at least 32 characters). Unset: a "
+        "random one per start, with a warning; tokens then die with the process.",
+    )
+    jwt_ttl_seconds: int = Field(
+        3600, alias="JWT_TTL_SECONDS", ge=60, description="Access-token lifetime."
+    )
+    admin_email: str | None = Field(
+        None, alias="ADMIN_EMAIL", description="With ADMIN_PASSWORD: an admin ensured at start."
+    )
+    admin_password: str | None = Field(
+        None,
+        alias="ADMIN_PASSWORD",
+        min_length=8,
+        max_length=128,
+        description="Password of the ADMIN_EMAIL admin (set when it is created).",
+    )
+    password_hash_time_cost: int = Field(
+        3, alias="PASSWORD_HASH_TIME_COST", ge=1, description="argon2id iterations."
+    )
+    password_hash_memory_kib: int = Field(
+        65536, alias="PASSWORD_HASH_MEMORY_KIB", ge=8, description="argon2id memory per hash."
+    )
+    password_hash_parallelism: int = Field(
+        4, alias="PASSWORD_HASH_PARALLELISM", ge=1, description="argon2id lanes."
+    )
+    login_max_failures_per_email: int = Field(
+        5,
+        alias="LOGIN_MAX_FAILURES_PER_EMAIL",
+        ge=0,
+        description="Failed logins for one email within the window before 429 (0: off).",
+    )
+    login_max_failures_per_ip: int = Field(
+        50,
+        alias="LOGIN_MAX_FAILURES_PER_IP",
+        ge=0,
+        description="Failed logins from one client address within the window before 429 "
+        "(0: off).",
+    )
+    login_throttle_window_seconds: int = Field(
+        300,
+        alias="LOGIN_THROTTLE_WINDOW_SECONDS",
+        ge=1,
+        description="Window of the failed-login counters, and the longest Retry-After.",
+    )
+
+    # --- orders --------------------------------------------------------------------
+    order_ttl_seconds: int = Field(
+        900, alias="ORDER_TTL_SECONDS", ge=1, description="Unpaid orders expire after this."
+    )
+    order_sweep_interval_seconds: float = Field(
+        5.0,
+        alias="ORDER_SWEEP_INTERVAL_SECONDS",
+        gt=0,
+        description="How often each worker looks for due orders no live actor covers.",
+    )
+    order_sweep_batch: int = Field(
+        200, alias="ORDER_SWEEP_BATCH", ge=1, description="Orders expired per sweep transaction."
+    )
+    actor_idle_seconds: float = Field(
+        30.0,
+        alias="ACTOR_IDLE_SECONDS",
+        gt=0,
+        description="An order actor with an empty mailbox stops after this.",
+    )
+    actor_max_live: int = Field(
+        10_000,
+        alias="ACTOR_MAX_LIVE",
+        ge=1,
+        description="Most order actors alive in one worker; beyond it commands get 503.",
+    )
+    actor_mailbox_size: int = Field(
+        64,
+        alias="ACTOR_MAILBOX_SIZE",
+        ge=1,
+        description="Most commands queued for one order; beyond it 503 with Retry-After.",
+    )
+
+    # --- payments ------------------------------------------------------------------
+    payment_provider: Literal["simulated"] = Field(
+        "simulated", alias="PAYMENT_PROVIDER", description="Payment provider (simulated)."
+    )
+    payment_provider_latency_ms: int = Field(
+        0,
+        alias="PAYMENT_PROVIDER_LATENCY_MS",
+        ge=0,
+        description="Latency the simulated provider adds to each call.",
+    )
+    payment_provider_timeout_ms: int = Field(
+        10_000,
+        alias="PAYMENT_PROVIDER_TIMEOUT_MS",
+        ge=1,
+        description="How long a provider call may take; then the outcome is looked up.",
+    )
+    payment_provider_fault: Literal["none", "error", "timeout"] = Field(
+        "none",
+        alias="PAYMENT_PROVIDER_FAULT",
+        description="Simulated provider fault mode, for tests: 'error' fails calls before "
+        "charging, 'timeout' charges but never answers.",
+    )
+    payment_provider_fault_rate: float = Field(
+        0.0,
+        alias="PAYMENT_PROVIDER_FAULT_RATE",
+        ge=0,
+        le=1,
+        description="Share of simulated provider calls hit by PAYMENT_PROVIDER_FAULT.",
+    )
+    payment_reconcile_interval_seconds: float = Field(
+        10.0,
+        alias="PAYMENT_RECONCILE_INTERVAL_SECONDS",
+        gt=0,
+        description="How often pending payments abandoned by a dead process are reconciled.",
+    )
+    idempotency_key_ttl_seconds: int = Field(
+        172_800,
+        alias="IDEMPOTENCY_KEY_TTL_SECONDS",
+        ge=86_400,
+        description="How long Idempotency-Key records are kept (at least 24 h).",
+    )
+    idempotency_purge_interval_seconds: float = Field(
+        3600.0,
+        alias="IDEMPOTENCY_PURGE_INTERVAL_SECONDS",
+        gt=0,
+        description="How often expired Idempotency-Key records are purged.",
+    )
+
+    # --- observability -------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", alias="LOG_LEVEL", description="Lowest level logged (JSON lines on stdout)."
+    )
+    access_log: bool = Field(
+        False, alias="ACCESS_LOG", description="Log one line per request (off under load)."
+    )
+    metrics_enabled: bool = Field(
+        True, alias="METRICS_ENABLED", description="Serve /metrics and record request metrics."
+    )
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Config:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        return self
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        return frozenset(o.strip() for o in self.cors_allow_origins.split(",") if o.strip())
+
+
+def env_names() -> list[str]:
+    """Every environment variable the service reads, in declaration order."""
+    return [f.alias for f in Config.model_fields.values() if f.alias]
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+    """Build the configuration from the environment (empty values count as unset).
+
+    `overrides` take field names (`db_pool_max_size=2`) and win over the environment;
+    tests use them.
+    """
+    source = os.environ if environ is None else environ
+    names = set(env_names())
+    values: dict[str, object] = {k: v for k, v in source.items() if k in names and v != ""}
+    for field_name, value in overrides.items():
+        alias = Config.model_fields[field_name].alias
+        assert alias is not None
+        values[alias] = value
+    try:
+        return Config.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "configuration"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"invalid configuration: {where}: {message}"

@@ -1,0 +1,41 @@
+"""What a worker's handlers share: built once at start, stored on the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from db.pool import Database
+from server.auth import Passwords, Tokens
+from server.config import Config
+from server.cursors import CursorCodec
+from server.metrics import Metrics
+from server.payments.provider import PaymentProvider
+from server.supervisor import OrderSupervisor
+
+
+@dataclass
+class Context:
+    config: Config
+    db: Database
+    passwords: Passwords
+    tokens: Tokens
+    cursors: CursorCodec
+    metrics: Metrics
+    supervisor: OrderSupervisor
+    provider: PaymentProvider
+
+    def refresh_gauges(self) -> None:
+        """Copy this worker's pool and actor state into the gauges."""
+        pool, metrics = self.db.pool, self.metrics
+        size, idle = pool.get_size(), pool.get_idle_size()
+        metrics.pool_size.set(size)
+        metrics.pool_idle.set(idle)
+        metrics.pool_in_use.set(size - idle)
+        metrics.pool_max.set(pool.get_max_size())
+        metrics.actors_live.set(self.supervisor.live_count)
+        metrics.mailbox_depth.set(self.supervisor.queued_count)
+
+
+CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)

@@ -1,0 +1,110 @@
+"""Prometheus metrics.
+
+With several workers (WORKERS > 1) the parent sets PROMETHEUS_MULTIPROC_DIR and
+every worker writes its samples there; `/metrics` (served by whichever worker gets
+the scrape) then adds them all up. Gauges that describe a worker's state (its pool,
+its actors) are refreshed by each worker every few seconds and summed over live
+workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if multiprocess_dir() is None:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from the request reaching the app to its response being ready.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pool_size = Gauge(
+            "db_pool_connections", "Open connections in the pool.", registry=r, multiprocess_mode="livesum"
+        )
+        self.pool_idle = Gauge(
+            "db_pool_idle_connections", "Open connections not in use.", registry=r, multiprocess_mode="livesum"
+        )
+        self.pool_in_use = Gauge(
+            "db_pool_in_use_connections", "Connections lent to requests.", registry=r, multiprocess_mode="livesum"
+        )
+        self.pool_max = Gauge(
+            "db_pool_max_connections", "Pool size limit (DB_POOL_MAX_SIZE).", registry=r, multiprocess_mode="livesum"
+        )
+        self.pool_wait = Histogram(
+            "db_pool_acquire_wait_seconds",
+            "Time spent waiting for a pooled connection.",
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.actors_live = Gauge(
+            "order_actors_live", "Order actors alive.", registry=r, multiprocess_mode="livesum"
+        )
+        self.mailbox_depth = Gauge(
+            "order_actor_mailbox_depth",
+            "Commands waiting in order actors' mailboxes (all actors).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.mailbox_rejections = Counter(
+            "order_actor_rejections", "Commands refused with 503 (mailbox or actor limit).", ["reason"], registry=r
+        )
+        self.actor_crashes = Counter("order_actor_crashes", "Order actors that crashed.", registry=r)
+        self.payments = Counter("payments", "Payment attempts by outcome.", ["outcome"], registry=r)
+        self.order_transitions = Counter(
+            "order_transitions", "Order status changes.", ["from_status", "to_status"], registry=r
+        )
+        self._request_children: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (route, method, str(status))
+            children = (self.requests.labels(*labels).inc, self.latency.labels(*labels).observe)
+            self._request_children[key] = children
+        children[0]()
+        children[1](seconds)
+
+    def order_transition(self, from_status: str, to_status: str, count: int = 1) -> None:
+        self.order_transitions.labels(from_status, to_status).inc(count)
+
+    def render(self) -> bytes:
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)

@@ -1,0 +1,77 @@
+"""The order status machine (pure: no I/O), as the contract states it.
+
+    pending --pay--> paid --ship--> shipped --deliver--> delivered
+    pending --cancel--> cancelled          pending --expire--> expired
+
+Who may trigger each event, which statuses hold stock, which can be deleted. The
+database functions enforce the same rules on locked rows; this module is what the
+handlers consult first and what the property-based tests check.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled", "expired")
+
+
+class Event(Enum):
+    PAY = "pay"
+    SHIP = "ship"
+    DELIVER = "deliver"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+
+
+TRANSITIONS: dict[tuple[str, Event], str] = {
+    ("pending", Event.PAY): "paid",
+    ("paid", Event.SHIP): "shipped",
+    ("shipped", Event.DELIVER): "delivered",
+    ("pending", Event.CANCEL): "cancelled",
+    ("pending", Event.EXPIRE): "expired",
+}
+
+# Who may cause each event: the order's owner, an admin, or the service itself
+# (payments and expiry happen only through their own mechanisms).
+ACTORS: dict[Event, frozenset[str]] = {
+    Event.PAY: frozenset({"payment"}),
+    Event.SHIP: frozenset({"admin"}),
+    Event.DELIVER: frozenset({"admin"}),
+    Event.CANCEL: frozenset({"owner", "admin"}),
+    Event.EXPIRE: frozenset({"expiry"}),
+}
+
+# The event a `PUT {"status": ...}` asks for.
+EVENT_FOR_TARGET: dict[str, Event] = {target: event for (_, event), target in TRANSITIONS.items()}
+
+HOLDS_STOCK = frozenset({"pending"})
+SOLD = frozenset({"paid", "shipped", "delivered"})
+DELETABLE = frozenset({"pending", "cancelled", "expired"})
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+def next_status(current: str, event: Event) -> str:
+    """The status after `event`, or InvalidTransition."""
+    try:
+        return TRANSITIONS[(current, event)]
+    except KeyError:
+        raise InvalidTransition(f"an order that is {current} cannot {event.value}") from None
+
+
+def may_request(target: str, role: str) -> bool | None:
+    """Whether a caller with `role` ('owner' or 'admin') may ask for status
+    `target` through the API: True, False (a role problem: 403), or None when no
+    caller may (it only happens through payment or expiry, or not at all: 409)."""
+    event = EVENT_FOR_TARGET.get(target)
+    if event is None or not ACTORS[event] & {"owner", "admin"}:
+        return None
+    return role in ACTORS[event]
+
+
+def required_status(target: str) -> str:
+    """The status an order must have to move to `target`."""
+    event = EVENT_FOR_TARGET[target]
+    return next(current for (current, e) in TRANSITIONS if e is event)

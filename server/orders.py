@@ -1,0 +1,193 @@
+"""Orders: creation, reads, and the commands that run in each order's actor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+
+from db import orders as orders_db
+from server import order_status
+from server.auth import Principal
+from server.context import Context
+from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.supervisor import OrderActor
+
+log = logging.getLogger(__name__)
+
+MAX_QUANTITY = 1000
+
+
+def merge_lines(items: Sequence[tuple[int, int]]) -> tuple[list[orders_db.Line], dict[int, int]]:
+    """Merge lines that name the same product (quantities add up), keeping the order
+    of first appearance. Returns the lines and, per product, the index of its first
+    line in the request (to name fields in errors). A merged quantity above the
+    per-line maximum is a 422."""
+    quantities: dict[int, int] = {}
+    first_index: dict[int, int] = {}
+    for index, (product_id, quantity) in enumerate(items):
+        first_index.setdefault(product_id, index)
+        quantities[product_id] = quantities.get(product_id, 0) + quantity
+    too_many = [pid for pid, qty in quantities.items() if qty > MAX_QUANTITY]
+    if too_many:
+        raise ValidationFailed(
+            [
+                {"field": f"items[{first_index[pid]}].quantity", "message": f"at most {MAX_QUANTITY} in total per product"}
+                for pid in too_many
+            ]
+        )
+    return list(quantities.items()), first_index
+
+
+@contextmanager
+def _order_errors(first_index: dict[int, int] | None = None) -> Iterator[None]:
+    """Turn the data layer's refusals into API errors."""
+    try:
+        yield
+    except orders_db.OrderNotFound:
+        raise NotFound("no such order") from None
+    except orders_db.WrongStatus as exc:
+        raise Conflict(f"the order is {exc.status}; that change is not allowed") from None
+    except orders_db.PaymentInFlight:
+        raise Conflict("a payment for this order is in progress") from None
+    except orders_db.Expired:
+        raise Conflict("the order has expired") from None
+    except orders_db.StockShort as exc:
+        raise Conflict(
+            f"not enough stock for product {exc.product_id} ({exc.name}): {exc.available} available",
+            extra={"product_id": exc.product_id},
+        ) from None
+    except orders_db.UnknownProducts as exc:
+        index = first_index or {}
+        raise ValidationFailed(
+            [{"field": f"items[{index.get(pid, 0)}].product_id", "message": "no such product"} for pid in exc.product_ids]
+        ) from None
+    except orders_db.MixedCurrencies:
+        raise ValidationFailed.field("items", "all products of an order must have the same currency") from None
+
+
+async def create(ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]) -> tuple[asyncpg.Record, list[Any]]:
+    """A new pending order holding its stock; returns the order and its lines."""
+    lines, first_index = merge_lines(items)
+    with _order_errors(first_index):
+        order, priced = await orders_db.create(ctx.db, principal.id, lines, ctx.config.order_ttl_seconds)
+    ctx.metrics.order_transition("new", "pending")
+    return order, [line.as_item() for line in priced]
+
+
+def _owner_filter(principal: Principal) -> int | None:
+    """Admins see every order; anyone else only their own (others' are 404)."""
+    return None if principal.is_admin else principal.id
+
+
+async def get(ctx: Context, principal: Principal, order_id: int) -> asyncpg.Record:
+    order = await orders_db.get(ctx.db, order_id, _owner_filter(principal))
+    if order is None:
+        raise NotFound("no such order")
+    return order
+
+
+async def list_page(
+    ctx: Context, principal: Principal, *, user_id: int | None, status: str | None, cursor: str | None, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    if not principal.is_admin:
+        if user_id is not None and user_id != principal.id:
+            raise Forbidden("only admins may list other users' orders")
+        user_id = principal.id
+    scope = f"orders:{user_id}:{status}"
+    before_id = None
+    if cursor is not None:
+        (before_id,) = ctx.cursors.decode(scope, cursor)
+    rows = await orders_db.list_page(ctx.db, user_id=user_id, status=status, before_id=before_id, limit=limit)
+    next_cursor = ctx.cursors.encode(scope, [rows[limit - 1]["id"]]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+# --- commands: each runs in the order's actor -------------------------------------------
+
+
+async def replace_lines(ctx: Context, principal: Principal, order_id: int, items: Sequence[tuple[int, int]]) -> asyncpg.Record:
+    if principal.is_admin and not await _owns(ctx, principal, order_id):
+        raise Forbidden("only the order's owner may change its lines")
+    lines, first_index = merge_lines(items)
+
+    async def command(actor: OrderActor) -> asyncpg.Record:
+        with _order_errors(first_index):
+            order = await orders_db.replace_lines(ctx.db, order_id, principal.id, lines)
+        actor.note_expiry(order["expires_at"])
+        return order
+
+    return await ctx.supervisor.ask(order_id, command)
+
+
+async def _owns(ctx: Context, principal: Principal, order_id: int) -> bool:
+    order = await orders_db.get(ctx.db, order_id, None)
+    if order is None:
+        raise NotFound("no such order")
+    return bool(order["user_id"] == principal.id)
+
+
+async def change_status(ctx: Context, principal: Principal, order_id: int, target: str) -> asyncpg.Record:
+    role = "admin" if principal.is_admin else "owner"
+    allowed = order_status.may_request(target, role)
+    if allowed is None:
+        raise Conflict(f"an order cannot be set to {target} through the API")
+    owner = _owner_filter(principal)
+    if not allowed:
+        # Say 404 rather than 403 for someone else's order: do not reveal it exists.
+        if await orders_db.get(ctx.db, order_id, owner) is None:
+            raise NotFound("no such order")
+        raise Forbidden(f"only an admin may set an order to {target}")
+    from_status = order_status.required_status(target)
+
+    async def command(actor: OrderActor) -> asyncpg.Record:
+        with _order_errors():
+            if target == "cancelled":
+                order = await orders_db.cancel(ctx.db, order_id, owner)
+            else:
+                order = await orders_db.advance(ctx.db, order_id, from_status, target)
+        actor.note_expiry(None)
+        ctx.metrics.order_transition(from_status, target)
+        return order
+
+    return await ctx.supervisor.ask(order_id, command)
+
+
+async def delete(ctx: Context, principal: Principal, order_id: int) -> None:
+    owner = _owner_filter(principal)
+
+    async def command(actor: OrderActor) -> None:
+        with _order_errors():
+            status = await orders_db.delete(ctx.db, order_id, owner, order_status.DELETABLE)
+        actor.note_expiry(None)
+        if status == "pending":
+            ctx.metrics.order_transition("pending", "cancelled")
+
+    await ctx.supervisor.ask(order_id, command)
+
+
+async def expire(ctx: Context, order_id: int) -> bool:
+    """An actor's expiry timer fired (runs inside that actor)."""
+    expired = await orders_db.expire_one(ctx.db, order_id)
+    if expired:
+        ctx.metrics.order_transition("pending", "expired")
+        log.info("order expired", extra={"order_id": order_id})
+    return expired
+
+
+async def sweep_expired(ctx: Context) -> int:
+    """Expire due orders that no live actor here is timing; returns how many."""
+    total = 0
+    while True:
+        expired = await orders_db.expire_due(
+            ctx.db, exclude=ctx.supervisor.live_order_ids(), batch=ctx.config.order_sweep_batch
+        )
+        total += len(expired)
+        if expired:
+            ctx.metrics.order_transition("pending", "expired", len(expired))
+            log.info("orders expired by sweeper", extra={"count": len(expired)})
+        if len(expired) < ctx.config.order_sweep_batch:
+            return total

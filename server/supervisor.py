@@ -1,0 +1,208 @@
+"""Per-order actors: the in-process half of the orders design.
+
+Every command on an existing order (change its lines or status, delete it, pay it,
+expire it) is sent to that order's actor: an aiojobs job with a bounded mailbox that
+runs one command at a time. So work on one order never races with itself inside a
+worker, a slow payment provider holds up only the order being paid, and the actor
+can keep the order's expiry timer.
+
+Actors are cheap and short-lived: one starts with the first command for an order
+and stops when its mailbox has been empty for ACTOR_IDLE_SECONDS, leaving nothing
+behind. An actor that crashes (an unexpected exception) is logged with its order id
+and discarded; commands still queued go to a fresh actor, which, like every actor,
+reads the order from the database and never trusts what an earlier one held.
+
+This is not where correctness across processes comes from: every command is one
+database transaction that locks and re-checks what it changes (see db/orders.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import aiojobs
+
+from db.pool import is_outage
+from server.errors import ApiError, ServiceUnavailable
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Command = Callable[["OrderActor"], Awaitable[T]]
+
+
+@dataclass(slots=True)
+class _Envelope:
+    command: Command[Any]
+    reply: asyncio.Future[Any]
+
+
+class OrderActor:
+    """One order's mailbox and the task that works through it."""
+
+    __slots__ = ("order_id", "mailbox", "_expiry_deadline", "_supervisor")
+
+    def __init__(self, order_id: int, supervisor: OrderSupervisor, mailbox: asyncio.Queue[_Envelope | None]) -> None:
+        self.order_id = order_id
+        self.mailbox = mailbox
+        self._expiry_deadline: float | None = None
+        self._supervisor = supervisor
+
+    def note_expiry(self, expires_at: datetime | None) -> None:
+        """Commands report the order's expires_at as they read it; a live actor
+        expires its order on time (the sweeper covers orders with no live actor)."""
+        if expires_at is None:
+            self._expiry_deadline = None
+            return
+        delay = expires_at.timestamp() - self._supervisor.wall_clock()
+        self._expiry_deadline = asyncio.get_running_loop().time() + max(0.0, delay)
+
+    @property
+    def keeps_expiry_timer(self) -> bool:
+        return self._expiry_deadline is not None
+
+    async def run(self) -> None:
+        supervisor = self._supervisor
+        try:
+            while (envelope := await self._next()) is not None:
+                if envelope.reply.cancelled():
+                    continue  # the caller left before the command started: skip it
+                try:
+                    result = await envelope.command(self)
+                except ApiError as exc:
+                    _reply_error(envelope.reply, exc)
+                except Exception as exc:
+                    _reply_error(envelope.reply, exc)
+                    if not is_outage(exc):
+                        raise
+                else:
+                    if not envelope.reply.done():
+                        envelope.reply.set_result(result)
+        except Exception:
+            log.exception("order actor crashed", extra={"order_id": self.order_id})
+            supervisor.metrics.actor_crashes.inc()
+        finally:
+            supervisor._retire(self)
+
+    async def _next(self) -> _Envelope | None:
+        """The next command; None when the actor should stop (idle or draining)."""
+        supervisor = self._supervisor
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.mailbox.empty():
+                envelope = self.mailbox.get_nowait()
+                if envelope is not None:
+                    return envelope
+                continue  # a wake-up from drain(): re-check below
+            if supervisor.draining:
+                return None
+            now = loop.time()
+            wait = supervisor.idle_seconds
+            if self._expiry_deadline is not None:
+                wait = min(wait, self._expiry_deadline - now)
+            try:
+                async with asyncio.timeout(max(0.0, wait)):
+                    envelope = await self.mailbox.get()
+            except TimeoutError:
+                if self._expiry_deadline is not None and loop.time() >= self._expiry_deadline:
+                    await self._expire()
+                    continue
+                if self.mailbox.empty():
+                    return None  # idle: stop; nothing is kept for this order
+                continue
+            if envelope is not None:
+                return envelope
+
+    async def _expire(self) -> None:
+        # One attempt: whatever the outcome (expired, paid meanwhile, payment in flight
+        # elsewhere, database down) the timer is dropped, and the sweeper covers the rest.
+        self._expiry_deadline = None
+        try:
+            await self._supervisor.expire(self.order_id)
+        except Exception:
+            log.warning("actor could not expire its order; the sweeper will", exc_info=True, extra={"order_id": self.order_id})
+
+
+def _reply_error(reply: asyncio.Future[Any], exc: BaseException) -> None:
+    if not reply.done():
+        reply.set_exception(exc)
+
+
+@dataclass
+class OrderSupervisor:
+    scheduler: aiojobs.Scheduler
+    metrics: Metrics
+    expire: Callable[[int], Awaitable[object]]
+    max_live: int
+    mailbox_size: int
+    idle_seconds: float
+    wall_clock: Callable[[], float] = time.time
+    draining: bool = False
+    _actors: dict[int, OrderActor] = field(default_factory=dict)
+    _restarts: set[asyncio.Task[object]] = field(default_factory=set)
+
+    async def ask(self, order_id: int, command: Command[T]) -> T:
+        """Run `command` in the order's actor, after the commands queued before it."""
+        if self.draining:
+            raise ServiceUnavailable("the service is shutting down", retry_after=2)
+        actor = self._actors.get(order_id)
+        if actor is None:
+            if len(self._actors) >= self.max_live:
+                self.metrics.mailbox_rejections.labels("actors").inc()
+                raise ServiceUnavailable("too many orders are being worked on; retry shortly")
+            actor = await self._start(order_id, asyncio.Queue(self.mailbox_size))
+        reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            actor.mailbox.put_nowait(_Envelope(command, reply))
+        except asyncio.QueueFull:
+            self.metrics.mailbox_rejections.labels("mailbox").inc()
+            raise ServiceUnavailable("too many requests queued for this order; retry shortly") from None
+        return await reply
+
+    async def _start(self, order_id: int, mailbox: asyncio.Queue[_Envelope | None]) -> OrderActor:
+        actor = OrderActor(order_id, self, mailbox)
+        # Registered before spawn: the scheduler has no limit, so spawn never waits and
+        # no other command can slip in between.
+        self._actors[order_id] = actor
+        await self.scheduler.spawn(actor.run(), name=f"order-{order_id}")
+        return actor
+
+    def _retire(self, actor: OrderActor) -> None:
+        if self._actors.get(actor.order_id) is actor:
+            del self._actors[actor.order_id]
+        if not actor.mailbox.empty() and not self.scheduler.closed:
+            # A crash left commands behind: hand them to a fresh actor.
+            replacement = OrderActor(actor.order_id, self, actor.mailbox)
+            self._actors[actor.order_id] = replacement
+            task = asyncio.get_running_loop().create_task(self.scheduler.spawn(replacement.run()))
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
+
+    def live_order_ids(self) -> list[int]:
+        """Orders whose expiry a live actor here is timing (the sweeper leaves them)."""
+        return [order_id for order_id, actor in self._actors.items() if actor.keeps_expiry_timer]
+
+    @property
+    def live_count(self) -> int:
+        return len(self._actors)
+
+    @property
+    def queued_count(self) -> int:
+        return sum(actor.mailbox.qsize() for actor in self._actors.values())
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new commands, finish the queued ones, then stop every actor."""
+        self.draining = True
+        for actor in list(self._actors.values()):
+            try:
+                actor.mailbox.put_nowait(None)  # wakes an idle actor so it sees `draining`
+            except asyncio.QueueFull:
+                pass  # busy: it will see `draining` once its mailbox is empty
+        await self.scheduler.wait_and_close(timeout)

@@ -1,0 +1,117 @@
+"""One process per core: workers sharing the port with SO_REUSEPORT.
+
+With WORKERS=1 the main process serves. With more, it becomes a small supervisor:
+it starts the workers (`python -m server worker`, each with its own pool and
+actors; the kernel spreads connections over them), restarts one that dies, and on
+SIGTERM or SIGINT forwards the signal and waits for all of them to drain and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import uvloop
+
+from server.app import Options, resolve_jwt_secret
+from server.config import Config
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.2
+# A worker that dies sooner than this after starting is restarted after a growing
+# pause, so a worker that cannot start does not spin.
+_HEALTHY_AFTER_SECONDS = 10.0
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+def run(config: Config, dsn: str) -> int:
+    secret = resolve_jwt_secret(config)
+    if config.workers == 1:
+        uvloop.run(_serve(config, Options(dsn=dsn, jwt_secret=secret), reuse_port=False))
+        return 0
+    return _supervise(config, dsn, secret)
+
+
+def run_worker(config: Config, dsn: str) -> int:
+    assert config.jwt_secret, "workers get JWT_SECRET from their parent"
+    uvloop.run(_serve(config, Options(dsn=dsn, jwt_secret=config.jwt_secret), reuse_port=True))
+    return 0
+
+
+async def _serve(config: Config, options: Options, *, reuse_port: bool) -> None:
+    from server.http import serve
+
+    await serve(config, options, reuse_port=reuse_port)
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes]
+    started: float
+    failures: int = 0
+
+
+def _supervise(config: Config, dsn: str, secret: str) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="storefront-metrics-")
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "JWT_SECRET": secret,  # every worker must accept every worker's tokens
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+    }
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signum)
+
+    def start(index: int, failures: int = 0) -> _Worker:
+        process = subprocess.Popen([sys.executable, "-m", "server", "worker"], env=env)
+        log.info("worker started", extra={"worker": index, "pid": process.pid})
+        return _Worker(index, process, time.monotonic(), failures)
+
+    workers = [start(i) for i in range(config.workers)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while True:
+            time.sleep(_POLL_SECONDS)
+            if stopping:
+                if all(w.process.poll() is not None for w in workers):
+                    return 0
+                continue
+            for slot, worker in enumerate(workers):
+                code = worker.process.poll()
+                if code is None:
+                    continue
+                _forget_metrics(worker.process.pid, metrics_dir)
+                lived = time.monotonic() - worker.started
+                failures = 0 if lived > _HEALTHY_AFTER_SECONDS else worker.failures + 1
+                pause = min(_MAX_BACKOFF_SECONDS, 2.0 ** failures - 1)
+                log.error(
+                    "worker died; restarting",
+                    extra={"worker": worker.index, "pid": worker.process.pid, "exit_code": code, "pause_s": pause},
+                )
+                time.sleep(pause)
+                if not stopping:
+                    workers[slot] = start(worker.index, failures)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _forget_metrics(pid: int, metrics_dir: str) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, metrics_dir)

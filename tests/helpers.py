@@ -1,0 +1,214 @@
+"""Helpers for driving the API in tests: an HTTP client with shortcuts, and real
+server processes for the multi-process tests."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+_emails = itertools.count(1)
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}{next(_emails)}-{os.getpid()}@example.com"
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def content_type(self) -> str:
+        return str(self.headers.get("Content-Type", "")).split(";")[0]
+
+    def __repr__(self) -> str:
+        return f"Reply({self.status}, {self.body[:300]!r})"
+
+
+@dataclass
+class User:
+    id: int
+    email: str
+    password: str
+    token: str
+
+
+@dataclass
+class Api:
+    """Calls the service through an aiohttp test client or a real base URL."""
+
+    client: Any  # aiohttp TestClient, or a ClientSession with base_url
+    admin: User | None = field(default=None)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | str | None = None,
+    ) -> Reply:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if json is not None:
+            data = orjson.dumps(json)
+            all_headers.setdefault("Content-Type", "application/json")
+        async with self.client.request(method, path, data=data, headers=all_headers) as response:
+            return Reply(response.status, response.headers, await response.read())
+
+    async def register(self, email: str | None = None, password: str = "password-123", name: str = "Test User") -> Reply:
+        return await self.call(
+            "POST", "/api/users/register", json={"email": email or unique_email(), "password": password, "name": name}
+        )
+
+    async def login(self, email: str, password: str) -> Reply:
+        return await self.call("POST", "/api/users/login", json={"email": email, "password": password})
+
+    async def customer(self, name: str = "Test User") -> User:
+        email, password = unique_email(), "password-123"
+        reply = await self.register(email, password, name)
+        assert reply.status == 201, reply
+        login = await self.login(email, password)
+        assert login.status == 200, login
+        return User(reply.json["id"], email, password, login.json["access_token"])
+
+    async def admin_user(self) -> User:
+        if self.admin is None:
+            from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+            login = await self.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+            assert login.status == 200, login
+            profile = await self.call("GET", "/api/users/profile", token=login.json["access_token"])
+            self.admin = User(profile.json["id"], ADMIN_EMAIL, ADMIN_PASSWORD, login.json["access_token"])
+        return self.admin
+
+    async def product(self, **fields: Any) -> dict[str, Any]:
+        admin = await self.admin_user()
+        body = {"name": "Widget", "price": 1000, "stock": 10, **fields}
+        reply = await self.call("POST", "/api/products", json=body, token=admin.token)
+        assert reply.status == 201, reply
+        product: dict[str, Any] = reply.json
+        return product
+
+    async def order(self, user: User, *lines: tuple[int, int]) -> Reply:
+        items = [{"product_id": pid, "quantity": qty} for pid, qty in lines]
+        return await self.call("POST", "/api/orders", json={"items": items}, token=user.token)
+
+    async def pay(
+        self, user: User, order_id: int, card: str = "tok_visa", key: str | None = None, **extra: Any
+    ) -> Reply:
+        body = {"order_id": order_id, "payment_method": {"type": "card", "token": card}, **extra}
+        headers = {"Idempotency-Key": key} if key else None
+        return await self.call("POST", "/api/payments", json=body, token=user.token, headers=headers)
+
+    async def stock(self, product_id: int) -> int:
+        reply = await self.call("GET", f"/api/products/{product_id}")
+        assert reply.status == 200, reply
+        stock: int = reply.json["stock"]
+        return stock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`python -m server` as a real process (WORKERS=1 unless told otherwise)."""
+
+    def __init__(self, database_url: str, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET
+
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PORT": str(self.port),
+            "HOST": "127.0.0.1",
+            "WORKERS": "1",
+            "JWT_SECRET": JWT_SECRET,
+            "ADMIN_EMAIL": ADMIN_EMAIL,
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "PASSWORD_HASH_TIME_COST": "1",
+            "PASSWORD_HASH_MEMORY_KIB": "1024",
+            "PASSWORD_HASH_PARALLELISM": "1",
+            "LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server"], cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait()
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait()
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+
+def session(base_url: str, **kwargs: Any) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(base_url=base_url, **kwargs)
