@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from db.pool import Database, Executor
 from db.payments import PAYMENT_COLUMNS
+from db.pool import Database, Executor
 
 _CLAIM = """
 INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
@@ -23,7 +23,7 @@ async def claim(db: Executor, user_id: int, key: str, request_hash: bytes) -> bo
 # The record, with the payment it started (if any) in its current state.
 _FIND = f"""
 SELECT k.request_hash, k.response_status, k.response_body, k.payment_id,
-       {', '.join('p.' + c + ' AS payment_' + c for c in PAYMENT_COLUMNS.split(', '))}
+       {", ".join("p." + c + " AS payment_" + c for c in PAYMENT_COLUMNS.split(", "))}
 FROM idempotency_keys k LEFT JOIN payments p ON p.id = k.payment_id
 WHERE k.user_id = $1 AND k.key = $2
 """

@@ -165,7 +165,9 @@ def _line_arrays(priced: Sequence[PricedLine]) -> tuple[list[int], list[int], li
     )
 
 
-async def create(db: Database, user_id: int, lines: Sequence[Line], ttl_seconds: int) -> tuple[asyncpg.Record, list[PricedLine]]:
+async def create(
+    db: Database, user_id: int, lines: Sequence[Line], ttl_seconds: int
+) -> tuple[asyncpg.Record, list[PricedLine]]:
     """Reserve every line and write the order, or change nothing.
 
     `lines` must name each product once. Raises UnknownProducts, MixedCurrencies or

@@ -79,7 +79,8 @@ WITH pay AS (
     WHERE $2::text = 'succeeded' AND o.id = pay.order_id AND o.status = 'pending' AND o.deleted_at IS NULL
     RETURNING o.id
 ), outcome AS (
-    SELECT CASE WHEN $2::text = 'succeeded' AND NOT EXISTS (SELECT 1 FROM paid) THEN 'order_not_payable' END AS unpayable
+    SELECT CASE WHEN $2::text = 'succeeded' AND NOT EXISTS (SELECT 1 FROM paid)
+                THEN 'order_not_payable' END AS unpayable
 )
 UPDATE payments p SET
     status = CASE WHEN outcome.unpayable IS NULL THEN $2::text ELSE 'failed' END,
@@ -89,7 +90,7 @@ UPDATE payments p SET
     updated_at = now()
 FROM pay, outcome
 WHERE p.id = pay.id
-RETURNING {', '.join('p.' + c for c in PAYMENT_COLUMNS.split(', '))}, outcome.unpayable IS NOT NULL AS refund_due
+RETURNING {", ".join("p." + c for c in PAYMENT_COLUMNS.split(", "))}, outcome.unpayable IS NOT NULL AS refund_due
 """
 
 

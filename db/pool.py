@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import asyncpg
 
@@ -75,11 +75,11 @@ class Database:
 
 
 class _Acquire:
-    __slots__ = ("_db", "_conn")
+    __slots__ = ("_conn", "_db")
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Any = None  # the pool's proxy of the connection
 
     async def __aenter__(self) -> asyncpg.Connection:
         db = self._db
@@ -87,7 +87,7 @@ class _Acquire:
         self._conn = await db.pool.acquire(timeout=db.acquire_timeout)
         if db.on_wait is not None:
             db.on_wait(time.perf_counter() - started)
-        return self._conn
+        return cast(asyncpg.Connection, self._conn)
 
     async def __aexit__(
         self,

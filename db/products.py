@@ -63,8 +63,7 @@ async def update(db: Database, product_id: int, changes: dict[str, Any]) -> asyn
                 assignments.append(f"stock_received = stock_received + (${len(args)} - stock)")
             assignments.append(f"{column} = ${len(args)}")
     query = (
-        f"UPDATE products SET {', '.join(assignments)} "
-        f"WHERE id = $1 AND deleted_at IS NULL RETURNING {PRODUCT_COLUMNS}"
+        f"UPDATE products SET {', '.join(assignments)} WHERE id = $1 AND deleted_at IS NULL RETURNING {PRODUCT_COLUMNS}"
     )
     try:
         return await db.fetchrow(query, *args)

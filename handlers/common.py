@@ -8,6 +8,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from handlers.schemas import MAX_ID
 from server import jsonio
 from server.context import CONTEXT, Context
 from server.errors import (
@@ -18,7 +19,6 @@ from server.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from handlers.schemas import MAX_ID
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -60,7 +60,7 @@ def validate(model: type[M], data: object) -> M:
 def parse_query(request: web.Request, model: type[M]) -> M:
     query = request.rel_url.query
     # A repeated key is ambiguous: take the last, as most frameworks do.
-    return validate(model, {key: query.getall(key)[-1] for key in query.keys()})
+    return validate(model, {key: query.getall(key)[-1] for key in query})
 
 
 def path_id(request: web.Request, name: str = "id") -> int:

@@ -65,9 +65,7 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
     for route in routes:
         models.update(m for m in (route.body, *(r.model for r in route.responses.values())) if m is not None)
     ordered = sorted(models, key=lambda m: m.__name__)
-    _, schemas = models_json_schema(
-        [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
-    )
+    _, schemas = models_json_schema([(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}")
 
     def ref(model: type[BaseModel]) -> dict[str, str]:
         return {"$ref": f"#/components/schemas/{model.__name__.replace('[', '_').replace(']', '_')}"}
@@ -104,9 +102,7 @@ def _operation(route: Route, ref: Any) -> dict[str, Any]:
         operation["security"] = [{"bearerAuth": []}]
     parameters = []
     if "{id}" in route.path:
-        parameters.append(
-            {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
-        )
+        parameters.append({"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}})
     if "{name}" in route.path:
         parameters.append({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}})
     if route.query is not None:

@@ -41,7 +41,10 @@ ROUTES = [
     ),
     Route(
         "GET", "/readyz", readyz, "Readiness: 200 when the database answers", "operations",
-        responses={200: Response("Ready", HealthOut), 503: Response("The database does not answer", HealthOut, ("Retry-After",))},
+        responses={
+            200: Response("Ready", HealthOut),
+            503: Response("The database does not answer", HealthOut, ("Retry-After",)),
+        },
     ),
     Route(
         "GET", "/metrics", metrics, "Prometheus metrics", "operations",

@@ -35,13 +35,21 @@ def _email(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_no_nul)]
 Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_no_nul), AfterValidator(_email)]
-LoginEmail = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320), AfterValidator(_no_nul)]
+LoginEmail = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320), AfterValidator(_no_nul)
+]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128), AfterValidator(_no_nul)]
-UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_no_nul)]
-ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_nul)]
+UserName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_no_nul)
+]
+ProductName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_nul)
+]
 Description = Annotated[str, StringConstraints(max_length=5000), AfterValidator(_no_nul)]
 Currency = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[A-Za-z]{3}$")]
-Sku = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+Sku = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")
+]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Price = Annotated[int, Field(ge=0, le=MAX_PRICE)]
 Stock = Annotated[int, Field(ge=0, le=MAX_INT32)]

@@ -38,7 +38,8 @@ async def login(ctx: Context, email: str, password: str, client_ip: str) -> str:
     credentials = await users_db.get_credentials(ctx.db, email)
     # Unknown emails are verified against a dummy hash: same work, same time, same answer.
     password_hash = credentials["password_hash"] if credentials is not None else None
-    if credentials is None or not await ctx.passwords.verify(password_hash, password):
+    verified = await ctx.passwords.verify(password_hash, password)
+    if credentials is None or not verified:
         if keys:
             await login_failures.record(ctx.db, list(keys), ctx.config.login_throttle_window_seconds)
         log.info("login failed", extra={"client_ip": client_ip})
@@ -118,7 +119,8 @@ async def ensure_admin(ctx: Context, email: str, password: str) -> None:
     """Make sure an admin with this email and password exists (ADMIN_EMAIL/PASSWORD)."""
     email = email.strip().lower()
     credentials = await users_db.get_credentials(ctx.db, email)
-    matches = credentials is not None and await ctx.passwords.verify(credentials["password_hash"], password)
-    password_hash = credentials["password_hash"] if matches else await ctx.passwords.hash(password)
+    current_hash = None if credentials is None else credentials["password_hash"]
+    matches = current_hash is not None and await ctx.passwords.verify(current_hash, password)
+    password_hash = current_hash if matches and current_hash else await ctx.passwords.hash(password)
     await users_db.upsert_admin(ctx.db, email, "Administrator", password_hash, replace_password=not matches)
     log.info("admin ensured", extra={"email": email})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import aiojobs
 from aiohttp import web
 
+from db import idempotency, login_failures
 from db.pool import Database, PoolSettings, create_database
 from handlers import api, openapi
 from handlers.routing import register
@@ -25,13 +26,12 @@ from server.background import Periodic
 from server.config import Config
 from server.context import CONTEXT, Context
 from server.cursors import CursorCodec
+from server.jsonio import dumps
 from server.metrics import Metrics
 from server.middleware import make_middleware
 from server.payments import service as payments
 from server.payments.simulated import SimulatedProvider
 from server.supervisor import OrderSupervisor
-from db import idempotency, login_failures
-from server.jsonio import dumps
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _worker_resources(config: Config, options: Options, metrics: Metrics):  # ty
         # The simulated gateway keeps its ledger through a pool of its own, as a real
         # gateway keeps its own records.
         provider_db = await create_database(
-            PoolSettings(options.dsn, 1, 4, 50_000, 300.0, config.db_pool_acquire_timeout,
+            PoolSettings(options.dsn, 0, 4, 50_000, 300.0, config.db_pool_acquire_timeout,
                          config.db_command_timeout, config.db_connect_timeout, config.db_statement_cache_size)
         )  # fmt: skip
         provider = SimulatedProvider(

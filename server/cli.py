@@ -75,11 +75,15 @@ def _create_admin(config: Config, args: argparse.Namespace) -> int:
         return 2
 
     async def create(dsn: str) -> int:
-        passwords = Passwords(config.password_hash_time_cost, config.password_hash_memory_kib, config.password_hash_parallelism)
+        passwords = Passwords(
+            config.password_hash_time_cost, config.password_hash_memory_kib, config.password_hash_parallelism
+        )
         db = await create_database(_small_pool(config, dsn))
         try:
             password_hash = await passwords.hash(password)
-            return await users_db.upsert_admin(db, args.email.strip().lower(), args.name, password_hash, replace_password=True)
+            return await users_db.upsert_admin(
+                db, args.email.strip().lower(), args.name, password_hash, replace_password=True
+            )
         finally:
             await db.close(timeout=5)
             passwords.close()
@@ -199,4 +203,3 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"database error: {exc}", file=sys.stderr)
         return 1
-

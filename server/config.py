@@ -81,8 +81,7 @@ class Config(BaseModel):
     database_url: str | None = Field(
         None,
         alias="DATABASE_URL",
-        description="PostgreSQL URL. Unset: an embedded PostgreSQL is started under "
-        "EMBEDDED_PG_DIR.",
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL is started under EMBEDDED_PG_DIR.",
     )
     embedded_pg_dir: str = Field(
         ".data/postgres",
@@ -105,15 +104,13 @@ class Config(BaseModel):
         50_000,
         alias="DB_POOL_MAX_QUERIES",
         ge=1,
-        description="A connection is replaced after this many queries (bounds server-side "
-        "memory growth).",
+        description="A connection is replaced after this many queries (bounds server-side memory growth).",
     )
     db_pool_max_inactive_lifetime: float = Field(
         300.0,
         alias="DB_POOL_MAX_INACTIVE_LIFETIME",
         ge=0,
-        description="Seconds an idle connection above the minimum is kept before closing "
-        "(0: never closed).",
+        description="Seconds an idle connection above the minimum is kept before closing (0: never closed).",
     )
     db_pool_acquire_timeout: float = Field(
         5.0,
@@ -149,9 +146,7 @@ class Config(BaseModel):
         description="HS256 signing key for access tokens (at least 32 characters). Unset: a "
         "random one per start, with a warning; tokens then die with the process.",
     )
-    jwt_ttl_seconds: int = Field(
-        3600, alias="JWT_TTL_SECONDS", ge=60, description="Access-token lifetime."
-    )
+    jwt_ttl_seconds: int = Field(3600, alias="JWT_TTL_SECONDS", ge=60, description="Access-token lifetime.")
     admin_email: str | None = Field(
         None, alias="ADMIN_EMAIL", description="With ADMIN_PASSWORD: an admin ensured at start."
     )
@@ -162,15 +157,11 @@ class Config(BaseModel):
         max_length=128,
         description="Password of the ADMIN_EMAIL admin (set when it is created).",
     )
-    password_hash_time_cost: int = Field(
-        3, alias="PASSWORD_HASH_TIME_COST", ge=1, description="argon2id iterations."
-    )
+    password_hash_time_cost: int = Field(3, alias="PASSWORD_HASH_TIME_COST", ge=1, description="argon2id iterations.")
     password_hash_memory_kib: int = Field(
         65536, alias="PASSWORD_HASH_MEMORY_KIB", ge=8, description="argon2id memory per hash."
     )
-    password_hash_parallelism: int = Field(
-        4, alias="PASSWORD_HASH_PARALLELISM", ge=1, description="argon2id lanes."
-    )
+    password_hash_parallelism: int = Field(4, alias="PASSWORD_HASH_PARALLELISM", ge=1, description="argon2id lanes.")
     login_max_failures_per_email: int = Field(
         5,
         alias="LOGIN_MAX_FAILURES_PER_EMAIL",
@@ -181,8 +172,7 @@ class Config(BaseModel):
         50,
         alias="LOGIN_MAX_FAILURES_PER_IP",
         ge=0,
-        description="Failed logins from one client address within the window before 429 "
-        "(0: off).",
+        description="Failed logins from one client address within the window before 429 (0: off).",
     )
     login_throttle_window_seconds: int = Field(
         300,
@@ -192,9 +182,7 @@ class Config(BaseModel):
     )
 
     # --- orders --------------------------------------------------------------------
-    order_ttl_seconds: int = Field(
-        900, alias="ORDER_TTL_SECONDS", ge=1, description="Unpaid orders expire after this."
-    )
+    order_ttl_seconds: int = Field(900, alias="ORDER_TTL_SECONDS", ge=1, description="Unpaid orders expire after this.")
     order_sweep_interval_seconds: float = Field(
         5.0,
         alias="ORDER_SWEEP_INTERVAL_SECONDS",
@@ -275,9 +263,7 @@ class Config(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", alias="LOG_LEVEL", description="Lowest level logged (JSON lines on stdout)."
     )
-    access_log: bool = Field(
-        False, alias="ACCESS_LOG", description="Log one line per request (off under load)."
-    )
+    access_log: bool = Field(False, alias="ACCESS_LOG", description="Log one line per request (off under load).")
     metrics_enabled: bool = Field(
         True, alias="METRICS_ENABLED", description="Serve /metrics and record request metrics."
     )

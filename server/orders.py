@@ -35,7 +35,10 @@ def merge_lines(items: Sequence[tuple[int, int]]) -> tuple[list[orders_db.Line],
     if too_many:
         raise ValidationFailed(
             [
-                {"field": f"items[{first_index[pid]}].quantity", "message": f"at most {MAX_QUANTITY} in total per product"}
+                {
+                    "field": f"items[{first_index[pid]}].quantity",
+                    "message": f"at most {MAX_QUANTITY} in total per product",
+                }
                 for pid in too_many
             ]
         )
@@ -63,13 +66,18 @@ def _order_errors(first_index: dict[int, int] | None = None) -> Iterator[None]:
     except orders_db.UnknownProducts as exc:
         index = first_index or {}
         raise ValidationFailed(
-            [{"field": f"items[{index.get(pid, 0)}].product_id", "message": "no such product"} for pid in exc.product_ids]
+            [
+                {"field": f"items[{index.get(pid, 0)}].product_id", "message": "no such product"}
+                for pid in exc.product_ids
+            ]
         ) from None
     except orders_db.MixedCurrencies:
         raise ValidationFailed.field("items", "all products of an order must have the same currency") from None
 
 
-async def create(ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]) -> tuple[asyncpg.Record, list[Any]]:
+async def create(
+    ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]
+) -> tuple[asyncpg.Record, list[Any]]:
     """A new pending order holding its stock; returns the order and its lines."""
     lines, first_index = merge_lines(items)
     with _order_errors(first_index):
@@ -109,7 +117,9 @@ async def list_page(
 # --- commands: each runs in the order's actor -------------------------------------------
 
 
-async def replace_lines(ctx: Context, principal: Principal, order_id: int, items: Sequence[tuple[int, int]]) -> asyncpg.Record:
+async def replace_lines(
+    ctx: Context, principal: Principal, order_id: int, items: Sequence[tuple[int, int]]
+) -> asyncpg.Record:
     if principal.is_admin and not await _owns(ctx, principal, order_id):
         raise Forbidden("only the order's owner may change its lines")
     lines, first_index = merge_lines(items)

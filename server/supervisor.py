@@ -19,6 +19,7 @@ database transaction that locks and re-checks what it changes (see db/orders.py)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,7 @@ class _Envelope:
 class OrderActor:
     """One order's mailbox and the task that works through it."""
 
-    __slots__ = ("order_id", "mailbox", "_expiry_deadline", "_supervisor")
+    __slots__ = ("_expiry_deadline", "_supervisor", "mailbox", "order_id")
 
     def __init__(self, order_id: int, supervisor: OrderSupervisor, mailbox: asyncio.Queue[_Envelope | None]) -> None:
         self.order_id = order_id
@@ -127,7 +128,9 @@ class OrderActor:
         try:
             await self._supervisor.expire(self.order_id)
         except Exception:
-            log.warning("actor could not expire its order; the sweeper will", exc_info=True, extra={"order_id": self.order_id})
+            log.warning(
+                "actor could not expire its order; the sweeper will", exc_info=True, extra={"order_id": self.order_id}
+            )
 
 
 def _reply_error(reply: asyncio.Future[Any], exc: BaseException) -> None:
@@ -201,8 +204,7 @@ class OrderSupervisor:
         """Refuse new commands, finish the queued ones, then stop every actor."""
         self.draining = True
         for actor in list(self._actors.values()):
-            try:
-                actor.mailbox.put_nowait(None)  # wakes an idle actor so it sees `draining`
-            except asyncio.QueueFull:
-                pass  # busy: it will see `draining` once its mailbox is empty
+            # Wakes an idle actor so it sees `draining`; a full one sees it when empty.
+            with contextlib.suppress(asyncio.QueueFull):
+                actor.mailbox.put_nowait(None)
         await self.scheduler.wait_and_close(timeout)

@@ -99,7 +99,7 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
                 _forget_metrics(worker.process.pid, metrics_dir)
                 lived = time.monotonic() - worker.started
                 failures = 0 if lived > _HEALTHY_AFTER_SECONDS else worker.failures + 1
-                pause = min(_MAX_BACKOFF_SECONDS, 2.0 ** failures - 1)
+                pause = min(_MAX_BACKOFF_SECONDS, 2.0**failures - 1)
                 log.error(
                     "worker died; restarting",
                     extra={"worker": worker.index, "pid": worker.process.pid, "exit_code": code, "pause_s": pause},
@@ -114,4 +114,4 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
 def _forget_metrics(pid: int, metrics_dir: str) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid, metrics_dir)
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]

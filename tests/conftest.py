@@ -73,14 +73,14 @@ def database_url(pg_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
-async def clean_db(database_url: str) -> AsyncIterator[str]:
+async def clean_db(database_url: str) -> str:
     """Every test starts from empty tables (so tests do not depend on each other)."""
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
-    yield database_url
+    return database_url
 
 
 def make_config(database_url: str, **overrides: Any) -> Config:

@@ -83,7 +83,9 @@ class Api:
         async with self.client.request(method, path, data=data, headers=all_headers) as response:
             return Reply(response.status, response.headers, await response.read())
 
-    async def register(self, email: str | None = None, password: str = "password-123", name: str = "Test User") -> Reply:
+    async def register(
+        self, email: str | None = None, password: str = "password-123", name: str = "Test User"
+    ) -> Reply:
         return await self.call(
             "POST", "/api/users/register", json={"email": email or unique_email(), "password": password, "name": name}
         )

@@ -222,7 +222,9 @@ async def _charge(ctx: Context, payment: asyncpg.Record, token: str) -> ChargeRe
         async with asyncio.timeout(timeout):
             return await ctx.provider.charge(request)
     except (TimeoutError, ProviderUnavailable) as exc:
-        log.warning("provider call failed; looking the charge up", extra={"payment_id": payment["id"], "error": repr(exc)})
+        log.warning(
+            "provider call failed; looking the charge up", extra={"payment_id": payment["id"], "error": repr(exc)}
+        )
     return await _lookup(ctx, payment["provider_key"], timeout)
 
 
