@@ -4,6 +4,7 @@ server processes for the multi-process tests."""
 from __future__ import annotations
 
 import itertools
+import json as std_json
 import os
 import signal
 import socket
@@ -78,7 +79,8 @@ class Api:
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
         if json is not None:
-            data = orjson.dumps(json)
+            # The standard library's encoder: it also writes integers beyond 64 bits.
+            data = std_json.dumps(json).encode()
             all_headers.setdefault("Content-Type", "application/json")
         async with self.client.request(method, path, data=data, headers=all_headers) as response:
             return Reply(response.status, response.headers, await response.read())
