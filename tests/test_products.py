@@ -84,14 +84,18 @@ async def test_create_accepts_the_limits(api: Api) -> None:
 async def test_duplicate_sku_is_409(api: Api) -> None:
     await api.product(sku="SKU-1")
     admin = await api.admin_user()
-    reply = await api.call("POST", "/api/products", json={"name": "B", "price": 1, "stock": 1, "sku": "SKU-1"}, token=admin.token)
+    reply = await api.call(
+        "POST", "/api/products", json={"name": "B", "price": 1, "stock": 1, "sku": "SKU-1"}, token=admin.token
+    )
     assert reply.status == 409
 
 
 async def test_concurrent_creates_with_one_sku_give_exactly_one_product(api: Api) -> None:
     admin = await api.admin_user()
     body = {"name": "Race", "price": 1, "stock": 1, "sku": "RACE-1"}
-    replies = await asyncio.gather(*(api.call("POST", "/api/products", json=body, token=admin.token) for _ in range(10)))
+    replies = await asyncio.gather(
+        *(api.call("POST", "/api/products", json=body, token=admin.token) for _ in range(10))
+    )
     assert sorted(r.status for r in replies) == [201] + [409] * 9
 
 
@@ -129,7 +133,9 @@ async def test_update_to_a_taken_sku_is_409_and_unknown_id_404(api: Api) -> None
 async def test_update_rejects_fields_that_are_not_product_fields(api: Api) -> None:
     product = await api.product()
     admin = await api.admin_user()
-    reply = await api.call("PUT", f"/api/products/{product['id']}", json={"id": 77, "created_at": "x"}, token=admin.token)
+    reply = await api.call(
+        "PUT", f"/api/products/{product['id']}", json={"id": 77, "created_at": "x"}, token=admin.token
+    )
     assert reply.status == 422
     assert (await api.call("GET", f"/api/products/{product['id']}")).json == product
 

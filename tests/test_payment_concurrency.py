@@ -1,0 +1,145 @@
+"""Exactly-once charges across real server processes, and after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from db import payments as payments_db
+from db.pool import Database
+from tests.helpers import Api, ServerProcess, session
+from tests.test_orders import assert_stock_invariant
+
+
+async def assert_charges_consistent(dsn: str) -> None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        assert await payments_db.charge_violations(Database(pool, 5)) == []
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def two_servers(clean_db: str) -> Iterator[list[ServerProcess]]:
+    env = {"PAYMENT_PROVIDER_LATENCY_MS": "200", "ACTOR_MAILBOX_SIZE": "64"}
+    servers = [ServerProcess(clean_db, env=env).start() for _ in range(2)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+async def apis(two_servers: list[ServerProcess]) -> AsyncIterator[list[Api]]:
+    sessions = [session(s.url, connector=aiohttp.TCPConnector(limit=100)) for s in two_servers]
+    try:
+        yield [Api(http) for http in sessions]
+    finally:
+        for http in sessions:
+            await http.close()
+
+
+async def test_30_simultaneous_payments_for_one_order_on_two_processes_charge_once(
+    apis: list[Api], clean_db: str
+) -> None:
+    user = await apis[0].customer()
+    product = await apis[0].product(price=700, stock=10)
+    order = (await apis[0].order(user, (product["id"], 1))).json
+    replies = await asyncio.gather(*(apis[i % 2].pay(user, order["id"], key=f"key-{i}") for i in range(30)))
+    statuses = Counter(r.status for r in replies)
+    assert statuses == {201: 1, 409: 29}
+    conn = await asyncpg.connect(clean_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'succeeded'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM simulated_provider_charges") == 1
+    finally:
+        await conn.close()
+    await assert_charges_consistent(clean_db)
+
+
+async def test_one_request_repeated_10_times_at_once_with_one_key_charges_once(apis: list[Api], clean_db: str) -> None:
+    user = await apis[0].customer()
+    product = await apis[0].product(price=990, stock=10)
+    order = (await apis[0].order(user, (product["id"], 1))).json
+    replies = await asyncio.gather(*(apis[i % 2].pay(user, order["id"], key="same-key") for i in range(10)))
+    assert {r.status for r in replies} <= {201, 409}
+    succeeded = [r for r in replies if r.status == 201]
+    assert succeeded
+    assert len({r.json["id"] for r in succeeded}) == 1  # every 201 names the same payment
+    conn = await asyncpg.connect(clean_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM simulated_provider_charges") == 1
+        assert await conn.fetchval("SELECT count(*) FROM payments") == 1
+    finally:
+        await conn.close()
+    replay = await apis[1].pay(user, order["id"], key="same-key")
+    assert replay.status == 201
+    assert replay.json["id"] == succeeded[0].json["id"]
+
+
+async def test_payments_in_flight_when_the_process_is_killed_are_settled_after_restart(clean_db: str) -> None:
+    env = {
+        "PAYMENT_PROVIDER_LATENCY_MS": "1200",
+        "PAYMENT_PROVIDER_TIMEOUT_MS": "1000",  # lease: 2 x 1 s + 5 s
+        "PAYMENT_RECONCILE_INTERVAL_SECONDS": "0.5",
+    }
+    first = ServerProcess(clean_db, env=env).start()
+    async with session(first.url, connector=aiohttp.TCPConnector(limit=100)) as http:
+        api = Api(http)
+        users = [await api.customer() for _ in range(4)]
+        product = await api.product(price=500, stock=1000)
+        orders = [(await api.order(users[i % 4], (product["id"], 1))).json for i in range(24)]
+
+        async def pay(i: int) -> None:
+            await asyncio.sleep(i * 0.05)  # spread: some charges are recorded before the kill, some not
+            with contextlib.suppress(aiohttp.ClientError):  # the process dies under some
+                await api.pay(users[i % 4], orders[i]["id"])
+
+        payments = [asyncio.create_task(pay(i)) for i in range(24)]
+        await asyncio.sleep(1.0)
+        first.signal(signal.SIGKILL)
+        await asyncio.gather(*payments)
+    first.wait()
+
+    conn = await asyncpg.connect(clean_db)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'pending'") > 0
+        charged_before_kill = await conn.fetchval("SELECT count(*) FROM simulated_provider_charges")
+        assert charged_before_kill > 0
+
+        second = ServerProcess(clean_db, env=env).start()
+        try:
+            for _ in range(200):
+                if await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'pending'") == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'pending'") == 0
+        finally:
+            second.stop()
+        rows = await conn.fetch(
+            """
+            SELECT p.status, p.failure_reason, o.status AS order_status, c.status AS charge
+            FROM payments p JOIN orders o ON o.id = p.order_id
+            LEFT JOIN simulated_provider_charges c ON c.idempotency_key = p.provider_key
+            """
+        )
+        for row in rows:
+            if row["charge"] == "succeeded":
+                assert (row["status"], row["order_status"]) == ("succeeded", "paid"), dict(row)
+            else:
+                assert row["status"] == "failed", dict(row)
+                assert row["order_status"] == "pending", dict(row)
+        per_order = await conn.fetch("SELECT order_id, count(*) FROM payments WHERE status = 'succeeded' GROUP BY 1")
+        assert all(r["count"] == 1 for r in per_order)
+    finally:
+        await conn.close()
+    await assert_charges_consistent(clean_db)
+    await assert_stock_invariant(clean_db)

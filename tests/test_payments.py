@@ -1,0 +1,370 @@
+"""The Payments section of the contract, through HTTP on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from db import idempotency as idempotency_db
+from db import payments as payments_db
+from db.pool import Database
+from server.app import Options, create_app
+from server.context import CONTEXT
+from tests.conftest import JWT_SECRET, make_config
+from tests.helpers import Api, User
+
+PAYMENT_FIELDS = {
+    "id",
+    "order_id",
+    "amount",
+    "currency",
+    "status",
+    "failure_reason",
+    "provider",
+    "provider_ref",
+    "created_at",
+}
+
+
+async def _pending_order(
+    api: Api, user: User | None = None, price: int = 1250, quantity: int = 2
+) -> tuple[User, dict[str, Any]]:
+    user = user or await api.customer()
+    product = await api.product(price=price, stock=100)
+    reply = await api.order(user, (product["id"], quantity))
+    assert reply.status == 201
+    order: dict[str, Any] = reply.json
+    return user, order
+
+
+async def _order_status(api: Api, user: User, order_id: int) -> str:
+    status: str = (await api.call("GET", f"/api/orders/{order_id}", token=user.token)).json["status"]
+    return status
+
+
+async def _charges(db: asyncpg.Connection) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM simulated_provider_charges WHERE status = 'succeeded'")
+    return count
+
+
+async def test_a_successful_payment_is_201_and_the_order_is_paid(api: Api) -> None:
+    user, order = await _pending_order(api)
+    reply = await api.pay(user, order["id"])
+    assert reply.status == 201
+    payment = reply.json
+    assert set(payment) == PAYMENT_FIELDS
+    assert payment["status"] == "succeeded"
+    assert (payment["amount"], payment["currency"], payment["order_id"]) == (2500, "USD", order["id"])
+    assert payment["provider"] == "simulated"
+    assert payment["provider_ref"]
+    assert payment["failure_reason"] is None
+    assert reply.headers["Location"] == f"/api/payments/{payment['id']}"
+    assert await _order_status(api, user, order["id"]) == "paid"
+    paid = (await api.call("GET", f"/api/orders/{order['id']}", token=user.token)).json
+    assert paid["expires_at"] is None
+
+
+async def test_a_declined_card_is_402_with_the_failed_payment_and_the_order_stays_pending(api: Api) -> None:
+    user, order = await _pending_order(api)
+    reply = await api.pay(user, order["id"], card="tok_chargeDeclined")
+    assert reply.status == 402
+    assert reply.content_type == "application/json"
+    assert reply.json["status"] == "failed"
+    assert reply.json["failure_reason"] == "card_declined"
+    assert await _order_status(api, user, order["id"]) == "pending"
+    retry = await api.pay(user, order["id"])
+    assert retry.status == 201
+    assert retry.json["id"] != reply.json["id"]
+
+
+async def test_an_unknown_token_is_declined_as_invalid_token(api: Api) -> None:
+    user, order = await _pending_order(api)
+    reply = await api.pay(user, order["id"], card="tok_whatever")
+    assert reply.status == 402
+    assert reply.json["failure_reason"] == "invalid_token"
+
+
+async def test_an_amount_that_differs_from_the_total_is_422(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    reply = await api.pay(user, order["id"], amount=order["total"] - 1)
+    assert reply.status == 422
+    assert reply.json["errors"][0]["field"] == "amount"
+    assert await _charges(db) == 0
+    assert (await api.pay(user, order["id"], amount=order["total"])).status == 201
+
+
+async def test_paying_an_order_that_is_not_pending_is_409(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    assert (await api.pay(user, order["id"])).status == 201
+    assert (await api.pay(user, order["id"])).status == 409
+    _, cancelled = await _pending_order(api, user)
+    await api.call("PUT", f"/api/orders/{cancelled['id']}", json={"status": "cancelled"}, token=user.token)
+    assert (await api.pay(user, cancelled["id"])).status == 409
+    assert await _charges(db) == 1
+
+
+async def test_paying_another_users_order_is_404(api: Api, db: asyncpg.Connection) -> None:
+    _, order = await _pending_order(api)
+    stranger = await api.customer()
+    assert (await api.pay(stranger, order["id"])).status == 404
+    admin = await api.admin_user()
+    assert (await api.pay(admin, order["id"])).status == 404
+    assert (await api.pay(stranger, 999999)).status == 404
+    assert await _charges(db) == 0
+
+
+async def test_payment_body_is_validated(api: Api) -> None:
+    user, order = await _pending_order(api)
+    for body in (
+        {"order_id": order["id"]},
+        {"order_id": order["id"], "payment_method": {"type": "paypal", "token": "x"}},
+        {"order_id": order["id"], "payment_method": {"type": "card", "token": ""}},
+        {"order_id": order["id"], "payment_method": {"type": "card", "token": "tok_visa"}, "status": "succeeded"},
+    ):
+        assert (await api.call("POST", "/api/payments", json=body, token=user.token)).status == 422
+
+
+async def test_a_payment_is_visible_to_its_owner_and_admins_only(api: Api) -> None:
+    user, order = await _pending_order(api)
+    payment = (await api.pay(user, order["id"])).json
+    path = f"/api/payments/{payment['id']}"
+    assert (await api.call("GET", path, token=user.token)).json == payment
+    admin = await api.admin_user()
+    assert (await api.call("GET", path, token=admin.token)).json == payment
+    stranger = await api.customer()
+    assert (await api.call("GET", path, token=stranger.token)).status == 404
+    assert (await api.call("GET", path)).status == 401
+    assert (await api.call("GET", "/api/payments/424242", token=user.token)).status == 404
+
+
+async def test_the_database_allows_one_succeeded_payment_per_order(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    await api.pay(user, order["id"])
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute(
+            "INSERT INTO payments (order_id, user_id, amount, currency, status, provider, provider_key) "
+            "VALUES ($1, $2, 1, 'USD', 'succeeded', 'simulated', 'second')",
+            order["id"],
+            user.id,
+        )
+
+
+# --- Idempotency-Key ------------------------------------------------------------------------
+
+
+async def test_same_key_and_body_replays_the_first_response_without_charging_again(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    user, order = await _pending_order(api)
+    first = await api.pay(user, order["id"], key="key-1")
+    again = await api.pay(user, order["id"], key="key-1")
+    assert first.status == again.status == 201
+    assert again.json == first.json
+    assert await _charges(db) == 1
+
+
+async def test_a_replayed_decline_is_the_same_402(api: Api) -> None:
+    user, order = await _pending_order(api)
+    first = await api.pay(user, order["id"], card="tok_chargeDeclined", key="decline-1")
+    again = await api.pay(user, order["id"], card="tok_chargeDeclined", key="decline-1")
+    assert first.status == again.status == 402
+    assert again.json["id"] == first.json["id"]
+
+
+async def test_a_replayed_refusal_is_the_same_problem(api: Api) -> None:
+    user = await api.customer()
+    first = await api.pay(user, 999999, key="missing-order")
+    again = await api.pay(user, 999999, key="missing-order")
+    assert first.status == again.status == 404
+    assert again.json == first.json
+    assert again.content_type == "application/problem+json"
+
+
+async def test_same_key_with_another_body_is_422(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    _, other = await _pending_order(api, user)
+    assert (await api.pay(user, order["id"], key="k")).status == 201
+    reply = await api.pay(user, other["id"], key="k")
+    assert reply.status == 422
+    assert await _order_status(api, user, other["id"]) == "pending"
+    assert await _charges(db) == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 600}])
+async def test_same_key_while_the_first_is_in_flight_is_409(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    first = asyncio.create_task(api.pay(user, order["id"], key="slow"))
+    await asyncio.sleep(0.2)
+    assert (await api.pay(user, order["id"], key="slow")).status == 409
+    assert (await first).status == 201
+    assert (await api.pay(user, order["id"], key="slow")).status == 201
+    assert await _charges(db) == 1
+
+
+async def test_keys_are_scoped_to_the_user(api: Api) -> None:
+    alice, order_a = await _pending_order(api)
+    bob, order_b = await _pending_order(api)
+    assert (await api.pay(alice, order_a["id"], key="shared")).status == 201
+    reply = await api.pay(bob, order_b["id"], key="shared")
+    assert reply.status == 201
+    assert reply.json["order_id"] == order_b["id"]
+
+
+async def test_an_unusable_key_is_422(api: Api) -> None:
+    user, order = await _pending_order(api)
+    assert (await api.pay(user, order["id"], key="x" * 300)).status == 422
+
+
+async def test_old_keys_are_purged(api: Api, db: asyncpg.Connection, app: web.Application) -> None:
+    user, order = await _pending_order(api)
+    await api.pay(user, order["id"], key="old")
+    _, fresh = await _pending_order(api, user)
+    await api.pay(user, fresh["id"], key="fresh")
+    await db.execute("UPDATE idempotency_keys SET created_at = now() - interval '49 hours' WHERE key = 'old'")
+    purged = await idempotency_db.purge(app[CONTEXT].db, 48 * 3600)
+    assert purged == 1
+    assert [r["key"] for r in await db.fetch("SELECT key FROM idempotency_keys")] == ["fresh"]
+
+
+# --- the provider's answer lost, and races with the order's life ---------------------------
+
+
+@pytest.mark.parametrize(
+    "config_overrides",
+    [{"payment_provider_fault": "timeout", "payment_provider_fault_rate": 1.0, "payment_provider_timeout_ms": 300}],
+)
+async def test_a_timed_out_charge_is_looked_up_and_settled(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    reply = await api.pay(user, order["id"])
+    assert reply.status == 201  # the provider charged; the lookup found it
+    assert await _order_status(api, user, order["id"]) == "paid"
+    assert await _charges(db) == 1
+
+
+@pytest.mark.parametrize(
+    "config_overrides",
+    [{"payment_provider_fault": "error", "payment_provider_fault_rate": 1.0, "payment_provider_timeout_ms": 200}],
+)
+async def test_an_unknown_outcome_is_202_pending_until_reconciled(
+    api: Api, app: web.Application, db: asyncpg.Connection
+) -> None:
+    user, order = await _pending_order(api)
+    reply = await api.pay(user, order["id"])
+    assert reply.status == 202
+    assert reply.json["status"] == "pending"
+    # Meanwhile the order is blocked for other payments and for cancelling.
+    assert (await api.pay(user, order["id"])).status == 409
+    cancel = await api.call("PUT", f"/api/orders/{order['id']}", json={"status": "cancelled"}, token=user.token)
+    assert cancel.status == 409
+    # Once the lease runs out, the reconciler asks the provider: no charge, so failed.
+    await db.execute("UPDATE payments SET lease_until = now() - interval '1 second' WHERE id = $1", reply.json["id"])
+    for _ in range(40):
+        payment = (await api.call("GET", reply.headers["Location"], token=user.token)).json
+        if payment["status"] != "pending":
+            break
+        await asyncio.sleep(0.1)
+    assert payment["status"] == "failed"
+    assert payment["failure_reason"] == "not_charged"
+    assert await _order_status(api, user, order["id"]) == "pending"
+    app[CONTEXT].provider.fault = "none"  # type: ignore[attr-defined]
+    assert (await api.pay(user, order["id"])).status == 201
+
+
+@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 800}])
+async def test_while_a_payment_is_in_flight_another_process_cannot_change_the_order(
+    api: Api, aiohttp_client: Any, clean_db: str
+) -> None:
+    other_config = make_config(clean_db)
+    other = Api(await aiohttp_client(create_app(other_config, Options(dsn=clean_db, jwt_secret=JWT_SECRET))))
+    user, order = await _pending_order(api)
+    paying = asyncio.create_task(api.pay(user, order["id"]))
+    await asyncio.sleep(0.3)
+    path = f"/api/orders/{order['id']}"
+    product_id = order["items"][0]["product_id"]
+    for method, body in (
+        ("PUT", {"status": "cancelled"}),
+        ("PUT", {"items": [{"product_id": product_id, "quantity": 1}]}),
+        ("DELETE", None),
+    ):
+        reply = await other.call(method, path, json=body, token=user.token)
+        assert reply.status == 409, (method, body, reply)
+        assert "payment" in reply.json["detail"]
+    assert (await other.pay(user, order["id"])).status == 409
+    assert (await paying).status == 201
+
+
+@pytest.mark.parametrize(
+    "config_overrides",
+    [{"payment_provider_latency_ms": 1500, "order_ttl_seconds": 1, "order_sweep_interval_seconds": 0.2}],
+)
+async def test_the_sweeper_skips_an_order_whose_payment_is_in_flight(api: Api) -> None:
+    user, order = await _pending_order(api)
+    await asyncio.sleep(0.3)
+    reply = await api.pay(user, order["id"])  # passes the expiry while the provider works
+    assert reply.status == 201
+    assert await _order_status(api, user, order["id"]) == "paid"
+
+
+@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 600}])
+async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    paying = asyncio.create_task(api.pay(user, order["id"]))
+    await asyncio.sleep(0.2)
+    # Something outside the rules (an operator, a bug) ends the order mid-payment.
+    await db.execute("UPDATE orders SET status = 'cancelled', expires_at = NULL WHERE id = $1", order["id"])
+    reply = await paying
+    assert reply.status == 402
+    assert reply.json["failure_reason"] == "order_not_payable"
+    charge = await db.fetchrow("SELECT status, refund_reference FROM simulated_provider_charges")
+    assert charge["status"] == "succeeded"
+    assert charge["refund_reference"] is not None
+    assert (
+        await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"])
+        == charge["refund_reference"]
+    )
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"db_pool_max_size": 2, "db_pool_min_size": 2, "payment_provider_latency_ms": 300}]
+)
+async def test_no_pooled_connection_is_held_while_the_provider_is_called(api: Api, app: web.Application) -> None:
+    ctx = app[CONTEXT]
+    customers = [await api.customer() for _ in range(4)]
+    orders = [(await _pending_order(api, customers[i % 4]))[1] for i in range(40)]
+    provider = ctx.provider
+    real_charge = provider.charge
+    in_flight, most_in_flight, idle_seen = 0, 0, []
+
+    async def observed_charge(request: Any) -> Any:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            idle_seen.append((ctx.db.pool.get_idle_size(), ctx.db.pool.get_size()))
+            return await real_charge(request)
+        finally:
+            in_flight -= 1
+
+    provider.charge = observed_charge  # type: ignore[method-assign]
+    replies = await asyncio.gather(*(api.pay(customers[i % 4], order["id"]) for i, order in enumerate(orders)))
+    assert [r.status for r in replies] == [201] * 40
+    assert most_in_flight > 2  # more provider calls at once than the pool has connections
+    assert all(size <= 2 for _, size in idle_seen)
+    assert max(idle for idle, _ in idle_seen) >= 1
+    assert sum(1 for idle, _ in idle_seen if idle >= 1) > len(idle_seen) // 2
+
+
+async def test_charge_invariants_hold_after_normal_payments(api: Api, clean_db: str) -> None:
+    for card in ("tok_visa", "tok_chargeDeclined", "tok_visa"):
+        user, order = await _pending_order(api)
+        await api.pay(user, order["id"], card=card)
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    try:
+        assert await payments_db.charge_violations(Database(pool, 5)) == []
+    finally:
+        await pool.close()

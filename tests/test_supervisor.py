@@ -1,0 +1,198 @@
+"""Order actors: one command at a time per order, bounded, supervised."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiojobs
+import pytest
+from aiohttp import web
+
+from db import orders as orders_db
+from server.context import CONTEXT
+from server.errors import ServiceUnavailable
+from server.metrics import Metrics
+from server.supervisor import OrderActor, OrderSupervisor
+from tests.helpers import Api
+
+
+def make_supervisor(**overrides: Any) -> OrderSupervisor:
+    async def expire(order_id: int) -> None:
+        return None
+
+    settings: dict[str, Any] = {"max_live": 100, "mailbox_size": 10, "idle_seconds": 0.2, **overrides}
+    return OrderSupervisor(scheduler=aiojobs.Scheduler(limit=None), metrics=Metrics(), expire=expire, **settings)
+
+
+async def test_commands_for_one_order_run_one_at_a_time_in_order() -> None:
+    supervisor = make_supervisor()
+    running, log = 0, []
+
+    async def command(tag: int) -> int:
+        nonlocal running
+        running += 1
+        assert running == 1
+        await asyncio.sleep(0.01)
+        log.append(tag)
+        running -= 1
+        return tag
+
+    results = await asyncio.gather(*(supervisor.ask(7, lambda actor, t=i: command(t)) for i in range(5)))
+    assert results == log == [0, 1, 2, 3, 4]
+    await supervisor.drain(1)
+
+
+async def test_different_orders_run_concurrently() -> None:
+    supervisor = make_supervisor()
+    started = asyncio.Event()
+
+    async def slow(actor: OrderActor) -> str:
+        started.set()
+        await asyncio.sleep(0.5)
+        return "slow"
+
+    async def quick(actor: OrderActor) -> str:
+        return "quick"
+
+    slow_task = asyncio.create_task(supervisor.ask(1, slow))
+    await started.wait()
+    assert await asyncio.wait_for(supervisor.ask(2, quick), 0.2) == "quick"
+    assert await slow_task == "slow"
+    await supervisor.drain(1)
+
+
+async def test_an_idle_actor_stops_and_leaves_nothing_behind() -> None:
+    supervisor = make_supervisor(idle_seconds=0.05)
+
+    async def noop(actor: OrderActor) -> None:
+        return None
+
+    for order_id in range(50):
+        await supervisor.ask(order_id, noop)
+    assert supervisor.live_count == 50
+    await asyncio.sleep(0.2)
+    assert supervisor.live_count == 0
+    assert len(supervisor.scheduler) == 0
+    await supervisor.drain(1)
+
+
+async def test_a_crashed_actor_is_replaced_and_queued_commands_still_run() -> None:
+    supervisor = make_supervisor()
+    actors: list[OrderActor] = []
+
+    async def crash(actor: OrderActor) -> None:
+        actors.append(actor)
+        await asyncio.sleep(0.05)
+        raise RuntimeError("boom")
+
+    async def record(actor: OrderActor) -> str:
+        actors.append(actor)
+        return "ok"
+
+    crashed = asyncio.create_task(supervisor.ask(3, crash))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(supervisor.ask(3, record))
+    with pytest.raises(RuntimeError):
+        await crashed
+    assert await queued == "ok"
+    assert actors[0] is not actors[1]  # a fresh actor took over the mailbox
+    assert supervisor.metrics.actor_crashes._value.get() == 1
+    assert await supervisor.ask(3, record) == "ok"
+    await supervisor.drain(1)
+
+
+async def test_a_full_mailbox_refuses_with_503() -> None:
+    supervisor = make_supervisor(mailbox_size=1)
+    release = asyncio.Event()
+
+    async def block(actor: OrderActor) -> None:
+        await release.wait()
+
+    busy = asyncio.create_task(supervisor.ask(1, block))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(supervisor.ask(1, block))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ServiceUnavailable) as refused:
+        await supervisor.ask(1, block)
+    assert refused.value.headers["Retry-After"]
+    release.set()
+    await asyncio.gather(busy, queued)
+    await supervisor.drain(1)
+
+
+async def test_the_number_of_live_actors_is_bounded() -> None:
+    supervisor = make_supervisor(max_live=2)
+    release = asyncio.Event()
+
+    async def block(actor: OrderActor) -> None:
+        await release.wait()
+
+    tasks = [asyncio.create_task(supervisor.ask(i, block)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ServiceUnavailable):
+        await supervisor.ask(3, block)
+    release.set()
+    await asyncio.gather(*tasks)
+    await supervisor.drain(1)
+
+
+async def test_drain_finishes_queued_commands_then_refuses_new_ones() -> None:
+    supervisor = make_supervisor(idle_seconds=30)
+    done: list[int] = []
+
+    async def work(actor: OrderActor, n: int) -> None:
+        await asyncio.sleep(0.05)
+        done.append(n)
+
+    tasks = [asyncio.create_task(supervisor.ask(1, lambda a, n=n: work(a, n))) for n in range(3)]
+    await asyncio.sleep(0.01)
+    await supervisor.drain(5)
+    await asyncio.gather(*tasks)
+    assert done == [0, 1, 2]
+    with pytest.raises(ServiceUnavailable):
+        await supervisor.ask(1, lambda a: work(a, 9))
+
+
+# --- through HTTP ---------------------------------------------------------------------------
+
+
+async def test_an_actor_that_raises_answers_500_and_the_next_command_gets_a_fresh_actor(
+    api: Api, app: web.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await api.customer()
+    product = await api.product(stock=3)
+    order = (await api.order(user, (product["id"], 1))).json
+    real_cancel = orders_db.cancel
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("bug in a command")
+
+    monkeypatch.setattr(orders_db, "cancel", broken)
+    crashed = await api.call("PUT", f"/api/orders/{order['id']}", json={"status": "cancelled"}, token=user.token)
+    assert crashed.status == 500
+    supervisor = app[CONTEXT].supervisor
+    assert supervisor.metrics.actor_crashes._value.get() == 1
+    assert order["id"] not in supervisor._actors  # the crashed actor is gone
+    monkeypatch.setattr(orders_db, "cancel", real_cancel)
+    again = await api.call("PUT", f"/api/orders/{order['id']}", json={"status": "cancelled"}, token=user.token)
+    assert again.status == 200
+    assert again.json["status"] == "cancelled"
+    assert await api.stock(product["id"]) == 3
+
+
+@pytest.mark.parametrize("config_overrides", [{"actor_mailbox_size": 1, "payment_provider_latency_ms": 800}])
+async def test_a_full_mailbox_gives_503_with_retry_after(api: Api) -> None:
+    user = await api.customer()
+    product = await api.product()
+    order = (await api.order(user, (product["id"], 1))).json
+    paying = asyncio.create_task(api.pay(user, order["id"]))  # occupies the actor
+    await asyncio.sleep(0.2)
+    queued = asyncio.create_task(api.call("DELETE", f"/api/orders/{order['id']}", token=user.token))
+    await asyncio.sleep(0.1)
+    refused = await api.call("PUT", f"/api/orders/{order['id']}", json={"status": "cancelled"}, token=user.token)
+    assert refused.status == 503
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.content_type == "application/problem+json"
+    assert (await paying).status == 201
+    assert (await queued).status == 409
