@@ -1,0 +1,1 @@
+"""Load tests: locust journeys and the benchmark command (see README, "Performance")."""
