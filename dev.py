@@ -3,7 +3,7 @@
 
     python3 dev.py serve [args]   run the service (embedded PostgreSQL without DATABASE_URL)
     python3 dev.py test [args]    run the whole test suite (pytest arguments pass through)
-    python3 dev.py lint           ruff and mypy
+    python3 dev.py lint           ruff, mypy and hadolint
     python3 dev.py python [args]  the project's interpreter (e.g. `python3 dev.py python -m loadtests.bench`)
 
 Each command first makes `.venv` (or $VENV) and installs the pinned dependencies
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
         [str(PYTHON), "-m", "ruff", "check", "."],
         [str(PYTHON), "-m", "ruff", "format", "--check", "."],
         [str(PYTHON), "-m", "mypy"],
+        [str(VENV / "bin" / "hadolint"), "Dockerfile"],
     ]
     return max(subprocess.run(step, check=False).returncode for step in lint)
 

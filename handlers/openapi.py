@@ -163,6 +163,7 @@ _INIT_SCRIPT = b"""window.onload = function () {
     url: "/api/openapi.json",
     dom_id: "#swagger-ui",
     deepLinking: true,
+    validatorUrl: null,  // the default asks validator.swagger.io: no outside calls
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
     layout: "StandaloneLayout",
   });
