@@ -112,7 +112,11 @@ def test_secrets_have_no_defaults(compose: dict[str, Any]) -> None:
         for name, operator, _ in _VARIABLE.findall(text):
             if name == secret:
                 assert operator == ":?", f"{secret} must be required"
-    env = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in ENV_EXAMPLE.read_text().splitlines() if re.match(r"^[A-Z_]+=", line)}
+    env = {
+        line.split("=", 1)[0]: line.split("=", 1)[1]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if re.match(r"^[A-Z_]+=", line)
+    }
     assert env["JWT_SECRET"] == env["POSTGRES_PASSWORD"] == env["ADMIN_PASSWORD"] == ""
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from handlers.schemas import OrderOut, Page, PaymentOut, ProductOut, Problem, TokenOut, UserOut
+from handlers.schemas import OrderOut, Page, PaymentOut, Problem, ProductOut, TokenOut, UserOut
 from tests.helpers import Api
 
 CONTRACT_OPERATIONS = {
@@ -45,7 +45,7 @@ async def test_every_route_is_documented_and_every_documented_route_exists(api: 
 async def test_the_document_covers_the_contract(api: Api) -> None:
     document = await _document(api)
     assert document["openapi"] == "3.1.0"
-    assert CONTRACT_OPERATIONS <= _operations(document)
+    assert _operations(document) >= CONTRACT_OPERATIONS
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
 
 

@@ -107,7 +107,12 @@ async def test_no_access_log_by_default(clean_db: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["create-admin"], ["seed-demo"], ["check-invariants"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server", *command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "server", *command, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0
     assert "usage: python -m server" in result.stdout

@@ -1,0 +1,205 @@
+"""Realistic storefront journeys for locust (FastHttpUser, for throughput).
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8080 \\
+        --headless -u 100 -r 20 --run-time 60s --csv loadtests/reports/run --html loadtests/reports/run.html
+
+Journeys, weighted: browsers read and search the catalog; shoppers register, log
+in, order, pay (some cards are declined, then retried), look at their orders and
+sometimes cancel; an admin restocks and adds products. Declines (402) are part of
+the journey and count as successes; any other unexpected status is a failure.
+
+Env: STOREFRONT_ADMIN_EMAIL / STOREFRONT_ADMIN_PASSWORD (the service's ADMIN_EMAIL /
+ADMIN_PASSWORD): needed by the admin journey and to make sure the catalog has
+products before the test starts (LOCUST_MIN_PRODUCTS, default 50).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from typing import Any
+
+from locust import FastHttpUser, between, events, task
+from locust.env import Environment
+
+ADMIN_EMAIL = os.environ.get("STOREFRONT_ADMIN_EMAIL", "")
+ADMIN_PASSWORD = os.environ.get("STOREFRONT_ADMIN_PASSWORD", "")
+MIN_PRODUCTS = int(os.environ.get("LOCUST_MIN_PRODUCTS", "50"))
+SEARCH_TERMS = ("steel", "oak", "lamp", "chair", "mug", "wool", "smart", "desk", "blue", "pro")
+SORTS = ("created_at", "-created_at", "price", "-price", "name", "-name")
+JSON = {"Content-Type": "application/json"}
+
+
+def _admin_token(client: Any) -> str | None:
+    if not (ADMIN_EMAIL and ADMIN_PASSWORD):
+        return None
+    with client.post(
+        "/api/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}, name="login (admin)",
+        catch_response=True,
+    ) as response:  # fmt: skip
+        if response.status_code != 200:
+            response.failure(f"admin login: {response.status_code}")
+            return None
+        token: str = response.json()["access_token"]
+        return token
+
+
+@events.test_start.add_listener
+def ensure_catalog(environment: Environment, **_: Any) -> None:
+    """Make sure there is something to buy (with stock that will not run out)."""
+    if environment.host is None or environment.runner is None or not (ADMIN_EMAIL and ADMIN_PASSWORD):
+        return
+    from locust.contrib.fasthttp import FastHttpSession
+
+    session = FastHttpSession(environment, base_url=environment.host, user=None)
+    token = _admin_token(session)
+    if token is None:
+        return
+    existing = session.get("/api/products?limit=100", name="seed: list").json()["items"]
+    headers = {"Authorization": f"Bearer {token}", **JSON}
+    for i in range(len(existing), MIN_PRODUCTS):
+        body = {
+            "name": f"{random.choice(SEARCH_TERMS).title()} item {i}",
+            "price": random.randint(199, 19999),
+            "stock": 1_000_000,
+        }
+        session.post("/api/products", json=body, headers=headers, name="seed: create product")
+
+
+class Browser(FastHttpUser):
+    """Anonymous visitors: most of the traffic."""
+
+    weight = 6
+    wait_time = between(0.5, 2)
+
+    def on_start(self) -> None:
+        self.product_ids: list[int] = []
+
+    @task(5)
+    def browse(self) -> None:
+        sort = random.choice(SORTS)
+        page = self.client.get(f"/api/products?limit=20&sort={sort}", name="/api/products?sort").json()
+        self.product_ids = [p["id"] for p in page["items"]] or self.product_ids
+        if page["next_cursor"] and random.random() < 0.3:
+            self.client.get(
+                f"/api/products?limit=20&sort={sort}&cursor={page['next_cursor']}", name="/api/products?cursor"
+            )
+
+    @task(3)
+    def search(self) -> None:
+        term = random.choice(SEARCH_TERMS)
+        extra = random.choice(["", "&in_stock=true", "&min_price=500&max_price=5000", "&sort=price"])
+        self.client.get(f"/api/products?q={term}{extra}", name="/api/products?q")
+
+    @task(6)
+    def view_product(self) -> None:
+        if self.product_ids:
+            self.client.get(f"/api/products/{random.choice(self.product_ids)}", name="/api/products/{id}")
+
+
+class Shopper(FastHttpUser):
+    """Registers, logs in, orders, pays (some declines), cancels now and then."""
+
+    weight = 3
+    wait_time = between(1, 3)
+
+    def on_start(self) -> None:
+        email = f"shopper-{uuid.uuid4().hex[:12]}@example.com"
+        password = "load-test-password"
+        self.client.post(
+            "/api/users/register", json={"email": email, "password": password, "name": "Load Shopper"}, name="register"
+        )
+        login = self.client.post("/api/users/login", json={"email": email, "password": password}, name="login")
+        self.auth = {"Authorization": f"Bearer {login.json()['access_token']}", **JSON}
+        self.pending: list[dict[str, Any]] = []
+
+    def _products(self) -> list[dict[str, Any]]:
+        page = self.client.get("/api/products?limit=50&in_stock=true", name="/api/products?in_stock").json()
+        items: list[dict[str, Any]] = page["items"]
+        return items
+
+    @task(4)
+    def order_and_pay(self) -> None:
+        products = [p for p in self._products() if p["currency"] == "USD"]
+        if not products:
+            return
+        lines = [
+            {"product_id": p["id"], "quantity": random.randint(1, 2)}
+            for p in random.sample(products, min(len(products), random.randint(1, 3)))
+        ]
+        with self.client.post(
+            "/api/orders", json={"items": lines}, headers=self.auth, name="/api/orders", catch_response=True
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"order: {response.status_code} {response.text[:200]}")
+                return
+            order = response.json()
+        card = "tok_chargeDeclined" if random.random() < 0.15 else "tok_visa"
+        self._pay(order, card)
+        if card == "tok_chargeDeclined":
+            self._pay(order, "tok_visa")  # retry with another card
+
+    def _pay(self, order: dict[str, Any], card: str) -> None:
+        body = {"order_id": order["id"], "payment_method": {"type": "card", "token": card}}
+        headers = {**self.auth, "Idempotency-Key": uuid.uuid4().hex}
+        expected = 201 if card == "tok_visa" else 402
+        with self.client.post(
+            "/api/payments", json=body, headers=headers, name=f"/api/payments ({card})", catch_response=True
+        ) as response:
+            if response.status_code != expected:
+                response.failure(f"payment: {response.status_code} {response.text[:200]}")
+
+    @task(1)
+    def order_then_cancel(self) -> None:
+        products = self._products()
+        if not products:
+            return
+        line = {"product_id": random.choice(products)["id"], "quantity": 1}
+        created = self.client.post("/api/orders", json={"items": [line]}, headers=self.auth, name="/api/orders")
+        if created.status_code == 201:
+            order_id = created.json()["id"]
+            self.client.put(
+                f"/api/orders/{order_id}",
+                json={"status": "cancelled"},
+                headers=self.auth,
+                name="/api/orders/{id} (cancel)",
+            )
+
+    @task(2)
+    def my_orders(self) -> None:
+        self.client.get("/api/orders?limit=10", headers=self.auth, name="/api/orders (list)")
+        self.client.get("/api/users/profile", headers=self.auth, name="/api/users/profile")
+
+
+class Admin(FastHttpUser):
+    """Restocks what sells, adds a product now and then."""
+
+    weight = 1
+    fixed_count = 1
+    wait_time = between(2, 5)
+
+    def on_start(self) -> None:
+        token = _admin_token(self.client)
+        self.auth = {"Authorization": f"Bearer {token}", **JSON} if token else None
+
+    @task(3)
+    def restock(self) -> None:
+        if self.auth is None:
+            return
+        page = self.client.get("/api/products?limit=100&sort=created_at", name="/api/products (admin)").json()
+        for product in page["items"]:
+            if product["stock"] < 1000:
+                self.client.put(
+                    f"/api/products/{product['id']}",
+                    json={"stock": 1_000_000},
+                    headers=self.auth,
+                    name="/api/products/{id} (restock)",
+                )
+
+    @task(1)
+    def add_product(self) -> None:
+        if self.auth is None:
+            return
+        body = {"name": f"New arrival {uuid.uuid4().hex[:6]}", "price": random.randint(299, 9999), "stock": 1_000_000}
+        self.client.post("/api/products", json=body, headers=self.auth, name="/api/products (create)")

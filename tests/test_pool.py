@@ -1,0 +1,102 @@
+"""The connection line: first come, first served, with a deadline; 503 when the
+pool stays exhausted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from db.pool import Database
+from server.auth import Tokens
+from server.context import CONTEXT
+from server.errors import Unauthorized
+from tests.helpers import Api
+
+
+@pytest.fixture
+async def tiny_db(clean_db: str) -> Any:
+    pool = await asyncpg.create_pool(clean_db, min_size=2, max_size=2)
+    try:
+        yield Database(pool, acquire_timeout=0.3)
+    finally:
+        await pool.close()
+
+
+async def test_waiting_requests_get_connections_in_arrival_order(tiny_db: Database) -> None:
+    served: list[int] = []
+    holders = [tiny_db.connection() for _ in range(2)]
+    for holder in holders:
+        await holder.__aenter__()
+
+    async def wait_turn(index: int) -> None:
+        async with tiny_db.connection():
+            served.append(index)
+            await asyncio.sleep(0.001)
+
+    waiting = []
+    for i in range(10):
+        waiting.append(asyncio.create_task(wait_turn(i)))
+        await asyncio.sleep(0)  # arrive one after the other
+    for holder in holders:
+        await holder.__aexit__(None, None, None)
+    await asyncio.gather(*waiting)
+    assert served == list(range(10))
+
+
+async def test_a_request_that_waits_past_the_deadline_gets_timeout(tiny_db: Database) -> None:
+    holders = [tiny_db.connection() for _ in range(2)]
+    for holder in holders:
+        await holder.__aenter__()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with tiny_db.connection():
+            pass
+    assert 0.25 <= time.monotonic() - started < 1.0
+    for holder in holders:
+        await holder.__aexit__(None, None, None)
+    assert await tiny_db.fetchval("SELECT 1") == 1  # the slots came back
+
+
+async def test_a_cancelled_waiter_does_not_lose_a_slot(tiny_db: Database) -> None:
+    holders = [tiny_db.connection() for _ in range(2)]
+    for holder in holders:
+        await holder.__aenter__()
+    waiter = asyncio.create_task(tiny_db.fetchval("SELECT 1"))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    for holder in holders:
+        await holder.__aexit__(None, None, None)
+    results = await asyncio.gather(*(tiny_db.fetchval("SELECT 2") for _ in range(4)))
+    assert results == [2] * 4
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"db_pool_max_size": 1, "db_pool_min_size": 1, "db_pool_acquire_timeout": 0.2}]
+)
+async def test_an_exhausted_pool_answers_503_with_retry_after(api: Api, app: web.Application) -> None:
+    await api.product()
+    db = app[CONTEXT].db
+    holder = db.connection()
+    await holder.__aenter__()
+    try:
+        reply = await api.call("GET", "/api/products")
+        assert reply.status == 503
+        assert reply.headers["Retry-After"] == "1"
+    finally:
+        await holder.__aexit__(None, None, None)
+    assert (await api.call("GET", "/api/products")).status == 200
+
+
+def test_a_remembered_token_is_refused_once_it_expires() -> None:
+    tokens = Tokens("s" * 40, ttl_seconds=1, leeway_seconds=0)
+    token = tokens.issue(7, 0)
+    assert tokens.decode(token).user_id == 7
+    assert tokens.decode(token).user_id == 7  # from memory
+    time.sleep(2.05)
+    with pytest.raises(Unauthorized):
+        tokens.decode(token)
