@@ -47,7 +47,8 @@ def _encode_key(value: Any) -> Any:
     # Timestamps travel as integer microseconds: exact, unlike a float or a
     # re-parsed string with a lost precision.
     if isinstance(value, datetime):
-        return (value - _EPOCH) // timedelta(microseconds=1)
+        elapsed = value - _EPOCH
+        return (elapsed.days * 86_400 + elapsed.seconds) * 1_000_000 + elapsed.microseconds
     return value
 
 
