@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -99,24 +100,9 @@ ORDER BY id
 FOR UPDATE
 """
 
-_INSERT_ORDER = f"""
-WITH lines AS (
-    SELECT * FROM unnest($5::bigint[], $6::int[], $7::text[], $8::bigint[])
-        WITH ORDINALITY AS l (product_id, quantity, name, unit_price, line_no)
-), reserve AS (
-    UPDATE products p SET stock = p.stock - l.quantity, updated_at = now()
-    FROM lines l WHERE p.id = l.product_id
-), o AS (
-    INSERT INTO orders (user_id, total, currency, expires_at)
-    VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-    RETURNING *
-), items AS (
-    INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
-    SELECT o.id, l.line_no, l.product_id, l.name, l.unit_price, l.quantity, l.unit_price * l.quantity
-    FROM o, lines l
-)
-SELECT {ORDER_COLUMNS} FROM o
-"""
+# One call, so one round trip: the function (sql/006_create_order.sql) locks the
+# products in id order and checks every line before it writes anything.
+_CREATE = "SELECT placed, checked FROM create_order($1, $2, $3, $4)"
 
 
 @dataclass(frozen=True)
@@ -129,9 +115,6 @@ class PricedLine:
     @property
     def line_total(self) -> int:
         return self.unit_price * self.quantity
-
-    def as_item(self) -> tuple[int, str, int, int, int]:
-        return (self.product_id, self.name, self.unit_price, self.quantity, self.line_total)
 
 
 def _price_lines(
@@ -165,21 +148,38 @@ def _line_arrays(priced: Sequence[PricedLine]) -> tuple[list[int], list[int], li
     )
 
 
+Item = tuple[int, str, int, int, int]  # (product_id, name, unit_price, quantity, line_total)
+
+
 async def create(
     db: Database, user_id: int, lines: Sequence[Line], ttl_seconds: int
-) -> tuple[asyncpg.Record, list[PricedLine]]:
-    """Reserve every line and write the order, or change nothing.
+) -> tuple[asyncpg.Record, list[Item]]:
+    """Reserve every line and write the order, or change nothing; returns the order
+    and its lines.
 
     `lines` must name each product once. Raises UnknownProducts, MixedCurrencies or
     StockShort (for the first line that cannot be covered).
     """
-    async with db.transaction() as conn:
-        products = await conn.fetch(_LOCK_PRODUCTS, sorted(pid for pid, _ in lines))
-        priced, currency = _price_lines(products, lines, held={})
-        total = sum(p.line_total for p in priced)
-        order = await conn.fetchrow(_INSERT_ORDER, user_id, total, currency, ttl_seconds, *_line_arrays(priced))
-    assert order is not None
-    return order, priced
+    row = await db.fetchrow(_CREATE, user_id, [pid for pid, _ in lines], [qty for _, qty in lines], ttl_seconds)
+    assert row is not None
+    order, checked = row["placed"], row["checked"]
+    if order is None:
+        _refuse(lines, {line[0]: line for line in checked})
+    return order, [(pid, name, price, qty, price * qty) for pid, name, price, qty, _, _ in checked]
+
+
+def _refuse(lines: Sequence[Line], found: dict[int, tuple[Any, ...]]) -> None:
+    """Raise why the order was refused (the checks of _CREATE, in the same order)."""
+    unknown = [pid for pid, _ in lines if pid not in found]
+    if unknown:
+        raise UnknownProducts(unknown)
+    if len({line[5] for line in found.values()}) > 1:
+        raise MixedCurrencies()
+    for pid, quantity in lines:
+        _, name, _, _, stock, _ = found[pid]
+        if stock < quantity:
+            raise StockShort(pid, name, stock)
+    raise AssertionError("an order was refused for no reason the checks know")
 
 
 # --- changing ---------------------------------------------------------------------------

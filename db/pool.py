@@ -26,6 +26,13 @@ class PoolSettings:
     statement_cache_size: int
 
 
+async def _check_connection(conn: asyncpg.Connection) -> None:
+    # db/products.py writes search terms into statements as literals, quoting them by
+    # doubling single quotes: only right with standard-conforming strings.
+    if conn.get_settings().standard_conforming_strings != "on":
+        raise RuntimeError("standard_conforming_strings must be on")
+
+
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """Release hook that skips asyncpg's default reset query.
 
@@ -217,6 +224,7 @@ async def create_database(settings: PoolSettings) -> Database:
         timeout=settings.connect_timeout,
         statement_cache_size=settings.statement_cache_size,
         server_settings={"application_name": "storefront"},
+        init=_check_connection,
         reset=_keep_session,
     )
     return Database(pool, settings.acquire_timeout)

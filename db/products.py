@@ -100,14 +100,25 @@ class ListFilters:
     in_stock: bool = False
 
 
-def _like_pattern(q: str) -> str:
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+def _like_literal(q: str) -> str:
+    """`q` as a quoted ILIKE pattern matching it as a substring (%, _ and \\ literal).
+
+    Quoting only doubles single quotes: standard_conforming_strings is on (checked on
+    every new connection, db/pool.py) and the value has no NUL (validated).
+    """
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("'", "''")
+    return f"'%{escaped}%'"
 
 
 def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, limit: int) -> tuple[str, list[Any]]:
-    """The keyset query for one page: only the conditions in use, so that each
-    combination is its own prepared statement with its own (index) plan."""
+    """The keyset query for one page, with only the conditions in use.
+
+    The search term and price bounds are written into the statement, not passed as
+    parameters: how many rows they match decides the best plan (walk the sort index,
+    or find the matches by trigram or price index and sort those), so each distinct
+    filter is planned for its values (see sql/005_plan_cache.sql). The cursor and
+    the limit stay parameters.
+    """
     conditions = ["deleted_at IS NULL"]
     args: list[Any] = []
 
@@ -116,11 +127,11 @@ def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, li
         return f"${len(args)}"
 
     if filters.q is not None:
-        conditions.append(f"name ILIKE {arg(_like_pattern(filters.q))}")
+        conditions.append(f"name ILIKE {_like_literal(filters.q)}")
     if filters.min_price is not None:
-        conditions.append(f"price >= {arg(filters.min_price)}")
+        conditions.append(f"price >= {int(filters.min_price)}")
     if filters.max_price is not None:
-        conditions.append(f"price <= {arg(filters.max_price)}")
+        conditions.append(f"price <= {int(filters.max_price)}")
     if filters.in_stock:
         conditions.append("stock > 0")
     if after is not None:

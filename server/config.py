@@ -193,7 +193,7 @@ class Config(BaseModel):
         200, alias="ORDER_SWEEP_BATCH", ge=1, description="Orders expired per sweep transaction."
     )
     actor_idle_seconds: float = Field(
-        30.0,
+        2.0,
         alias="ACTOR_IDLE_SECONDS",
         gt=0,
         description="An order actor with an empty mailbox stops after this.",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import asyncpg
 
@@ -77,13 +76,13 @@ def _order_errors(first_index: dict[int, int] | None = None) -> Iterator[None]:
 
 async def create(
     ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]
-) -> tuple[asyncpg.Record, list[Any]]:
+) -> tuple[asyncpg.Record, list[orders_db.Item]]:
     """A new pending order holding its stock; returns the order and its lines."""
     lines, first_index = merge_lines(items)
     with _order_errors(first_index):
-        order, priced = await orders_db.create(ctx.db, principal.id, lines, ctx.config.order_ttl_seconds)
+        order, order_items = await orders_db.create(ctx.db, principal.id, lines, ctx.config.order_ttl_seconds)
     ctx.metrics.order_transition("new", "pending")
-    return order, [line.as_item() for line in priced]
+    return order, order_items
 
 
 def _owner_filter(principal: Principal) -> int | None:

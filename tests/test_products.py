@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import urllib.parse
 from typing import Any
 
 import asyncpg
@@ -308,6 +309,16 @@ async def test_q_treats_like_wildcards_literally(api: Api) -> None:
     await api.product(name="snakeXcase")
     assert [p["id"] for p in (await _page(api, "q=0%25"))["items"]] == [percent["id"]]
     assert [p["id"] for p in (await _page(api, "q=e_c"))["items"]] == [underscore["id"]]
+
+
+async def test_q_with_quotes_and_backslashes_is_a_plain_substring(api: Api) -> None:
+    tricky = await api.product(name="O'Reilly \\ back'slash")
+    await api.product(name="Plain")
+    for term in ("O'Reilly", "\\", "'", "y \\ b", "'; DROP TABLE products; --"):
+        page = await _page(api, "q=" + urllib.parse.quote(term))
+        expected = [tricky["id"]] if term in tricky["name"] else []
+        assert [p["id"] for p in page["items"]] == expected, term
+    assert (await api.call("GET", f"/api/products/{tricky['id']}")).status == 200
 
 
 async def test_price_range_and_in_stock_filters_combine_with_sorts(api: Api) -> None:
