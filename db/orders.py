@@ -200,13 +200,14 @@ WHERE id IN (SELECT product_id FROM order_items WHERE order_id = ANY($1::bigint[
 ORDER BY id
 FOR UPDATE
 """
+# `p.id = ANY($2)` (the locked products) lets the plan find the rows by primary key.
 _RETURN_STOCK = """
 UPDATE products p SET stock = p.stock + held.quantity, updated_at = now()
 FROM (
     SELECT product_id, sum(quantity) AS quantity FROM order_items
     WHERE order_id = ANY($1::bigint[]) GROUP BY product_id
 ) held
-WHERE p.id = held.product_id
+WHERE p.id = ANY($2::bigint[]) AND p.id = held.product_id
 """
 _SET_STATUS = f"""
 UPDATE orders o SET status = $2, expires_at = NULL, updated_at = now()
@@ -228,8 +229,8 @@ async def _lock_pending(conn: asyncpg.Connection, order_id: int, owner_id: int |
 
 
 async def _release_stock(conn: asyncpg.Connection, order_ids: list[int]) -> None:
-    await conn.execute(_LOCK_ORDER_PRODUCTS, order_ids)
-    await conn.execute(_RETURN_STOCK, order_ids)
+    product_ids = [r["id"] for r in await conn.fetch(_LOCK_ORDER_PRODUCTS, order_ids)]
+    await conn.execute(_RETURN_STOCK, order_ids, product_ids)
 
 
 async def _end_pending(conn: asyncpg.Connection, order_id: int, status: str) -> asyncpg.Record:
@@ -267,7 +268,7 @@ _OLD_LINES = "SELECT product_id, quantity FROM order_items WHERE order_id = $1"
 _APPLY_STOCK_DELTAS = """
 UPDATE products p SET stock = p.stock + d.delta, updated_at = now()
 FROM unnest($1::bigint[], $2::int[]) AS d (product_id, delta)
-WHERE p.id = d.product_id AND d.delta <> 0
+WHERE p.id = ANY($1::bigint[]) AND p.id = d.product_id AND d.delta <> 0
 """
 _DELETE_LINES = "DELETE FROM order_items WHERE order_id = $1"
 _INSERT_LINES = """

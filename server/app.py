@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiojobs
 from aiohttp import web
 
-from db import idempotency, login_failures
+from db import idempotency, login_failures, maintenance
 from db.pool import Database, PoolSettings, create_database
 from handlers import api, openapi
 from handlers.routing import register
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _GAUGE_REFRESH_SECONDS = 5.0
 _PURGE_SECONDS = 3600.0
+_STATISTICS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,17 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     async def refresh_gauges() -> None:
         ctx.refresh_gauges()
 
+    async def refresh_statistics() -> None:
+        analyzed = await maintenance.analyze_grown_tables(ctx.db)
+        if analyzed:
+            log.info("planner statistics refreshed", extra={"tables": analyzed})
+
     jobs.every(config.order_sweep_interval_seconds, sweep, name="order-sweeper", at_start=True)
     jobs.every(config.payment_reconcile_interval_seconds, reconcile, name="payment-reconciler", at_start=True)
     jobs.every(config.idempotency_purge_interval_seconds, purge_idempotency_keys, name="idempotency-purge")
     jobs.every(_PURGE_SECONDS, purge_login_failures, name="login-failures-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
+    jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
 
 
 __all__ = ["Database", "Options", "create_app", "pool_settings", "resolve_jwt_secret"]
