@@ -175,6 +175,11 @@ class _Acquire:
         tb: TracebackType | None,
     ) -> None:
         assert self._conn is not None
+        if exc is not None and is_outage(exc):
+            # The connection may be broken, or half way through an operation the
+            # server never finished: never hand it to the next request. (The pool
+            # replaces it; its release of a closed connection just frees the slot.)
+            self._conn.terminate()
         try:
             await self._db.pool.release(self._conn)
         finally:
@@ -238,6 +243,7 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.TransactionRollbackError,  # deadlock/serialization: retry later
     asyncpg.InterfaceError,  # the pool or connection was closed under us
+    asyncpg.InternalClientError,  # a connection left mid-operation by a failure
 )
 
 

@@ -53,7 +53,9 @@ class Measured:
 
 
 def _access_paths(plan: str) -> str:
-    found = re.findall(r"((?:Index Only Scan|Index Scan Backward|Index Scan|Bitmap Index Scan|Seq Scan) (?:using \w+ )?on \w+)", plan)
+    found = re.findall(
+        r"((?:Index Only Scan|Index Scan Backward|Index Scan|Bitmap Index Scan|Seq Scan) (?:using \w+ )?on \w+)", plan
+    )
     return "; ".join(dict.fromkeys(found))
 
 
@@ -65,7 +67,9 @@ def _acceptable(plan: str) -> bool:
     return not re.search(r"Sort.*\n\s+->  Index Scan using products_(created_at|price|name)_idx", plan)
 
 
-async def _measure(conn: asyncpg.Connection, sort: str, label: str, filters: ListFilters, after: Any, runs: int) -> Measured:
+async def _measure(
+    conn: asyncpg.Connection, sort: str, label: str, filters: ListFilters, after: Any, runs: int
+) -> Measured:
     query, args = list_query(SORTS[sort], filters, after, PAGE + 1)
     plan_rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + query, *args)
     plan = "\n".join(r[0] for r in plan_rows)
@@ -102,7 +106,9 @@ async def run(dsn: str, runs: int, show_plans: bool) -> list[Measured]:
             first, args = list_query(SORTS[sort], ListFilters(), None, PAGE + 1)
             last = (await conn.fetch(first, *args))[PAGE - 1]
             column = SORTS[sort].column
-            results.append(await _measure(conn, sort, "none, page 2 (cursor)", ListFilters(), (last[column], last["id"]), runs))
+            results.append(
+                await _measure(conn, sort, "none, page 2 (cursor)", ListFilters(), (last[column], last["id"]), runs)
+            )
         if show_plans:
             for m in results:
                 print(f"\n### sort={m.sort} filter={m.filters}\n{m.plan}")

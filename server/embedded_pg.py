@@ -71,7 +71,8 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}"
 
     def start(self) -> str:
-        """Start the cluster (initialising it on first use); returns its DSN."""
+        """Start the cluster (initialising it on first use); returns its DSN. It
+        listens on `port` if one was given, else on a free port chosen now."""
         self._prepare_data_dir()
         running = self._running_port()
         if running is not None:
@@ -79,7 +80,7 @@ class EmbeddedPostgres:
             self.port = running
             log.info("embedded PostgreSQL already running", extra={"port": running})
         else:
-            self.port = _free_port()
+            self.port = self.port or _free_port()
             options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
             self._pg_ctl("-w", "-t", "60", "-l", str(self.data_dir / "server.log"), "-o", options, "start")
             self.started_here = True

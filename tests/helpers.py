@@ -149,10 +149,16 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m server` as a real process (WORKERS=1 unless told otherwise)."""
 
-    def __init__(self, database_url: str, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        port: int | None = None,
+    ) -> None:
         from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url,

@@ -1,0 +1,374 @@
+"""The fault suite: real traffic at real server processes on real PostgreSQL, with
+faults injected, and the invariants checked afterwards.
+
+Run on its own with `python3 dev.py test -m faults` (`.ci/run` runs it after the
+default suite). Each test prints its figures (requests sent, faults injected,
+violations found); docs/reliability.md records the last run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import resource
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from db import orders as orders_db
+from db import payments as payments_db
+from db.pool import Database
+from server.embedded_pg import EmbeddedPostgres
+from tests.helpers import Api, ServerProcess, User, session
+
+pytestmark = pytest.mark.faults
+
+ALLOWED_STATUSES = {"pending", "paid", "shipped", "delivered", "cancelled", "expired"}
+
+
+@dataclass
+class Tally:
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values()) + sum(self.errors.values())
+
+
+async def invariant_violations(dsn: str) -> list[str]:
+    """Everything the service promises about stock, charges and states, checked on
+    the database: empty when all hold."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        db = Database(pool, 10)
+        problems = [f"stock: {dict(r)}" for r in await orders_db.stock_violations(db)]
+        problems += await payments_db.charge_violations(db)
+        pending = await payments_db.pending_count(db)
+        if pending:
+            problems.append(f"{pending} payment(s) still pending")
+        odd = await pool.fetch("SELECT id, status FROM orders WHERE status <> ALL($1::text[])", list(ALLOWED_STATUSES))
+        problems += [f"order {r['id']} in status {r['status']}" for r in odd]
+        overdue = await pool.fetchval(
+            "SELECT count(*) FROM orders WHERE status = 'pending' AND expires_at < now() - interval '30 seconds'"
+        )
+        if overdue:
+            problems.append(f"{overdue} order(s) pending long past their expiry")
+        return problems
+    finally:
+        await pool.close()
+
+
+async def wait_for_settled_payments(dsn: str, timeout: float) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'pending'") == 0:
+                return
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+
+
+async def shopper(base_url: str, user: User, product_ids: list[int], tally: Tally, until: float, seed: int) -> None:
+    """Orders, pays (some declines), sometimes cancels, until `until`."""
+    rng = random.Random(seed)
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with session(base_url, timeout=timeout) as http:
+        api = Api(http)
+        while time.monotonic() < until:
+            try:
+                lines = [(pid, rng.randint(1, 2)) for pid in rng.sample(product_ids, rng.randint(1, 3))]
+                created = await api.order(user, *lines)
+                tally.statuses[created.status] += 1
+                if created.status != 201:
+                    continue
+                order_id = created.json["id"]
+                if rng.random() < 0.2:
+                    reply = await api.call(
+                        "PUT", f"/api/orders/{order_id}", json={"status": "cancelled"}, token=user.token
+                    )
+                else:
+                    card = "tok_chargeDeclined" if rng.random() < 0.15 else "tok_visa"
+                    reply = await api.pay(user, order_id, card=card, key=f"{seed}-{order_id}")
+                tally.statuses[reply.status] += 1
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                tally.errors[type(exc).__name__] += 1
+                await asyncio.sleep(0.05)
+
+
+async def _setup_shop(url: str, customers: int, products: int) -> tuple[list[User], list[int]]:
+    async with session(url) as http:
+        api = Api(http)
+        users = [await api.customer() for _ in range(customers)]
+        product_ids = [(await api.product(name=f"Fault {i}", stock=100_000))["id"] for i in range(products)]
+    return users, product_ids
+
+
+def _report(name: str, **figures: Any) -> None:
+    print(f"\nFAULT-SUITE {name}: " + json.dumps(figures, default=str))
+
+
+async def test_killing_one_of_two_servers_mid_load_loses_nothing(clean_db: str) -> None:
+    env = {
+        "PAYMENT_PROVIDER_LATENCY_MS": "300",
+        "PAYMENT_PROVIDER_TIMEOUT_MS": "1000",
+        "PAYMENT_RECONCILE_INTERVAL_SECONDS": "0.5",
+    }
+    a, b = ServerProcess(clean_db, env=env).start(), ServerProcess(clean_db, env=env).start()
+    try:
+        users, product_ids = await _setup_shop(a.url, 20, 8)
+        tally = Tally()
+        until = time.monotonic() + 10
+        load = [
+            asyncio.create_task(shopper((a, b)[i % 2].url, users[i], product_ids, tally, until, i))
+            for i in range(len(users))
+        ]
+        await asyncio.sleep(3)
+        a.kill()  # kill -9, payments in flight
+        await asyncio.sleep(2)
+        a = ServerProcess(clean_db, env=env, port=a.port)  # the same address: its clients carry on
+        await asyncio.to_thread(a.start)
+        await asyncio.gather(*load)
+        await wait_for_settled_payments(clean_db, timeout=30)
+        problems = await invariant_violations(clean_db)
+        _report("kill -9", requests=tally.sent, statuses=dict(tally.statuses), errors=dict(tally.errors),
+                faults=1, violations=len(problems))  # fmt: skip
+        assert problems == []
+        assert tally.statuses[201] > 50
+        assert not any(500 <= status < 600 and status != 503 for status in tally.statuses)
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL this test may stop (never the machine's shared one)."""
+    folder = Path(tempfile.mkdtemp(prefix="storefront-fault-pg-"))
+    pg = EmbeddedPostgres(folder / "data")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_database_outage_gives_503s_and_the_service_recovers_by_itself(own_postgres: EmbeddedPostgres) -> None:
+    env = {"DB_CONNECT_TIMEOUT": "1", "DB_COMMAND_TIMEOUT": "2", "DB_POOL_ACQUIRE_TIMEOUT": "1"}
+    server = ServerProcess(own_postgres.dsn, env=env).start()
+    try:
+        users, product_ids = await _setup_shop(server.url, 4, 4)
+        outage = {"start": 0.0, "end": 0.0}
+        during: Counter[int] = Counter()
+        retry_after_missing = 0
+        slowest = 0.0
+        ready_during: set[int] = set()
+        stop_at = time.monotonic() + 22
+
+        async def client(i: int) -> None:
+            nonlocal retry_after_missing, slowest
+            async with session(server.url, timeout=aiohttp.ClientTimeout(total=8)) as http:
+                api = Api(http)
+                while time.monotonic() < stop_at:
+                    started = time.monotonic()
+                    if i % 2:
+                        reply = await api.call("GET", f"/api/products/{product_ids[i % 4]}")
+                    else:
+                        reply = await api.order(users[i % 4], (product_ids[i % 4], 1))
+                    slowest = max(slowest, time.monotonic() - started)
+                    if outage["start"] and not outage["end"] and started > outage["start"]:
+                        during[reply.status] += 1
+                        if reply.status == 503 and "Retry-After" not in reply.headers:
+                            retry_after_missing += 1
+                    assert reply.status < 500 or reply.status == 503, reply
+                    await asyncio.sleep(0.02)
+
+        async def probe_ready() -> None:
+            async with session(server.url) as http:
+                while time.monotonic() < stop_at:
+                    if outage["start"] and not outage["end"]:
+                        async with http.get("/readyz") as response:
+                            ready_during.add(response.status)
+                    await asyncio.sleep(0.5)
+
+        load = [asyncio.create_task(client(i)) for i in range(8)] + [asyncio.create_task(probe_ready())]
+        await asyncio.sleep(3)
+        await asyncio.to_thread(own_postgres.stop)
+        own_postgres.started_here = True
+        outage["start"] = time.monotonic()  # the database is down from here
+        await asyncio.sleep(10)
+        outage["end"] = time.monotonic()
+        await asyncio.to_thread(own_postgres.start)  # same data folder, same port
+        await asyncio.gather(*load)
+
+        async with session(server.url) as http:
+            after = [(await Api(http).call("GET", f"/api/products/{product_ids[0]}")).status for _ in range(5)]
+        _report("postgres stopped 10 s", statuses_during_outage=dict(during), slowest_request_s=round(slowest, 2),
+                readyz_during_outage=sorted(ready_during), after_recovery=after, faults=1)  # fmt: skip
+        assert during and set(during) == {503}
+        assert retry_after_missing == 0
+        assert ready_during == {503}
+        assert slowest < 5  # nothing hung
+        assert after == [200] * 5  # recovered without a restart
+    finally:
+        server.stop()
+
+
+async def test_sigterm_under_load_fails_no_request_the_server_had_started(clean_db: str, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    server = ServerProcess(
+        clean_db, env={"ACCESS_LOG": "true", "LOG_LEVEL": "INFO", "PAYMENT_PROVIDER_LATENCY_MS": "800"}, log_path=log
+    ).start()
+    users, product_ids = await _setup_shop(server.url, 10, 4)
+    answered: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    stop_at = time.monotonic() + 6
+
+    async def client(i: int) -> None:
+        rng = random.Random(i)
+        connector = aiohttp.TCPConnector(force_close=True)  # one connection per request
+        async with session(server.url, connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as http:
+            api = Api(http)
+            n = 0
+            while time.monotonic() < stop_at:
+                n += 1
+                request_id = f"c{i}-{n}"
+                headers = {"X-Request-ID": request_id}
+                try:
+                    if rng.random() < 0.5:
+                        reply = await api.call("GET", f"/api/products/{rng.choice(product_ids)}", headers=headers)
+                    else:
+                        created = await api.order(users[i], (rng.choice(product_ids), 1))
+                        reply = created
+                        if created.status == 201:
+                            body = {
+                                "order_id": created.json["id"],
+                                "payment_method": {"type": "card", "token": "tok_visa"},
+                            }
+                            reply = await api.call(
+                                "POST", "/api/payments", json=body, token=users[i].token, headers=headers
+                            )
+                    answered[request_id] = reply.status
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    failed[request_id] = type(exc).__name__
+                    await asyncio.sleep(0.05)
+
+    load = [asyncio.create_task(client(i)) for i in range(10)]
+    await asyncio.sleep(2)
+    server.signal(signal.SIGTERM)
+    exit_code = await asyncio.to_thread(server.wait)
+    await asyncio.gather(*load)
+
+    handled = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("msg") == "request" and entry.get("request_id", "").startswith("c"):
+            handled[entry["request_id"]] = entry["status"]
+    lost = sorted(set(handled) - set(answered))
+    bad = {rid: status for rid, status in answered.items() if status >= 500}
+    _report("SIGTERM under load", sent=len(answered) + len(failed), answered=len(answered),
+            refused_after_stop=len(failed), handled_by_server=len(handled), lost=len(lost), failed_5xx=len(bad), faults=1)  # fmt: skip
+    assert exit_code == 0
+    assert lost == []  # every request the server handled reached its client
+    assert bad == {}
+    assert sum(1 for status in answered.values() if status == 201) > 0
+
+
+@pytest.fixture
+def many_files() -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+async def patient_server(clean_db: str, many_files: None) -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(clean_db, env={"KEEPALIVE_TIMEOUT_SECONDS": "2", "CLIENT_BODY_TIMEOUT_SECONDS": "2"}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _open(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setblocking(False)
+    return s
+
+
+async def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    loop = asyncio.get_running_loop()
+    try:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 65536), seconds)
+        return data == b"" or b"HTTP/1.1" in data
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_slow_clients_are_cut_off_and_do_not_hold_the_server(patient_server: ServerProcess) -> None:
+    port = patient_server.port
+    loop = asyncio.get_running_loop()
+
+    # Headers sent a byte at a time: closed by the header timeout.
+    slowloris = [_open(port) for _ in range(50)]
+    for s in slowloris:
+        await loop.sock_sendall(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+
+    async def dribble(s: socket.socket) -> None:
+        for _ in range(20):
+            try:
+                await loop.sock_sendall(s, b"a")
+            except OSError:
+                return
+            await asyncio.sleep(0.5)
+
+    dribbling = [asyncio.create_task(dribble(s)) for s in slowloris]
+    # A body sent a byte at a time: 408 after the body timeout.
+    slow_body = _open(port)
+    await loop.sock_sendall(
+        slow_body,
+        b"POST /api/users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    # A thousand idle connections.
+    idle = [_open(port) for _ in range(1000)]
+
+    started = time.monotonic()
+    async with session(patient_server.url) as http:
+        served = [(await Api(http).call("GET", "/healthz")).status for _ in range(20)]
+    served_in = time.monotonic() - started
+
+    slow_body_reply = await asyncio.wait_for(loop.sock_recv(slow_body, 65536), 6)
+    cut_off = await asyncio.gather(*(_closed_within(s, 6) for s in slowloris))
+    for task in dribbling:
+        task.cancel()
+    idle_closed = sum(await asyncio.gather(*(_closed_within(s, 6) for s in idle[:50])))
+    for s in [*slowloris, *idle, slow_body]:
+        s.close()
+    _report("slow clients", slowloris=len(slowloris), slowloris_cut_off=sum(cut_off), idle_connections=len(idle),
+            idle_sample_closed=idle_closed, normal_requests=len(served), normal_served_in_s=round(served_in, 2),
+            slow_body_answer=slow_body_reply.split(b"\r\n")[0].decode(), faults=3)  # fmt: skip
+    assert served == [200] * 20
+    assert served_in < 3
+    assert slow_body_reply.startswith(b"HTTP/1.1 408")
+    assert all(cut_off)
+    assert idle_closed == 50  # idle connections do not stay open forever either
