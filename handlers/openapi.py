@@ -111,7 +111,7 @@ def _operation(route: Route, ref: Any) -> dict[str, Any]:
             parameters.append({"name": name, "in": "query", "required": False, "schema": prop})
     for name, description in route.request_headers.items():
         parameters.append({"name": name, "in": "header", "required": False, "description": description,
-                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}})  # fmt: skip
+                           "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"}})  # fmt: skip
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
@@ -138,6 +138,13 @@ def _response(route: Route, response: Response, ref: Any) -> dict[str, Any]:
         body["content"] = {"application/json": {"schema": ref(response.model)}}
     elif route.content_type != "application/json":
         body["content"] = {route.content_type: {"schema": {"type": "string"}}}
+    if response.links_to:
+        body["links"] = {
+            operation: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
+            for operation in response.links_to
+        }
+    for operation, request_body in response.body_links:
+        body.setdefault("links", {})[operation] = {"operationId": operation, "requestBody": request_body}
     return body
 
 

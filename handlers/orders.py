@@ -101,7 +101,20 @@ ROUTES = [
         "POST", "/api/orders", create_order, "Order products, reserving their stock", "orders",
         auth="user",
         body=OrderCreateIn,
-        responses={201: Response("The new pending order", OrderOut, ("Location",))},
+        responses={
+            201: Response(
+                "The new pending order",
+                OrderOut,
+                ("Location",),
+                links_to=("get_order", "update_order", "delete_order"),
+                body_links=(
+                    (
+                        "create_payment",
+                        {"order_id": "$response.body#/id", "payment_method": {"type": "card", "token": "tok_visa"}},
+                    ),
+                ),
+            )
+        },
         problems={409: "Not enough stock for a product (named in detail and product_id); nothing was reserved"},
     ),
     Route(

@@ -19,8 +19,8 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= _MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise ValidationFailed.field("Idempotency-Key", f"must be 1..{_MAX_IDEMPOTENCY_KEY} printable characters")
+    if not 1 <= len(key) <= _MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        raise ValidationFailed.field("Idempotency-Key", f"must be 1..{_MAX_IDEMPOTENCY_KEY} printable ASCII characters")
     return key
 
 
@@ -54,7 +54,7 @@ ROUTES = [
             "(kept at least 24 h, per user)",
         },
         responses={
-            201: Response("Charged; the order is now paid", PaymentOut, ("Location",)),
+            201: Response("Charged; the order is now paid", PaymentOut, ("Location",), links_to=("get_payment",)),
             202: Response(
                 "The provider's answer was lost; the payment stays pending until reconciled "
                 "(poll GET /api/payments/{id})",

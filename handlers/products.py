@@ -75,7 +75,11 @@ ROUTES = [
         "POST", "/api/products", create_product, "Add a product", "products",
         auth="admin",
         body=ProductCreateIn,
-        responses={201: Response("The new product", ProductOut, ("Location",))},
+        responses={
+            201: Response(
+                "The new product", ProductOut, ("Location",), links_to=("get_product", "update_product", "delete_product")
+            )
+        },
         problems={409: "A live product has this sku"},
     ),
     Route(

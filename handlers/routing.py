@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -20,6 +20,11 @@ class Response:
     description: str
     model: type[BaseModel] | None = None
     headers: tuple[str, ...] = ()
+    # OpenAPI links: operations (by handler name) that take this response's `id` as
+    # their `{id}`, so that clients and stateful test tools can chain calls.
+    links_to: tuple[str, ...] = ()
+    # Links whose request body is built from this response (runtime expressions).
+    body_links: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 # Integer ranges of the columns the values land in: out of range is a 422, never a
 # database error.
@@ -34,7 +34,13 @@ def _email(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
-Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_no_nul), AfterValidator(_email)]
+Email = Annotated[
+    str,
+    StringConstraints(max_length=320),
+    AfterValidator(_no_nul),
+    AfterValidator(_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 320}),
+]
 LoginEmail = Annotated[
     str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320), AfterValidator(_no_nul)
 ]
@@ -84,14 +90,18 @@ class FieldError(Out):
     message: str
 
 
-class Problem(Out):
-    """RFC 9457 problem details."""
+class Problem(BaseModel):
+    """RFC 9457 problem details (extension members may be added)."""
+
+    model_config = ConfigDict(extra="allow")
 
     type: str
     title: str
     status: int
     detail: str
     errors: list[FieldError] | None = Field(None, description="Only for validation failures (422).")
+    product_id: int | None = Field(None, description="409 on an order: the product whose stock is short.")
+    request_id: str | None = Field(None, description="500: the id to quote when reporting the error.")
 
 
 # --- pages ----------------------------------------------------------------------------
@@ -124,6 +134,18 @@ class LoginIn(Body):
 
 
 class ProfileUpdateIn(Body):
+    """Any of name, email, password; current_password too to change email or password."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["name"]},
+                {"required": ["email", "current_password"]},
+                {"required": ["password", "current_password"]},
+            ]
+        }
+    )
+
     name: UserName | None = None
     email: Email | None = None
     password: Password | None = None
@@ -211,6 +233,8 @@ class OrderCreateIn(Body):
 
 class OrderUpdateIn(Body):
     """Either `items` (replace the lines of a pending order) or `status`."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["items"]}, {"required": ["status"]}]})
 
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)] | None = None
     status: OrderStatus | None = None

@@ -125,3 +125,17 @@ async def test_the_docs_page_loads_nothing_from_other_hosts(api: Api) -> None:
 async def test_docs_assets_cannot_escape_their_folder(api: Api) -> None:
     for name in ("..%2F..%2Fhandlers%2Fopenapi.py", "%2Fetc%2Fpasswd", ".hidden", "index.html"):
         assert (await api.call("GET", f"/api/docs/assets/{name}")).status == 404
+
+
+async def test_links_name_operations_that_exist(api: Api) -> None:
+    document = await _document(api)
+    operation_ids = {op["operationId"] for item in document["paths"].values() for op in item.values()}
+    links = [
+        link
+        for item in document["paths"].values()
+        for op in item.values()
+        for response in op["responses"].values()
+        for link in response.get("links", {}).values()
+    ]
+    assert len(links) >= 7
+    assert {link["operationId"] for link in links} <= operation_ids
