@@ -77,7 +77,10 @@ ROUTES = [
         body=ProductCreateIn,
         responses={
             201: Response(
-                "The new product", ProductOut, ("Location",), links_to=("get_product", "update_product", "delete_product")
+                "The new product",
+                ProductOut,
+                ("Location",),
+                links_to=("get_product", "update_product", "delete_product"),
             )
         },
         problems={409: "A live product has this sku"},
