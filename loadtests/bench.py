@@ -1,0 +1,413 @@
+"""The project's benchmark: the five scenarios of ../shared/bench against this
+service, with wrk, writing a results table and a plot.
+
+    python3 dev.py tools python -m loadtests.bench                      # every scenario, defaults
+    python3 dev.py tools python -m loadtests.bench --scenarios product_get,order_create \\
+        --pool-sizes 2,5,10,20,40 --rounds 2                            # the pool-size sweep
+    python3 dev.py tools python -m loadtests.bench --workers 1,2 --server-cpus 0,1 --wrk-cpus 0,1
+
+Each configuration (pool size x workers x --env variant) gets a fresh database and a
+fresh server (pinned with taskset to --server-cpus; wrk to --wrk-cpus), seeded
+through the API (1,000 products, 50 customers logged in, pending orders for
+order_pay). Every scenario has a warm-up, then a measured run. Results go to
+--out-dir: results.json, results.md (the table) and results.png (the plot).
+Needs wrk (Debian package) and a PostgreSQL where databases may be created
+(--pg-url, default the local server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().parent / "wrk" / "scenarios.lua"
+SCENARIOS = ("product_get", "product_list", "profile_get", "order_create", "order_pay")
+ADMIN = ("bench-admin@example.com", "bench-admin-password")
+
+
+@dataclass
+class Run:
+    scenario: str
+    config: dict[str, Any]
+    round: int
+    rate: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    exhausted: bool = False
+
+
+@dataclass
+class Options:
+    scenarios: list[str]
+    duration: float
+    warmup: float
+    connections: int
+    rounds: int
+    pool_sizes: list[int]
+    workers: list[int]
+    env_variants: list[dict[str, str]]
+    server_cpus: str
+    wrk_cpus: str
+    payment_latency_ms: int
+    pay_orders: int
+    pg_url: str
+    out_dir: Path
+    runs: list[Run] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _admin_sql(pg_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class Server:
+    def __init__(self, options: Options, pool: int, workers: int, env: dict[str, str], db: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = options.pg_url.rsplit("/", 1)[0]
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"{base}/{db}",
+            "PORT": str(self.port),
+            "WORKERS": str(workers),
+            "JWT_SECRET": "bench-" + "s" * 40,
+            "ADMIN_EMAIL": ADMIN[0],
+            "ADMIN_PASSWORD": ADMIN[1],
+            "DB_POOL_MAX_SIZE": str(pool),
+            "DB_POOL_MIN_SIZE": str(min(pool, 4)),
+            "PAYMENT_PROVIDER_LATENCY_MS": str(options.payment_latency_ms),
+            "LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.cpus = options.server_cpus
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["taskset", "-c", self.cpus, sys.executable, "-m", "server"]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+
+    async def ready(self) -> None:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(600):
+                try:
+                    async with http.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("the server did not become ready")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+async def _seed(url: str, data_dir: Path, pay_orders: int) -> None:
+    """1,000 products with stock that never runs out, 50 logged-in customers, and
+    `pay_orders` pending orders for order_pay."""
+    async with aiohttp.ClientSession(base_url=url) as http:
+
+        async def post(path: str, body: Any, token: str | None = None) -> Any:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with http.post(path, json=body, headers=headers) as response:
+                assert response.status in (200, 201), (path, response.status, await response.text())
+                return await response.json()
+
+        admin = (await post("/api/users/login", {"email": ADMIN[0], "password": ADMIN[1]}))["access_token"]
+        semaphore = asyncio.Semaphore(16)
+
+        async def product(i: int) -> int:
+            async with semaphore:
+                body = {"name": f"Bench product {i}", "description": "d" * 230, "price": 100 + i, "stock": 10**9}
+                product_id: int = (await post("/api/products", body, admin))["id"]
+                return product_id
+
+        products = await asyncio.gather(*(product(i) for i in range(1000)))
+
+        async def customer(i: int) -> str:
+            email = f"bench-{i}-{time.time_ns()}@example.com"
+            await post("/api/users/register", {"email": email, "password": "bench-password", "name": "Bench"})
+            token: str = (await post("/api/users/login", {"email": email, "password": "bench-password"}))[
+                "access_token"
+            ]
+            return token
+
+        tokens = [await customer(i) for i in range(50)]
+
+        async def order(i: int) -> str:
+            async with semaphore:
+                token = tokens[i % len(tokens)]
+                body = {"items": [{"product_id": products[i % len(products)], "quantity": 1}]}
+                created = await post("/api/orders", body, token)
+                return f"{created['id']}\t{token}"
+
+        orders = await asyncio.gather(*(order(i) for i in range(pay_orders)))
+    (data_dir / "products.txt").write_text("\n".join(map(str, products)) + "\n")
+    (data_dir / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    (data_dir / "pay_orders.txt").write_text("\n".join(orders) + "\n")
+
+
+def _wrk(options: Options, url: str, scenario: str, data_dir: Path, seconds: float, result: Path) -> dict[str, Any]:
+    env = {**os.environ, "SCENARIO": scenario, "DATA_DIR": str(data_dir), "RESULT_FILE": str(result), "THREADS": "1"}
+    command = [
+        "taskset", "-c", options.wrk_cpus, "wrk", "-t1", f"-c{options.connections}", f"-d{max(1, round(seconds))}s",
+        "--timeout", "10s", "-s", str(LUA), url,
+    ]  # fmt: skip
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    summary: dict[str, Any] = json.loads(result.read_text())
+    return summary
+
+
+async def _configuration(options: Options, pool: int, workers: int, env: dict[str, str], round_: int) -> None:
+    db = f"loadbench_{os.getpid()}_{pool}_{workers}_{round_}_{abs(hash(json.dumps(env))) % 10_000}"
+    config = {"pool": pool, "workers": workers, **env}
+    await _admin_sql(options.pg_url, f'CREATE DATABASE "{db}"')
+    server = Server(options, pool, workers, env, db)
+    data_dir = Path(tempfile.mkdtemp(prefix="storefront-bench-"))
+    try:
+        server.start()
+        await server.ready()
+        pay_orders = options.pay_orders if "order_pay" in options.scenarios else 0
+        await _seed(server.url, data_dir, pay_orders)
+        await _admin_sql(options.pg_url.rsplit("/", 1)[0] + f"/{db}", "VACUUM ANALYZE")
+        for scenario in options.scenarios:
+            if scenario == "order_pay":
+                # A quarter of the orders for the warm-up, the rest measured.
+                lines = (data_dir / "pay_orders.txt").read_text().splitlines()
+                split = len(lines) // 4
+                (data_dir / "pay_orders.txt").write_text("\n".join(lines[:split]) + "\n")
+                _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json")
+                (data_dir / "pay_orders.txt").write_text("\n".join(lines[split:]) + "\n")
+                planned = len(lines) - split
+            else:
+                _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json")
+                planned = 0
+            summary = _wrk(options, server.url, scenario, data_dir, options.duration, data_dir / "run.json")
+            statuses = {int(k): v for k, v in summary["statuses"].items()}
+            ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
+            run = Run(
+                scenario=scenario,
+                config=config,
+                round=round_,
+                rate=ok / (summary["duration_us"] / 1e6),
+                p50_ms=summary["latency_us"]["p50"] / 1000,
+                p90_ms=summary["latency_us"]["p90"] / 1000,
+                p99_ms=summary["latency_us"]["p99"] / 1000,
+                requests=summary["requests"],
+                non_2xx=sum(v for k, v in statuses.items() if not 200 <= k < 300),
+                socket_errors=summary["socket_errors"],
+                exhausted=bool(planned) and summary["requests"] >= planned,
+            )
+            options.runs.append(run)
+            print(
+                f"{scenario:13} {json.dumps(config):45} {run.rate:9,.0f} req/s  p50 {run.p50_ms:7.2f} ms  "
+                f"p99 {run.p99_ms:7.2f} ms  non-2xx {run.non_2xx}  sock err {run.socket_errors}"
+                + ("  EXHAUSTED" if run.exhausted else ""),
+                flush=True,
+            )
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        await _admin_sql(options.pg_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def _label(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def _medians(runs: list[Run]) -> list[dict[str, Any]]:
+    grouped: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        grouped.setdefault((run.scenario, _label(run.config)), []).append(run)
+    rows = []
+    for (scenario, label), group in grouped.items():
+        rows.append(
+            {
+                "scenario": scenario,
+                "config": label,
+                "rate": statistics.median(r.rate for r in group),
+                "min": min(r.rate for r in group),
+                "max": max(r.rate for r in group),
+                "p50_ms": statistics.median(r.p50_ms for r in group),
+                "p99_ms": statistics.median(r.p99_ms for r in group),
+                "non_2xx": sum(r.non_2xx for r in group),
+                "socket_errors": sum(r.socket_errors for r in group),
+                "rounds": len(group),
+            }
+        )
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | configuration | req/s (median) | min..max | p50 ms | p99 ms | p99/p50 | non-2xx | socket errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['config']} | {r['rate']:,.0f} | {r['min']:,.0f}..{r['max']:,.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99_ms'] / max(r['p50_ms'], 1e-9):.1f} | "
+            f"{r['non_2xx']} | {r['socket_errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], options: Options, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = len(options.pool_sizes) > 1
+    scenarios = [s for s in options.scenarios if any(r["scenario"] == s for r in rows)]
+    if sweep:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for scenario in scenarios:
+            mine = [r for r in rows if r["scenario"] == scenario]
+            sizes = [int(r["config"].split("pool=")[1].split(",")[0]) for r in mine]
+            axes[0].plot(sizes, [r["rate"] for r in mine], marker="o", label=scenario)
+            axes[1].plot(sizes, [r["p99_ms"] for r in mine], marker="o", label=scenario)
+        axes[0].set(title="Throughput vs DB_POOL_MAX_SIZE", xlabel="connections per worker", ylabel="req/s")
+        axes[1].set(title="p99 latency vs DB_POOL_MAX_SIZE", xlabel="connections per worker", ylabel="ms")
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(options.pool_sizes, [str(s) for s in options.pool_sizes])
+            ax.grid(alpha=0.3)
+            ax.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        labels = [f"{r['scenario']}\n{r['config']}" if len(options.workers) > 1 else r["scenario"] for r in rows]
+        ax.bar(range(len(rows)), [r["rate"] for r in rows], color="#3b7dd8")
+        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.set(ylabel="req/s (2xx)", title=f"storefront, {options.connections} connections")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per scenario")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration; medians reported")
+    parser.add_argument("--pool-sizes", default="10", help="DB_POOL_MAX_SIZE values (a sweep when several)")
+    parser.add_argument("--workers", default="1", help="WORKERS values")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE[,KEY=VALUE] variant (repeatable)")
+    parser.add_argument("--server-cpus", default="0")
+    parser.add_argument("--wrk-cpus", default="1")
+    parser.add_argument("--payment-latency-ms", type=int, default=100)
+    parser.add_argument("--pay-orders", type=int, default=8000, help="pending orders made for order_pay")
+    parser.add_argument(
+        "--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    parser.add_argument("--out-dir", default=None)
+    args = parser.parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    variants = [dict(kv.split("=", 1) for kv in v.split(",")) for v in args.env] or [{}]
+    return Options(
+        scenarios=[s for s in args.scenarios.split(",") if s],
+        duration=args.duration,
+        warmup=args.warmup,
+        connections=args.connections,
+        rounds=args.rounds,
+        pool_sizes=[int(x) for x in args.pool_sizes.split(",")],
+        workers=[int(x) for x in args.workers.split(",")],
+        env_variants=variants,
+        server_cpus=args.server_cpus,
+        wrk_cpus=args.wrk_cpus,
+        payment_latency_ms=args.payment_latency_ms,
+        pay_orders=args.pay_orders,
+        pg_url=args.pg_url,
+        out_dir=Path(args.out_dir or ROOT / "loadtests" / "reports" / f"bench-{stamp}"),
+    )
+
+
+async def main_async(options: Options) -> None:
+    for scenario in options.scenarios:
+        if scenario not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    configurations = list(itertools.product(options.pool_sizes, options.workers, options.env_variants))
+    for round_ in range(1, options.rounds + 1):
+        # Rounds alternate configurations (A B C, A B C) so that drift hits all alike.
+        for pool, workers, env in configurations:
+            await _configuration(options, pool, workers, env, round_)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(argv)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    asyncio.run(main_async(options))
+    rows = _medians(options.runs)
+    command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = (
+        f"Command: `{command}`  \nDate: {started:%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} CPUs; "
+        f"server on CPUs {options.server_cpus}, wrk on CPUs {options.wrk_cpus}; {options.connections} connections; "
+        f"{options.duration:g} s measured after {options.warmup:g} s warm-up; "
+        f"payment provider latency {options.payment_latency_ms} ms.\n\n"
+    )
+    table = _table(rows)
+    (options.out_dir / "results.md").write_text(header + table + "\n")
+    (options.out_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "date": started.isoformat(),
+                "runs": [asdict(r) for r in options.runs],
+                "medians": rows,
+            },
+            indent=2,
+        )  # fmt: skip
+    )
+    _plot(rows, options, options.out_dir / "results.png")
+    print("\n" + header + table)
+    print(f"\nwritten to {options.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
