@@ -280,7 +280,7 @@ def _medians(runs: list[Run]) -> list[dict[str, Any]]:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | configuration | req/s (median) | min..max | p50 ms | p99 ms | p99/p50 | non-2xx | socket errors |",
+        "| scenario | configuration | req/s (median) | min..max | p50 ms | p99 ms | p99/p50 | non-2xx | sock err |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 "medians": rows,
             },
             indent=2,
-        )  # fmt: skip
+        )
     )
     _plot(rows, options, options.out_dir / "results.png")
     print("\n" + header + table)
