@@ -75,6 +75,8 @@ class Options:
     pay_orders: int
     pg_url: str
     out_dir: Path
+    checkouts: list[Path]
+    flamegraphs: Path | None = None
     runs: list[Run] = field(default_factory=list)
 
 
@@ -94,7 +96,8 @@ async def _admin_sql(pg_url: str, sql: str) -> None:
 
 
 class Server:
-    def __init__(self, options: Options, pool: int, workers: int, env: dict[str, str], db: str) -> None:
+    def __init__(self, options: Options, pool: int, workers: int, env: dict[str, str], db: str, checkout: Path) -> None:
+        self.checkout = checkout
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         base = options.pg_url.rsplit("/", 1)[0]
@@ -118,7 +121,7 @@ class Server:
     def start(self) -> None:
         command = ["taskset", "-c", self.cpus, sys.executable, "-m", "server"]
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, start_new_session=True
+            command, cwd=self.checkout, env=self.env, stdout=subprocess.DEVNULL, start_new_session=True
         )
 
     async def ready(self) -> None:
@@ -187,6 +190,24 @@ async def _seed(url: str, data_dir: Path, pay_orders: int) -> None:
     (data_dir / "pay_orders.txt").write_text("\n".join(orders) + "\n")
 
 
+def _start_profiler(
+    options: Options, server: Server, scenario: str, config: dict[str, Any]
+) -> subprocess.Popen[bytes] | None:
+    """py-spy, sampling the server (one worker) during the measured run."""
+    if options.flamegraphs is None or server.process is None:
+        return None
+    options.flamegraphs.mkdir(parents=True, exist_ok=True)
+    suffix = f"-{config['checkout']}" if "checkout" in config else ""
+    output = options.flamegraphs / f"{scenario}{suffix}.svg"
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [
+        py_spy, "record", "--pid", str(server.process.pid),
+        "--duration", str(max(1, round(options.duration) - 1)), "--rate", "200", "--format", "flamegraph",
+        "--output", str(output), "--nonblocking",
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _wrk(options: Options, url: str, scenario: str, data_dir: Path, seconds: float, result: Path) -> dict[str, Any]:
     env = {**os.environ, "SCENARIO": scenario, "DATA_DIR": str(data_dir), "RESULT_FILE": str(result), "THREADS": "1"}
     command = [
@@ -198,11 +219,15 @@ def _wrk(options: Options, url: str, scenario: str, data_dir: Path, seconds: flo
     return summary
 
 
-async def _configuration(options: Options, pool: int, workers: int, env: dict[str, str], round_: int) -> None:
-    db = f"loadbench_{os.getpid()}_{pool}_{workers}_{round_}_{abs(hash(json.dumps(env))) % 10_000}"
-    config = {"pool": pool, "workers": workers, **env}
+async def _configuration(
+    options: Options, pool: int, workers: int, env: dict[str, str], checkout: Path, round_: int
+) -> None:
+    db = f"loadbench_{os.getpid()}_{pool}_{workers}_{round_}_{abs(hash(json.dumps(env) + str(checkout))) % 10_000}"
+    config: dict[str, Any] = {"pool": pool, "workers": workers, **env}
+    if len(options.checkouts) > 1:
+        config["checkout"] = checkout.name
     await _admin_sql(options.pg_url, f'CREATE DATABASE "{db}"')
-    server = Server(options, pool, workers, env, db)
+    server = Server(options, pool, workers, env, db, checkout)
     data_dir = Path(tempfile.mkdtemp(prefix="storefront-bench-"))
     try:
         server.start()
@@ -222,7 +247,10 @@ async def _configuration(options: Options, pool: int, workers: int, env: dict[st
             else:
                 _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json")
                 planned = 0
+            profiler = _start_profiler(options, server, scenario, config)
             summary = _wrk(options, server.url, scenario, data_dir, options.duration, data_dir / "run.json")
+            if profiler is not None:
+                profiler.wait()
             statuses = {int(k): v for k, v in summary["statuses"].items()}
             ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
             run = Run(
@@ -316,7 +344,8 @@ def _plot(rows: list[dict[str, Any]], options: Options, path: Path) -> None:
             ax.legend()
     else:
         fig, ax = plt.subplots(figsize=(9, 4.2))
-        labels = [f"{r['scenario']}\n{r['config']}" if len(options.workers) > 1 else r["scenario"] for r in rows]
+        several = len(rows) > len(scenarios)
+        labels = [f"{r['scenario']}\n{r['config']}" if several else r["scenario"] for r in rows]
         ax.bar(range(len(rows)), [r["rate"] for r in rows], color="#3b7dd8")
         ax.set_xticks(range(len(rows)), labels, fontsize=8)
         ax.set(ylabel="req/s (2xx)", title=f"storefront, {options.connections} connections")
@@ -332,7 +361,7 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per scenario")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration; medians reported")
-    parser.add_argument("--pool-sizes", default="10", help="DB_POOL_MAX_SIZE values (a sweep when several)")
+    parser.add_argument("--pool-sizes", default="20", help="DB_POOL_MAX_SIZE values (a sweep when several)")
     parser.add_argument("--workers", default="1", help="WORKERS values")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE[,KEY=VALUE] variant (repeatable)")
     parser.add_argument("--server-cpus", default="0")
@@ -343,6 +372,13 @@ def parse(argv: list[str] | None = None) -> Options:
         "--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     parser.add_argument("--out-dir", default=None)
+    parser.add_argument("--flamegraphs", help="record a py-spy flame graph (SVG) of each measured run into this folder")
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        default=[],
+        help="serve from this checkout of the project instead (repeatable: compare versions, e.g. git worktrees)",
+    )
     args = parser.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     variants = [dict(kv.split("=", 1) for kv in v.split(",")) for v in args.env] or [{}]
@@ -361,6 +397,8 @@ def parse(argv: list[str] | None = None) -> Options:
         pay_orders=args.pay_orders,
         pg_url=args.pg_url,
         out_dir=Path(args.out_dir or ROOT / "loadtests" / "reports" / f"bench-{stamp}"),
+        checkouts=[Path(c).resolve() for c in args.checkout] or [ROOT],
+        flamegraphs=Path(args.flamegraphs) if args.flamegraphs else None,
     )
 
 
@@ -370,11 +408,13 @@ async def main_async(options: Options) -> None:
             raise SystemExit(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    configurations = list(itertools.product(options.pool_sizes, options.workers, options.env_variants))
+    configurations = list(
+        itertools.product(options.pool_sizes, options.workers, options.env_variants, options.checkouts)
+    )
     for round_ in range(1, options.rounds + 1):
         # Rounds alternate configurations (A B C, A B C) so that drift hits all alike.
-        for pool, workers, env in configurations:
-            await _configuration(options, pool, workers, env, round_)
+        for pool, workers, env, checkout in configurations:
+            await _configuration(options, pool, workers, env, checkout, round_)
 
 
 def main(argv: list[str] | None = None) -> int:

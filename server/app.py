@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiojobs
 from aiohttp import web
 
 from db import idempotency, login_failures, maintenance
-from db.pool import Database, PoolSettings, create_database
+from db.pool import PoolSettings, create_database
 from handlers import api, openapi
 from handlers.routing import register
 from server import accounts, orders
@@ -83,7 +83,9 @@ def create_app(config: Config, options: Options) -> web.Application:
     return app
 
 
-def _worker_resources(config: Config, options: Options, metrics: Metrics):  # type: ignore[no-untyped-def]
+def _worker_resources(
+    config: Config, options: Options, metrics: Metrics
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         db = await create_database(pool_settings(config, options.dsn))
         db.on_wait = metrics.pool_wait.observe
@@ -169,6 +171,3 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     jobs.every(_PURGE_SECONDS, purge_login_failures, name="login-failures-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
-
-
-__all__ = ["Database", "Options", "create_app", "pool_settings", "resolve_jwt_secret"]

@@ -95,7 +95,7 @@ class Config(BaseModel):
         description="Connections each worker opens at start and keeps.",
     )
     db_pool_max_size: int = Field(
-        10,
+        20,
         alias="DB_POOL_MAX_SIZE",
         ge=1,
         description="Most connections one worker holds; total = WORKERS x this.",
