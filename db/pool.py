@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,9 +43,9 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    """A pool plus the bookkeeping operators need: how long requests wait for a
-    connection (`on_wait`), and a fixed acquire timeout so that an exhausted pool
-    answers 503 instead of queueing forever.
+    """A pool plus the bookkeeping operators need: how long requests that found every
+    connection busy waited for one (`on_wait`), and a fixed acquire timeout so that an
+    exhausted pool answers 503 instead of queueing forever.
 
     Requests wait for a connection in a strict first-come, first-served line (a
     semaphore sized like the pool). asyncpg's own queue lets a newcomer take a
@@ -106,13 +105,15 @@ class _Line:
         self._waiters: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self._reaper: asyncio.TimerHandle | None = None
 
-    async def enter(self) -> None:
+    async def enter(self) -> float:
+        """Take a slot; returns how long this waited in line (0.0 when a slot was free)."""
         if self._free and not self._waiters:
             self._free -= 1
-            return
+            return 0.0
         loop = asyncio.get_running_loop()
+        queued_at = loop.time()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append((loop.time() + self._timeout, waiter))
+        self._waiters.append((queued_at + self._timeout, waiter))
         if self._reaper is None:
             self._reaper = loop.call_later(_REAP_SECONDS, self._reap)
         try:
@@ -121,6 +122,7 @@ class _Line:
             if waiter.done() and not waiter.cancelled():
                 self.leave()  # the slot was handed over just as we were cancelled
             raise
+        return loop.time() - queued_at
 
     def leave(self) -> None:
         while self._waiters:
@@ -155,8 +157,7 @@ class _Acquire:
     async def __aenter__(self) -> asyncpg.Connection:
         db = self._db
         line = db._line
-        started = time.perf_counter()
-        await line.enter()
+        waited = await line.enter()
         try:
             # Never waits for a busy connection (the line admits at most max_size), only
             # for a new one to be opened, which DB_CONNECT_TIMEOUT bounds.
@@ -164,8 +165,8 @@ class _Acquire:
         except BaseException:
             line.leave()
             raise
-        if db.on_wait is not None:
-            db.on_wait(time.perf_counter() - started)
+        if waited and db.on_wait is not None:
+            db.on_wait(waited)
         return cast(asyncpg.Connection, self._conn)
 
     async def __aexit__(

@@ -41,7 +41,6 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
         r = self.registry
-        self.requests = Counter("http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r)
         self.latency = Histogram(
             "http_request_duration_seconds",
             "Time from the request reaching the app to its response being ready.",
@@ -63,7 +62,7 @@ class Metrics:
         )
         self.pool_wait = Histogram(
             "db_pool_acquire_wait_seconds",
-            "Time spent waiting for a pooled connection.",
+            "Time requests that found every pooled connection busy waited for one.",
             buckets=_WAIT_BUCKETS,
             registry=r,
         )
@@ -82,17 +81,16 @@ class Metrics:
         self.order_transitions = Counter(
             "order_transitions", "Order status changes.", ["from_status", "to_status"], registry=r
         )
-        self._request_children: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+        self._request_children: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One latency observation; the histogram's _count is the request count (a
+        separate counter would cost another locked increment per request)."""
         key = (route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            labels = (route, method, str(status))
-            children = (self.requests.labels(*labels).inc, self.latency.labels(*labels).observe)
-            self._request_children[key] = children
-        children[0]()
-        children[1](seconds)
+        observe = self._request_children.get(key)
+        if observe is None:
+            observe = self._request_children[key] = self.latency.labels(route, method, str(status)).observe
+        observe(seconds)
 
     def order_transition(self, from_status: str, to_status: str, count: int = 1) -> None:
         self.order_transitions.labels(from_status, to_status).inc(count)

@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import ROOT, Api, ServerProcess, session
 
 FAMILIES = [
-    'http_requests_total{method="GET",route="/api/products/{id}",status="200"}',
+    'http_request_duration_seconds_count{method="GET",route="/api/products/{id}",status="200"}',
     "http_request_duration_seconds_bucket",
     "db_pool_connections ",
     "db_pool_idle_connections ",
@@ -67,7 +67,11 @@ async def test_metrics_add_up_across_workers(clean_db: str) -> None:
             for _ in range(40):
                 await api.call("GET", "/healthz", headers={"Connection": "close"})
             text = (await api.call("GET", "/metrics")).body.decode()
-        line = next(x for x in text.splitlines() if x.startswith('http_requests_total{method="GET",route="/healthz"'))
+        line = next(
+            x
+            for x in text.splitlines()
+            if x.startswith('http_request_duration_seconds_count{method="GET",route="/healthz"')
+        )
         assert float(line.split()[-1]) >= 40
         assert "db_pool_max_connections" in text
     finally:
