@@ -234,7 +234,8 @@ class OrderCreateIn(Body):
 class OrderUpdateIn(Body):
     """Either `items` (replace the lines of a pending order) or `status`."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["items"]}, {"required": ["status"]}]})
+    # Exactly one of the two (no other property is allowed).
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)] | None = None
     status: OrderStatus | None = None

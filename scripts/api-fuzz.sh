@@ -20,16 +20,7 @@ PY=.venv/bin/python
 python3 dev.py tools schemathesis --version >/dev/null  # installs the tools extra if needed
 
 db="fuzz_$$"
-"$PY" - "$SERVER_URL" "$db" create <<'EOF'
-import asyncio, sys, asyncpg
-async def main(url, name, action):
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"' if action == "create" else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-asyncio.run(main(*sys.argv[1:]))
-EOF
+"$PY" scripts/pgdb.py create "$SERVER_URL" "$db"
 port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
 log="$(mktemp)"
@@ -41,16 +32,7 @@ pid=$!
 cleanup() {
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    "$PY" - "$SERVER_URL" "$db" drop <<'EOF' || true
-import asyncio, sys, asyncpg
-async def main(url, name, action):
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-asyncio.run(main(*sys.argv[1:]))
-EOF
+    "$PY" scripts/pgdb.py drop "$SERVER_URL" "$db" || true
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "$base/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

@@ -60,32 +60,14 @@ case "$healthcheck" in *healthz*) ;; *) echo "the image has no HEALTHCHECK"; exi
 step "run"
 db="image_check_$$"
 admin_url="$SERVER_URL"
-"$PY" - "$admin_url" "$db" create <<'EOF'
-import asyncio, sys, asyncpg
-async def main(url, name, action):
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"' if action == "create" else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-asyncio.run(main(*sys.argv[1:]))
-EOF
+"$PY" scripts/pgdb.py create "$admin_url" "$db"
 database_url="${SERVER_URL%/*}/$db"
 port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 ctr="$(buildah from "$IMAGE")"
 cleanup() {
     [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
     buildah rm "$ctr" >/dev/null 2>&1 || true
-    "$PY" - "$admin_url" "$db" drop <<'EOF' || true
-import asyncio, sys, asyncpg
-async def main(url, name, action):
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-asyncio.run(main(*sys.argv[1:]))
-EOF
+    "$PY" scripts/pgdb.py drop "$admin_url" "$db" || true
 }
 trap cleanup EXIT
 log="$(mktemp)"

@@ -25,7 +25,7 @@ from db import migrations
 from server.app import Options, create_app
 from server.config import Config, load
 from server.embedded_pg import EmbeddedPostgres
-from tests.helpers import Api, dsn_with_database
+from tests.helpers import Api, dsn_with_database, run_sql
 
 JWT_SECRET = "test-secret-" + "x" * 32
 ADMIN_EMAIL = "admin@example.com"
@@ -55,21 +55,13 @@ def pg_server() -> Iterator[str]:
 def database_url(pg_server: str) -> Iterator[str]:
     """A fresh database for this test run, migrated; dropped at the end."""
     name = f"storefront_test_{os.getpid()}_{secrets.token_hex(3)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    run_sql(pg_server, f'CREATE DATABASE "{name}"')
     dsn = dsn_with_database(pg_server, name)
     try:
         asyncio.run(migrations.apply_pending(dsn))
         yield dsn
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sql(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

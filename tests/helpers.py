@@ -3,6 +3,7 @@ server processes for the multi-process tests."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json as std_json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +28,19 @@ _emails = itertools.count(1)
 def dsn_with_database(dsn: str, database: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def run_sql(dsn: str, sql: str) -> None:
+    """Run one statement on its own connection (outside any event loop)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
 def unique_email(prefix: str = "user") -> str:

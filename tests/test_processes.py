@@ -16,25 +16,17 @@ import asyncpg
 import pytest
 
 from db.migrations import discover
-from tests.helpers import ROOT, Api, ServerProcess, dsn_with_database, free_port, session
+from tests.helpers import ROOT, Api, ServerProcess, dsn_with_database, free_port, run_sql, session
 
 
 @pytest.fixture
 def empty_database(pg_server: str) -> Iterator[str]:
     name = f"storefront_empty_{secrets.token_hex(4)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    run_sql(pg_server, f'CREATE DATABASE "{name}"')
     try:
         yield dsn_with_database(pg_server, name)
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sql(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_two_processes_starting_together_on_an_empty_database_both_serve(
