@@ -8,6 +8,7 @@ have finished (so queued order commands finish before the pool closes).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -92,9 +93,8 @@ def _worker_resources(
         # The simulated gateway keeps its ledger through a pool of its own, as a real
         # gateway keeps its own records.
         provider_db = await create_database(
-            PoolSettings(options.dsn, 0, 4, 50_000, 300.0, config.db_pool_acquire_timeout,
-                         config.db_command_timeout, config.db_connect_timeout, config.db_statement_cache_size)
-        )  # fmt: skip
+            dataclasses.replace(pool_settings(config, options.dsn), min_size=0, max_size=4)
+        )
         provider = SimulatedProvider(
             provider_db,
             latency_ms=config.payment_provider_latency_ms,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import itertools
 import logging
@@ -148,7 +149,12 @@ def _check_invariants(config: Config, args: argparse.Namespace) -> int:
 
 
 def _small_pool(config: Config, dsn: str) -> PoolSettings:
-    return PoolSettings(dsn, 1, 2, 50_000, 60.0, 30.0, 600.0, config.db_connect_timeout, 100)
+    """For one-off commands: two connections, and time for long statements."""
+    from server.app import pool_settings
+
+    return dataclasses.replace(
+        pool_settings(config, dsn), min_size=1, max_size=2, acquire_timeout=30.0, command_timeout=600.0
+    )
 
 
 def parser() -> argparse.ArgumentParser:
