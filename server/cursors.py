@@ -48,7 +48,9 @@ class CursorCodec:
         return values
 
     def _mac(self, scope: str, payload: bytes) -> bytes:
-        return hmac.new(self._key, scope.encode() + b"\0" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        # Keyed BLAKE2b is a MAC by design: one C call, about a third of HMAC-SHA256's
+        # cost, on every page that has a next one.
+        return hashlib.blake2b(scope.encode() + b"\0" + payload, key=self._key, digest_size=_MAC_BYTES).digest()
 
 
 def _invalid() -> ValidationFailed:
