@@ -209,7 +209,6 @@ async def test_a_database_outage_gives_503s_and_the_service_recovers_by_itself(o
         load = [asyncio.create_task(client(i)) for i in range(8)] + [asyncio.create_task(probe_ready())]
         await asyncio.sleep(3)
         await asyncio.to_thread(own_postgres.stop)
-        own_postgres.started_here = True
         outage["start"] = time.monotonic()  # the database is down from here
         await asyncio.sleep(10)
         outage["end"] = time.monotonic()
@@ -234,59 +233,62 @@ async def test_sigterm_under_load_fails_no_request_the_server_had_started(clean_
     server = ServerProcess(
         clean_db, env={"ACCESS_LOG": "true", "LOG_LEVEL": "INFO", "PAYMENT_PROVIDER_LATENCY_MS": "800"}, log_path=log
     ).start()
-    users, product_ids = await _setup_shop(server.url, 10, 4)
-    answered: dict[str, int] = {}
-    failed: dict[str, str] = {}
-    stop_at = time.monotonic() + 6
+    try:
+        users, product_ids = await _setup_shop(server.url, 10, 4)
+        answered: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        stop_at = time.monotonic() + 6
 
-    async def client(i: int) -> None:
-        rng = random.Random(i)
-        connector = aiohttp.TCPConnector(force_close=True)  # one connection per request
-        async with session(server.url, connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as http:
-            api = Api(http)
-            n = 0
-            while time.monotonic() < stop_at:
-                n += 1
-                request_id = f"c{i}-{n}"
-                headers = {"X-Request-ID": request_id}
-                try:
-                    if rng.random() < 0.5:
-                        reply = await api.call("GET", f"/api/products/{rng.choice(product_ids)}", headers=headers)
-                    else:
-                        created = await api.order(users[i], (rng.choice(product_ids), 1))
-                        reply = created
-                        if created.status == 201:
-                            body = {
-                                "order_id": created.json["id"],
-                                "payment_method": {"type": "card", "token": "tok_visa"},
-                            }
-                            reply = await api.call(
-                                "POST", "/api/payments", json=body, token=users[i].token, headers=headers
-                            )
-                    answered[request_id] = reply.status
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    failed[request_id] = type(exc).__name__
-                    await asyncio.sleep(0.05)
+        async def client(i: int) -> None:
+            rng = random.Random(i)
+            connector = aiohttp.TCPConnector(force_close=True)  # one connection per request
+            async with session(server.url, connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as http:
+                api = Api(http)
+                n = 0
+                while time.monotonic() < stop_at:
+                    n += 1
+                    request_id = f"c{i}-{n}"
+                    headers = {"X-Request-ID": request_id}
+                    try:
+                        if rng.random() < 0.5:
+                            reply = await api.call("GET", f"/api/products/{rng.choice(product_ids)}", headers=headers)
+                        else:
+                            created = await api.order(users[i], (rng.choice(product_ids), 1))
+                            reply = created
+                            if created.status == 201:
+                                body = {
+                                    "order_id": created.json["id"],
+                                    "payment_method": {"type": "card", "token": "tok_visa"},
+                                }
+                                reply = await api.call(
+                                    "POST", "/api/payments", json=body, token=users[i].token, headers=headers
+                                )
+                        answered[request_id] = reply.status
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        failed[request_id] = type(exc).__name__
+                        await asyncio.sleep(0.05)
 
-    load = [asyncio.create_task(client(i)) for i in range(10)]
-    await asyncio.sleep(2)
-    server.signal(signal.SIGTERM)
-    exit_code = await asyncio.to_thread(server.wait)
-    await asyncio.gather(*load)
+        load = [asyncio.create_task(client(i)) for i in range(10)]
+        await asyncio.sleep(2)
+        server.signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(server.wait)
+        await asyncio.gather(*load)
 
-    handled = {}
-    for line in log.read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("msg") == "request" and entry.get("request_id", "").startswith("c"):
-            handled[entry["request_id"]] = entry["status"]
-    lost = sorted(set(handled) - set(answered))
-    bad = {rid: status for rid, status in answered.items() if status >= 500}
-    _report("SIGTERM under load", sent=len(answered) + len(failed), answered=len(answered),
-            refused_after_stop=len(failed), handled_by_server=len(handled), lost=len(lost), failed_5xx=len(bad), faults=1)  # fmt: skip
-    assert exit_code == 0
-    assert lost == []  # every request the server handled reached its client
-    assert bad == {}
-    assert sum(1 for status in answered.values() if status == 201) > 0
+        handled = {}
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("msg") == "request" and entry.get("request_id", "").startswith("c"):
+                handled[entry["request_id"]] = entry["status"]
+        lost = sorted(set(handled) - set(answered))
+        bad = {rid: status for rid, status in answered.items() if status >= 500}
+        _report("SIGTERM under load", sent=len(answered) + len(failed), answered=len(answered),
+                refused_after_stop=len(failed), handled_by_server=len(handled), lost=len(lost), failed_5xx=len(bad), faults=1)  # fmt: skip
+        assert exit_code == 0
+        assert lost == []  # every request the server handled reached its client
+        assert bad == {}
+        assert sum(1 for status in answered.values() if status == 201) > 0
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def on_product(method: str, body: Any = None) -> Request:
     return build
 
 
-def new_order(api_: Api | None = None) -> Request:
+def new_order() -> Request:
     async def build(api: Api, w: World) -> tuple[str, str, Any]:
         return "POST", "/api/orders", {"items": [{"product_id": w.product["id"], "quantity": 1}]}
 
