@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
 import statistics
@@ -59,12 +60,22 @@ def _access_paths(plan: str) -> str:
     return "; ".join(dict.fromkeys(found))
 
 
+_PLAN_NODE = re.compile(r"^\s*(?:->  )?(\w[\w ]*?)  \(")
+_SORT_INDEX_WALK = re.compile(r"^Index (?:Only )?Scan(?: Backward)? using products_(?:created_at|price|name)_idx")
+
+
 def _acceptable(plan: str) -> bool:
-    if "Seq Scan" in plan:
+    """No sequential scan, and no sort over a walk of a sort index.
+
+    A sort is fine over the rows an index found (a search's matches), never over the
+    table: a Sort whose input is a walk of one of the sort indexes would be one. In the
+    text plan a node's first child is the next node line (its detail lines, such as
+    `Sort Key:`, come between).
+    """
+    nodes = [m.group(1) for line in plan.splitlines() if (m := _PLAN_NODE.match(line))]
+    if any(node.startswith("Seq Scan") for node in nodes):
         return False
-    # A sort is fine over the rows an index found (a search's matches), never over
-    # the table: a Sort directly above a full index walk would be one.
-    return not re.search(r"Sort.*\n\s+->  Index Scan using products_(created_at|price|name)_idx", plan)
+    return not any(node.endswith("Sort") and _SORT_INDEX_WALK.match(child) for node, child in itertools.pairwise(nodes))
 
 
 async def _measure(
