@@ -176,7 +176,7 @@ class _Acquire:
         tb: TracebackType | None,
     ) -> None:
         assert self._conn is not None
-        if exc is not None and is_outage(exc):
+        if exc is not None and _may_be_broken(exc):
             # The connection may be broken, or half way through an operation the
             # server never finished: never hand it to the next request. (The pool
             # replaces it; its release of a closed connection just frees the slot.)
@@ -251,6 +251,25 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 def is_outage(exc: BaseException) -> bool:
     """True when `exc` means the database cannot serve now (the client may retry)."""
     return isinstance(exc, _OUTAGE_ERRORS)
+
+
+# Of those, the errors after which a connection cannot be trusted. A deadlock, a
+# serialization failure, a cancelled statement or a full disk leave it usable (the
+# transaction is rolled back), so it goes back to the pool.
+_BROKEN_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+def _may_be_broken(exc: BaseException) -> bool:
+    return isinstance(exc, _BROKEN_CONNECTION_ERRORS)
 
 
 class Executor(Protocol):

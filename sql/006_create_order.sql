@@ -48,10 +48,9 @@ BEGIN
         RETURN;
     END IF;
 
-    -- (The id = ANY condition lets the plan find the rows by primary key.)
     UPDATE products pr SET stock = pr.stock - w.quantity, updated_at = now()
       FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
-     WHERE pr.id = ANY (p_product_ids) AND pr.id = w.product_id;
+     WHERE pr.id = w.product_id;
 
     INSERT INTO orders (user_id, total, currency, expires_at)
     VALUES (p_user_id, v_total, v_currency, now() + make_interval(secs => p_ttl_seconds))

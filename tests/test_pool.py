@@ -75,6 +75,32 @@ async def test_a_cancelled_waiter_does_not_lose_a_slot(tiny_db: Database) -> Non
     assert results == [2] * 4
 
 
+@pytest.fixture
+async def one_connection_db(clean_db: str) -> Any:
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    try:
+        yield Database(pool, acquire_timeout=1.0)
+    finally:
+        await pool.close()
+
+
+async def test_a_cancelled_statement_gives_its_connection_back_to_the_pool(one_connection_db: Database) -> None:
+    backend = await one_connection_db.fetchval("SELECT pg_backend_pid()")
+    with pytest.raises(asyncpg.QueryCanceledError):
+        async with one_connection_db.connection() as conn:
+            await conn.execute("SET statement_timeout = 50")
+            await conn.execute("SELECT pg_sleep(2)")
+    assert await one_connection_db.fetchval("SELECT pg_backend_pid()") == backend
+
+
+async def test_a_connection_that_may_be_broken_is_replaced(one_connection_db: Database) -> None:
+    backend = await one_connection_db.fetchval("SELECT pg_backend_pid()")
+    with pytest.raises(ConnectionResetError):
+        async with one_connection_db.connection():
+            raise ConnectionResetError("lost mid-request")
+    assert await one_connection_db.fetchval("SELECT pg_backend_pid()") != backend
+
+
 @pytest.mark.parametrize(
     "config_overrides", [{"db_pool_max_size": 1, "db_pool_min_size": 1, "db_pool_acquire_timeout": 0.2}]
 )
