@@ -86,10 +86,14 @@ async def one_connection_db(clean_db: str) -> Any:
 
 async def test_a_cancelled_statement_gives_its_connection_back_to_the_pool(one_connection_db: Database) -> None:
     backend = await one_connection_db.fetchval("SELECT pg_backend_pid()")
-    with pytest.raises(asyncpg.QueryCanceledError):
+
+    async def run_past_the_statement_timeout() -> None:
         async with one_connection_db.connection() as conn:
             await conn.execute("SET statement_timeout = 50")
             await conn.execute("SELECT pg_sleep(2)")
+
+    with pytest.raises(asyncpg.QueryCanceledError):
+        await run_past_the_statement_timeout()
     assert await one_connection_db.fetchval("SELECT pg_backend_pid()") == backend
 
 
