@@ -18,13 +18,13 @@ import aiojobs
 from aiohttp import web
 
 from db import idempotency, login_failures, maintenance
-from db.pool import PoolSettings, create_database
+from db.pool import create_database
 from handlers import api, openapi
 from handlers.routing import register
 from server import accounts, orders
 from server.auth import Passwords, Tokens
 from server.background import Periodic
-from server.config import Config
+from server.config import Config, pool_settings
 from server.context import CONTEXT, Context
 from server.cursors import CursorCodec
 from server.jsonio import dumps
@@ -59,20 +59,6 @@ def resolve_jwt_secret(config: Config) -> str:
         "are not shared between processes. Development only: set JWT_SECRET in production."
     )
     return secrets.token_urlsafe(32)
-
-
-def pool_settings(config: Config, dsn: str) -> PoolSettings:
-    return PoolSettings(
-        dsn=dsn,
-        min_size=config.db_pool_min_size,
-        max_size=config.db_pool_max_size,
-        max_queries=config.db_pool_max_queries,
-        max_inactive_lifetime=config.db_pool_max_inactive_lifetime,
-        acquire_timeout=config.db_pool_acquire_timeout,
-        command_timeout=config.db_command_timeout,
-        connect_timeout=config.db_connect_timeout,
-        statement_cache_size=config.db_statement_cache_size,
-    )
 
 
 def create_app(config: Config, options: Options) -> web.Application:

@@ -24,7 +24,7 @@ from db import payments as payments_db
 from db import users as users_db
 from db.pool import PoolSettings, create_database
 from server import logs
-from server.config import Config, ConfigError, load
+from server.config import Config, ConfigError, load, pool_settings
 from server.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 
 log = logging.getLogger("storefront")
@@ -150,8 +150,6 @@ def _check_invariants(config: Config, args: argparse.Namespace) -> int:
 
 def _small_pool(config: Config, dsn: str) -> PoolSettings:
     """For one-off commands: two connections, and time for long statements."""
-    from server.app import pool_settings
-
     return dataclasses.replace(
         pool_settings(config, dsn), min_size=1, max_size=2, acquire_timeout=30.0, command_timeout=600.0
     )

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from db.pool import PoolSettings
+
 
 def _default_workers() -> int:
     # The CPUs this process may run on, not the machine's: under `taskset` or a
@@ -308,3 +310,19 @@ def _one_line(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"]) or "configuration"
     message = first["msg"].removeprefix("Value error, ")
     return f"invalid configuration: {where}: {message}"
+
+
+def pool_settings(config: Config, dsn: str) -> PoolSettings:
+    """The pool the environment asks for; smaller pools (the CLI's, the simulated
+    provider's) start from it and change their sizes."""
+    return PoolSettings(
+        dsn=dsn,
+        min_size=config.db_pool_min_size,
+        max_size=config.db_pool_max_size,
+        max_queries=config.db_pool_max_queries,
+        max_inactive_lifetime=config.db_pool_max_inactive_lifetime,
+        acquire_timeout=config.db_pool_acquire_timeout,
+        command_timeout=config.db_command_timeout,
+        connect_timeout=config.db_connect_timeout,
+        statement_cache_size=config.db_statement_cache_size,
+    )
