@@ -24,6 +24,7 @@ from typing import Any
 
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
+from locust.runners import WorkerRunner
 
 ADMIN_EMAIL = os.environ.get("STOREFRONT_ADMIN_EMAIL", "")
 ADMIN_PASSWORD = os.environ.get("STOREFRONT_ADMIN_PASSWORD", "")
@@ -59,7 +60,12 @@ def _call(host: str, method: str, path: str, body: Any = None, token: str | None
 
 @events.test_start.add_listener
 def ensure_catalog(environment: Environment, **_: Any) -> None:
-    """Make sure there is something to buy (with stock that will not run out)."""
+    """Make sure there is something to buy (with stock that will not run out).
+
+    Once per test: on the master or a standalone runner, not again on each worker.
+    """
+    if isinstance(environment.runner, WorkerRunner):
+        return
     if environment.host is None or not (ADMIN_EMAIL and ADMIN_PASSWORD):
         return
     token = _call(environment.host, "POST", "/api/users/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})[
