@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 SERVER_URL="${FUZZ_DATABASE:-postgresql://postgres@127.0.0.1:5432/postgres}"
 MAX_TIME="${FUZZ_MAX_TIME:-90}"
-PY=.venv/bin/python
+PY="${VENV:-.venv}/bin/python"
 python3 dev.py tools schemathesis --version >/dev/null  # installs the tools extra if needed
 
 db="fuzz_$$"
@@ -44,7 +44,7 @@ for i in 1 2 3; do  # something to order
         -d "{\"name\":\"Fuzz item $i\",\"price\":$((i * 100)),\"stock\":100000}" "$base/api/products"
 done
 
-.venv/bin/schemathesis run "$base/api/openapi.json" \
+"${VENV:-.venv}/bin/schemathesis" run "$base/api/openapi.json" \
     --checks all \
     --exclude-checks positive_data_acceptance \
     --phases examples,coverage,fuzzing,stateful \

@@ -17,7 +17,7 @@ BASE_IMAGE="${BASE_IMAGE:-localhost/debian-python:bookworm}"
 IMAGE="localhost/storefront:check"
 SERVER_URL="${IMAGE_CHECK_DATABASE:-postgresql://postgres@127.0.0.1:5432/postgres}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PY=".venv/bin/python"
+PY="${VENV:-.venv}/bin/python"
 [ -x "$PY" ] || PY=python3
 
 step() { printf '\n== %s\n' "$*"; }
@@ -27,7 +27,7 @@ for tool in buildah podman debootstrap; do
 done
 
 step "hadolint"
-hadolint="$(command -v hadolint || echo .venv/bin/hadolint)"
+hadolint="$(command -v hadolint || echo "${VENV:-.venv}/bin/hadolint")"
 "$hadolint" Dockerfile
 echo "hadolint: clean"
 
