@@ -9,9 +9,9 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from handlers.schemas import MAX_ID
-from server import jsonio
-from server.context import CONTEXT, Context
-from server.errors import (
+from server.domain.context import CONTEXT, Context
+from server.runtime import jsonio
+from server.runtime.problems import (
     BadRequest,
     NotFound,
     PayloadTooLarge,

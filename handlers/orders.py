@@ -11,8 +11,8 @@ from aiohttp import web
 from handlers.common import context, parse_query, path_id, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import OrderCreateIn, OrderItemIn, OrderListQuery, OrderOut, OrderUpdateIn, Page
-from server import accounts, orders
-from server.jsonio import json_response
+from server.domain import orders, users
+from server.runtime.jsonio import json_response
 
 _ITEM_KEYS = ("product_id", "name", "unit_price", "quantity", "line_total")
 
@@ -38,7 +38,7 @@ def _lines(items: list[OrderItemIn]) -> list[tuple[int, int]]:
 
 async def create_order(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     body = await read_json(request, OrderCreateIn)
     row, items = await orders.create(ctx, principal, _lines(body.items))
     return json_response(order_json(row, items), status=201, headers={"Location": f"/api/orders/{row['id']}"})
@@ -46,14 +46,14 @@ async def create_order(request: web.Request) -> web.Response:
 
 async def get_order(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     row = await orders.get(ctx, principal, path_id(request))
     return json_response(order_json(row))
 
 
 async def list_orders(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     query = parse_query(request, OrderListQuery)
     rows, next_cursor = await orders.list_page(
         ctx, principal, user_id=query.user_id, status=query.status, cursor=query.cursor, limit=query.limit
@@ -63,7 +63,7 @@ async def list_orders(request: web.Request) -> web.Response:
 
 async def update_order(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     order_id = path_id(request)
     body = await read_json(request, OrderUpdateIn)
     if body.items is not None:
@@ -76,7 +76,7 @@ async def update_order(request: web.Request) -> web.Response:
 
 async def delete_order(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     await orders.delete(ctx, principal, path_id(request))
     return web.Response(status=204)
 

@@ -7,10 +7,10 @@ from aiohttp import web
 from handlers.common import context, path_id, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import PaymentCreateIn, PaymentOut
-from server import accounts
-from server.errors import PROBLEM_CONTENT_TYPE, ValidationFailed
-from server.jsonio import json_response
-from server.payments import service as payments
+from server.domain import users
+from server.domain.payments import service as payments
+from server.runtime.jsonio import json_response
+from server.runtime.problems import PROBLEM_CONTENT_TYPE, ValidationFailed
 
 _MAX_IDEMPOTENCY_KEY = 255
 
@@ -26,7 +26,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 async def create_payment(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     key = _idempotency_key(request)
     body = await read_json(request, PaymentCreateIn)
     payment_request = payments.PaymentRequest(body.order_id, body.payment_method.token, body.amount)
@@ -39,7 +39,7 @@ async def create_payment(request: web.Request) -> web.Response:
 
 async def get_payment(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     payment = await payments.get(ctx, path_id(request), principal.id, principal.is_admin)
     return json_response(payment)
 

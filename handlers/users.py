@@ -10,8 +10,8 @@ from aiohttp import web
 from handlers.common import context, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import LoginIn, ProfileUpdateIn, RegisterIn, TokenOut, UserOut
-from server import accounts
-from server.jsonio import json_response
+from server.domain import users
+from server.runtime.jsonio import json_response
 
 
 def user_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -33,27 +33,27 @@ def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
 
 async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterIn)
-    row = await accounts.register(context(request), body.email, body.password, body.name)
+    row = await users.register(context(request), body.email, body.password, body.name)
     return json_response(user_json(row), status=201, headers={"Location": "/api/users/profile"})
 
 
 async def login(request: web.Request) -> web.Response:
     ctx = context(request)
     body = await read_json(request, LoginIn)
-    token = await accounts.login(ctx, body.email, body.password, client_ip(request, ctx.config.trust_forwarded_for))
+    token = await users.login(ctx, body.email, body.password, client_ip(request, ctx.config.trust_forwarded_for))
     return json_response({"access_token": token, "token_type": "Bearer", "expires_in": ctx.tokens.ttl_seconds})
 
 
 async def get_profile(request: web.Request) -> web.Response:
-    row = await accounts.profile(context(request), request.headers.get("Authorization"))
+    row = await users.profile(context(request), request.headers.get("Authorization"))
     return json_response(user_json(row))
 
 
 async def update_profile(request: web.Request) -> web.Response:
     ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     body = await read_json(request, ProfileUpdateIn)
-    row = await accounts.update_profile(ctx, principal, body.model_dump(exclude_none=True))
+    row = await users.update_profile(ctx, principal, body.model_dump(exclude_none=True))
     return json_response(user_json(row))
 
 

@@ -23,8 +23,8 @@ from aiohttp.test_utils import TestClient
 
 from db import migrations
 from server.app import Options, create_app
-from server.config import Config, load
-from server.embedded_pg import EmbeddedPostgres
+from server.runtime.config import Config, load
+from server.runtime.embedded_pg import EmbeddedPostgres
 from tests.helpers import Api, dsn_with_database, run_sql
 
 JWT_SECRET = "test-secret-" + "x" * 32

@@ -9,11 +9,11 @@ from contextlib import contextmanager
 import asyncpg
 
 from db import orders as orders_db
-from server import order_status
-from server.auth import Principal
-from server.context import Context
-from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.supervisor import OrderActor
+from server.domain import order_status
+from server.domain.auth import Principal
+from server.domain.context import Context
+from server.domain.order_actors import OrderActor
+from server.runtime.problems import Conflict, Forbidden, NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
 

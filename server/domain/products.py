@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 
 from db import products as products_db
-from server.context import Context
-from server.errors import Conflict, NotFound
+from server.domain.context import Context
+from server.runtime.problems import Conflict, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ import jwt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.errors import Unauthorized
+from server.runtime.problems import Unauthorized
 
 log = logging.getLogger(__name__)
 

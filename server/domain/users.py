@@ -9,9 +9,9 @@ import asyncpg
 
 from db import login_failures
 from db import users as users_db
-from server.auth import Principal, bearer_token
-from server.context import Context
-from server.errors import (
+from server.domain.auth import Principal, bearer_token
+from server.domain.context import Context
+from server.runtime.problems import (
     Conflict,
     Forbidden,
     InvalidCredentials,
