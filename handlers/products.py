@@ -8,10 +8,10 @@ import asyncpg
 from aiohttp import web
 
 from db.products import PRODUCT_COLUMNS, ListFilters
-from handlers.common import context, parse_query, path_id, read_json
+from handlers.common import context, location, parse_query, path_id, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import Page, ProductCreateIn, ProductListQuery, ProductOut, ProductUpdateIn
-from server.domain import products, users
+from server.domain import products
 from server.runtime.jsonio import json_response
 
 # The row's columns, in order (db.products.PRODUCT_COLUMNS): zipping by position is
@@ -41,15 +41,13 @@ async def get_product(request: web.Request) -> web.Response:
 
 async def create_product(request: web.Request) -> web.Response:
     ctx = context(request)
-    await users.require_admin(ctx, request.headers.get("Authorization"))
     body = await read_json(request, ProductCreateIn)
     row = await products.create(ctx, body.model_dump())
-    return json_response(product_json(row), status=201, headers={"Location": f"/api/products/{row['id']}"})
+    return json_response(product_json(row), status=201, headers=location(request, "get_product", row["id"]))
 
 
 async def update_product(request: web.Request) -> web.Response:
     ctx = context(request)
-    await users.require_admin(ctx, request.headers.get("Authorization"))
     product_id = path_id(request)
     body = await read_json(request, ProductUpdateIn)
     row = await products.update(ctx, product_id, body.changes())
@@ -58,7 +56,6 @@ async def update_product(request: web.Request) -> web.Response:
 
 async def delete_product(request: web.Request) -> web.Response:
     ctx = context(request)
-    await users.require_admin(ctx, request.headers.get("Authorization"))
     await products.delete(ctx, path_id(request))
     return web.Response(status=204)
 

@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from handlers.common import context, read_json
+from handlers.common import context, location, principal, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import LoginIn, ProfileUpdateIn, RegisterIn, TokenOut, UserOut
 from server.domain import users
@@ -34,7 +34,7 @@ def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
 async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterIn)
     row = await users.register(context(request), body.email, body.password, body.name)
-    return json_response(user_json(row), status=201, headers={"Location": "/api/users/profile"})
+    return json_response(user_json(row), status=201, headers=location(request, "get_profile"))
 
 
 async def login(request: web.Request) -> web.Response:
@@ -45,15 +45,12 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def get_profile(request: web.Request) -> web.Response:
-    row = await users.profile(context(request), request.headers.get("Authorization"))
-    return json_response(user_json(row))
+    return json_response(user_json(principal(request).user))
 
 
 async def update_profile(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await users.authenticate(ctx, request.headers.get("Authorization"))
     body = await read_json(request, ProfileUpdateIn)
-    row = await users.update_profile(ctx, principal, body.model_dump(exclude_none=True))
+    row = await users.update_profile(context(request), principal(request), body.model_dump(exclude_none=True))
     return json_response(user_json(row))
 
 
