@@ -11,6 +11,7 @@ tests/test_security.py's matrix.
 from __future__ import annotations
 
 import re
+
 import pytest
 from aiohttp import web
 
