@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import asyncpg
 from aiohttp import web
 
 from handlers.common import context, location, parse_query, path_id, principal, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import OrderCreateIn, OrderItemIn, OrderListQuery, OrderOut, OrderUpdateIn, Page
 from server.domain import orders
+from server.domain.orders import order_json
 from server.runtime.jsonio import json_response
-
-_ITEM_KEYS = ("product_id", "name", "unit_price", "quantity", "line_total")
-
-
-def order_json(row: asyncpg.Record, items: Sequence[tuple[Any, ...]] | None = None) -> dict[str, Any]:
-    lines = row["items"] if items is None else items
-    return {
-        "id": row["id"],
-        "user_id": row["user_id"],
-        "status": row["status"],
-        "items": [dict(zip(_ITEM_KEYS, line, strict=True)) for line in lines],
-        "total": row["total"],
-        "currency": row["currency"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "expires_at": row["expires_at"],
-    }
 
 
 def _lines(items: list[OrderItemIn]) -> list[tuple[int, int]]:

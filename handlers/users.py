@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import asyncpg
 from aiohttp import web
 
 from handlers.common import context, location, principal, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import LoginIn, ProfileUpdateIn, RegisterIn, TokenOut, UserOut
 from server.domain import users
+from server.domain.users import user_json
 from server.runtime.jsonio import json_response
-
-
-def user_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "email": row["email"],
-        "name": row["name"],
-        "role": row["role"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-    }
 
 
 def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:

@@ -14,6 +14,11 @@ from server.runtime.problems import Conflict, NotFound
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def product_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A product as the API shows it: every column its query selects, by name."""
+    return dict(row.items())
+
+
 async def create(ctx: Context, fields: dict[str, Any]) -> asyncpg.Record:
     try:
         return await products_db.create(ctx.db, **fields)

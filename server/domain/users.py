@@ -22,6 +22,17 @@ from server.runtime.problems import (
 log = logging.getLogger(__name__)
 
 
+def user_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "name": row["name"],
+        "role": row["role"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
 async def register(ctx: Context, email: str, password: str, name: str) -> asyncpg.Record:
     password_hash = await ctx.passwords.hash(password)
     try:
