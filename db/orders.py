@@ -9,18 +9,18 @@ whatever other process changed the order a moment before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
 from db.pool import Database
 
 ORDER_COLUMNS = "o.id, o.user_id, o.status, o.total, o.currency, o.created_at, o.updated_at, o.expires_at"
-# The lines of order `o`, as (product_id, name, unit_price, quantity, line_total) tuples.
+# The lines of order `o`, as order_line records (sql/015_order_lines.sql): asyncpg
+# returns them with their field names.
 ITEMS_COLUMN = (
-    "ARRAY(SELECT ROW(i.product_id, i.name, i.unit_price, i.quantity, i.line_total) "
+    "ARRAY(SELECT ROW(i.product_id, i.name, i.unit_price, i.quantity, i.line_total)::order_line "
     "FROM order_items i WHERE i.order_id = o.id ORDER BY i.line_no) AS items"
 )
 Line = tuple[int, int]  # (product_id, quantity)
@@ -93,93 +93,40 @@ async def list_page(
 
 # --- creating ---------------------------------------------------------------------------
 
-_LOCK_PRODUCTS = """
-SELECT id, name, price, currency, stock, deleted_at IS NOT NULL AS deleted
-FROM products WHERE id = ANY($1::bigint[])
-ORDER BY id
-FOR UPDATE
-"""
-
-# One call, so one round trip: the function (sql/006_create_order.sql) locks the
-# products in id order and checks every line before it writes anything.
-_CREATE = "SELECT placed, checked FROM create_order($1, $2, $3, $4)"
-
-
-@dataclass(frozen=True)
-class PricedLine:
-    product_id: int
-    name: str
-    unit_price: int
-    quantity: int
-
-    @property
-    def line_total(self) -> int:
-        return self.unit_price * self.quantity
-
-
-def _price_lines(
-    products: Sequence[asyncpg.Record], lines: Sequence[Line], held: dict[int, int]
-) -> tuple[list[PricedLine], str]:
-    """Check `lines` against the locked product rows (stock plus what the order
-    already `held` of each) and snapshot name and price."""
-    by_id = {p["id"]: p for p in products}
-    unknown = [pid for pid, _ in lines if pid not in by_id or by_id[pid]["deleted"]]
-    if unknown:
-        raise UnknownProducts(unknown)
-    currencies = {by_id[pid]["currency"] for pid, _ in lines}
-    if len(currencies) > 1:
-        raise MixedCurrencies()
-    priced = []
-    for pid, quantity in lines:
-        product = by_id[pid]
-        available = product["stock"] + held.get(pid, 0)
-        if available < quantity:
-            raise StockShort(pid, product["name"], available)
-        priced.append(PricedLine(pid, product["name"], product["price"], quantity))
-    return priced, currencies.pop()
-
-
-def _line_arrays(priced: Sequence[PricedLine]) -> tuple[list[int], list[int], list[str], list[int]]:
-    return (
-        [p.product_id for p in priced],
-        [p.quantity for p in priced],
-        [p.name for p in priced],
-        [p.unit_price for p in priced],
-    )
-
-
-Item = tuple[int, str, int, int, int]  # (product_id, name, unit_price, quantity, line_total)
+# One call, so one round trip: the function (sql/015_order_lines.sql) prices the lines
+# with price_order_lines, the one authority on the line rules, before it writes
+# anything.
+_CREATE = "SELECT placed, lines, refusal FROM create_order($1, $2, $3, $4)"
 
 
 async def create(
     db: Database, user_id: int, lines: Sequence[Line], ttl_seconds: int
-) -> tuple[asyncpg.Record, list[Item]]:
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """Reserve every line and write the order, or change nothing; returns the order
-    and its lines.
+    and its lines (order_line records).
 
     `lines` must name each product once. Raises UnknownProducts, MixedCurrencies or
     StockShort (for the first line that cannot be covered).
     """
     row = await db.fetchrow(_CREATE, user_id, [pid for pid, _ in lines], [qty for _, qty in lines], ttl_seconds)
     assert row is not None
-    order, checked = row["placed"], row["checked"]
-    if order is None:
-        _refuse(lines, {line[0]: line for line in checked})
-    return order, [(pid, name, price, qty, price * qty) for pid, name, price, qty, _, _ in checked]
+    return _placed(row)
 
 
-def _refuse(lines: Sequence[Line], found: dict[int, tuple[Any, ...]]) -> None:
-    """Raise why the order was refused (the checks of _CREATE, in the same order)."""
-    unknown = [pid for pid, _ in lines if pid not in found]
-    if unknown:
-        raise UnknownProducts(unknown)
-    if len({line[5] for line in found.values()}) > 1:
-        raise MixedCurrencies()
-    for pid, quantity in lines:
-        _, name, _, _, stock, _ = found[pid]
-        if stock < quantity:
-            raise StockShort(pid, name, stock)
-    raise AssertionError("an order was refused for no reason the checks know")
+def _placed(row: asyncpg.Record) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """The order and lines an order_lines function placed, or the error its named
+    refusal stands for."""
+    refusal = row["refusal"]
+    if refusal is not None:
+        raise _REFUSALS[refusal["reason"]](refusal)
+    return row["placed"], row["lines"]
+
+
+_REFUSALS: dict[str, Callable[[asyncpg.Record], Exception]] = {
+    "unknown_products": lambda r: UnknownProducts(list(r["product_ids"])),
+    "mixed_currencies": lambda r: MixedCurrencies(),
+    "short_stock": lambda r: StockShort(r["product_ids"][0], r["product_name"], r["available"]),
+}
 
 
 # --- changing ---------------------------------------------------------------------------
@@ -264,50 +211,22 @@ async def advance(db: Database, order_id: int, from_status: str, to_status: str)
     return row
 
 
-_OLD_LINES = "SELECT product_id, quantity FROM order_items WHERE order_id = $1"
-_APPLY_STOCK_DELTAS = """
-UPDATE products p SET stock = p.stock + d.delta, updated_at = now()
-FROM unnest($1::bigint[], $2::int[]) AS d (product_id, delta)
-WHERE p.id = ANY($1::bigint[]) AND p.id = d.product_id AND d.delta <> 0
-"""
-_DELETE_LINES = "DELETE FROM order_items WHERE order_id = $1"
-_INSERT_LINES = """
-INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
-SELECT $1, l.line_no, l.product_id, l.name, l.unit_price, l.quantity, l.unit_price * l.quantity
-FROM unnest($2::bigint[], $3::int[], $4::text[], $5::bigint[])
-    WITH ORDINALITY AS l (product_id, quantity, name, unit_price, line_no)
-"""
-_SET_TOTAL = f"""
-UPDATE orders o SET total = $2, currency = $3, updated_at = now()
-WHERE o.id = $1
-RETURNING {ORDER_COLUMNS}, {ITEMS_COLUMN}
-"""
+_REPLACE = "SELECT placed, lines, refusal FROM replace_order_lines($1, $2, $3)"
 
 
-async def replace_lines(db: Database, order_id: int, owner_id: int, lines: Sequence[Line]) -> asyncpg.Record:
-    """Swap a pending order's lines, re-reserving atomically: what the order held
-    counts as available to it; on StockShort nothing changes."""
+async def replace_lines(
+    db: Database, order_id: int, owner_id: int, lines: Sequence[Line]
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """Swap a pending order's lines, re-reserving atomically (price_order_lines counts
+    what the order held as available to it); on a refusal nothing changes."""
     async with db.transaction() as conn:
         order = await _lock_pending(conn, order_id, owner_id)
         if not order["overdue"]:
-            return await _replace_lines(conn, order_id, lines)
+            row = await conn.fetchrow(_REPLACE, order_id, [pid for pid, _ in lines], [qty for _, qty in lines])
+            assert row is not None
+            return _placed(row)
         await _end_pending(conn, order_id, "expired")
     raise Expired()
-
-
-async def _replace_lines(conn: asyncpg.Connection, order_id: int, lines: Sequence[Line]) -> asyncpg.Record:
-    held = {r["product_id"]: r["quantity"] for r in await conn.fetch(_OLD_LINES, order_id)}
-    product_ids = sorted(held.keys() | {pid for pid, _ in lines})
-    products = await conn.fetch(_LOCK_PRODUCTS, product_ids)
-    priced, currency = _price_lines(products, lines, held)
-    wanted = {p.product_id: p.quantity for p in priced}
-    deltas = [held.get(pid, 0) - wanted.get(pid, 0) for pid in product_ids]
-    await conn.execute(_APPLY_STOCK_DELTAS, product_ids, deltas)
-    await conn.execute(_DELETE_LINES, order_id)
-    await conn.execute(_INSERT_LINES, order_id, *_line_arrays(priced))
-    row = await conn.fetchrow(_SET_TOTAL, order_id, sum(p.line_total for p in priced), currency)
-    assert row is not None
-    return row
 
 
 _SOFT_DELETE = "UPDATE orders SET deleted_at = now(), updated_at = now() WHERE id = $1"
@@ -388,8 +307,8 @@ SELECT p.id, p.stock_received, p.stock,
 FROM products p
 LEFT JOIN (
     SELECT i.product_id,
-           sum(i.quantity) FILTER (WHERE o.status = 'pending') AS held,
-           sum(i.quantity) FILTER (WHERE o.status IN ('paid', 'shipped', 'delivered')) AS sold
+           sum(i.quantity) FILTER (WHERE o.status = ANY($1::text[])) AS held,
+           sum(i.quantity) FILTER (WHERE o.status = ANY($2::text[])) AS sold
     FROM order_items i JOIN orders o ON o.id = i.order_id
     GROUP BY i.product_id
 ) h ON h.product_id = p.id
@@ -398,7 +317,24 @@ ORDER BY p.id
 """
 
 
-async def stock_violations(db: Database) -> list[asyncpg.Record]:
-    """Products for which stock received != stock + held by pending orders + sold
-    (or stock < 0). Empty when the stock invariant holds."""
-    return await db.fetch(_STOCK_VIOLATIONS)
+async def stock_violations(db: Database, holding: Collection[str], sold: Collection[str]) -> list[asyncpg.Record]:
+    """Products for which stock received != stock + held by orders in a `holding`
+    status + `sold` (or stock < 0). Empty when the stock invariant holds."""
+    return await db.fetch(_STOCK_VIOLATIONS, list(holding), list(sold))
+
+
+_UNKNOWN_STATUSES = "SELECT id, status FROM orders WHERE status <> ALL($1::text[]) ORDER BY id"
+
+
+async def unknown_statuses(db: Database, statuses: Collection[str]) -> list[asyncpg.Record]:
+    """Orders whose status is none of `statuses`."""
+    return await db.fetch(_UNKNOWN_STATUSES, list(statuses))
+
+
+_OVERDUE = "SELECT count(*) FROM orders WHERE status = 'pending' AND expires_at < now() - make_interval(secs => $1)"
+
+
+async def overdue_count(db: Database, grace_seconds: float) -> int:
+    """Pending orders more than `grace_seconds` past their expiry."""
+    value: int = await db.fetchval(_OVERDUE, grace_seconds)
+    return value

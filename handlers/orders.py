@@ -43,10 +43,10 @@ async def update_order(request: web.Request) -> web.Response:
     order_id = path_id(request)
     body = await read_json(request, OrderUpdateIn)
     if body.items is not None:
-        row = await orders.replace_lines(ctx, caller, order_id, _lines(body.items))
-    else:
-        assert body.status is not None
-        row = await orders.change_status(ctx, caller, order_id, body.status)
+        row, items = await orders.replace_lines(ctx, caller, order_id, _lines(body.items))
+        return json_response(order_json(row, items))
+    assert body.status is not None
+    row = await orders.change_status(ctx, caller, order_id, body.status)
     return json_response(order_json(row))
 
 

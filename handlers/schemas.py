@@ -9,11 +9,15 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
+from server.domain.cursors import MAX_CURSOR_LENGTH
+from server.domain.order_status import Status
+from server.domain.orders import MAX_QUANTITY
+
 # Integer ranges of the columns the values land in: out of range is a 422, never a
 # database error.
 MAX_INT32 = 2**31 - 1
 MAX_ID = 2**63 - 1
-# Prices are capped so that 100 lines x 1000 units can never overflow a bigint total.
+# Prices are capped so that 100 lines x MAX_QUANTITY units can never overflow a bigint total.
 MAX_PRICE = 10**12
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -59,8 +63,8 @@ Sku = Annotated[
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Price = Annotated[int, Field(ge=0, le=MAX_PRICE)]
 Stock = Annotated[int, Field(ge=0, le=MAX_INT32)]
-Quantity = Annotated[int, Field(ge=1, le=1000)]
-OrderStatus = Literal["pending", "paid", "shipped", "delivered", "cancelled", "expired"]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+OrderStatus = Status
 ProductSort = Literal["created_at", "-created_at", "price", "-price", "name", "-name"]
 
 
@@ -116,7 +120,7 @@ class Page(Out, Generic[T]):
 
 class PageQuery(Query):
     limit: int = Field(20, ge=1, le=100)
-    cursor: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR_LENGTH)] | None = None
 
 
 # --- users ----------------------------------------------------------------------------

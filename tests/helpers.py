@@ -21,6 +21,9 @@ import aiohttp
 import asyncpg
 import orjson
 
+from db.pool import Database
+from server.domain import invariants
+
 ROOT = Path(__file__).resolve().parent.parent
 _emails = itertools.count(1)
 
@@ -233,6 +236,15 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             return None
+
+
+async def invariant_violations(dsn: str, *, settled: bool = False) -> list[str]:
+    """The service's own invariant checker (as `check-invariants` runs it) on `dsn`."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        return await invariants.violations(Database(pool, 10), settled=settled)
+    finally:
+        await pool.close()
 
 
 def session(base_url: str, **kwargs: Any) -> aiohttp.ClientSession:

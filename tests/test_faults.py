@@ -27,15 +27,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from db import orders as orders_db
-from db import payments as payments_db
-from db.pool import Database
 from server.runtime.embedded_pg import EmbeddedPostgres
-from tests.helpers import Api, ServerProcess, User, session
+from tests.helpers import Api, ServerProcess, User, invariant_violations, session
 
 pytestmark = pytest.mark.faults
-
-ALLOWED_STATUSES = {"pending", "paid", "shipped", "delivered", "cancelled", "expired"}
 
 
 @dataclass
@@ -46,29 +41,6 @@ class Tally:
     @property
     def sent(self) -> int:
         return sum(self.statuses.values()) + sum(self.errors.values())
-
-
-async def invariant_violations(dsn: str) -> list[str]:
-    """Everything the service promises about stock, charges and states, checked on
-    the database: empty when all hold."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    try:
-        db = Database(pool, 10)
-        problems = [f"stock: {dict(r)}" for r in await orders_db.stock_violations(db)]
-        problems += await payments_db.charge_violations(db)
-        pending = await payments_db.pending_count(db)
-        if pending:
-            problems.append(f"{pending} payment(s) still pending")
-        odd = await pool.fetch("SELECT id, status FROM orders WHERE status <> ALL($1::text[])", list(ALLOWED_STATUSES))
-        problems += [f"order {r['id']} in status {r['status']}" for r in odd]
-        overdue = await pool.fetchval(
-            "SELECT count(*) FROM orders WHERE status = 'pending' AND expires_at < now() - interval '30 seconds'"
-        )
-        if overdue:
-            problems.append(f"{overdue} order(s) pending long past their expiry")
-        return problems
-    finally:
-        await pool.close()
 
 
 async def wait_for_settled_payments(dsn: str, timeout: float) -> None:
@@ -144,7 +116,7 @@ async def test_killing_one_of_two_servers_mid_load_loses_nothing(clean_db: str) 
         await asyncio.to_thread(a.start)
         await asyncio.gather(*load)
         await wait_for_settled_payments(clean_db, timeout=30)
-        problems = await invariant_violations(clean_db)
+        problems = await invariant_violations(clean_db, settled=True)
         _report("kill -9", requests=tally.sent, statuses=dict(tally.statuses), errors=dict(tally.errors),
                 faults=1, violations=len(problems))  # fmt: skip
         assert problems == []

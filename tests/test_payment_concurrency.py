@@ -12,18 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from db import payments as payments_db
-from db.pool import Database
-from tests.helpers import Api, ServerProcess, session
-from tests.test_orders import assert_stock_invariant
-
-
-async def assert_charges_consistent(dsn: str) -> None:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    try:
-        assert await payments_db.charge_violations(Database(pool, 5)) == []
-    finally:
-        await pool.close()
+from tests.helpers import Api, ServerProcess, invariant_violations, session
 
 
 @pytest.fixture
@@ -62,7 +51,7 @@ async def test_30_simultaneous_payments_for_one_order_on_two_processes_charge_on
         assert await conn.fetchval("SELECT count(*) FROM simulated_provider_charges") == 1
     finally:
         await conn.close()
-    await assert_charges_consistent(clean_db)
+    assert await invariant_violations(clean_db) == []
 
 
 async def test_one_request_repeated_10_times_at_once_with_one_key_charges_once(apis: list[Api], clean_db: str) -> None:
@@ -141,5 +130,4 @@ async def test_payments_in_flight_when_the_process_is_killed_are_settled_after_r
         assert all(r["count"] == 1 for r in per_order)
     finally:
         await conn.close()
-    await assert_charges_consistent(clean_db)
-    await assert_stock_invariant(clean_db)
+    assert await invariant_violations(clean_db) == []

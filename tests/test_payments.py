@@ -10,12 +10,10 @@ import pytest
 from aiohttp import web
 
 from db import idempotency as idempotency_db
-from db import payments as payments_db
-from db.pool import Database
 from server.app import Options, create_app
 from server.domain.context import CONTEXT
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, User
+from tests.helpers import Api, User, invariant_violations
 
 PAYMENT_FIELDS = {
     "id",
@@ -363,8 +361,4 @@ async def test_charge_invariants_hold_after_normal_payments(api: Api, clean_db: 
     for card in ("tok_visa", "tok_chargeDeclined", "tok_visa"):
         user, order = await _pending_order(api)
         await api.pay(user, order["id"], card=card)
-    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
-    try:
-        assert await payments_db.charge_violations(Database(pool, 5)) == []
-    finally:
-        await pool.close()
+    assert await invariant_violations(clean_db, settled=True) == []

@@ -3,16 +3,20 @@
     pending --pay--> paid --ship--> shipped --deliver--> delivered
     pending --cancel--> cancelled          pending --expire--> expired
 
-Who may trigger each event, which statuses hold stock, which can be deleted. The
-database functions enforce the same rules on locked rows; this module is what the
-handlers consult first and what the property-based tests check.
+Who may trigger each event, which statuses hold stock, which count as sold, which
+can be deleted. The domain consults it before it asks the database (which then
+checks the status again on the locked row); the request schema's status list and the
+invariant checker's stock accounting come from here too.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal, get_args
 
-STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled", "expired")
+# Every status an order can have (the orders table's CHECK says the same).
+Status = Literal["pending", "paid", "shipped", "delivered", "cancelled", "expired"]
+STATUSES: tuple[str, ...] = get_args(Status)
 
 
 class Event(Enum):

@@ -18,18 +18,19 @@ from server.runtime.problems import Conflict, Forbidden, NotFound, ValidationFai
 
 log = logging.getLogger(__name__)
 
+# Most units of one product an order may hold (the request schema's bound too).
 MAX_QUANTITY = 1000
 
-_ITEM_KEYS = ("product_id", "name", "unit_price", "quantity", "line_total")
 
-
-def order_json(row: asyncpg.Record, items: Sequence[tuple[Any, ...]] | None = None) -> dict[str, Any]:
+def order_json(row: asyncpg.Record, items: Sequence[asyncpg.Record] | None = None) -> dict[str, Any]:
+    """An order as the API shows it: `row` has the order's columns and, unless
+    `items` are given, its lines as `items` (order_line records, read by name)."""
     lines = row["items"] if items is None else items
     return {
         "id": row["id"],
         "user_id": row["user_id"],
         "status": row["status"],
-        "items": [dict(zip(_ITEM_KEYS, line, strict=True)) for line in lines],
+        "items": [dict(line.items()) for line in lines],
         "total": row["total"],
         "currency": row["currency"],
         "created_at": row["created_at"],
@@ -94,7 +95,7 @@ def _order_errors(first_index: dict[int, int] | None = None) -> Iterator[None]:
 
 async def create(
     ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]
-) -> tuple[asyncpg.Record, list[orders_db.Item]]:
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """A new pending order holding its stock; returns the order and its lines."""
     lines, first_index = merge_lines(items)
     with _order_errors(first_index):
@@ -136,16 +137,17 @@ async def list_page(
 
 async def replace_lines(
     ctx: Context, principal: Principal, order_id: int, items: Sequence[tuple[int, int]]
-) -> asyncpg.Record:
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """The order with its new lines, and the lines."""
     if principal.is_admin and not await _owns(ctx, principal, order_id):
         raise Forbidden("only the order's owner may change its lines")
     lines, first_index = merge_lines(items)
 
-    async def command(actor: OrderActor) -> asyncpg.Record:
+    async def command(actor: OrderActor) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
         with _order_errors(first_index):
-            order = await orders_db.replace_lines(ctx.db, order_id, principal.id, lines)
+            order, order_lines = await orders_db.replace_lines(ctx.db, order_id, principal.id, lines)
         actor.note_expiry(order["expires_at"])
-        return order
+        return order, order_lines
 
     return await ctx.supervisor.ask(order_id, command)
 

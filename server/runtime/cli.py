@@ -19,10 +19,9 @@ import asyncpg
 import uvloop
 
 from db import migrations
-from db import orders as orders_db
-from db import payments as payments_db
 from db import users as users_db
 from db.pool import PoolSettings, create_database
+from server.domain import invariants
 from server.runtime import logs
 from server.runtime.config import Config, ConfigError, load, pool_settings
 from server.runtime.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
@@ -127,16 +126,7 @@ def _check_invariants(config: Config, args: argparse.Namespace) -> int:
     async def check(dsn: str) -> list[str]:
         db = await create_database(_small_pool(config, dsn))
         try:
-            problems = [
-                f"product {r['id']}: received {r['stock_received']} != stock {r['stock']} + held {r['held']} "
-                f"+ sold {r['sold']}"
-                for r in await orders_db.stock_violations(db)
-            ]
-            problems += await payments_db.charge_violations(db)
-            pending = await payments_db.pending_count(db)
-            if pending and args.settled:
-                problems.append(f"{pending} payment(s) still pending")
-            return problems
+            return await invariants.violations(db, settled=args.settled)
         finally:
             await db.close(timeout=5)
 
@@ -176,7 +166,11 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-invariants", help="check the stock and charge invariants; exit 1 on any violation"
     )
-    check.add_argument("--settled", action="store_true", help="also require no payment to be pending")
+    check.add_argument(
+        "--settled",
+        action="store_true",
+        help="also require no payment pending and no order pending long past its expiry",
+    )
     return root
 
 

@@ -1,0 +1,39 @@
+"""What the service promises about its data, checked on the database: the one
+checker behind `python -m server check-invariants` and the tests."""
+
+from __future__ import annotations
+
+from db import orders as orders_db
+from db import payments as payments_db
+from db.pool import Database
+from server.domain import order_status
+
+# How long past its expiry a pending order may stay before a settled service counts
+# it (the sweeper and the actors' timers need a moment).
+_EXPIRY_GRACE_SECONDS = 30.0
+
+
+async def violations(db: Database, *, settled: bool) -> list[str]:
+    """Every broken invariant, one line each; empty when all hold.
+
+    Always: stock received = stock + held by pending orders + sold, stock >= 0;
+    exactly one charge per paid order; every order in a known status. `settled`
+    (the service has had time to finish its work): no payment still pending and no
+    order pending long past its expiry.
+    """
+    problems = [
+        f"product {r['id']}: received {r['stock_received']} != stock {r['stock']} + held {r['held']} + sold {r['sold']}"
+        for r in await orders_db.stock_violations(db, order_status.HOLDS_STOCK, order_status.SOLD)
+    ]
+    problems += await payments_db.charge_violations(db)
+    problems += [
+        f"order {r['id']} in status {r['status']}" for r in await orders_db.unknown_statuses(db, order_status.STATUSES)
+    ]
+    if settled:
+        pending = await payments_db.pending_count(db)
+        if pending:
+            problems.append(f"{pending} payment(s) still pending")
+        overdue = await orders_db.overdue_count(db, _EXPIRY_GRACE_SECONDS)
+        if overdue:
+            problems.append(f"{overdue} order(s) pending long past their expiry")
+    return problems
