@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncpg
 
-from db.payments import PAYMENT_COLUMNS
 from db.pool import Database, Executor
 
 _CLAIM = """
@@ -20,10 +19,10 @@ async def claim(db: Executor, user_id: int, key: str, request_hash: bytes) -> bo
     return bool(await db.fetchval(_CLAIM, user_id, key, request_hash))
 
 
-# The record, with the payment it started (if any) in its current state.
-_FIND = f"""
-SELECT k.request_hash, k.response_status, k.response_body, k.payment_id,
-       {", ".join("p." + c + " AS payment_" + c for c in PAYMENT_COLUMNS.split(", "))}
+# The record, with the payment it started (if any) in its current state: `payment`
+# is the payments row as one record, read by column name (NULL when none).
+_FIND = """
+SELECT k.request_hash, k.response_status, k.response_body, p AS payment
 FROM idempotency_keys k LEFT JOIN payments p ON p.id = k.payment_id
 WHERE k.user_id = $1 AND k.key = $2
 """

@@ -70,7 +70,7 @@ async def begin(
 # Step 3: record the provider's answer and, on success, mark the order paid, in one
 # statement. A charge that succeeded for an order that can no longer be paid is
 # recorded as failed with `order_not_payable` and must be refunded (refund_due).
-_FINISH = f"""
+_FINISH = """
 WITH pay AS (
     SELECT id, order_id FROM payments WHERE id = $1 AND status = 'pending' FOR UPDATE
 ), paid AS (
@@ -90,7 +90,7 @@ UPDATE payments p SET
     updated_at = now()
 FROM pay, outcome
 WHERE p.id = pay.id
-RETURNING {", ".join("p." + c for c in PAYMENT_COLUMNS.split(", "))}, outcome.unpayable IS NOT NULL AS refund_due
+RETURNING p.*, outcome.unpayable IS NOT NULL AS refund_due
 """
 
 

@@ -11,6 +11,7 @@ from handlers.routing import Response, Route
 from handlers.schemas import HealthOut
 from server.runtime import metrics as metrics_module
 from server.runtime.jsonio import json_response
+from server.runtime.problems import ServiceUnavailable
 
 _READY_TIMEOUT_SECONDS = 2.0
 
@@ -24,7 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
         async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
             await context(request).db.fetchval("SELECT 1")
     except Exception:
-        return json_response({"status": "unavailable"}, status=503, headers={"Retry-After": "1"})
+        raise ServiceUnavailable("the database does not answer") from None
     return json_response({"status": "ok"})
 
 
@@ -41,10 +42,8 @@ ROUTES = [
     ),
     Route(
         "GET", "/readyz", readyz, "Readiness: 200 when the database answers", "operations",
-        responses={
-            200: Response("Ready", HealthOut),
-            503: Response("The database does not answer", HealthOut, ("Retry-After",)),
-        },
+        responses={200: Response("Ready", HealthOut)},
+        problems={503: "The database does not answer (see Retry-After)"},
     ),
     Route(
         "GET", "/metrics", metrics, "Prometheus metrics", "operations",

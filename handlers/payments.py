@@ -9,9 +9,11 @@ from handlers.routing import Response, Route
 from handlers.schemas import PaymentCreateIn, PaymentOut
 from server.domain.payments import service as payments
 from server.runtime.jsonio import json_response
-from server.runtime.problems import PROBLEM_CONTENT_TYPE, ValidationFailed
+from server.runtime.problems import ValidationFailed
 
 _MAX_IDEMPOTENCY_KEY = 255
+# A charge is 201, a decline 402 (the failed payment in the body), a lost answer 202.
+_STATUS = {payments.Outcome.CHARGED: 201, payments.Outcome.DECLINED: 402, payments.Outcome.UNKNOWN: 202}
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -28,11 +30,10 @@ async def create_payment(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body = await read_json(request, PaymentCreateIn)
     payment_request = payments.PaymentRequest(body.order_id, body.payment_method.token, body.amount)
-    response = await payments.pay(ctx, caller.id, payment_request, key)
-    if response.is_problem:
-        return json_response(response.body, status=response.status, content_type=PROBLEM_CONTENT_TYPE)
-    headers = location(request, "get_payment", response.body["id"]) if response.status in (201, 202) else None
-    return json_response(response.body, status=response.status, headers=headers)
+    result = await payments.pay(ctx, caller.id, payment_request, key)
+    status = _STATUS[result.outcome]
+    headers = location(request, "get_payment", result.payment["id"]) if status in (201, 202) else None
+    return json_response(result.payment, status=status, headers=headers)
 
 
 async def get_payment(request: web.Request) -> web.Response:

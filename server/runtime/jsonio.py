@@ -26,7 +26,7 @@ def json_response(
     content_type: str = JSON_CONTENT_TYPE,
 ) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data, option=_DUMPS_OPTIONS),
+        body=dumps(data),
         status=status,
         headers=headers,
         content_type=content_type,

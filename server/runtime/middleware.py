@@ -19,10 +19,9 @@ from aiohttp.typedefs import Middleware
 
 from db.pool import is_outage
 from server.runtime.config import Config
-from server.runtime.jsonio import json_response
 from server.runtime.logs import request_id_var
 from server.runtime.metrics import Metrics
-from server.runtime.problems import PROBLEM_CONTENT_TYPE, ApiError, problem_body
+from server.runtime.problems import ApiError, problem, problem_response
 
 log = logging.getLogger("storefront.http")
 access_log = logging.getLogger("storefront.access")
@@ -41,22 +40,6 @@ def _new_request_id() -> str:
     return f"{_id_prefix}{next(_id_counter):08x}"
 
 
-def problem_response(
-    status: int,
-    title: str,
-    detail: str,
-    type_uri: str = "about:blank",
-    headers: dict[str, str] | None = None,
-    **extra: object,
-) -> web.Response:
-    body = problem_body(status, title, detail, type_uri, extra=extra or None)
-    return json_response(body, status=status, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
-
-
-def _from_api_error(exc: ApiError) -> web.Response:
-    return json_response(exc.body(), status=exc.status, headers=exc.headers, content_type=PROBLEM_CONTENT_TYPE)
-
-
 def _from_http_exception(exc: web.HTTPException) -> web.Response:
     """aiohttp's own errors (unknown route, wrong method, body too large) as problems."""
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -65,7 +48,7 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
         405: f"{exc.headers.get('Allow', '')} allowed here".strip(),
         413: "the body is larger than the limit",
     }.get(exc.status, exc.reason)
-    return problem_response(exc.status, exc.reason, detail, headers=headers)
+    return problem_response(problem(exc.status, detail, title=exc.reason), headers)
 
 
 def _route_name(request: web.Request) -> str:
@@ -91,26 +74,27 @@ def make_middleware(config: Config, metrics: Metrics) -> Middleware:
         try:
             return await handler(request)
         except ApiError as exc:
-            return _from_api_error(exc)
+            return exc.response()
         except web.HTTPException as exc:
             return _from_http_exception(exc)
         except Exception as exc:
             if is_outage(exc):
                 log.warning("database unavailable", extra={"error": type(exc).__name__, "path": request.path})
                 return problem_response(
-                    503, "Service Unavailable", "the database is unavailable; retry shortly",
-                    headers={"Retry-After": "1"},
-                )  # fmt: skip
+                    problem(503, "the database is unavailable; retry shortly"), {"Retry-After": "1"}
+                )
             log.exception("unhandled error", extra={"method": request.method, "path": request.path})
             return problem_response(
-                500, "Internal Server Error", "an unexpected error occurred; quote the request id when reporting it",
-                request_id=request_id_var.get(),
+                problem(
+                    500, "an unexpected error occurred; quote the request id when reporting it",
+                    extra={"request_id": request_id_var.get()},
+                )
             )  # fmt: skip
 
     def preflight(request: web.Request) -> web.Response:
         origin = cors_origin(request)
         if origin is None:
-            return problem_response(403, "Forbidden", "this origin may not call the API")
+            return problem_response(problem(403, "this origin may not call the API"))
         return web.Response(
             status=204,
             headers={

@@ -1,13 +1,22 @@
 """The one exception hierarchy of the service.
 
 Every failure a client can cause is an `ApiError`; the middleware turns it into an
-RFC 9457 problem response (`problem_body`). Anything else is a bug or an outage and
-is answered 500 (or 503 for a database outage) without internals.
+RFC 9457 problem response. Anything else is a bug or an outage and is answered 500
+(or 503 for a database outage) without internals.
+
+Every problem document the service sends is built here, by `problem` (the body) and
+`problem_response` (the response): ApiErrors, the middleware's own answers, the HTTP
+parser's rejections and refusals replayed for an Idempotency-Key alike.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, ClassVar
+
+from aiohttp import web
+
+from server.runtime.jsonio import json_response
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://storefront.example/problems/"
@@ -37,23 +46,42 @@ class ApiError(Exception):
         return PROBLEM_TYPE_BASE + self.slug
 
     def body(self) -> dict[str, Any]:
-        return problem_body(self.status, self.title, self.detail, self.type_uri, self.errors, self.extra)
+        return problem(
+            self.status, self.detail, title=self.title, type_uri=self.type_uri, errors=self.errors, extra=self.extra
+        )
+
+    def response(self) -> web.Response:
+        return problem_response(self.body(), self.headers)
 
 
-def problem_body(
+def problem(
     status: int,
-    title: str,
     detail: str,
+    *,
+    title: str | None = None,
     type_uri: str = "about:blank",
     errors: list[dict[str, str]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": type_uri, "title": title, "status": status, "detail": detail}
+    """A problem document; `title` defaults to the status's reason phrase."""
+    body: dict[str, Any] = {"type": type_uri, "title": title or _reason(status), "status": status, "detail": detail}
     if errors is not None:
         body["errors"] = errors
     if extra:
         body.update(extra)
     return body
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    """A problem document (built by `problem`) as the response, with its status."""
+    return json_response(body, status=body["status"], headers=headers, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class BadRequest(ApiError):
@@ -95,12 +123,6 @@ class NotFound(ApiError):
     status = 404
     title = "Not Found"
     slug = "not-found"
-
-
-class MethodNotAllowed(ApiError):
-    status = 405
-    title = "Method Not Allowed"
-    slug = "method-not-allowed"
 
 
 class RequestTimeout(ApiError):
@@ -156,6 +178,18 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class ReplayedProblem(ApiError):
+    """A refusal stored for an Idempotency-Key, answered again exactly as it was
+    first sent (its status is the stored document's)."""
+
+    def __init__(self, stored: dict[str, Any]) -> None:
+        super().__init__(stored["detail"])
+        self.stored = stored
+
+    def body(self) -> dict[str, Any]:
+        return self.stored
 
 
 def _summary(errors: list[dict[str, str]]) -> str:

@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web, web_protocol
 
 from server.app import Options, create_app
 from server.runtime.config import Config
-from server.runtime.jsonio import dumps
-from server.runtime.problems import PROBLEM_CONTENT_TYPE, problem_body
+from server.runtime.problems import problem, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +41,9 @@ class _ProblemRequestHandler(web_protocol.RequestHandler):
             detail = "the request is not valid HTTP or exceeds the header limits"
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        response = web.Response(
-            status=status,
-            body=dumps(problem_body(status, _reason(status), detail)),
-            content_type=PROBLEM_CONTENT_TYPE,
-        )
+        response = problem_response(problem(status, detail))
         response.force_close()
         return response
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 class _ProblemServer(web.Server):

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import asyncpg
@@ -37,7 +38,7 @@ from server.domain.context import Context
 from server.domain.order_actors import OrderActor
 from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
 from server.runtime.jsonio import dumps
-from server.runtime.problems import ApiError, Conflict, NotFound, ValidationFailed
+from server.runtime.problems import ApiError, Conflict, NotFound, ReplayedProblem, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +59,40 @@ class PaymentRequest:
         return hashlib.sha256(canonical).digest()
 
 
+class Outcome(Enum):
+    """How a payment request ended, as far as this request knows."""
+
+    CHARGED = "charged"
+    DECLINED = "declined"
+    # The provider's answer was lost: the payment stays pending until reconciled.
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True)
-class PaymentResponse:
-    status: int
-    body: dict[str, Any]
-    # A replayed refusal (a problem document) rather than a payment.
-    is_problem: bool = False
+class PaymentResult:
+    outcome: Outcome
+    payment: dict[str, Any]
 
 
-def payment_json(row: asyncpg.Record, prefix: str = "") -> dict[str, Any]:
+def payment_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
-        "id": row[prefix + "id"],
-        "order_id": row[prefix + "order_id"],
-        "amount": row[prefix + "amount"],
-        "currency": row[prefix + "currency"],
-        "status": row[prefix + "status"],
-        "failure_reason": row[prefix + "failure_reason"],
-        "provider": row[prefix + "provider"],
-        "provider_ref": row[prefix + "provider_ref"],
-        "created_at": row[prefix + "created_at"],
+        "id": row["id"],
+        "order_id": row["order_id"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "status": row["status"],
+        "failure_reason": row["failure_reason"],
+        "provider": row["provider"],
+        "provider_ref": row["provider_ref"],
+        "created_at": row["created_at"],
     }
 
 
-def _response_for(payment: dict[str, Any]) -> PaymentResponse:
-    """201 for a success, 402 for a decline (the failed payment in the body), 202
-    while the outcome is still unknown."""
-    status = {"succeeded": 201, "failed": 402}.get(payment["status"], 202)
-    return PaymentResponse(status, payment)
+_OUTCOMES = {"succeeded": Outcome.CHARGED, "failed": Outcome.DECLINED, "pending": Outcome.UNKNOWN}
+
+
+def _result_for(payment: dict[str, Any]) -> PaymentResult:
+    return PaymentResult(_OUTCOMES[payment["status"]], payment)
 
 
 def lease_seconds(ctx: Context) -> float:
@@ -100,7 +108,9 @@ async def get(ctx: Context, payment_id: int, user_id: int, is_admin: bool) -> di
     return payment_json(row)
 
 
-async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> PaymentResponse:
+async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> PaymentResult:
+    """Pay the order once. A refusal raises its ApiError (a stored one, for a
+    repeated Idempotency-Key, is raised again as ReplayedProblem)."""
     fingerprint = request.fingerprint()
     if idempotency_key is not None:
         # Answered here without queueing behind the order's actor: a repeat of a
@@ -109,35 +119,36 @@ async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_k
         if record is not None:
             return _replay(record, fingerprint)
 
-    async def command(actor: OrderActor) -> PaymentResponse:
+    async def command(actor: OrderActor) -> PaymentResult:
         return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint)
 
     return await ctx.supervisor.ask(request.order_id, command)
 
 
-def _replay(record: asyncpg.Record, fingerprint: bytes) -> PaymentResponse:
+def _replay(record: asyncpg.Record, fingerprint: bytes) -> PaymentResult:
     if record["request_hash"] != fingerprint:
         raise ValidationFailed.field("Idempotency-Key", "this key was used with a different request body")
-    if record["payment_id"] is None:
-        return PaymentResponse(record["response_status"], orjson.loads(record["response_body"]), is_problem=True)
-    if record["payment_status"] == "pending":
+    payment = record["payment"]
+    if payment is None:
+        raise ReplayedProblem(orjson.loads(record["response_body"]))
+    if payment["status"] == "pending":
         raise Conflict("a request with this Idempotency-Key is still in flight")
-    return _response_for(payment_json(record, prefix="payment_"))
+    return _result_for(payment_json(payment))
 
 
 async def _pay_in_actor(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
-) -> PaymentResponse:
+) -> PaymentResult:
     started = await _begin(ctx, user_id, request, idempotency_key, fingerprint)
-    if isinstance(started, PaymentResponse):
+    if isinstance(started, PaymentResult):
         return started
     payment = started
     result = await _charge(ctx, payment, request.token)
     if result is None:
         ctx.metrics.payments.labels("unknown").inc()
         log.warning("payment outcome unknown; left to reconciliation", extra={"payment_id": payment["id"]})
-        return _response_for(payment_json(payment))
-    return _response_for(await _settle(ctx, payment["id"], result))
+        return _result_for(payment_json(payment))
+    return _result_for(await _settle(ctx, payment["id"], result))
 
 
 class _InFlight(Conflict):
@@ -147,7 +158,7 @@ class _InFlight(Conflict):
 
 async def _begin(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
-) -> asyncpg.Record | PaymentResponse:
+) -> asyncpg.Record | PaymentResult:
     """Step 1. Returns the pending payment, or the response to replay; raises the
     API error when the order cannot be paid."""
     begin = functools.partial(
@@ -177,7 +188,8 @@ async def _begin(
             error = _refusal(exc)
             if isinstance(error, _InFlight):
                 raise error from None  # rolls the claim back: the key stays free
-            await idempotency_db.store_response(conn, user_id, idempotency_key, error.status, dumps(error.body()))
+            body = error.body()
+            await idempotency_db.store_response(conn, user_id, idempotency_key, body["status"], dumps(body))
         else:
             await idempotency_db.attach_payment(conn, user_id, idempotency_key, payment["id"])
     if refusal is not None:
