@@ -43,8 +43,7 @@ def location(request: web.Request, handler_name: str, resource_id: int | None = 
 async def read_json(request: web.Request, model: type[M]) -> M:
     """The request body as `model`: 415 unless JSON, 413 when too large, 400 when
     not valid JSON, 422 when it does not fit the model."""
-    ctx = request.app[CONTEXT]
-    config = ctx.config
+    config = context(request).config
     if request.content_type != "application/json" and not request.content_type.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json")
     if request.content_length is not None and request.content_length > config.max_body_bytes:

@@ -1,24 +1,26 @@
 """The app factory: routes, the middleware, and the resources a worker owns.
 
-`create_app` builds the aiohttp application for one worker. Its cleanup context
-owns the database pool, the order supervisor and the periodic jobs: they start with
-the app and stop, in reverse order, when it is cleaned up, after in-flight requests
-have finished (so queued order commands finish before the pool closes).
+`create_app` builds the aiohttp application for one worker. Each resource has a
+cleanup context of its own, in the order they depend on each other: the database
+pool, the payment provider, the password hasher, the actors' scheduler, the order
+actors, the shared Context, the periodic jobs. aiohttp starts them in that order and
+stops them in reverse, after in-flight requests have finished (so queued order
+commands finish before the scheduler, the provider and the pool close).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import aiojobs
 from aiohttp import web
 
 from db import idempotency, login_failures, maintenance
-from db.pool import create_database
+from db.pool import Database, create_database
 from handlers import api, openapi
 from handlers.routing import register
 from server.domain import orders, users
@@ -27,6 +29,7 @@ from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
 from server.domain.payments import service as payments
+from server.domain.payments.provider import PaymentProvider
 from server.domain.payments.simulated import SimulatedProvider
 from server.runtime.config import Config, pool_settings
 from server.runtime.jsonio import dumps
@@ -40,15 +43,22 @@ _GAUGE_REFRESH_SECONDS = 5.0
 _PURGE_SECONDS = 3600.0
 _STATISTICS_SECONDS = 5.0
 
+_DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
+_PROVIDER: web.AppKey[PaymentProvider] = web.AppKey("provider", PaymentProvider)
+_PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords", Passwords)
+_SCHEDULER: web.AppKey[aiojobs.Scheduler] = web.AppKey("scheduler", aiojobs.Scheduler)
+_SUPERVISOR: web.AppKey[OrderSupervisor] = web.AppKey("supervisor", OrderSupervisor)
 
-@dataclass(frozen=True)
+Resource = Callable[[web.Application], AsyncIterator[None]]
+
+
+@dataclasses.dataclass(frozen=True)
 class Options:
     """What a process decides for its app beyond the configuration."""
 
     dsn: str
     jwt_secret: str
     ensure_admin: bool = True
-    background_jobs: bool = True
 
 
 def resolve_jwt_secret(config: Config) -> str:
@@ -66,64 +76,113 @@ def create_app(config: Config, options: Options) -> web.Application:
     app = web.Application(middlewares=[make_middleware(config, metrics)], client_max_size=config.max_body_bytes)
     register(app, api.ROUTES)
     app[openapi.OPENAPI_DOCUMENT] = dumps(openapi.build_document(api.ROUTES))
-    app.cleanup_ctx.append(_worker_resources(config, options, metrics))
+    app.cleanup_ctx.extend(
+        [
+            _database(config, options, metrics),
+            _provider(config, options),
+            _passwords(config),
+            _scheduler(config),
+            _actors(config, metrics),
+            _context(config, options, metrics),
+            _periodic_jobs,
+        ]
+    )
     return app
 
 
-def _worker_resources(
-    config: Config, options: Options, metrics: Metrics
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def resources(app: web.Application) -> AsyncIterator[None]:
+def _database(config: Config, options: Options, metrics: Metrics) -> Resource:
+    async def database(app: web.Application) -> AsyncIterator[None]:
         db = await create_database(pool_settings(config, options.dsn))
         db.on_wait = metrics.pool_wait.observe
+        app[_DATABASE] = db
+        yield
+        await db.close(timeout=config.shutdown_grace_seconds)
+
+    return database
+
+
+def _provider(config: Config, options: Options) -> Resource:
+    async def provider(app: web.Application) -> AsyncIterator[None]:
         # The simulated gateway keeps its ledger through a pool of its own, as a real
         # gateway keeps its own records.
-        provider_db = await create_database(
-            dataclasses.replace(pool_settings(config, options.dsn), min_size=0, max_size=4)
-        )
-        provider = SimulatedProvider(
-            provider_db,
+        ledger = await create_database(dataclasses.replace(pool_settings(config, options.dsn), min_size=0, max_size=4))
+        simulated = SimulatedProvider(
+            ledger,
             latency_ms=config.payment_provider_latency_ms,
             fault=config.payment_provider_fault,
             fault_rate=config.payment_provider_fault_rate,
         )
-        passwords = Passwords(
+        app[_PROVIDER] = simulated
+        yield
+        await simulated.close()
+
+    return provider
+
+
+def _passwords(config: Config) -> Resource:
+    async def passwords(app: web.Application) -> AsyncIterator[None]:
+        hasher = Passwords(
             config.password_hash_time_cost, config.password_hash_memory_kib, config.password_hash_parallelism
         )
-        scheduler = aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds)
+        app[_PASSWORDS] = hasher
+        yield
+        hasher.close()
+
+    return passwords
+
+
+def _scheduler(config: Config) -> Resource:
+    async def scheduler(app: web.Application) -> AsyncIterator[None]:
+        jobs = aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds)
+        app[_SCHEDULER] = jobs
+        yield
+        await jobs.close()  # already closed when the actors drained; this covers a failed start
+
+    return scheduler
+
+
+def _actors(config: Config, metrics: Metrics) -> Resource:
+    async def actors(app: web.Application) -> AsyncIterator[None]:
+        supervisor = OrderSupervisor(
+            scheduler=app[_SCHEDULER],
+            metrics=metrics,
+            expire=functools.partial(orders.expire, app[_DATABASE], metrics),
+            max_live=config.actor_max_live,
+            mailbox_size=config.actor_mailbox_size,
+            idle_seconds=config.actor_idle_seconds,
+        )
+        app[_SUPERVISOR] = supervisor
+        yield
+        await supervisor.drain(config.shutdown_grace_seconds)
+
+    return actors
+
+
+def _context(config: Config, options: Options, metrics: Metrics) -> Resource:
+    async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = Context(
             config=config,
-            db=db,
-            passwords=passwords,
+            db=app[_DATABASE],
+            passwords=app[_PASSWORDS],
             tokens=Tokens(options.jwt_secret, config.jwt_ttl_seconds),
             cursors=CursorCodec(options.jwt_secret),
             metrics=metrics,
-            supervisor=OrderSupervisor(
-                scheduler=scheduler,
-                metrics=metrics,
-                expire=lambda order_id: orders.expire(ctx, order_id),
-                max_live=config.actor_max_live,
-                mailbox_size=config.actor_mailbox_size,
-                idle_seconds=config.actor_idle_seconds,
-            ),
-            provider=provider,
+            supervisor=app[_SUPERVISOR],
+            provider=app[_PROVIDER],
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
             await users.ensure_admin(ctx, config.admin_email, config.admin_password)
-        jobs = Periodic()
-        if options.background_jobs:
-            _start_jobs(jobs, ctx)
-        try:
-            yield
-        finally:
-            await jobs.stop()
-            await ctx.supervisor.drain(config.shutdown_grace_seconds)
-            await provider.close()
-            await db.close(timeout=config.shutdown_grace_seconds)
-            passwords.close()
+        yield
 
-    return resources
+    return context
+
+
+async def _periodic_jobs(app: web.Application) -> AsyncIterator[None]:
+    jobs = Periodic()
+    _start_jobs(jobs, app[CONTEXT])
+    yield
+    await jobs.stop()
 
 
 def _start_jobs(jobs: Periodic, ctx: Context) -> None:

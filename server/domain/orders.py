@@ -10,10 +10,12 @@ from typing import Any
 import asyncpg
 
 from db import orders as orders_db
+from db.pool import Database
 from server.domain import order_status
 from server.domain.auth import Principal
 from server.domain.context import Context
 from server.domain.order_actors import OrderActor
+from server.runtime.metrics import Metrics
 from server.runtime.problems import Conflict, Forbidden, NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -198,11 +200,12 @@ async def delete(ctx: Context, principal: Principal, order_id: int) -> None:
     await ctx.supervisor.ask(order_id, command)
 
 
-async def expire(ctx: Context, order_id: int) -> bool:
-    """An actor's expiry timer fired (runs inside that actor)."""
-    expired = await orders_db.expire_one(ctx.db, order_id)
+async def expire(db: Database, metrics: Metrics, order_id: int) -> bool:
+    """An actor's expiry timer fired (runs inside that actor). Takes the pool and the
+    metrics rather than the Context, which holds the supervisor that calls this."""
+    expired = await orders_db.expire_one(db, order_id)
     if expired:
-        ctx.metrics.order_transition("pending", "expired")
+        metrics.order_transition("pending", "expired")
         log.info("order expired", extra={"order_id": order_id})
     return expired
 
