@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from server.domain import order_status
-from server.domain.order_status import Event, InvalidTransition, next_status
+from server.domain.order_status import Event
 from server.domain.orders import MAX_QUANTITY, merge_lines
 from server.runtime.problems import ValidationFailed
 from tests.helpers import ServerProcess, unique_email
@@ -23,21 +23,23 @@ from tests.helpers import ServerProcess, unique_email
 TERMINAL = {"delivered", "cancelled", "expired"}
 
 
+CONTRACT_TRANSITIONS = {
+    ("pending", "paid"), ("paid", "shipped"), ("shipped", "delivered"),
+    ("pending", "cancelled"), ("pending", "expired"),
+}  # fmt: skip
+
+
 @settings(max_examples=300)
 @given(st.sampled_from(order_status.STATUSES), st.lists(st.sampled_from(list(Event)), max_size=12))
 def test_status_machine_allows_only_the_contracts_transitions(start: str, events: list[Event]) -> None:
+    # TRANSITIONS is what may_request and required_status (below) read.
     status, seen = start, [start]
     for event in events:
-        try:
-            status = next_status(status, event)
-        except InvalidTransition:
-            continue
-        seen.append(status)
+        if (status, event) in order_status.TRANSITIONS:
+            status = order_status.TRANSITIONS[(status, event)]
+            seen.append(status)
     for before, after in itertools.pairwise(seen):
-        assert (before, after) in {
-            ("pending", "paid"), ("paid", "shipped"), ("shipped", "delivered"),
-            ("pending", "cancelled"), ("pending", "expired"),
-        }  # fmt: skip
+        assert (before, after) in CONTRACT_TRANSITIONS
     # Once an order leaves pending it never returns, and terminal statuses stay.
     if "pending" in seen:
         assert all(s == "pending" for s in seen[: seen.index("pending") + 1])
@@ -45,20 +47,27 @@ def test_status_machine_allows_only_the_contracts_transitions(start: str, events
         assert seen[-1] == terminal
 
 
+@given(st.sampled_from(order_status.STATUSES), st.sampled_from(["owner", "admin"]))
+def test_the_api_accepts_only_contract_transitions_from_the_right_caller(target: str, role: str) -> None:
+    # What orders.change_status asks before it changes anything.
+    allowed = order_status.may_request(target, role)
+    if target in {"pending", "paid", "expired"}:
+        assert allowed is None  # never through PUT: only by creation, payment, expiry
+        return
+    assert allowed is (role == "admin" or target == "cancelled")
+    assert (order_status.required_status(target), target) in CONTRACT_TRANSITIONS
+
+
 def test_only_pending_orders_hold_stock_and_paid_ones_stay_sold() -> None:
+    # HOLDS_STOCK and SOLD are what the invariant checker's stock accounting reads.
     assert {"pending"} == order_status.HOLDS_STOCK
     assert {"paid", "shipped", "delivered"} == order_status.SOLD
-    for status in order_status.STATUSES:
-        for event in Event:
-            try:
-                after = next_status(status, event)
-            except InvalidTransition:
-                continue
-            # Sold stock never comes back; held stock is sold by a payment or returned.
-            if status in order_status.SOLD:
-                assert after in order_status.SOLD
-            if status in order_status.HOLDS_STOCK and after not in order_status.HOLDS_STOCK:
-                assert after in {"paid", "cancelled", "expired"}
+    for (status, _), after in order_status.TRANSITIONS.items():
+        # Sold stock never comes back; held stock is sold by a payment or returned.
+        if status in order_status.SOLD:
+            assert after in order_status.SOLD
+        if status in order_status.HOLDS_STOCK and after not in order_status.HOLDS_STOCK:
+            assert after in {"paid", "cancelled", "expired"}
 
 
 @settings(max_examples=500)

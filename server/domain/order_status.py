@@ -53,18 +53,6 @@ SOLD = frozenset({"paid", "shipped", "delivered"})
 DELETABLE = frozenset({"pending", "cancelled", "expired"})
 
 
-class InvalidTransition(Exception):
-    pass
-
-
-def next_status(current: str, event: Event) -> str:
-    """The status after `event`, or InvalidTransition."""
-    try:
-        return TRANSITIONS[(current, event)]
-    except KeyError:
-        raise InvalidTransition(f"an order that is {current} cannot {event.value}") from None
-
-
 def may_request(target: str, role: str) -> bool | None:
     """Whether a caller with `role` ('owner' or 'admin') may ask for status
     `target` through the API: True, False (a role problem: 403), or None when no
