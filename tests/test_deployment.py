@@ -4,7 +4,7 @@ is needed: the files are parsed and cross-checked)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -92,10 +92,18 @@ def test_the_load_balancer_proxies_to_the_api(compose: dict[str, Any]) -> None:
     assert "proxy_pass http://storefront;" in config
 
 
-def test_locust_runs_the_projects_locustfile(compose: dict[str, Any]) -> None:
-    master = _services(compose)["locust-master"]
-    assert (ROOT / "loadtests" / "locustfile.py").is_file()
-    assert "/mnt/locust/locustfile.py" in master["command"]
+@pytest.mark.parametrize("name", ["locust-master", "locust-worker"])
+def test_locust_runs_the_projects_locustfile(compose: dict[str, Any], name: str) -> None:
+    service = _services(compose)[name]
+    in_container = PurePosixPath(service["command"][service["command"].index("-f") + 1])
+    # The file the container reads, found through the service's own mounts.
+    on_host = None
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        if in_container.is_relative_to(target):
+            on_host = (ROOT / source / in_container.relative_to(target)).resolve()
+    assert on_host == ROOT / "loadtests" / "locustfile.py"
+    assert re.search(r"^class \w+\((Fast)?HttpUser\):", on_host.read_text(), re.MULTILINE)
 
 
 def test_every_variable_used_is_documented_in_env_example(compose: dict[str, Any]) -> None:
