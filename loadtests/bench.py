@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+
+from server.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "scenarios.lua"
@@ -80,13 +81,6 @@ class Options:
     runs: list[Run] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def _admin_sql(pg_url: str, sql: str) -> None:
     conn = await asyncpg.connect(pg_url)
     try:
@@ -98,7 +92,7 @@ async def _admin_sql(pg_url: str, sql: str) -> None:
 class Server:
     def __init__(self, options: Options, pool: int, workers: int, env: dict[str, str], db: str, checkout: Path) -> None:
         self.checkout = checkout
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         base = options.pg_url.rsplit("/", 1)[0]
         self.env = {

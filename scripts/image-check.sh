@@ -62,7 +62,7 @@ db="image_check_$$"
 admin_url="$SERVER_URL"
 "$PY" scripts/pgdb.py create "$admin_url" "$db"
 database_url="${SERVER_URL%/*}/$db"
-port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+port="$("$PY" -m server.runtime.ports)"
 ctr="$(buildah from "$IMAGE")"
 cleanup() {
     [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true

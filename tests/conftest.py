@@ -25,7 +25,7 @@ from db import migrations
 from server.app import Options, create_app
 from server.runtime.config import Config, load
 from server.runtime.embedded_pg import EmbeddedPostgres
-from tests.helpers import Api, dsn_with_database, run_sql
+from tests.helpers import Api, ServerProcess, dsn_with_database, run_sql
 
 JWT_SECRET = "test-secret-" + "x" * 32
 ADMIN_EMAIL = "admin@example.com"
@@ -130,3 +130,36 @@ async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+# --- real server processes (`python -m server`) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_server(database_url: str) -> Iterator[ServerProcess]:
+    """One server process for a whole module (on the run's database): for what only a
+    real process does (the HTTP parser's limits, a model run over real HTTP)."""
+    server = ServerProcess(database_url)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def server_env() -> dict[str, str]:
+    """Settings of the `two_servers`: override in a test module."""
+    return {}
+
+
+@pytest.fixture
+def two_servers(clean_db: str, server_env: dict[str, str]) -> Iterator[list[ServerProcess]]:
+    """Two server processes on one empty database: for what must hold across processes."""
+    servers = [ServerProcess(clean_db, env=server_env) for _ in range(2)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

@@ -23,6 +23,7 @@ import orjson
 
 from db.pool import Database
 from server.domain import invariants
+from server.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 _emails = itertools.count(1)
@@ -155,13 +156,6 @@ class Api:
         assert reply.status == 200, reply
         stock: int = reply.json["stock"]
         return stock
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ServerProcess:

@@ -8,7 +8,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,15 +22,8 @@ MIXED_LOAD_SECONDS = float(os.environ.get("ORDER_LOAD_TEST_SECONDS", "30"))
 
 
 @pytest.fixture
-def two_servers(clean_db: str) -> Iterator[list[ServerProcess]]:
-    servers = [ServerProcess(clean_db, env={"DB_POOL_MAX_SIZE": "10"}) for _ in range(2)]
-    for server in servers:
-        server.start()
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
+def server_env() -> dict[str, str]:
+    return {"DB_POOL_MAX_SIZE": "10"}
 
 
 @pytest.fixture

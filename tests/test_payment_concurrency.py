@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -16,14 +16,8 @@ from tests.helpers import Api, ServerProcess, invariant_violations, session
 
 
 @pytest.fixture
-def two_servers(clean_db: str) -> Iterator[list[ServerProcess]]:
-    env = {"PAYMENT_PROVIDER_LATENCY_MS": "200", "ACTOR_MAILBOX_SIZE": "64"}
-    servers = [ServerProcess(clean_db, env=env).start() for _ in range(2)]
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
+def server_env() -> dict[str, str]:
+    return {"PAYMENT_PROVIDER_LATENCY_MS": "200", "ACTOR_MAILBOX_SIZE": "64"}
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -104,15 +102,6 @@ class _Http:
         data = response.read()
         conn.close()
         return response.status, json.loads(data) if data else None
-
-
-@pytest.fixture(scope="module")
-def model_server(database_url: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(database_url).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class OrdersAgainstAModel(RuleBasedStateMachine):
@@ -268,8 +257,8 @@ class OrdersAgainstAModel(RuleBasedStateMachine):
                 assert body["status"] == order["status"]
 
 
-def test_the_api_behaves_like_the_model(model_server: ServerProcess) -> None:
-    OrdersAgainstAModel.http = _Http(model_server.port)
+def test_the_api_behaves_like_the_model(live_server: ServerProcess) -> None:
+    OrdersAgainstAModel.http = _Http(live_server.port)
     run = settings(max_examples=12, stateful_step_count=18, deadline=None, suppress_health_check=list(HealthCheck))(
         OrdersAgainstAModel
     ).TestCase

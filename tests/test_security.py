@@ -4,7 +4,7 @@ service answers hostile input (always a 4xx problem, never a 500, never a hang).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,13 +243,7 @@ async def test_a_huge_array_is_refused_without_a_500(api: Api, world: World) -> 
 
 # The HTTP parser's limits are those of the real server (server/runtime/serving.py), so these
 # talk to a `python -m server` process.
-@pytest.fixture(scope="module")
-def live_server(database_url: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(database_url).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+# (The `live_server` fixture: tests/conftest.py.)
 
 
 async def _live(server: ServerProcess, path: str, headers: dict[str, str] | None = None) -> Reply:

@@ -15,12 +15,13 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from server.runtime.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class EmbeddedPostgres:
             self.port = running
             log.info("embedded PostgreSQL already running", extra={"port": running})
         else:
-            self.port = self.port or _free_port()
+            self.port = self.port or free_port()
             options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
             self._pg_ctl("-w", "-t", "60", "-l", str(self.data_dir / "server.log"), "-o", options, "start")
             self.started_here = True
@@ -183,10 +184,3 @@ def _make_reachable(data_dir: Path, bin_dir: Path, user: str) -> None:
                     "granting traverse permission so PostgreSQL can reach its files", extra={"path": str(parent)}
                 )
                 parent.chmod(mode | stat.S_IXOTH)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
