@@ -250,6 +250,47 @@ async def test_replacing_lines_with_short_stock_is_409_and_changes_nothing(api: 
     assert (await api.stock(a["id"]), await api.stock(b["id"])) == (3, 1)
 
 
+async def test_replacing_lines_with_an_unknown_product_is_422_naming_the_line(api: Api) -> None:
+    user = await api.customer()
+    a = await api.product(stock=5)
+    order = (await api.order(user, (a["id"], 2))).json
+    reply = await api.call(
+        "PUT", f"/api/orders/{order['id']}", json={"items": [{"product_id": a["id"], "quantity": 1}, {"product_id": 987654, "quantity": 1}]},
+        token=user.token,
+    )  # fmt: skip
+    assert reply.status == 422
+    assert [e["field"] for e in reply.json["errors"]] == ["items[1].product_id"]
+    assert (await api.call("GET", f"/api/orders/{order['id']}", token=user.token)).json == order
+    assert await api.stock(a["id"]) == 3
+
+
+async def test_replacing_lines_with_mixed_currencies_is_422(api: Api) -> None:
+    user = await api.customer()
+    usd, eur = await api.product(currency="USD"), await api.product(currency="EUR")
+    order = (await api.order(user, (usd["id"], 2))).json
+    reply = await api.call(
+        "PUT", f"/api/orders/{order['id']}", json={"items": [{"product_id": usd["id"], "quantity": 1}, {"product_id": eur["id"], "quantity": 1}]},
+        token=user.token,
+    )  # fmt: skip
+    assert reply.status == 422
+    assert (await api.call("GET", f"/api/orders/{order['id']}", token=user.token)).json == order
+    assert (await api.stock(usd["id"]), await api.stock(eur["id"])) == (8, 10)
+
+
+async def test_held_units_count_as_available_when_replacing_lines(api: Api) -> None:
+    user = await api.customer()
+    rare = await api.product(stock=3)
+    order = (await api.order(user, (rare["id"], 3))).json
+    reply = await api.call(
+        "PUT",
+        f"/api/orders/{order['id']}",
+        json={"items": [{"product_id": rare["id"], "quantity": 2}]},
+        token=user.token,
+    )
+    assert reply.status == 200
+    assert await api.stock(rare["id"]) == 1
+
+
 async def test_only_the_owner_may_replace_lines(api: Api) -> None:
     user = await api.customer()
     product = await api.product()
