@@ -21,11 +21,11 @@ from db import idempotency, login_failures, maintenance
 from db.pool import create_database
 from handlers import api, openapi
 from handlers.routing import register
-from server.domain import orders, users
+from server.domain import orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
 from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
-from server.domain.order_actors import OrderSupervisor
+from server.domain.order_actors import OrderSupervisor, Supervisor
 from server.domain.payments import service as payments
 from server.domain.payments.simulated import SimulatedProvider
 from server.runtime.config import Config, pool_settings
@@ -111,13 +111,25 @@ def _worker_resources(
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
             await users.ensure_admin(ctx, config.admin_email, config.admin_password)
+        deliverer = webhooks.Deliverer.start(
+            ctx,
+            Supervisor[webhooks.QueueKey](
+                scheduler=aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds),
+                metrics=metrics,
+                max_live=config.actor_max_live,
+                mailbox_size=config.webhook_max_in_flight,
+                idle_seconds=config.actor_idle_seconds,
+                kind="webhook",
+            ),
+        )
         jobs = Periodic()
         if options.background_jobs:
-            _start_jobs(jobs, ctx)
+            _start_jobs(jobs, ctx, deliverer)
         try:
             yield
         finally:
             await jobs.stop()
+            await deliverer.close(config.shutdown_grace_seconds)
             await ctx.supervisor.drain(config.shutdown_grace_seconds)
             await provider.close()
             await db.close(timeout=config.shutdown_grace_seconds)
@@ -126,7 +138,7 @@ def _worker_resources(
     return resources
 
 
-def _start_jobs(jobs: Periodic, ctx: Context) -> None:
+def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> None:
     config = ctx.config
 
     async def sweep() -> None:
@@ -146,6 +158,14 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     async def refresh_gauges() -> None:
         ctx.refresh_gauges()
 
+    async def refresh_webhook_gauges() -> None:
+        await webhooks.refresh_gauges(ctx, deliverer)
+
+    async def purge_events() -> None:
+        purged = await webhooks.purge(ctx)
+        if purged:
+            log.info("delivered events and delivery logs purged", extra={"count": purged})
+
     async def refresh_statistics() -> None:
         analyzed = await maintenance.analyze_grown_tables(ctx.db)
         if analyzed:
@@ -157,3 +177,6 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     jobs.every(_PURGE_SECONDS, purge_login_failures, name="login-failures-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
+    jobs.every(config.webhook_poll_interval_seconds, deliverer.turn, name="webhook-delivery", at_start=True)
+    jobs.every(_GAUGE_REFRESH_SECONDS, refresh_webhook_gauges, name="webhook-gauges")
+    jobs.every(_PURGE_SECONDS, purge_events, name="event-purge")
