@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from server.domain import webhooks
+from server.domain.context import CONTEXT
 from tests.helpers import Api
 from tests.webhook_receiver import Received, Receiver
 
@@ -344,3 +346,61 @@ async def test_metrics_show_outbox_lag_outcomes_and_queues(api: Api, receiver: R
     assert 'webhook_delivery_attempts_total{outcome="succeeded"} 1.0' in text
     for name in ("webhook_outbox_lag_seconds", "webhook_pending_deliveries", "webhook_in_flight_deliveries"):
         assert f"\n{name} " in text, name
+
+
+@pytest.mark.parametrize("config_overrides", [{**FAST_DELIVERY, "webhook_timeout_seconds": 0.5}])
+async def test_an_attempt_without_an_answer_in_time_fails_and_is_retried(api: Api, receiver: Receiver) -> None:
+    release = asyncio.Event()
+
+    async def hang_first(_: Received) -> web.StreamResponse:
+        if len(receiver.received) == 1:
+            await release.wait()
+        return web.Response(status=200)
+
+    receiver.answer = hang_first
+    hook = await add_webhook(api, receiver.url, ["product.created"])
+    try:
+        await api.product()
+        await receiver.wait_for(lambda: len(receiver.received) == 2)
+        await asyncio.sleep(0.2)
+        log = await deliveries(api, hook["id"])
+        assert [(a["attempt"], a["status"]) for a in log] == [(2, "succeeded"), (1, "pending")]
+        assert log[1]["error"] == "no answer within 0.5 s" and log[1]["response_status"] is None
+    finally:
+        release.set()
+
+
+async def test_a_large_answer_is_read_only_up_to_a_limit(api: Api, receiver: Receiver) -> None:
+    async def huge(_: Received) -> web.StreamResponse:
+        return web.Response(status=500, body=b"x" * 5_000_000)
+
+    receiver.answer = huge
+    hook = await add_webhook(api, receiver.url, ["product.created"])
+    await api.product()
+    await receiver.wait_for(lambda: len(receiver.received) == 3)
+    await asyncio.sleep(0.2)
+    log = await deliveries(api, hook["id"])
+    assert [a["status"] for a in log] == ["failed", "pending", "pending"]
+    assert all(a["response_status"] == 500 and len(a["error"]) <= 300 for a in log)
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{**FAST_DELIVERY, "webhook_retention_seconds": 0.5, "webhook_max_attempts": 100}]
+)
+async def test_retention_purges_what_was_delivered_and_keeps_what_is_owed(
+    api: Api, receiver: Receiver, app: web.Application, db: asyncpg.Connection
+) -> None:
+    async def refuse_second(got: Received) -> web.StreamResponse:
+        return web.Response(status=500 if got.event["data"]["name"] == "owed" else 200)
+
+    receiver.answer = refuse_second
+    await add_webhook(api, receiver.url, ["product.created"])
+    await api.product(name="delivered")
+    await receiver.wait_for(lambda: len(receiver.received) == 1)
+    await api.product(name="owed")
+    await receiver.wait_for(lambda: len(receiver.received) >= 2)
+    await asyncio.sleep(0.6)
+    purged = await webhooks.purge(app[CONTEXT])
+    names = [r["name"] for r in await db.fetch("SELECT data->>'name' AS name FROM events ORDER BY id")]
+    assert names == ["owed"] and purged >= 3  # the event, its delivery and its attempt
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'") == 1
