@@ -9,12 +9,12 @@ whatever other process changed the order a moment before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from db.pool import Database
+from db.pool import Database, Executor
 
 ORDER_COLUMNS = "o.id, o.user_id, o.status, o.total, o.currency, o.created_at, o.updated_at, o.expires_at"
 # The lines of order `o`, as order_line records (sql/015_order_lines.sql): asyncpg
@@ -24,6 +24,9 @@ ITEMS_COLUMN = (
     "FROM order_items i WHERE i.order_id = o.id ORDER BY i.line_no) AS items"
 )
 Line = tuple[int, int]  # (product_id, quantity)
+# Told of every status change inside the transaction that makes it, with the order
+# row (ORDER_COLUMNS and ITEMS_COLUMN) as changed: the caller records the event.
+Notify = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
 
 
 class OrderNotFound(Exception):
@@ -68,7 +71,7 @@ WHERE o.id = $1 AND o.deleted_at IS NULL AND ($2::bigint IS NULL OR o.user_id = 
 """
 
 
-async def get(db: Database, order_id: int, owner_id: int | None) -> asyncpg.Record | None:
+async def get(db: Executor, order_id: int, owner_id: int | None) -> asyncpg.Record | None:
     """An order with its lines; `owner_id` limits it to that user's orders (None: any)."""
     return await db.fetchrow(_GET, order_id, owner_id)
 
@@ -100,7 +103,7 @@ _CREATE = "SELECT placed, lines, refusal FROM create_order($1, $2, $3, $4)"
 
 
 async def create(
-    db: Database, user_id: int, lines: Sequence[Line], ttl_seconds: int
+    db: Executor, user_id: int, lines: Sequence[Line], ttl_seconds: int
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """Reserve every line and write the order, or change nothing; returns the order
     and its lines (order_line records).
@@ -180,25 +183,26 @@ async def _release_stock(conn: asyncpg.Connection, order_ids: list[int]) -> None
     await conn.execute(_RETURN_STOCK, order_ids, product_ids)
 
 
-async def _end_pending(conn: asyncpg.Connection, order_id: int, status: str) -> asyncpg.Record:
+async def _end_pending(conn: asyncpg.Connection, order_id: int, status: str, notify: Notify) -> asyncpg.Record:
     await _release_stock(conn, [order_id])
     row = await conn.fetchrow(_SET_STATUS, order_id, status)
     assert row is not None
+    await notify(conn, row)
     return row
 
 
-async def cancel(db: Database, order_id: int, owner_id: int | None) -> asyncpg.Record:
+async def cancel(db: Database, order_id: int, owner_id: int | None, notify: Notify) -> asyncpg.Record:
     """pending -> cancelled, returning the stock. An order found past its expiry is
     expired instead (and Expired raised)."""
     async with db.transaction() as conn:
         order = await _lock_pending(conn, order_id, owner_id)
         if not order["overdue"]:
-            return await _end_pending(conn, order_id, "cancelled")
-        await _end_pending(conn, order_id, "expired")
+            return await _end_pending(conn, order_id, "cancelled", notify)
+        await _end_pending(conn, order_id, "expired", notify)
     raise Expired()
 
 
-async def advance(db: Database, order_id: int, from_status: str, to_status: str) -> asyncpg.Record:
+async def advance(db: Database, order_id: int, from_status: str, to_status: str, notify: Notify) -> asyncpg.Record:
     """A fulfilment step (paid -> shipped, shipped -> delivered)."""
     async with db.transaction() as conn:
         order = await conn.fetchrow(_LOCK_ORDER, order_id, None)
@@ -207,7 +211,8 @@ async def advance(db: Database, order_id: int, from_status: str, to_status: str)
         if order["status"] != from_status:
             raise WrongStatus(order["status"])
         row = await conn.fetchrow(_SET_STATUS, order_id, to_status)
-    assert row is not None
+        assert row is not None
+        await notify(conn, row)
     return row
 
 
@@ -215,7 +220,7 @@ _REPLACE = "SELECT placed, lines, refusal FROM replace_order_lines($1, $2, $3)"
 
 
 async def replace_lines(
-    db: Database, order_id: int, owner_id: int, lines: Sequence[Line]
+    db: Database, order_id: int, owner_id: int, lines: Sequence[Line], notify: Notify
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """Swap a pending order's lines, re-reserving atomically (price_order_lines counts
     what the order held as available to it); on a refusal nothing changes."""
@@ -225,14 +230,14 @@ async def replace_lines(
             row = await conn.fetchrow(_REPLACE, order_id, [pid for pid, _ in lines], [qty for _, qty in lines])
             assert row is not None
             return _placed(row)
-        await _end_pending(conn, order_id, "expired")
+        await _end_pending(conn, order_id, "expired", notify)
     raise Expired()
 
 
 _SOFT_DELETE = "UPDATE orders SET deleted_at = now(), updated_at = now() WHERE id = $1"
 
 
-async def delete(db: Database, order_id: int, owner_id: int | None, deletable: frozenset[str]) -> str:
+async def delete(db: Database, order_id: int, owner_id: int | None, deletable: frozenset[str], notify: Notify) -> str:
     """Hide an order whose status is `deletable` (a pending one is cancelled first,
     returning its stock). Returns the status it had."""
     async with db.transaction() as conn:
@@ -245,7 +250,7 @@ async def delete(db: Database, order_id: int, owner_id: int | None, deletable: f
         if status == "pending":
             if await conn.fetchval(_PAYMENT_IN_FLIGHT, order_id):
                 raise PaymentInFlight()
-            await _end_pending(conn, order_id, "cancelled")
+            await _end_pending(conn, order_id, "cancelled", notify)
         await conn.execute(_SOFT_DELETE, order_id)
     return status
 
@@ -263,14 +268,14 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 _PAYING = "SELECT DISTINCT order_id FROM payments WHERE order_id = ANY($1::bigint[]) AND status = 'pending'"
-_MARK_EXPIRED = """
-UPDATE orders SET status = 'expired', expires_at = NULL, updated_at = now()
-WHERE id = ANY($1::bigint[]) AND status = 'pending'
-RETURNING id
+_MARK_EXPIRED = f"""
+UPDATE orders o SET status = 'expired', expires_at = NULL, updated_at = now()
+WHERE o.id = ANY($1::bigint[]) AND o.status = 'pending'
+RETURNING {ORDER_COLUMNS}, {ITEMS_COLUMN}
 """
 
 
-async def expire_due(db: Database, *, exclude: Sequence[int], batch: int) -> list[int]:
+async def expire_due(db: Database, *, exclude: Sequence[int], batch: int, notify: Notify) -> list[int]:
     """Expire up to `batch` due orders and return their stock; returns their ids.
 
     Safe to run in every process at once: each order is expired exactly once.
@@ -284,10 +289,13 @@ async def expire_due(db: Database, *, exclude: Sequence[int], batch: int) -> lis
         if not due:
             return []
         await _release_stock(conn, due)
-        return [r["id"] for r in await conn.fetch(_MARK_EXPIRED, due)]
+        expired = await conn.fetch(_MARK_EXPIRED, due)
+        for row in expired:
+            await notify(conn, row)
+        return [r["id"] for r in expired]
 
 
-async def expire_one(db: Database, order_id: int) -> bool:
+async def expire_one(db: Database, order_id: int, notify: Notify) -> bool:
     """Expire this order if it is due (an actor's timer); False if it was not."""
     async with db.transaction() as conn:
         order = await conn.fetchrow(_LOCK_ORDER, order_id, None)
@@ -295,7 +303,7 @@ async def expire_one(db: Database, order_id: int) -> bool:
             return False
         if await conn.fetchval(_PAYMENT_IN_FLIGHT, order_id):
             return False
-        await _end_pending(conn, order_id, "expired")
+        await _end_pending(conn, order_id, "expired", notify)
         return True
 
 

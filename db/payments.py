@@ -95,7 +95,7 @@ RETURNING p.*, outcome.unpayable IS NOT NULL AS refund_due
 
 
 async def finish(
-    db: Database, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
+    db: Executor, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
 ) -> asyncpg.Record | None:
     """Settle a pending payment ('succeeded' or 'failed'); None if it was no longer
     pending (someone settled it first)."""

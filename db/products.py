@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from db.pool import Database
+from db.pool import Database, Executor
 
 PRODUCT_COLUMNS = "id, name, description, price, currency, stock, sku, created_at, updated_at"
 
@@ -30,7 +30,7 @@ RETURNING {PRODUCT_COLUMNS}
 
 
 async def create(
-    db: Database, *, name: str, description: str, price: int, currency: str, stock: int, sku: str | None
+    db: Executor, *, name: str, description: str, price: int, currency: str, stock: int, sku: str | None
 ) -> asyncpg.Record:
     try:
         row = await db.fetchrow(_INSERT, name, description, price, currency, stock, sku)
@@ -53,7 +53,7 @@ async def get(db: Database, product_id: int) -> asyncpg.Record | None:
 _UPDATABLE = ("name", "description", "price", "currency", "stock", "sku")
 
 
-async def update(db: Database, product_id: int, changes: dict[str, Any]) -> asyncpg.Record | None:
+async def update(db: Executor, product_id: int, changes: dict[str, Any]) -> asyncpg.Record | None:
     assignments = ["updated_at = now()"]
     args: list[Any] = [product_id]
     for column in _UPDATABLE:
@@ -72,11 +72,15 @@ async def update(db: Database, product_id: int, changes: dict[str, Any]) -> asyn
         raise
 
 
-_SOFT_DELETE = "UPDATE products SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL"
+_SOFT_DELETE = f"""
+UPDATE products SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL
+RETURNING {PRODUCT_COLUMNS}
+"""
 
 
-async def soft_delete(db: Database, product_id: int) -> bool:
-    return await db.execute(_SOFT_DELETE, product_id) == "UPDATE 1"
+async def soft_delete(db: Executor, product_id: int) -> asyncpg.Record | None:
+    """The product as it was deleted; None if there was no such live product."""
+    return await db.fetchrow(_SOFT_DELETE, product_id)
 
 
 @dataclass(frozen=True)

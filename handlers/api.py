@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers import openapi, operations, orders, payments, products, users
+from handlers import events, openapi, operations, orders, payments, products, users, webhooks
 from handlers.routing import Route
 
 ROUTES: list[Route] = [
@@ -10,6 +10,8 @@ ROUTES: list[Route] = [
     *products.ROUTES,
     *orders.ROUTES,
     *payments.ROUTES,
+    *events.ROUTES,
+    *webhooks.ROUTES,
     *operations.ROUTES,
     *openapi.ROUTES,
 ]

@@ -10,6 +10,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 from server.domain.cursors import MAX_CURSOR_LENGTH
+from server.domain.events import EVENT_TYPES
 from server.domain.order_status import Status
 from server.domain.orders import MAX_QUANTITY
 
@@ -300,6 +301,95 @@ class PaymentOut(Out):
     provider: str
     provider_ref: str | None
     created_at: datetime
+
+
+# --- events and webhooks --------------------------------------------------------------
+
+
+def _event_types(value: list[str]) -> list[str]:
+    unknown = [t for t in value if t != "*" and t not in EVENT_TYPES]
+    if unknown:
+        raise ValueError(f"unknown event types: {', '.join(unknown)}")
+    if "*" in value and len(value) > 1:
+        raise ValueError('"*" stands alone')
+    return list(dict.fromkeys(value))
+
+
+EventTypes = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=100)]],
+    Field(min_length=1, max_length=len(EVENT_TYPES)),
+    AfterValidator(_event_types),
+]
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_no_nul)]
+WebhookDescription = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_no_nul)]
+
+
+class EventsQuery(Query):
+    after: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
+        None, description="The `next_cursor` of the previous answer (none: from the oldest event)."
+    )
+    limit: int = Field(100, ge=1, le=100)
+
+
+class EventOut(Out):
+    id: int
+    type: str
+    created_at: datetime
+    data: dict[str, object] = Field(description="The object as the API returned it when the event happened.")
+
+
+class EventPage(Out):
+    items: list[EventOut]
+    next_cursor: str = Field(
+        description="Pass as `after` for what comes next; at the end, the cursor to ask again with."
+    )
+
+
+class WebhookCreateIn(Body):
+    url: WebhookUrl
+    events: EventTypes = Field(description='Event types, or ["*"] for all.')
+    description: WebhookDescription = ""
+
+
+class WebhookUpdateIn(Body):
+    """Any of the fields; omitted ones stay as they are. Enabling again delivers only
+    what happens from then on."""
+
+    url: WebhookUrl = None  # type: ignore[assignment]
+    events: EventTypes = None  # type: ignore[assignment]
+    description: WebhookDescription = None  # type: ignore[assignment]
+    enabled: bool = None  # type: ignore[assignment]
+
+    def changes(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class WebhookOut(Out):
+    id: int
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str = Field(description="whsec_ + base64 of the signing key. Shown in this answer only.")
+
+
+class DeliveryAttemptOut(Out):
+    id: int
+    event_id: int
+    event_type: str
+    attempt: int
+    status: Literal["succeeded", "failed", "pending"] = Field(
+        description="pending: this attempt failed and the delivery is retried at next_attempt_at."
+    )
+    response_status: int | None
+    error: str | None
+    created_at: datetime
+    next_attempt_at: datetime | None
 
 
 # --- operations -----------------------------------------------------------------------

@@ -5,11 +5,15 @@ service, with wrk, writing a results table and a plot.
     python3 dev.py tools python -m loadtests.bench --scenarios product_get,order_create \\
         --pool-sizes 2,5,10,20,40 --rounds 2                            # the pool-size sweep
     python3 dev.py tools python -m loadtests.bench --workers 1,2 --server-cpus 0,1 --wrk-cpus 0,1
+    python3 dev.py tools python -m loadtests.bench --scenarios order_create --webhooks none,hanging --rounds 3
+                                                                        # cost of a receiver that never answers
 
 Each configuration (pool size x workers x --env variant) gets a fresh database and a
 fresh server (pinned with taskset to --server-cpus; wrk to --wrk-cpus), seeded
 through the API (1,000 products, 50 customers logged in, pending orders for
-order_pay). Every scenario has a warm-up, then a measured run. Results go to
+order_pay). With --webhooks hanging, a webhook subscribed to every event points at a
+receiver that accepts connections and never answers. Every scenario has a warm-up,
+then a measured run. Results go to
 --out-dir: results.json, results.md (the table) and results.png (the plot).
 Needs wrk (Debian package) and a PostgreSQL where databases may be created
 (--pg-url, default the local server).
@@ -24,10 +28,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -69,6 +75,7 @@ class Options:
     rounds: int
     pool_sizes: list[int]
     workers: list[int]
+    webhooks: list[str]
     env_variants: list[dict[str, str]]
     server_cpus: str
     wrk_cpus: str
@@ -79,6 +86,40 @@ class Options:
     checkouts: list[Path]
     flamegraphs: Path | None = None
     runs: list[Run] = field(default_factory=list)
+
+
+class HangingReceiver:
+    """A webhook receiver that accepts every connection and never answers (each
+    delivery runs into WEBHOOK_TIMEOUT_SECONDS). A thread: wrk blocks the bench's
+    event loop while it runs."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/hook"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return  # closed
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.held:
+            connection.close()
+
+
+async def _add_webhook(url: str, target: str) -> None:
+    async with aiohttp.ClientSession(base_url=url) as http:
+        async with http.post("/api/users/login", json={"email": ADMIN[0], "password": ADMIN[1]}) as response:
+            token = (await response.json())["access_token"]
+        body = {"url": target, "events": ["*"]}
+        async with http.post("/api/webhooks", json=body, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 201, await response.text()
 
 
 async def _admin_sql(pg_url: str, sql: str) -> None:
@@ -214,13 +255,19 @@ def _wrk(options: Options, url: str, scenario: str, data_dir: Path, seconds: flo
 
 
 async def _configuration(
-    options: Options, pool: int, workers: int, env: dict[str, str], checkout: Path, round_: int
+    options: Options, pool: int, workers: int, webhooks: str, env: dict[str, str], checkout: Path, round_: int
 ) -> None:
-    db = f"loadbench_{os.getpid()}_{pool}_{workers}_{round_}_{abs(hash(json.dumps(env) + str(checkout))) % 10_000}"
+    key = json.dumps(env) + str(checkout) + webhooks
+    db = f"loadbench_{os.getpid()}_{pool}_{workers}_{round_}_{abs(hash(key)) % 10_000}"
     config: dict[str, Any] = {"pool": pool, "workers": workers, **env}
+    if len(options.webhooks) > 1 or webhooks != "none":
+        config["webhooks"] = webhooks
     if len(options.checkouts) > 1:
         config["checkout"] = checkout.name
     await _admin_sql(options.pg_url, f'CREATE DATABASE "{db}"')
+    receiver = HangingReceiver() if webhooks == "hanging" else None
+    if receiver is not None:
+        env = {"WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", **env}
     server = Server(options, pool, workers, env, db, checkout)
     data_dir = Path(tempfile.mkdtemp(prefix="storefront-bench-"))
     try:
@@ -229,6 +276,9 @@ async def _configuration(
         pay_orders = options.pay_orders if "order_pay" in options.scenarios else 0
         await _seed(server.url, data_dir, pay_orders)
         await _admin_sql(options.pg_url.rsplit("/", 1)[0] + f"/{db}", "VACUUM ANALYZE")
+        if receiver is not None:
+            # After the seeding: the webhook gets (and hangs on) what the scenarios do.
+            await _add_webhook(server.url, receiver.url)
         for scenario in options.scenarios:
             if scenario == "order_pay":
                 # A quarter of the orders for the warm-up, the rest measured.
@@ -269,6 +319,8 @@ async def _configuration(
             )
     finally:
         server.stop()
+        if receiver is not None:
+            receiver.close()
         shutil.rmtree(data_dir, ignore_errors=True)
         await _admin_sql(options.pg_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
@@ -357,6 +409,9 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration; medians reported")
     parser.add_argument("--pool-sizes", default="20", help="DB_POOL_MAX_SIZE values (a sweep when several)")
     parser.add_argument("--workers", default="1", help="WORKERS values")
+    parser.add_argument(
+        "--webhooks", default="none", help="none and/or hanging: a webhook for every event whose receiver never answers"
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE[,KEY=VALUE] variant (repeatable)")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--wrk-cpus", default="1")
@@ -384,6 +439,7 @@ def parse(argv: list[str] | None = None) -> Options:
         rounds=args.rounds,
         pool_sizes=[int(x) for x in args.pool_sizes.split(",")],
         workers=[int(x) for x in args.workers.split(",")],
+        webhooks=[w for w in args.webhooks.split(",") if w],
         env_variants=variants,
         server_cpus=args.server_cpus,
         wrk_cpus=args.wrk_cpus,
@@ -402,13 +458,17 @@ async def main_async(options: Options) -> None:
             raise SystemExit(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
+    if not set(options.webhooks) <= {"none", "hanging"}:
+        raise SystemExit("--webhooks takes none and/or hanging")
     configurations = list(
-        itertools.product(options.pool_sizes, options.workers, options.env_variants, options.checkouts)
+        itertools.product(
+            options.pool_sizes, options.workers, options.webhooks, options.env_variants, options.checkouts
+        )
     )
     for round_ in range(1, options.rounds + 1):
         # Rounds alternate configurations (A B C, A B C) so that drift hits all alike.
-        for pool, workers, env, checkout in configurations:
-            await _configuration(options, pool, workers, env, checkout, round_)
+        for pool, workers, webhooks, env, checkout in configurations:
+            await _configuration(options, pool, workers, webhooks, env, checkout, round_)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 `create_app` builds the aiohttp application for one worker. Each resource has a
 cleanup context of its own, in the order they depend on each other: the database
 pool, the payment provider, the password hasher, the actors' scheduler, the order
-actors, the shared Context, the periodic jobs. aiohttp starts them in that order and
+actors, the shared Context, the webhook deliverer, the periodic jobs. aiohttp starts them in that order and
 stops them in reverse, after in-flight requests have finished (so queued order
 commands finish before the scheduler, the provider and the pool close).
 """
@@ -23,11 +23,11 @@ from db import idempotency, login_failures, maintenance
 from db.pool import Database, create_database
 from handlers import api, openapi
 from handlers.routing import register
-from server.domain import orders, users
+from server.domain import orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
 from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
-from server.domain.order_actors import OrderSupervisor
+from server.domain.order_actors import OrderSupervisor, Supervisor
 from server.domain.payments import service as payments
 from server.domain.payments.provider import PaymentProvider
 from server.domain.payments.simulated import SimulatedProvider
@@ -48,6 +48,7 @@ _PROVIDER: web.AppKey[PaymentProvider] = web.AppKey("provider", PaymentProvider)
 _PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords", Passwords)
 _SCHEDULER: web.AppKey[aiojobs.Scheduler] = web.AppKey("scheduler", aiojobs.Scheduler)
 _SUPERVISOR: web.AppKey[OrderSupervisor] = web.AppKey("supervisor", OrderSupervisor)
+_DELIVERER: web.AppKey[webhooks.Deliverer] = web.AppKey("deliverer", webhooks.Deliverer)
 
 Resource = Callable[[web.Application], AsyncIterator[None]]
 
@@ -84,6 +85,7 @@ def create_app(config: Config, options: Options) -> web.Application:
             _scheduler(config),
             _actors(config, metrics),
             _context(config, options, metrics),
+            _webhooks(config, metrics),
             _periodic_jobs,
         ]
     )
@@ -178,14 +180,34 @@ def _context(config: Config, options: Options, metrics: Metrics) -> Resource:
     return context
 
 
+def _webhooks(config: Config, metrics: Metrics) -> Resource:
+    async def deliveries(app: web.Application) -> AsyncIterator[None]:
+        deliverer = webhooks.Deliverer.start(
+            app[CONTEXT],
+            Supervisor[webhooks.QueueKey](
+                scheduler=aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds),
+                metrics=metrics,
+                max_live=config.actor_max_live,
+                mailbox_size=config.webhook_max_in_flight,
+                idle_seconds=config.actor_idle_seconds,
+                kind="webhook",
+            ),
+        )
+        app[_DELIVERER] = deliverer
+        yield
+        await deliverer.close(config.shutdown_grace_seconds)
+
+    return deliveries
+
+
 async def _periodic_jobs(app: web.Application) -> AsyncIterator[None]:
     jobs = Periodic()
-    _start_jobs(jobs, app[CONTEXT])
+    _start_jobs(jobs, app[CONTEXT], app[_DELIVERER])
     yield
     await jobs.stop()
 
 
-def _start_jobs(jobs: Periodic, ctx: Context) -> None:
+def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> None:
     config = ctx.config
 
     async def sweep() -> None:
@@ -205,6 +227,14 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     async def refresh_gauges() -> None:
         ctx.refresh_gauges()
 
+    async def refresh_webhook_gauges() -> None:
+        await webhooks.refresh_gauges(ctx, deliverer)
+
+    async def purge_events() -> None:
+        purged = await webhooks.purge(ctx)
+        if purged:
+            log.info("delivered events and delivery logs purged", extra={"count": purged})
+
     async def refresh_statistics() -> None:
         analyzed = await maintenance.analyze_grown_tables(ctx.db)
         if analyzed:
@@ -216,3 +246,6 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     jobs.every(_PURGE_SECONDS, purge_login_failures, name="login-failures-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
+    jobs.every(config.webhook_poll_interval_seconds, deliverer.turn, name="webhook-delivery", at_start=True)
+    jobs.every(_GAUGE_REFRESH_SECONDS, refresh_webhook_gauges, name="webhook-gauges")
+    jobs.every(_PURGE_SECONDS, purge_events, name="event-purge")

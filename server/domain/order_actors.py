@@ -14,6 +14,10 @@ reads the order from the database and never trusts what an earlier one held.
 
 This is not where correctness across processes comes from: every command is one
 database transaction that locks and re-checks what it changes (see db/orders.py).
+
+The machinery is generic in the key: webhook deliveries run in actors of their own,
+one per (webhook, resource) queue (server/domain/webhooks.py), under a second
+supervisor of the same kind.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiojobs
 
@@ -36,7 +40,8 @@ from server.runtime.problems import ApiError, ServiceUnavailable
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Command = Callable[["OrderActor"], Awaitable[T]]
+K = TypeVar("K", bound=Hashable)
+Command = Callable[["Actor[Any]"], Awaitable[T]]
 
 
 @dataclass(slots=True)
@@ -45,12 +50,12 @@ class _Envelope:
     reply: asyncio.Future[Any]
 
 
-class OrderActor:
-    """One order's mailbox and the task that works through it."""
+class Actor(Generic[K]):
+    """One order's (or queue's) mailbox and the task that works through it."""
 
     __slots__ = ("_expiry_deadline", "_supervisor", "mailbox", "order_id")
 
-    def __init__(self, order_id: int, supervisor: OrderSupervisor, mailbox: asyncio.Queue[_Envelope | None]) -> None:
+    def __init__(self, order_id: K, supervisor: Supervisor[K], mailbox: asyncio.Queue[_Envelope | None]) -> None:
         self.order_id = order_id
         self.mailbox = mailbox
         self._expiry_deadline: float | None = None
@@ -87,7 +92,7 @@ class OrderActor:
                     if not envelope.reply.done():
                         envelope.reply.set_result(result)
         except Exception:
-            log.exception("order actor crashed", extra={"order_id": self.order_id})
+            log.exception(f"{supervisor.kind} actor crashed", extra={"order_id": self.order_id})
             supervisor.metrics.actor_crashes.inc()
         finally:
             supervisor._retire(self)
@@ -125,8 +130,10 @@ class OrderActor:
         # One attempt: whatever the outcome (expired, paid meanwhile, payment in flight
         # elsewhere, database down) the timer is dropped, and the sweeper covers the rest.
         self._expiry_deadline = None
+        expire = self._supervisor.expire
+        assert expire is not None, "only commands of a supervisor that can expire note an expiry"
         try:
-            await self._supervisor.expire(self.order_id)
+            await expire(self.order_id)
         except Exception:
             log.warning(
                 "actor could not expire its order; the sweeper will", exc_info=True, extra={"order_id": self.order_id}
@@ -138,20 +145,41 @@ def _reply_error(reply: asyncio.Future[Any], exc: BaseException) -> None:
         reply.set_exception(exc)
 
 
-@dataclass
-class OrderSupervisor:
+@dataclass(kw_only=True)
+class Supervisor(Generic[K]):
     scheduler: aiojobs.Scheduler
     metrics: Metrics
-    expire: Callable[[int], Awaitable[object]]
     max_live: int
     mailbox_size: int
     idle_seconds: float
+    # What an actor's expiry timer runs (None: the actors of this kind keep none).
+    expire: Callable[[K], Awaitable[object]] | None = None
+    kind: str = "order"
     wall_clock: Callable[[], float] = time.time
     draining: bool = False
-    _actors: dict[int, OrderActor] = field(default_factory=dict)
+    _actors: dict[K, Actor[K]] = field(default_factory=dict)
     _restarts: set[asyncio.Task[object]] = field(default_factory=set)
 
-    async def ask(self, order_id: int, command: Command[T]) -> T:
+    def tell(self, key: K, command: Command[object]) -> bool:
+        """Queue `command` without waiting for it; False when it cannot be queued
+        now (draining, too many actors, a full mailbox). Its failures are the
+        command's own business (an actor logs a crash)."""
+        if self.draining:
+            return False
+        actor = self._actors.get(key)
+        if actor is None:
+            if len(self._actors) >= self.max_live:
+                return False
+            actor = self._spawn(key, asyncio.Queue(self.mailbox_size))
+        reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        reply.add_done_callback(_ignore_outcome)
+        try:
+            actor.mailbox.put_nowait(_Envelope(command, reply))
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def ask(self, order_id: K, command: Command[T]) -> T:
         """Run `command` in the order's actor, after the commands queued before it."""
         if self.draining:
             raise ServiceUnavailable("the service is shutting down", retry_after=2)
@@ -169,26 +197,31 @@ class OrderSupervisor:
             raise ServiceUnavailable("too many requests queued for this order; retry shortly") from None
         return await reply
 
-    async def _start(self, order_id: int, mailbox: asyncio.Queue[_Envelope | None]) -> OrderActor:
-        actor = OrderActor(order_id, self, mailbox)
+    async def _start(self, order_id: K, mailbox: asyncio.Queue[_Envelope | None]) -> Actor[K]:
+        actor = Actor(order_id, self, mailbox)
         # Registered before spawn: the scheduler has no limit, so spawn never waits and
         # no other command can slip in between.
         self._actors[order_id] = actor
-        await self.scheduler.spawn(actor.run(), name=f"order-{order_id}")
+        await self.scheduler.spawn(actor.run(), name=f"{self.kind}-{order_id}")
         return actor
 
-    def _retire(self, actor: OrderActor) -> None:
+    def _spawn(self, key: K, mailbox: asyncio.Queue[_Envelope | None]) -> Actor[K]:
+        """`_start` for callers that cannot wait (spawning never blocks: no limit)."""
+        actor = Actor(key, self, mailbox)
+        self._actors[key] = actor
+        task = asyncio.get_running_loop().create_task(self.scheduler.spawn(actor.run(), name=f"{self.kind}-{key}"))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+        return actor
+
+    def _retire(self, actor: Actor[K]) -> None:
         if self._actors.get(actor.order_id) is actor:
             del self._actors[actor.order_id]
         if not actor.mailbox.empty() and not self.scheduler.closed:
             # A crash left commands behind: hand them to a fresh actor.
-            replacement = OrderActor(actor.order_id, self, actor.mailbox)
-            self._actors[actor.order_id] = replacement
-            task = asyncio.get_running_loop().create_task(self.scheduler.spawn(replacement.run()))
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
+            self._spawn(actor.order_id, actor.mailbox)
 
-    def live_order_ids(self) -> list[int]:
+    def live_order_ids(self) -> list[K]:
         """Orders whose expiry a live actor here is timing (the sweeper leaves them)."""
         return [order_id for order_id, actor in self._actors.items() if actor.keeps_expiry_timer]
 
@@ -208,3 +241,13 @@ class OrderSupervisor:
             with contextlib.suppress(asyncio.QueueFull):
                 actor.mailbox.put_nowait(None)
         await self.scheduler.wait_and_close(timeout)
+
+
+def _ignore_outcome(reply: asyncio.Future[object]) -> None:
+    if not reply.cancelled():
+        reply.exception()  # retrieved: a told command's failure is not "never retrieved"
+
+
+# The order actors: keyed by order id.
+OrderActor = Actor[int]
+OrderSupervisor = Supervisor[int]

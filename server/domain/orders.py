@@ -14,6 +14,7 @@ from db.pool import Database
 from server.domain import order_status
 from server.domain.auth import Principal
 from server.domain.context import Context
+from server.domain.events import emit
 from server.domain.order_actors import OrderActor
 from server.runtime.metrics import Metrics
 from server.runtime.problems import Conflict, Forbidden, NotFound, ValidationFailed
@@ -39,6 +40,12 @@ def order_json(row: asyncpg.Record, items: Sequence[asyncpg.Record] | None = Non
         "updated_at": row["updated_at"],
         "expires_at": row["expires_at"],
     }
+
+
+async def notify_status(conn: asyncpg.Connection, order: asyncpg.Record) -> None:
+    """The event of a status change, in its transaction: the type is named after the
+    new status (order.cancelled, order.expired, order.shipped, ...)."""
+    await emit(conn, f"order.{order['status']}", order_json(order))
 
 
 def merge_lines(items: Sequence[tuple[int, int]]) -> tuple[list[orders_db.Line], dict[int, int]]:
@@ -101,7 +108,9 @@ async def create(
     """A new pending order holding its stock; returns the order and its lines."""
     lines, first_index = merge_lines(items)
     with _order_errors(first_index):
-        order, order_items = await orders_db.create(ctx.db, principal.id, lines, ctx.config.order_ttl_seconds)
+        async with ctx.db.transaction() as conn:
+            order, order_items = await orders_db.create(conn, principal.id, lines, ctx.config.order_ttl_seconds)
+            await emit(conn, "order.created", order_json(order, order_items))
     ctx.metrics.order_transition("new", "pending")
     return order, order_items
 
@@ -147,7 +156,7 @@ async def replace_lines(
 
     async def command(actor: OrderActor) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
         with _order_errors(first_index):
-            order, order_lines = await orders_db.replace_lines(ctx.db, order_id, principal.id, lines)
+            order, order_lines = await orders_db.replace_lines(ctx.db, order_id, principal.id, lines, notify_status)
         actor.note_expiry(order["expires_at"])
         return order, order_lines
 
@@ -177,9 +186,9 @@ async def change_status(ctx: Context, principal: Principal, order_id: int, targe
     async def command(actor: OrderActor) -> asyncpg.Record:
         with _order_errors():
             if target == "cancelled":
-                order = await orders_db.cancel(ctx.db, order_id, owner)
+                order = await orders_db.cancel(ctx.db, order_id, owner, notify_status)
             else:
-                order = await orders_db.advance(ctx.db, order_id, from_status, target)
+                order = await orders_db.advance(ctx.db, order_id, from_status, target, notify_status)
         actor.note_expiry(None)
         ctx.metrics.order_transition(from_status, target)
         return order
@@ -192,7 +201,7 @@ async def delete(ctx: Context, principal: Principal, order_id: int) -> None:
 
     async def command(actor: OrderActor) -> None:
         with _order_errors():
-            status = await orders_db.delete(ctx.db, order_id, owner, order_status.DELETABLE)
+            status = await orders_db.delete(ctx.db, order_id, owner, order_status.DELETABLE, notify_status)
         actor.note_expiry(None)
         if status == "pending":
             ctx.metrics.order_transition("pending", "cancelled")
@@ -203,7 +212,7 @@ async def delete(ctx: Context, principal: Principal, order_id: int) -> None:
 async def expire(db: Database, metrics: Metrics, order_id: int) -> bool:
     """An actor's expiry timer fired (runs inside that actor). Takes the pool and the
     metrics rather than the Context, which holds the supervisor that calls this."""
-    expired = await orders_db.expire_one(db, order_id)
+    expired = await orders_db.expire_one(db, order_id, notify_status)
     if expired:
         metrics.order_transition("pending", "expired")
         log.info("order expired", extra={"order_id": order_id})
@@ -215,7 +224,7 @@ async def sweep_expired(ctx: Context) -> int:
     total = 0
     while True:
         expired = await orders_db.expire_due(
-            ctx.db, exclude=ctx.supervisor.live_order_ids(), batch=ctx.config.order_sweep_batch
+            ctx.db, exclude=ctx.supervisor.live_order_ids(), batch=ctx.config.order_sweep_batch, notify=notify_status
         )
         total += len(expired)
         if expired:

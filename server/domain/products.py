@@ -9,6 +9,7 @@ import asyncpg
 
 from db import products as products_db
 from server.domain.context import Context
+from server.domain.events import emit
 from server.runtime.problems import Conflict, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -21,9 +22,12 @@ def product_json(row: asyncpg.Record) -> dict[str, Any]:
 
 async def create(ctx: Context, fields: dict[str, Any]) -> asyncpg.Record:
     try:
-        return await products_db.create(ctx.db, **fields)
+        async with ctx.db.transaction() as conn:
+            row = await products_db.create(conn, **fields)
+            await emit(conn, "product.created", product_json(row))
     except products_db.SkuTaken:
         raise Conflict("a product with this sku exists") from None
+    return row
 
 
 async def get(ctx: Context, product_id: int) -> asyncpg.Record:
@@ -35,7 +39,10 @@ async def get(ctx: Context, product_id: int) -> asyncpg.Record:
 
 async def update(ctx: Context, product_id: int, changes: dict[str, Any]) -> asyncpg.Record:
     try:
-        row = await products_db.update(ctx.db, product_id, changes)
+        async with ctx.db.transaction() as conn:
+            row = await products_db.update(conn, product_id, changes)
+            if row is not None:
+                await emit(conn, "product.updated", product_json(row))
     except products_db.SkuTaken:
         raise Conflict("a product with this sku exists") from None
     if row is None:
@@ -44,7 +51,11 @@ async def update(ctx: Context, product_id: int, changes: dict[str, Any]) -> asyn
 
 
 async def delete(ctx: Context, product_id: int) -> None:
-    if not await products_db.soft_delete(ctx.db, product_id):
+    async with ctx.db.transaction() as conn:
+        row = await products_db.soft_delete(conn, product_id)
+        if row is not None:
+            await emit(conn, "product.deleted", product_json(row))
+    if row is None:
         raise NotFound("no such product")
 
 

@@ -261,6 +261,60 @@ class Config(BaseModel):
         description="How often expired Idempotency-Key records are purged.",
     )
 
+    # --- webhooks --------------------------------------------------------------------
+    webhook_allow_private_targets: bool = Field(
+        False,
+        alias="WEBHOOK_ALLOW_PRIVATE_TARGETS",
+        description="Allow webhook URLs whose host resolves to a loopback, private or link-local "
+        "address (refused with 422 otherwise, and checked again at every send).",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0,
+        alias="WEBHOOK_TIMEOUT_SECONDS",
+        gt=0,
+        le=300,
+        description="How long one delivery attempt may take (connecting included); then it counts as failed.",
+    )
+    webhook_retry_base_seconds: float = Field(
+        10.0,
+        alias="WEBHOOK_RETRY_BASE_SECONDS",
+        gt=0,
+        description="Delay before the first retry of a failed delivery; each further retry waits "
+        "twice as long (with random jitter).",
+    )
+    webhook_max_attempts: int = Field(
+        10,
+        alias="WEBHOOK_MAX_ATTEMPTS",
+        ge=1,
+        le=100,
+        description="Attempts per delivery before it is recorded as failed.",
+    )
+    webhook_poll_interval_seconds: float = Field(
+        1.0,
+        alias="WEBHOOK_POLL_INTERVAL_SECONDS",
+        gt=0,
+        description="How often each worker turns new events into deliveries and claims due ones.",
+    )
+    webhook_max_in_flight: int = Field(
+        64,
+        alias="WEBHOOK_MAX_IN_FLIGHT",
+        ge=1,
+        description="Deliveries one worker sends at once, to all webhooks together.",
+    )
+    webhook_max_in_flight_per_webhook: int = Field(
+        8,
+        alias="WEBHOOK_MAX_IN_FLIGHT_PER_WEBHOOK",
+        ge=1,
+        description="Deliveries one worker sends at once to one webhook (a slow receiver never takes every slot).",
+    )
+    webhook_retention_seconds: float = Field(
+        604_800.0,
+        alias="WEBHOOK_RETENTION_SECONDS",
+        gt=0,
+        description="Events, finished deliveries and delivery-log entries older than this are "
+        "purged (hourly); an event still owed to a webhook is kept.",
+    )
+
     # --- observability -------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", alias="LOG_LEVEL", description="Lowest level logged (JSON lines on stdout)."

@@ -81,6 +81,30 @@ class Metrics:
         self.order_transitions = Counter(
             "order_transitions", "Order status changes.", ["from_status", "to_status"], registry=r
         )
+        self.webhook_deliveries = Counter(
+            "webhook_delivery_attempts",
+            "Webhook delivery attempts by outcome (succeeded, retried, failed for good).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_outbox_lag = Gauge(
+            "webhook_outbox_lag_seconds",
+            "Age of the oldest event not yet delivered to every webhook it is owed to.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.webhook_pending = Gauge(
+            "webhook_pending_deliveries",
+            "Webhook deliveries waiting to be sent or retried (all queues).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.webhook_in_flight = Gauge(
+            "webhook_in_flight_deliveries", "Webhook deliveries being sent.", registry=r, multiprocess_mode="livesum"
+        )
+        self.webhook_actors_live = Gauge(
+            "webhook_actors_live", "Webhook delivery queue actors alive.", registry=r, multiprocess_mode="livesum"
+        )
         self._request_children: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -35,7 +35,9 @@ from db import idempotency as idempotency_db
 from db import orders as orders_db
 from db import payments as payments_db
 from server.domain.context import Context
+from server.domain.events import emit
 from server.domain.order_actors import OrderActor
+from server.domain.orders import notify_status, order_json
 from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
 from server.runtime.jsonio import dumps
 from server.runtime.problems import ApiError, Conflict, NotFound, ReplayedProblem, ValidationFailed
@@ -200,7 +202,7 @@ async def _begin(
 async def _refused(ctx: Context, request: PaymentRequest, exc: Exception) -> ApiError:
     """The API error for a refused step 1, once its transaction is over; an order
     found past its expiry is expired on the way."""
-    if isinstance(exc, orders_db.Expired) and await orders_db.expire_one(ctx.db, request.order_id):
+    if isinstance(exc, orders_db.Expired) and await orders_db.expire_one(ctx.db, request.order_id, notify_status):
         ctx.metrics.order_transition("pending", "expired")
     return _refusal(exc)
 
@@ -256,7 +258,12 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
         status, provider_ref, reason = "succeeded", result.provider_ref, None
     else:
         status, provider_ref, reason = "failed", result.provider_ref, result.failure_reason
-    row = await payments_db.finish(ctx.db, payment_id, status=status, provider_ref=provider_ref, failure_reason=reason)
+    async with ctx.db.transaction() as conn:
+        row = await payments_db.finish(
+            conn, payment_id, status=status, provider_ref=provider_ref, failure_reason=reason
+        )
+        if row is not None:
+            await _emit_outcome(conn, row)
     if row is None:
         # Settled by someone else meanwhile (a reconciler): report what it recorded.
         current = await payments_db.get(ctx.db, payment_id, None)
@@ -269,6 +276,16 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
     if row["refund_due"]:
         await _refund(ctx, payment_id, row["provider_ref"])
     return payment_json(row)
+
+
+async def _emit_outcome(conn: asyncpg.Connection, payment: asyncpg.Record) -> None:
+    """payment.succeeded (with order.paid: the same statement paid the order) or
+    payment.failed, in the transaction that settled the payment."""
+    await emit(conn, f"payment.{payment['status']}", payment_json(payment))
+    if payment["status"] == "succeeded":
+        order = await orders_db.get(conn, payment["order_id"], None)
+        assert order is not None
+        await emit(conn, "order.paid", order_json(order))
 
 
 async def _refund(ctx: Context, payment_id: int, provider_ref: str) -> None:

@@ -1,0 +1,293 @@
+"""Webhooks, the fan-out of outbox events into deliveries, and the delivery queues.
+
+The API's queries never select `secret` (see sql/011_webhooks.sql): only INSERT
+returns it (the one answer that shows it) and only the delivery claim reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from db import events as events_db
+from db.pool import Database
+
+WEBHOOK_COLUMNS = "id, url, events, description, enabled, created_at, updated_at"
+
+_INSERT = f"""
+INSERT INTO webhooks (url, events, description, secret) VALUES ($1, $2, $3, $4)
+RETURNING {WEBHOOK_COLUMNS}
+"""
+
+
+async def create(db: Database, *, url: str, events: list[str], description: str, secret: str) -> asyncpg.Record:
+    row = await db.fetchrow(_INSERT, url, events, description, secret)
+    assert row is not None
+    return row
+
+
+_GET = f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"
+
+
+async def get(db: Database, webhook_id: int) -> asyncpg.Record | None:
+    return await db.fetchrow(_GET, webhook_id)
+
+
+_LIST = f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE ($1::bigint IS NULL OR id > $1) ORDER BY id LIMIT $2"
+
+
+async def list_page(db: Database, after_id: int | None, limit: int) -> list[asyncpg.Record]:
+    """Oldest first, up to `limit` + 1 rows (the extra one tells a next page exists)."""
+    return await db.fetch(_LIST, after_id, limit + 1)
+
+
+_UPDATABLE = ("url", "events", "description", "enabled")
+
+
+async def update(db: Database, webhook_id: int, changes: dict[str, Any]) -> asyncpg.Record | None:
+    """Change the named columns. Enabling a disabled webhook restarts its delivery
+    from now: what happened while it was disabled is not sent."""
+    assignments = ["updated_at = now()"]
+    args: list[Any] = [webhook_id]
+    for column in _UPDATABLE:
+        if column in changes:
+            args.append(changes[column])
+            if column == "enabled":
+                assignments.append(
+                    f"active_since = CASE WHEN ${len(args)} AND NOT enabled THEN now() ELSE active_since END"
+                )
+            assignments.append(f"{column} = ${len(args)}")
+    query = f"UPDATE webhooks SET {', '.join(assignments)} WHERE id = $1 RETURNING {WEBHOOK_COLUMNS}"
+    return await db.fetchrow(query, *args)
+
+
+_DELETE = "DELETE FROM webhooks WHERE id = $1"
+
+
+async def delete(db: Database, webhook_id: int) -> bool:
+    """Delete a webhook with its deliveries and their log."""
+    return await db.execute(_DELETE, webhook_id) == "DELETE 1"
+
+
+_ATTEMPTS = """
+SELECT id, event_id, event_type, attempt, status, response_status, error, created_at, next_attempt_at
+FROM webhook_attempts
+WHERE webhook_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3
+"""
+
+
+async def attempts_page(db: Database, webhook_id: int, before_id: int | None, limit: int) -> list[asyncpg.Record]:
+    """The delivery log, newest first, up to `limit` + 1 rows."""
+    return await db.fetch(_ATTEMPTS, webhook_id, before_id, limit + 1)
+
+
+# --- fan-out: outbox events -> deliveries ----------------------------------------------
+
+# The lock says who fans out; the others skip their turn. The row is made again if
+# it is missing (tests empty every table).
+_LOCK_POSITION = "SELECT txid::text::bigint AS txid, event_id FROM webhook_dispatch WHERE id = 1 FOR UPDATE SKIP LOCKED"
+_ENSURE_POSITION = "INSERT INTO webhook_dispatch VALUES (1, '0', 0) ON CONFLICT DO NOTHING"
+_ENABLED = "SELECT id, events, active_since FROM webhooks WHERE enabled"
+_INSERT_DELIVERIES = """
+INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, resource)
+SELECT w, e, t, r FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) WITH ORDINALITY AS d (w, e, t, r, n)
+ORDER BY n
+"""
+_MOVE_POSITION = "UPDATE webhook_dispatch SET txid = $1::text::xid8, event_id = $2 WHERE id = 1"
+
+Delivery = tuple[int, int, str, str]  # (webhook_id, event_id, event_type, resource)
+# Which deliveries a batch of events makes, given the enabled webhooks.
+Plan = Callable[[list[asyncpg.Record], list[asyncpg.Record]], Sequence[Delivery]]
+
+
+async def fan_out_batch(db: Database, batch: int, plan: Plan) -> int | None:
+    """Turn the next `batch` events of the outbox into deliveries, in feed order, in
+    one transaction. `plan(events, webhooks)` returns the deliveries to write, in
+    order. Returns how many events were read, or None when another process is
+    fanning out."""
+    async with db.transaction() as conn:
+        position = await conn.fetchrow(_LOCK_POSITION)
+        if position is None:
+            await conn.execute(_ENSURE_POSITION)
+            return None
+        events = await events_db.feed(conn, (position["txid"], position["event_id"]), None, batch)
+        if not events:
+            return 0
+        deliveries = plan(events, await conn.fetch(_ENABLED))
+        if deliveries:
+            columns = list(zip(*deliveries, strict=True))
+            await conn.execute(_INSERT_DELIVERIES, *columns)
+        last = events[-1]
+        await conn.execute(_MOVE_POSITION, str(last["txid"]), last["id"])
+        return len(events)
+
+
+# --- the queues -------------------------------------------------------------------------
+
+_CLAIMED = """
+SELECT c.id, c.webhook_id, c.resource, c.event_id, c.event_type, c.attempts, c.lease_until,
+       w.url, w.secret, e.data::text AS data, e.created_at AS event_created_at
+FROM claimed c
+JOIN webhooks w ON w.id = c.webhook_id
+LEFT JOIN events e ON e.id = c.event_id
+"""
+
+# The due heads of the queues (the oldest pending delivery of each webhook and
+# resource) of enabled webhooks, at most `$4 - busy` per webhook (what this process
+# already sends to it), `$5` in all, oldest due first; each claimed with a lease.
+# Webhooks this process already sends its most to are not even scanned (one index
+# scan per webhook): a hanging receiver's backlog costs nothing here. The lease is
+# re-checked on the row as it is when locked, so two processes never claim the
+# same attempt.
+_CLAIM = f"""
+WITH room AS (
+    SELECT w.id AS webhook_id, $4 - coalesce(busy.n, 0) AS room
+    FROM webhooks w
+    LEFT JOIN unnest($1::bigint[], $2::int[]) AS busy (webhook_id, n) ON busy.webhook_id = w.id
+    WHERE w.enabled AND $4 - coalesce(busy.n, 0) > 0
+), heads AS (
+    SELECT room.room, h.*
+    FROM room
+    CROSS JOIN LATERAL (
+        SELECT DISTINCT ON (d.resource) d.id, d.webhook_id, d.next_attempt_at, d.lease_until
+        FROM webhook_deliveries d
+        WHERE d.webhook_id = room.webhook_id AND d.status = 'pending'
+        ORDER BY d.resource, d.id
+    ) h
+), ready AS (
+    SELECT h.id, h.next_attempt_at, h.room,
+           row_number() OVER (PARTITION BY h.webhook_id ORDER BY h.next_attempt_at, h.id) AS rank
+    FROM heads h
+    WHERE h.next_attempt_at <= now() AND (h.lease_until IS NULL OR h.lease_until < now())
+), picked AS (
+    SELECT id FROM ready WHERE rank <= room ORDER BY next_attempt_at, id LIMIT $5
+), locked AS (
+    SELECT d.id FROM webhook_deliveries d WHERE d.id IN (SELECT id FROM picked) FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE webhook_deliveries d SET lease_until = now() + make_interval(secs => $3)
+    FROM locked
+    WHERE d.id = locked.id AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until < now())
+    RETURNING d.*
+)
+{_CLAIMED}
+"""
+
+
+async def claim(
+    db: Database, *, busy: dict[int, int], per_webhook: int, limit: int, lease_seconds: float
+) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM, list(busy), list(busy.values()), lease_seconds, per_webhook, limit)
+
+
+# The head of one queue, if it is due and free: what an actor sends next after a
+# delivery of its queue is done.
+_CLAIM_NEXT = f"""
+WITH head AS (
+    SELECT d.id FROM webhook_deliveries d
+    WHERE d.webhook_id = $1 AND d.resource = $2 AND d.status = 'pending'
+    ORDER BY d.id LIMIT 1
+), locked AS (
+    SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id AND w.enabled
+    WHERE d.id = (SELECT id FROM head) AND d.next_attempt_at <= now()
+    FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE webhook_deliveries d SET lease_until = now() + make_interval(secs => $3)
+    FROM locked
+    WHERE d.id = locked.id AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until < now())
+    RETURNING d.*
+)
+{_CLAIMED}
+"""
+
+
+async def claim_next(db: Database, webhook_id: int, resource: str, lease_seconds: float) -> asyncpg.Record | None:
+    return await db.fetchrow(_CLAIM_NEXT, webhook_id, resource, lease_seconds)
+
+
+_RELEASE = "UPDATE webhook_deliveries SET lease_until = NULL WHERE id = $1 AND lease_until = $2"
+
+
+async def release(db: Database, delivery_id: int, lease_until: Any) -> None:
+    """Give a claimed delivery back unsent (this process could not take it on)."""
+    await db.execute(_RELEASE, delivery_id, lease_until)
+
+
+# The outcome of an attempt and its log entry, in one statement. Only under the lease
+# it was claimed with: a process that outlived its lease records nothing.
+_RECORD = """
+WITH d AS (
+    UPDATE webhook_deliveries SET
+        status = $2,
+        attempts = attempts + 1,
+        next_attempt_at = CASE WHEN $3::float8 IS NULL THEN next_attempt_at
+                               ELSE now() + make_interval(secs => $3::float8) END,
+        lease_until = NULL,
+        updated_at = now()
+    WHERE id = $1 AND lease_until = $4
+    RETURNING id, webhook_id, event_id, event_type, attempts, status, next_attempt_at
+)
+INSERT INTO webhook_attempts
+    (delivery_id, webhook_id, event_id, event_type, attempt, status, response_status, error, next_attempt_at)
+SELECT id, webhook_id, event_id, event_type, attempts, status, $5, $6,
+       CASE WHEN status = 'pending' THEN next_attempt_at END
+FROM d
+RETURNING id
+"""
+
+
+async def record(
+    db: Database,
+    delivery_id: int,
+    lease_until: Any,
+    *,
+    status: str,
+    retry_in: float | None,
+    response_status: int | None,
+    error: str | None,
+) -> bool:
+    """False when the lease had run out (another process may have the delivery)."""
+    return await db.fetchval(_RECORD, delivery_id, status, retry_in, lease_until, response_status, error) is not None
+
+
+# --- operations -------------------------------------------------------------------------
+
+# Age of the oldest event not yet delivered: not yet fanned out, or with a pending
+# delivery (0 when there is none).
+_LAG = """
+SELECT extract(epoch FROM now() - least(
+    (SELECT min(e.created_at) FROM events e JOIN webhook_deliveries d ON d.event_id = e.id AND d.status = 'pending'),
+    (SELECT min(e.created_at) FROM events e
+     WHERE (e.txid, e.id) > (SELECT txid, event_id FROM webhook_dispatch WHERE id = 1)
+       AND EXISTS (SELECT 1 FROM webhooks WHERE enabled)),
+    now()
+))::float8 AS lag,
+(SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending
+"""
+
+
+async def backlog(db: Database) -> tuple[float, int]:
+    """(outbox lag in seconds, pending deliveries)."""
+    row = await db.fetchrow(_LAG)
+    assert row is not None
+    return row["lag"], row["pending"]
+
+
+_PURGE_ATTEMPTS = "DELETE FROM webhook_attempts WHERE created_at < now() - make_interval(secs => $1)"
+_PURGE_DELIVERIES = """
+DELETE FROM webhook_deliveries WHERE status <> 'pending' AND updated_at < now() - make_interval(secs => $1)
+"""
+
+
+async def purge(db: Database, older_than_seconds: float) -> int:
+    """Delete finished deliveries, log entries and delivered events older than the
+    retention; returns how many rows went."""
+    purged = 0
+    async with db.transaction() as conn:
+        for statement in (_PURGE_ATTEMPTS, _PURGE_DELIVERIES):
+            purged += int((await conn.execute(statement, older_than_seconds)).split()[-1])
+        purged += await events_db.purge(conn, older_than_seconds)
+    return purged

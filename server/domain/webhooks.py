@@ -1,0 +1,422 @@
+"""Webhooks: admin changes, target checks, and delivery by per-queue actors.
+
+Delivery, in every worker, every WEBHOOK_POLL_INTERVAL_SECONDS:
+
+1. fan-out: the next events of the outbox (in feed order, see db/events.py) become
+   one delivery each per subscribed, enabled webhook that was active when the event
+   happened; one process at a time does it (a row lock), and the position moves in
+   the same transaction, so each event is fanned out exactly once;
+2. claim: the due heads of the queues (a queue = one webhook's deliveries about one
+   resource, e.g. one order) get a lease, as many as this worker may send at once
+   (WEBHOOK_MAX_IN_FLIGHT, and WEBHOOK_MAX_IN_FLIGHT_PER_WEBHOOK per webhook, so a
+   hanging receiver cannot take every slot);
+3. each claimed delivery goes to its queue's actor, which POSTs it (signed), records
+   the outcome under its lease and, when the delivery is done with, claims the next
+   of its queue at once. A failed attempt is retried with backoff; the queue waits
+   for it (order.paid is not sent before order.created was accepted).
+
+Everything is in PostgreSQL: a worker killed mid-send leaves a lease that runs out,
+and the delivery is claimed again (at least once). The lease outlasts a send (the
+send is bounded by WEBHOOK_TIMEOUT_SECONDS), so two processes never send the same
+attempt at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import errno
+import hashlib
+import hmac
+import ipaddress
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+from db import webhooks as webhooks_db
+from server.domain.context import Context
+from server.domain.events import resource_of
+from server.domain.order_actors import Actor, Supervisor
+from server.runtime.jsonio import dumps
+from server.runtime.problems import NotFound, ValidationFailed
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+_SECRET_BYTES = 32
+_FAN_OUT_BATCH = 500
+# Receivers' answers are read up to this much (kept in the log as a hint), no more.
+_BODY_LIMIT = 1024
+_ERROR_CHARS = 300
+
+
+def webhook_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A webhook as the API shows it (never its secret: the query does not select it)."""
+    return dict(row.items())
+
+
+def attempt_json(row: asyncpg.Record) -> dict[str, Any]:
+    return dict(row.items())
+
+
+# --- secrets and signatures ------------------------------------------------------------
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(_SECRET_BYTES)).decode()
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks `webhook-signature`: HMAC-SHA256 over
+    "{id}.{timestamp}.{body}", keyed with the secret's base64-decoded bytes."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    mac = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+# --- targets ------------------------------------------------------------------------------
+
+
+def address_allowed(address: str) -> bool:
+    """Only public unicast addresses: never loopback, private, link-local, shared,
+    reserved, multicast or unspecified ones (nor IPv4 hidden in IPv6)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _parse_target(url: str) -> URL:
+    try:
+        target = URL(url)
+    except ValueError:
+        raise ValidationFailed.field("url", "must be an http or https URL") from None
+    if target.scheme not in ("http", "https") or not target.host or not target.is_absolute():
+        raise ValidationFailed.field("url", "must be an http or https URL")
+    return target
+
+
+async def check_target(ctx: Context, url: str) -> None:
+    """422 unless `url` is http(s) and (unless private targets are allowed) its host
+    resolves to public addresses only. Checked again at every send (DNS rebinding)."""
+    target = _parse_target(url)
+    if ctx.config.webhook_allow_private_targets:
+        return
+    host = target.raw_host or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ValidationFailed.field("url", "the host does not resolve") from None
+    if not infos or not all(address_allowed(str(info[4][0])) for info in infos):
+        raise ValidationFailed.field("url", "the host resolves to a loopback, private or link-local address")
+
+
+class _PublicOnlyResolver(AbstractResolver):
+    """The address actually connected to is checked at send time: a name that
+    resolved to a public address when the webhook was saved may not point at an
+    internal one now."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        refused = [r["host"] for r in results if not address_allowed(r["host"])]
+        if refused:
+            # errno and strerror: aiohttp's connection error shows the strerror.
+            raise OSError(errno.EACCES, f"{host} resolves to a non-public address ({', '.join(refused)})")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+# --- admin --------------------------------------------------------------------------------
+
+
+async def create(ctx: Context, url: str, events: list[str], description: str) -> dict[str, Any]:
+    await check_target(ctx, url)
+    secret = new_secret()
+    row = await webhooks_db.create(ctx.db, url=url, events=events, description=description, secret=secret)
+    return {**webhook_json(row), "secret": secret}
+
+
+async def get(ctx: Context, webhook_id: int) -> asyncpg.Record:
+    row = await webhooks_db.get(ctx.db, webhook_id)
+    if row is None:
+        raise NotFound("no such webhook")
+    return row
+
+
+async def list_page(ctx: Context, cursor: str | None, limit: int) -> tuple[list[asyncpg.Record], str | None]:
+    after_id = None
+    if cursor is not None:
+        (after_id,) = ctx.cursors.decode("webhooks", cursor)
+    rows = await webhooks_db.list_page(ctx.db, after_id, limit)
+    next_cursor = ctx.cursors.encode("webhooks", [rows[limit - 1]["id"]]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def update(ctx: Context, webhook_id: int, changes: dict[str, Any]) -> asyncpg.Record:
+    if "url" in changes:
+        await check_target(ctx, changes["url"])
+    row = await webhooks_db.update(ctx.db, webhook_id, changes)
+    if row is None:
+        raise NotFound("no such webhook")
+    return row
+
+
+async def delete(ctx: Context, webhook_id: int) -> None:
+    if not await webhooks_db.delete(ctx.db, webhook_id):
+        raise NotFound("no such webhook")
+
+
+async def attempts_page(
+    ctx: Context, webhook_id: int, cursor: str | None, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    await get(ctx, webhook_id)
+    scope = f"webhook-deliveries:{webhook_id}"
+    before_id = None
+    if cursor is not None:
+        (before_id,) = ctx.cursors.decode(scope, cursor)
+    rows = await webhooks_db.attempts_page(ctx.db, webhook_id, before_id, limit)
+    next_cursor = ctx.cursors.encode(scope, [rows[limit - 1]["id"]]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+# --- delivery -----------------------------------------------------------------------------
+
+
+def plan(events: Sequence[asyncpg.Record], hooks: Sequence[asyncpg.Record]) -> list[webhooks_db.Delivery]:
+    """Who gets which event: every enabled webhook subscribed to its type that was
+    active when it happened, in feed order."""
+    deliveries: list[webhooks_db.Delivery] = []
+    for event in events:
+        resource: str | None = None
+        for hook in hooks:
+            if event["created_at"] < hook["active_since"]:
+                continue
+            if "*" not in hook["events"] and event["type"] not in hook["events"]:
+                continue
+            if resource is None:
+                resource = resource_of(event["type"], orjson.loads(event["data"]))
+            deliveries.append((hook["id"], event["id"], event["type"], resource))
+    return deliveries
+
+
+def retry_delay(base: float, attempt: int) -> float:
+    """Exponential backoff with jitter: base x 2^(attempt-1), the upper half drawn at
+    random so that the retries of many deliveries spread out."""
+    ceiling: float = base * 2 ** (attempt - 1)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass
+class _Outcome:
+    response_status: int | None
+    error: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.response_status is not None and 200 <= self.response_status < 300
+
+
+QueueKey = tuple[int, str]  # (webhook id, resource)
+
+
+@dataclass
+class Deliverer:
+    """A worker's half of webhook delivery: the fan-out and claim turn, the queue
+    actors, and the HTTP client they share."""
+
+    ctx: Context
+    supervisor: Supervisor[QueueKey]
+    session: aiohttp.ClientSession
+    busy: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    @classmethod
+    def start(cls, ctx: Context, supervisor: Supervisor[QueueKey]) -> Deliverer:
+        config = ctx.config
+        connector = aiohttp.TCPConnector(
+            limit=config.webhook_max_in_flight,
+            limit_per_host=config.webhook_max_in_flight_per_webhook,
+            resolver=None if config.webhook_allow_private_targets else _PublicOnlyResolver(),
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=config.webhook_timeout_seconds),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": "storefront-webhooks"},
+        )
+        return cls(ctx, supervisor, session)
+
+    @property
+    def lease_seconds(self) -> float:
+        """Longer than a send (bounded by the timeout) and the recording after it."""
+        return 2 * self.ctx.config.webhook_timeout_seconds + 10
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self.busy.values())
+
+    async def turn(self) -> None:
+        await self.fan_out()
+        await self.claim()
+
+    async def fan_out(self) -> int:
+        total = 0
+        while True:
+            read = await webhooks_db.fan_out_batch(self.ctx.db, _FAN_OUT_BATCH, plan)
+            total += read or 0
+            if read != _FAN_OUT_BATCH:
+                return total
+
+    async def claim(self) -> None:
+        config = self.ctx.config
+        room = config.webhook_max_in_flight - self.in_flight
+        if room <= 0 or self.supervisor.draining:
+            return
+        claimed = await webhooks_db.claim(
+            self.ctx.db,
+            busy=dict(self.busy),
+            per_webhook=config.webhook_max_in_flight_per_webhook,
+            limit=room,
+            lease_seconds=self.lease_seconds,
+        )
+        for delivery in claimed:
+            webhook_id = delivery["webhook_id"]
+            self.busy[webhook_id] += 1
+
+            async def command(actor: Actor[Any], delivery: asyncpg.Record = delivery) -> None:
+                await self._work(delivery)
+
+            if not self.supervisor.tell((webhook_id, delivery["resource"]), command):
+                self._done(webhook_id)
+                await webhooks_db.release(self.ctx.db, delivery["id"], delivery["lease_until"])
+
+    def _done(self, webhook_id: int) -> None:
+        self.busy[webhook_id] -= 1
+        if self.busy[webhook_id] <= 0:
+            del self.busy[webhook_id]
+
+    async def _work(self, first: asyncpg.Record) -> None:
+        """Send a claimed delivery; while its queue's deliveries are done with and
+        the next is due, go on with the next (under one in-flight slot)."""
+        webhook_id, resource = first["webhook_id"], first["resource"]
+        delivery: asyncpg.Record | None = first
+        try:
+            while delivery is not None and not self.supervisor.draining:
+                if not await self._attempt(delivery):
+                    return
+                delivery = await webhooks_db.claim_next(self.ctx.db, webhook_id, resource, self.lease_seconds)
+            if delivery is not None:
+                await webhooks_db.release(self.ctx.db, delivery["id"], delivery["lease_until"])
+        finally:
+            self._done(webhook_id)
+
+    async def _attempt(self, delivery: asyncpg.Record) -> bool:
+        """One attempt, recorded; True when the delivery is done with (delivered,
+        or failed for good) and its queue may go on."""
+        config, metrics = self.ctx.config, self.ctx.metrics
+        if delivery["data"] is None:
+            outcome = _Outcome(None, "the event no longer exists")
+        else:
+            outcome = await self._post(delivery)
+        attempt = delivery["attempts"] + 1
+        if outcome.delivered:
+            status, retry_in = "succeeded", None
+        elif attempt >= config.webhook_max_attempts or delivery["data"] is None:
+            status, retry_in = "failed", None
+        else:
+            status, retry_in = "pending", retry_delay(config.webhook_retry_base_seconds, attempt)
+        recorded = await webhooks_db.record(
+            self.ctx.db,
+            delivery["id"],
+            delivery["lease_until"],
+            status=status,
+            retry_in=retry_in,
+            response_status=outcome.response_status,
+            error=outcome.error,
+        )
+        if not recorded:
+            log.warning("webhook delivery lease ran out before its outcome was recorded", extra={"id": delivery["id"]})
+            return False
+        metrics.webhook_deliveries.labels({"pending": "retried"}.get(status, status)).inc()
+        return status != "pending"
+
+    async def _post(self, delivery: asyncpg.Record) -> _Outcome:
+        body = dumps(
+            {
+                "id": delivery["event_id"],
+                "type": delivery["event_type"],
+                "created_at": delivery["event_created_at"],
+                "data": orjson.Fragment(delivery["data"]),
+            }
+        )
+        message_id, timestamp = str(delivery["event_id"]), int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(delivery["secret"], message_id, timestamp, body),
+        }
+        timeout = self.ctx.config.webhook_timeout_seconds
+        try:
+            _check_literal_host(delivery["url"], self.ctx.config.webhook_allow_private_targets)
+            async with (
+                asyncio.timeout(timeout),
+                self.session.post(delivery["url"], data=body, headers=headers, allow_redirects=False) as response,
+            ):
+                answer = await response.content.read(_BODY_LIMIT)
+        except TimeoutError:
+            return _Outcome(None, f"no answer within {timeout:g} s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return _Outcome(None, f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS])
+        if 200 <= response.status < 300:
+            return _Outcome(response.status, None)
+        text = answer.decode("utf-8", "replace")
+        return _Outcome(response.status, f"HTTP {response.status}: {text}"[:_ERROR_CHARS])
+
+    async def close(self, timeout: float) -> None:
+        await self.supervisor.drain(timeout)
+        await self.session.close()
+
+
+def _check_literal_host(url: str, allow_private: bool) -> None:
+    """An address written in the URL never goes through the resolver: check it here."""
+    if allow_private:
+        return
+    host = URL(url).raw_host or ""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return  # a name: the resolver checks what it resolves to
+    if not address_allowed(host):
+        raise OSError(f"{host} is not a public address")
+
+
+async def refresh_gauges(ctx: Context, deliverer: Deliverer) -> None:
+    lag, pending = await webhooks_db.backlog(ctx.db)
+    metrics = ctx.metrics
+    metrics.webhook_outbox_lag.set(lag)
+    metrics.webhook_pending.set(pending)
+    metrics.webhook_in_flight.set(deliverer.in_flight)
+    metrics.webhook_actors_live.set(deliverer.supervisor.live_count)
+
+
+async def purge(ctx: Context) -> int:
+    return await webhooks_db.purge(ctx.db, ctx.config.webhook_retention_seconds)

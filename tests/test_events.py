@@ -1,0 +1,209 @@
+"""The outbox through HTTP: every state change writes its event (data as the API
+returned it) in the same transaction, and GET /api/events lists them in order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.helpers import Api, User
+
+
+async def feed(api: Api, query: str = "") -> dict[str, Any]:
+    admin = await api.admin_user()
+    reply = await api.call("GET", f"/api/events{query}", token=admin.token)
+    assert reply.status == 200, reply
+    page: dict[str, Any] = reply.json
+    return page
+
+
+async def all_events(api: Api, dsn: str, query: str = "") -> list[dict[str, Any]]:
+    """The feed once it shows every committed event. An event is shown once every
+    transaction older than it has ended, on the whole PostgreSQL server (which other
+    test runs share), so it may take a moment to appear."""
+    admin = await api.admin_user()
+    conn = await asyncpg.connect(dsn)
+    try:
+        total = await conn.fetchval("SELECT count(*) FROM events")
+    finally:
+        await conn.close()
+    for _ in range(400):
+        shown = await api.call("GET", "/api/events?limit=100", token=admin.token)
+        if len(shown.json["items"]) >= total:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the feed did not show all {total} events")
+    page = await feed(api, query)
+    return list(page["items"])
+
+
+async def test_events_come_oldest_first_with_the_data_the_api_returned(api: Api, clean_db: str) -> None:
+    product = await api.product(name="Lamp")
+    user = await api.customer()
+    order = (await api.order(user, (product["id"], 2))).json
+    events = await all_events(api, clean_db)
+    assert [e["type"] for e in events] == ["product.created", "order.created"]
+    assert events[0]["data"] == product and events[1]["data"] == order
+    assert events[0]["id"] < events[1]["id"]
+    assert set(events[0]) == {"id", "type", "created_at", "data"}
+
+
+async def test_every_order_and_payment_change_emits_its_event(api: Api, clean_db: str) -> None:
+    admin = await api.admin_user()
+    product = await api.product(stock=10)
+    user = await api.customer()
+    paid = (await api.order(user, (product["id"], 1))).json
+    payment = (await api.pay(user, paid["id"])).json
+    shipped = (await api.call("PUT", f"/api/orders/{paid['id']}", json={"status": "shipped"}, token=admin.token)).json
+    delivered = await api.call("PUT", f"/api/orders/{paid['id']}", json={"status": "delivered"}, token=admin.token)
+    declined = (await api.order(user, (product["id"], 1))).json
+    failed = await api.pay(user, declined["id"], card="tok_chargeDeclined")
+    assert failed.status == 402
+    cancelled = await api.call("PUT", f"/api/orders/{declined['id']}", json={"status": "cancelled"}, token=user.token)
+    events = await all_events(api, clean_db)
+    assert [e["type"] for e in events] == [
+        "product.created", "order.created", "payment.succeeded", "order.paid", "order.shipped", "order.delivered",
+        "order.created", "payment.failed", "order.cancelled",
+    ]  # fmt: skip
+    by_type = {e["type"]: e["data"] for e in events}
+    assert by_type["payment.succeeded"] == payment
+    assert by_type["payment.failed"] == failed.json
+    assert by_type["order.paid"] == (await api.call("GET", f"/api/orders/{paid['id']}", token=user.token)).json | {
+        "status": "paid", "updated_at": by_type["order.paid"]["updated_at"],
+    }  # fmt: skip
+    assert by_type["order.shipped"] == shipped and by_type["order.delivered"] == delivered.json
+    assert by_type["order.cancelled"] == cancelled.json
+
+
+async def test_product_changes_emit_their_events(api: Api, clean_db: str) -> None:
+    admin = await api.admin_user()
+    product = await api.product()
+    updated = await api.call("PUT", f"/api/products/{product['id']}", json={"price": 1}, token=admin.token)
+    assert (await api.call("DELETE", f"/api/products/{product['id']}", token=admin.token)).status == 204
+    events = await all_events(api, clean_db)
+    assert [e["type"] for e in events] == ["product.created", "product.updated", "product.deleted"]
+    assert events[1]["data"] == updated.json
+    assert events[2]["data"]["id"] == product["id"]
+
+
+async def test_a_refused_change_emits_nothing(api: Api, clean_db: str) -> None:
+    product = await api.product(stock=1)
+    user = await api.customer()
+    assert (await api.order(user, (product["id"], 5))).status == 409
+    admin = await api.admin_user()
+    await api.call("POST", "/api/products", json={"name": "x", "price": 1, "stock": 1, "sku": "A"}, token=admin.token)
+    assert (
+        await api.call(
+            "POST", "/api/products", json={"name": "y", "price": 1, "stock": 1, "sku": "A"}, token=admin.token
+        )
+    ).status == 409
+    assert [e["type"] for e in await all_events(api, clean_db)] == ["product.created", "product.created"]
+
+
+async def _wait_for_type(api: Api, clean_db: str, event_type: str) -> list[dict[str, Any]]:
+    for _ in range(200):
+        events = await all_events(api, clean_db, f"?type={event_type}")
+        if events:
+            return events
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {event_type} event")
+
+
+@pytest.mark.parametrize("config_overrides", [{"order_ttl_seconds": 1, "order_sweep_interval_seconds": 0.2}])
+async def test_expiry_by_the_sweeper_emits_order_expired(api: Api, clean_db: str) -> None:
+    product = await api.product()
+    user = await api.customer()
+    order = (await api.order(user, (product["id"], 1))).json
+    (expired,) = await _wait_for_type(api, clean_db, "order.expired")
+    assert expired["data"]["id"] == order["id"] and expired["data"]["status"] == "expired"
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"order_ttl_seconds": 1, "order_sweep_interval_seconds": 60, "actor_idle_seconds": 30}],
+
+)  # fmt: skip
+async def test_expiry_by_the_order_actor_emits_order_expired(api: Api, clean_db: str, db: asyncpg.Connection) -> None:
+    product = await api.product(stock=5)
+    user: User = await api.customer()
+    order = (await api.order(user, (product["id"], 1))).json
+    # A command starts the order's actor, which then times the expiry (the sweeper
+    # runs only once a minute here).
+    changed = await api.call(
+        "PUT",
+        f"/api/orders/{order['id']}",
+        json={"items": [{"product_id": product["id"], "quantity": 2}]},
+        token=user.token,
+    )
+    assert changed.status == 200
+    (expired,) = await _wait_for_type(api, clean_db, "order.expired")
+    assert expired["data"]["id"] == order["id"] and [i["quantity"] for i in expired["data"]["items"]] == [2]
+
+
+async def test_the_feed_filters_by_repeated_or_comma_separated_types(api: Api, clean_db: str) -> None:
+    admin = await api.admin_user()
+    product = await api.product()
+    await api.call("PUT", f"/api/products/{product['id']}", json={"price": 1}, token=admin.token)
+    user = await api.customer()
+    await api.order(user, (product["id"], 1))
+    one = await all_events(api, clean_db, "?type=order.created")
+    both = await all_events(api, clean_db, "?type=order.created,product.updated")
+    repeated = await all_events(api, clean_db, "?type=order.created&type=product.updated")
+    assert [e["type"] for e in one] == ["order.created"]
+    assert [e["type"] for e in both] == [e["type"] for e in repeated] == ["product.updated", "order.created"]
+    bad = await api.call("GET", "/api/events?type=order.nonsense", token=admin.token)
+    assert bad.status == 422
+
+
+async def test_next_cursor_is_never_null_and_resumes_after_the_last_event(api: Api, clean_db: str) -> None:
+    empty = await feed(api)
+    assert empty["items"] == [] and empty["next_cursor"]
+    for i in range(3):
+        await api.product(name=f"P{i}")
+    await all_events(api, clean_db)
+    first = await feed(api, f"?after={empty['next_cursor']}&limit=2")
+    second = await feed(api, f"?after={first['next_cursor']}&limit=2")
+    end = await feed(api, f"?after={second['next_cursor']}")
+    assert len(first["items"]) == 2 and len(second["items"]) == 1
+    assert end["items"] == [] and end["next_cursor"] == second["next_cursor"]
+    await api.product(name="later")
+    assert [e["data"]["name"] for e in await _until_shown(api, end["next_cursor"])] == ["later"]
+
+
+async def _until_shown(api: Api, cursor: str) -> list[dict[str, Any]]:
+    for _ in range(400):
+        page = await feed(api, f"?after={cursor}")
+        if page["items"]:
+            return list(page["items"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("nothing new was shown")
+
+
+@pytest.mark.parametrize("query", ["?limit=0", "?limit=101", "?after=forged"])
+async def test_bad_feed_parameters_are_422(api: Api, query: str) -> None:
+    admin = await api.admin_user()
+    assert (await api.call("GET", f"/api/events{query}", token=admin.token)).status == 422
+
+
+async def test_an_event_of_a_transaction_still_open_is_held_back_not_skipped(
+    api: Api, db: asyncpg.Connection, clean_db: str
+) -> None:
+    # A transaction that wrote an event and has not committed: its id is lower than
+    # the events written after it, which commit first.
+    late = await asyncpg.connect(clean_db)
+    try:
+        tx = late.transaction()
+        await tx.start()
+        await late.execute("INSERT INTO events (type, data) VALUES ('product.updated', '{\"id\": 0}')")
+        await api.product(name="committed first")
+        page = await feed(api)
+        assert page["items"] == []  # held back while an older transaction is in flight
+        await tx.commit()
+    finally:
+        await late.close()
+    await all_events(api, clean_db)
+    after = await feed(api, f"?after={page['next_cursor']}")
+    assert [e["type"] for e in after["items"]] == ["product.updated", "product.created"]
