@@ -2,7 +2,8 @@
 
 Every function that changes an order is one transaction, and each follows the same
 lock order so that concurrent transactions can wait for each other but never
-deadlock: first the order row(s), then the product rows in ascending id order.
+deadlock: first the customer's row (when hold limits are checked), then the order
+row(s), then the product rows in ascending id order.
 Statuses are checked on the locked rows, so a decision is never made on stale data,
 whatever other process changed the order a moment before.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from db import users as users_db
 from db.pool import Database
 
 ORDER_COLUMNS = "o.id, o.user_id, o.status, o.total, o.currency, o.created_at, o.updated_at, o.expires_at"
@@ -59,6 +61,25 @@ class Expired(Exception):
     """The order was pending past its expires_at: it has been expired now."""
 
 
+class TooManyPending(Exception):
+    """The customer holds ORDER_MAX_PENDING_PER_USER pending orders already."""
+
+
+@dataclass
+class TooManyHeld(Exception):
+    """The customer's pending orders would hold more units of this product than allowed."""
+
+    product_id: int
+
+
+@dataclass(frozen=True)
+class HoldLimits:
+    """What one customer's pending orders may hold (the contract's stock hoarding)."""
+
+    max_pending: int
+    max_units_per_product: int
+
+
 # --- reading ----------------------------------------------------------------------------
 
 _GET = f"""
@@ -101,8 +122,9 @@ FOR UPDATE
 """
 
 # One call, so one round trip: the function (sql/006_create_order.sql) locks the
-# products in id order and checks every line before it writes anything.
-_CREATE = "SELECT placed, checked FROM create_order($1, $2, $3, $4)"
+# products in id order and checks every line before it writes anything; its wrapper
+# (sql/013_abuse_limits.sql) first checks the customer's hold limits.
+_CREATE = "SELECT placed, checked, limit_hit, limit_product FROM create_order_within_limits($1, $2, $3, $4, $5, $6)"
 
 
 @dataclass(frozen=True)
@@ -152,16 +174,29 @@ Item = tuple[int, str, int, int, int]  # (product_id, name, unit_price, quantity
 
 
 async def create(
-    db: Database, user_id: int, lines: Sequence[Line], ttl_seconds: int
+    db: Database, user_id: int, lines: Sequence[Line], ttl_seconds: int, limits: HoldLimits
 ) -> tuple[asyncpg.Record, list[Item]]:
     """Reserve every line and write the order, or change nothing; returns the order
     and its lines.
 
-    `lines` must name each product once. Raises UnknownProducts, MixedCurrencies or
-    StockShort (for the first line that cannot be covered).
+    `lines` must name each product once. Raises TooManyPending or TooManyHeld (the
+    customer's limits), UnknownProducts, MixedCurrencies or StockShort (for the
+    first line that cannot be covered).
     """
-    row = await db.fetchrow(_CREATE, user_id, [pid for pid, _ in lines], [qty for _, qty in lines], ttl_seconds)
+    row = await db.fetchrow(
+        _CREATE,
+        user_id,
+        [pid for pid, _ in lines],
+        [qty for _, qty in lines],
+        ttl_seconds,
+        limits.max_pending,
+        limits.max_units_per_product,
+    )
     assert row is not None
+    if row["limit_hit"] == "pending":
+        raise TooManyPending()
+    if row["limit_hit"] == "held":
+        raise TooManyHeld(row["limit_product"])
     order, checked = row["placed"], row["checked"]
     if order is None:
         _refuse(lines, {line[0]: line for line in checked})
@@ -284,12 +319,28 @@ RETURNING {ORDER_COLUMNS}, {ITEMS_COLUMN}
 """
 
 
-async def replace_lines(db: Database, order_id: int, owner_id: int, lines: Sequence[Line]) -> asyncpg.Record:
+_HELD_UNITS_OVER = "SELECT held_units_over($1, $2, $3, $4, $5)"
+
+
+async def replace_lines(
+    db: Database, order_id: int, owner_id: int, lines: Sequence[Line], max_units_per_product: int
+) -> asyncpg.Record:
     """Swap a pending order's lines, re-reserving atomically: what the order held
-    counts as available to it; on StockShort nothing changes."""
+    counts as available to it; on StockShort or TooManyHeld nothing changes."""
     async with db.transaction() as conn:
+        await users_db.lock(conn, owner_id)  # hold limits are checked under it
         order = await _lock_pending(conn, order_id, owner_id)
         if not order["overdue"]:
+            over = await conn.fetchval(
+                _HELD_UNITS_OVER,
+                owner_id,
+                order_id,
+                [pid for pid, _ in lines],
+                [qty for _, qty in lines],
+                max_units_per_product,
+            )
+            if over is not None:
+                raise TooManyHeld(over)
             return await _replace_lines(conn, order_id, lines)
         await _end_pending(conn, order_id, "expired")
     raise Expired()
@@ -329,6 +380,16 @@ async def delete(db: Database, order_id: int, owner_id: int | None, deletable: f
             await _end_pending(conn, order_id, "cancelled")
         await conn.execute(_SOFT_DELETE, order_id)
     return status
+
+
+_OWNER = "SELECT user_id FROM orders WHERE id = $1 AND deleted_at IS NULL"
+
+
+async def owner(db: Database, order_id: int) -> int | None:
+    """Whose order this is (None: no such order): asked before a command about the
+    order is queued, so that nobody else's requests wait in its queue."""
+    value: int | None = await db.fetchval(_OWNER, order_id)
+    return value
 
 
 # --- expiry -----------------------------------------------------------------------------
