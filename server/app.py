@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiojobs
 from aiohttp import web
 
-from db import idempotency, login_failures, maintenance
+from db import idempotency, maintenance, rate_limits
 from db.pool import create_database
 from handlers import api, openapi
 from handlers.routing import register
@@ -76,6 +76,11 @@ def _worker_resources(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         db = await create_database(pool_settings(config, options.dsn))
         db.on_wait = metrics.pool_wait.observe
+        catalog_db = await create_database(
+            dataclasses.replace(
+                pool_settings(config, options.dsn), min_size=0, max_size=config.catalog_search_connections
+            )
+        )
         # The simulated gateway keeps its ledger through a pool of its own, as a real
         # gateway keeps its own records.
         provider_db = await create_database(
@@ -88,12 +93,16 @@ def _worker_resources(
             fault_rate=config.payment_provider_fault_rate,
         )
         passwords = Passwords(
-            config.password_hash_time_cost, config.password_hash_memory_kib, config.password_hash_parallelism
+            config.password_hash_time_cost,
+            config.password_hash_memory_kib,
+            config.password_hash_parallelism,
+            max_queued=config.password_hash_max_queued,
         )
         scheduler = aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds)
         ctx = Context(
             config=config,
             db=db,
+            catalog_db=catalog_db,
             passwords=passwords,
             tokens=Tokens(options.jwt_secret, config.jwt_ttl_seconds),
             cursors=CursorCodec(options.jwt_secret),
@@ -105,6 +114,7 @@ def _worker_resources(
                 max_live=config.actor_max_live,
                 mailbox_size=config.actor_mailbox_size,
                 idle_seconds=config.actor_idle_seconds,
+                max_per_user=config.max_commands_per_user,
             ),
             provider=provider,
         )
@@ -120,6 +130,7 @@ def _worker_resources(
             await jobs.stop()
             await ctx.supervisor.drain(config.shutdown_grace_seconds)
             await provider.close()
+            await catalog_db.close(timeout=config.shutdown_grace_seconds)
             await db.close(timeout=config.shutdown_grace_seconds)
             passwords.close()
 
@@ -140,8 +151,8 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
         if purged:
             log.info("idempotency keys purged", extra={"count": purged})
 
-    async def purge_login_failures() -> None:
-        await login_failures.purge(ctx.db, config.login_throttle_window_seconds)
+    async def purge_rate_limits() -> None:
+        await rate_limits.purge(ctx.db, max(config.login_throttle_window_seconds, users.REGISTER_WINDOW_SECONDS))
 
     async def refresh_gauges() -> None:
         ctx.refresh_gauges()
@@ -154,6 +165,6 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     jobs.every(config.order_sweep_interval_seconds, sweep, name="order-sweeper", at_start=True)
     jobs.every(config.payment_reconcile_interval_seconds, reconcile, name="payment-reconciler", at_start=True)
     jobs.every(config.idempotency_purge_interval_seconds, purge_idempotency_keys, name="idempotency-purge")
-    jobs.every(_PURGE_SECONDS, purge_login_failures, name="login-failures-purge")
+    jobs.every(_PURGE_SECONDS, purge_rate_limits, name="rate-limits-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
