@@ -18,6 +18,7 @@ from aiohttp import web, web_protocol
 from server.app import Options, create_app
 from server.runtime.config import Config
 from server.runtime.jsonio import dumps
+from server.runtime.middleware import SERVER_NAME
 from server.runtime.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class _ProblemRequestHandler(web_protocol.RequestHandler):
             status=status,
             body=dumps(problem_body(status, _reason(status), detail)),
             content_type=PROBLEM_CONTENT_TYPE,
+            headers={"Server": SERVER_NAME, "X-Content-Type-Options": "nosniff"},
         )
         response.force_close()
         return response
