@@ -2,7 +2,8 @@
 
 Every function that changes an order is one transaction, and each follows the same
 lock order so that concurrent transactions can wait for each other but never
-deadlock: first the order row(s), then the product rows in ascending id order.
+deadlock: first the customer's row (when hold limits are checked), then the order
+row(s), then the product rows in ascending id order.
 Statuses are checked on the locked rows, so a decision is never made on stale data,
 whatever other process changed the order a moment before.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db import users as users_db
 from db.pool import Database, Executor
 
 ORDER_COLUMNS = "o.id, o.user_id, o.status, o.total, o.currency, o.created_at, o.updated_at, o.expires_at"
@@ -62,6 +64,25 @@ class Expired(Exception):
     """The order was pending past its expires_at: it has been expired now."""
 
 
+class TooManyPending(Exception):
+    """The customer holds ORDER_MAX_PENDING_PER_USER pending orders already."""
+
+
+@dataclass
+class TooManyHeld(Exception):
+    """The customer's pending orders would hold more units of this product than allowed."""
+
+    product_id: int
+
+
+@dataclass(frozen=True)
+class HoldLimits:
+    """What one customer's pending orders may hold (the contract's stock hoarding)."""
+
+    max_pending: int
+    max_units_per_product: int
+
+
 # --- reading ----------------------------------------------------------------------------
 
 _GET = f"""
@@ -96,22 +117,32 @@ async def list_page(
 
 # --- creating ---------------------------------------------------------------------------
 
-# One call, so one round trip: the function (sql/015_order_lines.sql) prices the lines
+# One call, so one round trip: the function (sql/016_order_limits.sql) checks the
+# customer's hold limits, then create_order (sql/015_order_lines.sql) prices the lines
 # with price_order_lines, the one authority on the line rules, before it writes
 # anything.
-_CREATE = "SELECT placed, lines, refusal FROM create_order($1, $2, $3, $4)"
+_CREATE = "SELECT placed, lines, refusal FROM create_order_within_limits($1, $2, $3, $4, $5, $6)"
 
 
 async def create(
-    db: Executor, user_id: int, lines: Sequence[Line], ttl_seconds: int
+    db: Executor, user_id: int, lines: Sequence[Line], ttl_seconds: int, limits: HoldLimits
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """Reserve every line and write the order, or change nothing; returns the order
     and its lines (order_line records).
 
-    `lines` must name each product once. Raises UnknownProducts, MixedCurrencies or
-    StockShort (for the first line that cannot be covered).
+    `lines` must name each product once. Raises TooManyPending or TooManyHeld (the
+    customer's limits), UnknownProducts, MixedCurrencies or StockShort (for the
+    first line that cannot be covered).
     """
-    row = await db.fetchrow(_CREATE, user_id, [pid for pid, _ in lines], [qty for _, qty in lines], ttl_seconds)
+    row = await db.fetchrow(
+        _CREATE,
+        user_id,
+        [pid for pid, _ in lines],
+        [qty for _, qty in lines],
+        ttl_seconds,
+        limits.max_pending,
+        limits.max_units_per_product,
+    )
     assert row is not None
     return _placed(row)
 
@@ -129,6 +160,8 @@ _REFUSALS: dict[str, Callable[[asyncpg.Record], Exception]] = {
     "unknown_products": lambda r: UnknownProducts(list(r["product_ids"])),
     "mixed_currencies": lambda r: MixedCurrencies(),
     "short_stock": lambda r: StockShort(r["product_ids"][0], r["product_name"], r["available"]),
+    "too_many_pending": lambda r: TooManyPending(),
+    "too_many_held": lambda r: TooManyHeld(r["product_ids"][0]),
 }
 
 
@@ -219,15 +252,26 @@ async def advance(db: Database, order_id: int, from_status: str, to_status: str,
 _REPLACE = "SELECT placed, lines, refusal FROM replace_order_lines($1, $2, $3)"
 
 
+_HELD_UNITS_OVER = "SELECT held_units_over($1, $2, $3, $4, $5)"
+
+
 async def replace_lines(
-    db: Database, order_id: int, owner_id: int, lines: Sequence[Line], notify: Notify
+    db: Database, order_id: int, owner_id: int, lines: Sequence[Line], max_units_per_product: int, notify: Notify
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """Swap a pending order's lines, re-reserving atomically (price_order_lines counts
-    what the order held as available to it); on a refusal nothing changes."""
+    what the order held as available to it); on a refusal (or TooManyHeld) nothing
+    changes."""
     async with db.transaction() as conn:
+        await users_db.lock(conn, owner_id)  # hold limits are checked under it
         order = await _lock_pending(conn, order_id, owner_id)
         if not order["overdue"]:
-            row = await conn.fetchrow(_REPLACE, order_id, [pid for pid, _ in lines], [qty for _, qty in lines])
+            product_ids, quantities = [pid for pid, _ in lines], [qty for _, qty in lines]
+            over = await conn.fetchval(
+                _HELD_UNITS_OVER, owner_id, order_id, product_ids, quantities, max_units_per_product
+            )
+            if over is not None:
+                raise TooManyHeld(over)
+            row = await conn.fetchrow(_REPLACE, order_id, product_ids, quantities)
             assert row is not None
             return _placed(row)
         await _end_pending(conn, order_id, "expired", notify)
@@ -253,6 +297,16 @@ async def delete(db: Database, order_id: int, owner_id: int | None, deletable: f
             await _end_pending(conn, order_id, "cancelled", notify)
         await conn.execute(_SOFT_DELETE, order_id)
     return status
+
+
+_OWNER = "SELECT user_id FROM orders WHERE id = $1 AND deleted_at IS NULL"
+
+
+async def owner(db: Database, order_id: int) -> int | None:
+    """Whose order this is (None: no such order): asked before a command about the
+    order is queued, so that nobody else's requests wait in its queue."""
+    value: int | None = await db.fetchval(_OWNER, order_id)
+    return value
 
 
 # --- expiry -----------------------------------------------------------------------------

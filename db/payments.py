@@ -67,6 +67,41 @@ async def begin(
     raise AmountMismatch(order["total"])
 
 
+@dataclass
+class TooManyDeclinesForOrder(Exception):
+    declines: int
+
+
+@dataclass
+class TooManyDeclines(Exception):
+    retry_after: int
+
+
+# Declines by the provider (not failures of ours: a charge never made, or refunded).
+_DECLINED = "status = 'failed' AND failure_reason NOT IN ('not_charged', 'order_not_payable')"
+# A customer's payments still in flight count as possible declines: they cannot all
+# start at the limit's edge and all be declined.
+_DECLINES = f"""
+SELECT (SELECT count(*) FROM payments WHERE order_id = $1 AND {_DECLINED}) AS order_declines,
+       count(*) AS user_declines,
+       ceil(extract(epoch FROM min(created_at) + interval '24 hours' - now()))::int AS oldest_expires_in
+FROM payments
+WHERE user_id = $2 AND created_at > now() - interval '24 hours' AND (status = 'pending' OR {_DECLINED})
+"""
+
+
+async def check_declines(conn: Executor, order_id: int, user_id: int, max_per_order: int, max_per_user: int) -> None:
+    """Refuse a payment once the order or the customer has been declined too often
+    (card testing). Run under the customer's lock, in the transaction that records the
+    pending payment, so that concurrent payments of one customer count each other."""
+    row = await conn.fetchrow(_DECLINES, order_id, user_id)
+    assert row is not None
+    if row["order_declines"] >= max_per_order:
+        raise TooManyDeclinesForOrder(row["order_declines"])
+    if row["user_declines"] >= max_per_user:
+        raise TooManyDeclines(max(1, row["oldest_expires_in"]))
+
+
 # Step 3: record the provider's answer and, on success, mark the order paid, in one
 # statement. A charge that succeeded for an order that can no longer be paid is
 # recorded as failed with `order_not_payable` and must be refunded (refund_due).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -237,7 +239,8 @@ async def create_database(settings: PoolSettings) -> Database:
 
 
 _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, unreachable
+    ConnectionError,  # refused, reset, aborted
+    socket.gaierror,  # the database's host name does not resolve
     TimeoutError,  # no free connection, or a statement ran past DB_COMMAND_TIMEOUT
     asyncpg.PostgresConnectionError,  # connection lost or not established
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, cancelled
@@ -248,9 +251,15 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Network errors without an exception class of their own.
+_UNREACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT})
+
+
 def is_outage(exc: BaseException) -> bool:
-    """True when `exc` means the database cannot serve now (the client may retry)."""
-    return isinstance(exc, _OUTAGE_ERRORS)
+    """True when `exc` means the database cannot serve now (the client may retry).
+    Other OSErrors (a file name too long, a missing file) are bugs or bad input, not
+    an outage: they must not turn into 503s, nor be logged as one."""
+    return isinstance(exc, _OUTAGE_ERRORS) or (isinstance(exc, OSError) and exc.errno in _UNREACHABLE)
 
 
 # Of those, the errors after which a connection cannot be trusted. A deadlock, a

@@ -103,6 +103,10 @@ class ListFilters:
     max_price: int | None = None
     in_stock: bool = False
 
+    @property
+    def any(self) -> bool:
+        return self.q is not None or self.min_price is not None or self.max_price is not None or self.in_stock
+
 
 def _like_literal(q: str) -> str:
     """`q` as a quoted ILIKE pattern matching it as a substring (%, _ and \\ literal).
@@ -149,12 +153,30 @@ def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, li
     return query, args
 
 
+class QueryTooSlow(Exception):
+    """The database cancelled the list at its statement timeout."""
+
+
 async def list_page(
-    db: Database, sort: Sort, filters: ListFilters, after: Sequence[Any] | None, limit: int
+    db: Database,
+    sort: Sort,
+    filters: ListFilters,
+    after: Sequence[Any] | None,
+    limit: int,
+    timeout_ms: int | None = None,
 ) -> list[asyncpg.Record]:
-    """Up to `limit` + 1 rows (the extra one tells that a next page exists)."""
+    """Up to `limit` + 1 rows (the extra one tells that a next page exists). With
+    `timeout_ms` the database cancels the query after that long (QueryTooSlow): a
+    setting local to its transaction, which also holds behind PgBouncer."""
     query, args = list_query(sort, filters, after, limit + 1)
-    return await db.fetch(query, *args)
+    if timeout_ms is None:
+        return await db.fetch(query, *args)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            return await conn.fetch(query, *args)
+    except asyncpg.QueryCanceledError:
+        raise QueryTooSlow() from None
 
 
 async def seed(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from db.pool import Database
+from db.pool import Database, Executor
 
 USER_COLUMNS = "id, email, name, role, created_at, updated_at"
 
@@ -53,6 +53,16 @@ async def get_password_hash(db: Database, user_id: int) -> str | None:
 
 
 # A password change bumps token_version, which revokes every token issued before it.
+# Serializes one customer's limited actions (new orders, line changes, payments)
+# across processes; taken before any order or product lock. NO KEY UPDATE: rows
+# that reference the user (orders, payments) can still be inserted meanwhile.
+_LOCK = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE"
+
+
+async def lock(conn: Executor, user_id: int) -> None:
+    await conn.execute(_LOCK, user_id)
+
+
 _UPDATE_PROFILE = f"""
 UPDATE users SET
     name = coalesce($2, name),
@@ -79,6 +89,29 @@ async def update_profile(
         raise EmailTaken(email or "") from None
 
 
+_PROMOTE = "UPDATE users SET role = 'admin', updated_at = now() WHERE email = $1 AND role <> 'admin'"
+_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)"
+
+
+async def promote_to_admin(db: Database, email: str) -> bool:
+    """Make the user with this email an admin (its password untouched); False when
+    there is no such user."""
+    if await db.execute(_PROMOTE, email) == "UPDATE 1":
+        return True
+    return bool(await db.fetchval(_EXISTS, email))
+
+
+# Another process may create it first: then that one stands (and is an admin).
+_CREATE_ADMIN = """
+INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, 'admin')
+ON CONFLICT (email) DO UPDATE SET role = 'admin'
+"""
+
+
+async def create_admin(db: Database, email: str, name: str, password_hash: str) -> None:
+    await db.execute(_CREATE_ADMIN, email, name, password_hash)
+
+
 _UPSERT_ADMIN = """
 INSERT INTO users (email, name, password_hash, role)
 VALUES ($1, $2, $3, 'admin')
@@ -93,7 +126,7 @@ RETURNING id
 
 async def upsert_admin(db: Database, email: str, name: str, password_hash: str, replace_password: bool) -> int:
     """Create an admin, or promote the user with this email (and reset its password
-    when `replace_password`)."""
+    when `replace_password`: the operator's `create-admin` command, never the start)."""
     user_id: int = await db.fetchval(
         _UPSERT_ADMIN, email, name, password_hash, password_hash if replace_password else None
     )

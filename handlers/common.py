@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import TypeVar
 
 from aiohttp import web
@@ -13,6 +15,7 @@ from handlers.schemas import MAX_ID
 from server.domain.auth import Principal
 from server.domain.context import CONTEXT, Context
 from server.runtime import jsonio
+from server.runtime.config import Config, networks
 from server.runtime.problems import (
     BadRequest,
     NotFound,
@@ -32,6 +35,36 @@ def context(request: web.Request) -> Context:
 def principal(request: web.Request) -> Principal:
     """The caller, authenticated by the routing layer per the route's `auth`."""
     return request[PRINCIPAL]
+
+
+def client_ip(request: web.Request, config: Config) -> str:
+    """The client's address: the peer's, or behind proxies the one the nearest
+    trusted proxy saw. X-Forwarded-For entries are read from the right: the left ones
+    are whatever the client sent, and never believed."""
+    peer = request.remote or "unknown"
+    forwarded = request.headers.get("X-Forwarded-For")
+    if not forwarded:
+        return peer
+    proxies = networks(config.trusted_proxies)
+    if proxies:
+        if not _is_proxy(peer, proxies):
+            return peer
+        hops = [hop.strip() for hop in forwarded.split(",")]
+        for hop in reversed(hops):
+            if hop and not _is_proxy(hop, proxies):
+                return hop[:64]
+        return peer
+    if config.trust_forwarded_for:
+        return forwarded.rsplit(",", 1)[-1].strip()[:64] or peer
+    return peer
+
+
+def _is_proxy(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        parsed: IPv4Address | IPv6Address = ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in proxies)
 
 
 def location(request: web.Request, handler_name: str, resource_id: int | None = None) -> dict[str, str]:
@@ -62,7 +95,19 @@ async def read_json(request: web.Request, model: type[M]) -> M:
     return validate(model, data)
 
 
+# A validation failure lists at most this many errors (the contract's "Expensive input").
+MAX_ERRORS = 20
+
+
 def validate(model: type[M], data: object) -> M:
+    if isinstance(data, dict) and model.model_config.get("extra") == "forbid" and len(data) > len(model.model_fields):
+        # More keys than the model has fields: some are unknown. Say which (a few) at
+        # once, rather than have every one of possibly many thousands validated.
+        unknown = list(itertools.islice((k for k in data if k not in model.model_fields), MAX_ERRORS))
+        raise ValidationFailed(
+            [{"field": key[:100], "message": "Extra inputs are not permitted"} for key in unknown],
+            detail=f"{len(data) - len(model.model_fields)} or more unknown fields",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -84,9 +129,11 @@ def path_id(request: web.Request, name: str = "id") -> int:
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """The first MAX_ERRORS errors, each naming its field."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
     return [
         {"field": _field_path(e["loc"]) or "body", "message": e["msg"].removeprefix("Value error, ")}
-        for e in exc.errors()
+        for e in errors[:MAX_ERRORS]
     ]
 
 

@@ -180,16 +180,28 @@ _ASSET_TYPES = {".css": "text/css", ".js": "application/javascript", ".png": "im
 OPENAPI_DOCUMENT: web.AppKey[bytes] = web.AppKey("openapi_document", bytes)
 
 
+# The only names served: the bundle's files of the types above, listed once at start,
+# so a request names an entry of this list or gets 404 (no file system lookups, and
+# a cache that cannot grow).
+_BUNDLE_FILES = frozenset(
+    path.name
+    for path in openapi_ui_bundles.swagger_ui.static_path.iterdir()
+    if path.suffix in _ASSET_TYPES and path.is_file() and not path.name.startswith(".")
+)
+# The docs page may load its own assets and call the API, nothing else; no framing.
+_DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
+
+
 @functools.cache
-def _asset(name: str) -> tuple[bytes, str] | None:
-    """A file of the installed Swagger UI bundle (no path tricks: names only)."""
+def _asset(name: str) -> tuple[bytes, str]:
     if name == "storefront-init.js":
         return _INIT_SCRIPT, _ASSET_TYPES[".js"]
     path = openapi_ui_bundles.swagger_ui.static_path / name
-    content_type = _ASSET_TYPES.get(path.suffix)
-    if "/" in name or name.startswith(".") or content_type is None or not path.is_file():
-        return None
-    return path.read_bytes(), content_type
+    return path.read_bytes(), _ASSET_TYPES[path.suffix]
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -197,14 +209,14 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 async def docs(request: web.Request) -> web.Response:
-    return web.Response(body=_DOCS_PAGE, content_type="text/html")
+    return web.Response(body=_DOCS_PAGE, content_type="text/html", headers=_DOCS_HEADERS)
 
 
 async def docs_asset(request: web.Request) -> web.Response:
-    asset = _asset(request.match_info["name"])
-    if asset is None:
+    name = request.match_info["name"]
+    if name != "storefront-init.js" and name not in _BUNDLE_FILES:
         raise NotFound("no such file")
-    body, content_type = asset
+    body, content_type = _asset(name)
     return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "public, max-age=86400"})
 
 

@@ -46,7 +46,8 @@ ROUTES = [
         problems={503: "The database does not answer (see Retry-After)"},
     ),
     Route(
-        "GET", "/metrics", metrics, "Prometheus metrics", "operations",
+        "GET", "/metrics", metrics, "Prometheus metrics (METRICS_TOKEN as bearer token, when set)", "operations",
+        auth="metrics",
         responses={200: Response("Prometheus text exposition format")},
         content_type="text/plain",
     ),

@@ -57,6 +57,7 @@ async def delete_order(request: web.Request) -> web.Response:
 
 
 _BUSY = "Too many commands queued for this order, or shutting down (see Retry-After)"
+_USER_BUSY = "Too many of the caller's order and payment requests in progress (see Retry-After)"
 
 ROUTES = [
     Route(
@@ -90,7 +91,10 @@ ROUTES = [
                 ),
             )
         },
-        problems={409: "Not enough stock for a product (named in detail and product_id); nothing was reserved"},
+        problems={
+            409: "Not enough stock for a product (named in detail and product_id), or past a hoarding limit "
+            "(ORDER_MAX_PENDING_PER_USER, ORDER_MAX_HELD_UNITS_PER_PRODUCT, named in `limit`); nothing was reserved",
+        },
     ),
     Route(
         "PUT", "/api/orders/{id}", update_order, "Replace the lines of a pending order, or change its status", "orders",
@@ -100,7 +104,9 @@ ROUTES = [
         problems={
             403: "The change needs another role (ship/deliver: admin; lines: the owner)",
             404: "No such order, or not the caller's",
-            409: "Not allowed from the current status, payment in progress, or not enough stock",
+            409: "Not allowed from the current status, payment in progress, not enough stock, or past "
+            "ORDER_MAX_HELD_UNITS_PER_PRODUCT (named in `limit`)",
+            429: _USER_BUSY,
             503: _BUSY,
         },
     ),
@@ -111,6 +117,7 @@ ROUTES = [
         problems={
             404: "No such order, or not the caller's",
             409: "Paid, shipped or delivered orders cannot be deleted, or a payment is in progress",
+            429: _USER_BUSY,
             503: _BUSY,
         },
     ),

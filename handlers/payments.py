@@ -64,7 +64,10 @@ ROUTES = [
         problems={
             404: "No such order, or not the caller's",
             409: "The order is not pending (already paid, cancelled, expired), a payment for it is in "
-            "progress, or a request with this Idempotency-Key is still in flight",
+            "progress, a request with this Idempotency-Key is still in flight, or the order's payments were "
+            "declined PAYMENT_MAX_DECLINES_PER_ORDER times (named in `limit`)",
+            429: "PAYMENT_MAX_DECLINES_PER_USER declined payments in 24 hours, or too many of the caller's "
+            "requests in progress (see Retry-After)",
             503: "Too many commands queued for this order, or shutting down (see Retry-After)",
         },
     ),

@@ -5,6 +5,7 @@ generated from it, so the three cannot drift apart."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,13 +13,14 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
-from server.domain.auth import Principal
+from server.domain.auth import Principal, bearer_token
 from server.domain.context import CONTEXT
 from server.domain.users import authenticate
-from server.runtime.problems import Forbidden
+from server.runtime.problems import Forbidden, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Auth = Literal["none", "user", "admin"]
+# "metrics": the METRICS_TOKEN bearer token, when one is configured (else open).
+Auth = Literal["none", "user", "admin", "metrics"]
 
 # The caller of a route whose auth is "user" or "admin", set by the routing layer.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
@@ -63,11 +65,23 @@ def register(app: web.Application, routes: list[Route]) -> None:
 
 def guarded(route: Route) -> Handler:
     """The route's handler behind its declared check: "user" needs a valid access
-    token (401 otherwise), "admin" an admin's (403 for anyone else). The handler
-    finds its caller under PRINCIPAL and never reads `Authorization` itself."""
+    token (401 otherwise), "admin" an admin's (403 for anyone else), "metrics" the
+    METRICS_TOKEN when set. The handler finds its caller under PRINCIPAL and never
+    reads `Authorization` itself."""
     if route.auth == "none":
         return route.handler
     handler, admin_only = route.handler, route.auth == "admin"
+    if route.auth == "metrics":
+
+        async def scraper(request: web.Request) -> web.StreamResponse:
+            expected = request.app[CONTEXT].config.metrics_token
+            if expected is not None:
+                token = bearer_token(request.headers.get("Authorization"))
+                if not hmac.compare_digest(token.encode(), expected.encode()):
+                    raise Unauthorized("this needs the metrics token")
+            return await handler(request)
+
+        return scraper
 
     async def authenticated(request: web.Request) -> web.StreamResponse:
         principal = await authenticate(request.app[CONTEXT], request.headers.get("Authorization"))

@@ -38,6 +38,17 @@ def _email(value: str) -> str:
     return value
 
 
+# Fewer characters than a trigram (beyond wildcards and spaces): no index can serve
+# the search, which would scan the whole catalog.
+_MIN_SEARCH_CHARACTERS = 3
+
+
+def _searchable(value: str) -> str:
+    if len(value.replace("%", "").replace("_", "").replace(" ", "")) < _MIN_SEARCH_CHARACTERS:
+        raise ValueError(f"must have at least {_MIN_SEARCH_CHARACTERS} characters other than %, _ and spaces")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_nul)]
 Email = Annotated[
     str,
@@ -105,7 +116,10 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = Field(None, description="Only for validation failures (422).")
-    product_id: int | None = Field(None, description="409 on an order: the product whose stock is short.")
+    product_id: int | None = Field(
+        None, description="409 on an order: the product whose stock is short, or that would be held past the limit."
+    )
+    limit: str | None = Field(None, description="409: the setting of the abuse limit that refused the request.")
     request_id: str | None = Field(None, description="500: the id to quote when reporting the error.")
 
 
@@ -217,7 +231,12 @@ class ProductOut(Out):
 
 
 class ProductListQuery(PageQuery):
-    q: Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)] | None = None
+    q: (
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul), AfterValidator(_searchable)
+        ]
+        | None
+    ) = None
     min_price: Price | None = None
     max_price: Price | None = None
     in_stock: bool = False

@@ -26,7 +26,7 @@ base="http://127.0.0.1:$port"
 log="$(mktemp)"
 DATABASE_URL="${SERVER_URL%/*}/$db" PORT="$port" WORKERS=1 JWT_SECRET="fuzz-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
   ADMIN_EMAIL=fuzz-admin@example.com ADMIN_PASSWORD=fuzz-admin-password \
-  LOGIN_MAX_FAILURES_PER_IP=0 LOGIN_MAX_FAILURES_PER_EMAIL=0 LOG_LEVEL=ERROR \
+  LOGIN_MAX_FAILURES_PER_IP=0 LOGIN_MAX_FAILURES_PER_EMAIL=0 REGISTER_MAX_PER_IP=0 LOG_LEVEL=ERROR \
   "$PY" -m server >"$log" 2>&1 &
 pid=$!
 cleanup() {

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import aiojobs
 from aiohttp import web
 
-from db import idempotency, login_failures, maintenance
+from db import idempotency, maintenance, rate_limits
 from db.pool import Database, create_database
 from handlers import api, openapi
 from handlers.routing import register
@@ -44,6 +44,7 @@ _PURGE_SECONDS = 3600.0
 _STATISTICS_SECONDS = 5.0
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
+_CATALOG_DATABASE: web.AppKey[Database] = web.AppKey("catalog_database", Database)
 _PROVIDER: web.AppKey[PaymentProvider] = web.AppKey("provider", PaymentProvider)
 _PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords", Passwords)
 _SCHEDULER: web.AppKey[aiojobs.Scheduler] = web.AppKey("scheduler", aiojobs.Scheduler)
@@ -80,6 +81,7 @@ def create_app(config: Config, options: Options) -> web.Application:
     app.cleanup_ctx.extend(
         [
             _database(config, options, metrics),
+            _catalog_database(config, options),
             _provider(config, options),
             _passwords(config),
             _scheduler(config),
@@ -103,6 +105,22 @@ def _database(config: Config, options: Options, metrics: Metrics) -> Resource:
     return database
 
 
+def _catalog_database(config: Config, options: Options) -> Resource:
+    """Filtered catalog lists (searches) get a few connections of their own, so that
+    however many arrive they cannot take the connections every other request needs."""
+
+    async def catalog_database(app: web.Application) -> AsyncIterator[None]:
+        settings = dataclasses.replace(
+            pool_settings(config, options.dsn), min_size=0, max_size=config.catalog_search_connections
+        )
+        db = await create_database(settings)
+        app[_CATALOG_DATABASE] = db
+        yield
+        await db.close(timeout=config.shutdown_grace_seconds)
+
+    return catalog_database
+
+
 def _provider(config: Config, options: Options) -> Resource:
     async def provider(app: web.Application) -> AsyncIterator[None]:
         # The simulated gateway keeps its ledger through a pool of its own, as a real
@@ -124,7 +142,10 @@ def _provider(config: Config, options: Options) -> Resource:
 def _passwords(config: Config) -> Resource:
     async def passwords(app: web.Application) -> AsyncIterator[None]:
         hasher = Passwords(
-            config.password_hash_time_cost, config.password_hash_memory_kib, config.password_hash_parallelism
+            config.password_hash_time_cost,
+            config.password_hash_memory_kib,
+            config.password_hash_parallelism,
+            max_queued=config.password_hash_max_queued,
         )
         app[_PASSWORDS] = hasher
         yield
@@ -152,6 +173,7 @@ def _actors(config: Config, metrics: Metrics) -> Resource:
             max_live=config.actor_max_live,
             mailbox_size=config.actor_mailbox_size,
             idle_seconds=config.actor_idle_seconds,
+            max_per_user=config.max_commands_per_user,
         )
         app[_SUPERVISOR] = supervisor
         yield
@@ -165,6 +187,7 @@ def _context(config: Config, options: Options, metrics: Metrics) -> Resource:
         ctx = Context(
             config=config,
             db=app[_DATABASE],
+            catalog_db=app[_CATALOG_DATABASE],
             passwords=app[_PASSWORDS],
             tokens=Tokens(options.jwt_secret, config.jwt_ttl_seconds),
             cursors=CursorCodec(options.jwt_secret),
@@ -221,8 +244,8 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
         if purged:
             log.info("idempotency keys purged", extra={"count": purged})
 
-    async def purge_login_failures() -> None:
-        await login_failures.purge(ctx.db, config.login_throttle_window_seconds)
+    async def purge_rate_limits() -> None:
+        await rate_limits.purge(ctx.db, max(config.login_throttle_window_seconds, users.REGISTER_WINDOW_SECONDS))
 
     async def refresh_gauges() -> None:
         ctx.refresh_gauges()
@@ -243,7 +266,7 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
     jobs.every(config.order_sweep_interval_seconds, sweep, name="order-sweeper", at_start=True)
     jobs.every(config.payment_reconcile_interval_seconds, reconcile, name="payment-reconciler", at_start=True)
     jobs.every(config.idempotency_purge_interval_seconds, purge_idempotency_keys, name="idempotency-purge")
-    jobs.every(_PURGE_SECONDS, purge_login_failures, name="login-failures-purge")
+    jobs.every(_PURGE_SECONDS, purge_rate_limits, name="rate-limits-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
     jobs.every(config.webhook_poll_interval_seconds, deliverer.turn, name="webhook-delivery", at_start=True)

@@ -71,7 +71,21 @@ def test_postgres_keeps_its_data_in_a_volume(compose: dict[str, Any]) -> None:
 def test_published_ports_are_well_formed(compose: dict[str, Any]) -> None:
     for name, service in _services(compose).items():
         for port in service.get("ports", []):
-            assert re.fullmatch(r"\$\{[A-Z_]+:-\d+\}:\d+", port), (name, port)
+            assert re.fullmatch(r"(127\.0\.0\.1:)?\$\{[A-Z_]+:-\d+\}:\d+", port), (name, port)
+
+
+def test_the_locust_ui_is_published_on_localhost_only(compose: dict[str, Any]) -> None:
+    assert [port.startswith("127.0.0.1:") for port in _services(compose)["locust-master"]["ports"]] == [True]
+
+
+def test_the_api_connects_as_its_own_role_not_the_superuser(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    assert "${APP_DB_USER" in services["api"]["environment"]["DATABASE_URL"]
+    assert "POSTGRES_USER" not in services["api"]["environment"]["DATABASE_URL"]
+    assert "${APP_DB_USER" in services["pgbouncer"]["environment"]["DB_USER"]
+    init = [v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v]
+    script = (ROOT / init[0].split(":")[0]).read_text()
+    assert "NOSUPERUSER" in script and "OWNER TO" in script
 
 
 def test_the_api_gets_every_setting_it_needs(compose: dict[str, Any]) -> None:
@@ -116,7 +130,7 @@ def test_every_variable_used_is_documented_in_env_example(compose: dict[str, Any
 
 def test_secrets_have_no_defaults(compose: dict[str, Any]) -> None:
     text = COMPOSE.read_text()
-    for secret in ("JWT_SECRET", "POSTGRES_PASSWORD"):
+    for secret in ("JWT_SECRET", "POSTGRES_PASSWORD", "APP_DB_PASSWORD", "METRICS_TOKEN"):
         for name, operator, _ in _VARIABLE.findall(text):
             if name == secret:
                 assert operator == ":?", f"{secret} must be required"
@@ -126,6 +140,7 @@ def test_secrets_have_no_defaults(compose: dict[str, Any]) -> None:
         if re.match(r"^[A-Z_]+=", line)
     }
     assert env["JWT_SECRET"] == env["POSTGRES_PASSWORD"] == env["ADMIN_PASSWORD"] == ""
+    assert env["APP_DB_PASSWORD"] == env["METRICS_TOKEN"] == ""
 
 
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_a_base_argument() -> None:
@@ -136,3 +151,25 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_a_base_argument
     assert "HEALTHCHECK" in dockerfile
     assert not re.search(r"(JWT_SECRET|PASSWORD)\s*=", dockerfile)
     assert ".venv" in Path(ROOT / ".dockerignore").read_text().split()
+
+
+def _nginx() -> str:
+    return (ROOT / "deploy" / "nginx.conf").read_text()
+
+
+def test_nginx_overwrites_x_forwarded_for_and_hides_its_version() -> None:
+    config = _nginx()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in config
+    assert "$proxy_add_x_forwarded_for" not in config
+    assert "server_tokens off;" in config
+
+
+def test_nginx_never_retries_a_503_nor_a_non_idempotent_request() -> None:
+    retries = re.findall(r"proxy_next_upstream\s+([^;]*);", _nginx())
+    assert retries, "proxy_next_upstream should be explicit"
+    for conditions in retries:
+        assert "http_503" not in conditions and "non_idempotent" not in conditions, conditions
+
+
+def test_nginx_does_not_route_metrics() -> None:
+    assert re.search(r"location = /metrics \{\s*return 404;\s*\}", _nginx())

@@ -53,7 +53,7 @@ async def test_protected_operations_declare_bearer_auth_and_401(api: Api) -> Non
     document = await _document(api)
     for path, item in document["paths"].items():
         for method, operation in item.items():
-            public = path in {"/api/users/register", "/api/users/login", "/healthz", "/readyz", "/metrics"}
+            public = path in {"/api/users/register", "/api/users/login", "/healthz", "/readyz"}
             public |= path.startswith("/api/docs") or path == "/api/openapi.json"
             public |= method == "get" and path.startswith("/api/products")
             if public:

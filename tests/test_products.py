@@ -307,14 +307,14 @@ async def test_q_treats_like_wildcards_literally(api: Api) -> None:
     await api.product(name="1000 cotton")
     underscore = await api.product(name="snake_case")
     await api.product(name="snakeXcase")
-    assert [p["id"] for p in (await _page(api, "q=0%25"))["items"]] == [percent["id"]]
-    assert [p["id"] for p in (await _page(api, "q=e_c"))["items"]] == [underscore["id"]]
+    assert [p["id"] for p in (await _page(api, "q=0%25 co"))["items"]] == [percent["id"]]
+    assert [p["id"] for p in (await _page(api, "q=ke_ca"))["items"]] == [underscore["id"]]
 
 
 async def test_q_with_quotes_and_backslashes_is_a_plain_substring(api: Api) -> None:
     tricky = await api.product(name="O'Reilly \\ back'slash")
     await api.product(name="Plain")
-    for term in ("O'Reilly", "\\", "'", "y \\ b", "'; DROP TABLE products; --"):
+    for term in ("O'Reilly", "\\ ba", "k'sl", "y \\ b", "'; DROP TABLE products; --"):
         page = await _page(api, "q=" + urllib.parse.quote(term))
         expected = [tricky["id"]] if term in tricky["name"] else []
         assert [p["id"] for p in page["items"]] == expected, term

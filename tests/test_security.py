@@ -263,6 +263,7 @@ async def test_a_request_line_over_the_limit_is_a_problem_too(live_server: Serve
     assert reply.status == 400
     assert reply.content_type == "application/problem+json"
     assert b"Traceback" not in reply.body
+    assert reply.headers["Server"] == "storefront"  # no versions, even from the HTTP parser's errors
 
 
 async def test_long_query_values_are_422(live_server: ServerProcess) -> None:

@@ -6,19 +6,21 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import asyncpg
 import jwt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.runtime.problems import Unauthorized
+from server.runtime.problems import ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Role = Literal["customer", "admin"]
 _ALGORITHM = "HS256"
 _REQUIRED_CLAIMS = ["sub", "iat", "exp", "ver"]
@@ -53,19 +55,33 @@ class Passwords:
 
     argon2-cffi releases the GIL while hashing, so a burst of logins uses the
     threads while the event loop keeps serving; the pool's size bounds the memory a
-    burst can take (PASSWORD_HASH_MEMORY_KIB per thread).
+    burst can take (PASSWORD_HASH_MEMORY_KIB per thread). At most `max_queued`
+    hashes wait for a thread: beyond that 503 at once, so that a flood of sign-ups
+    cannot make every login wait behind it for seconds.
     """
 
-    def __init__(self, time_cost: int, memory_kib: int, parallelism: int, threads: int = 2) -> None:
+    def __init__(
+        self, time_cost: int, memory_kib: int, parallelism: int, threads: int = 2, max_queued: int = 32
+    ) -> None:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
         )
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
+        self._capacity = threads + max_queued
+        self._in_flight = 0
         self._dummy_hash: str | None = None
 
+    async def _run(self, work: Callable[..., T], *args: str) -> T:
+        if self._in_flight >= self._capacity:
+            raise ServiceUnavailable("too many passwords are being checked; retry shortly", retry_after=1)
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+        finally:
+            self._in_flight -= 1
+
     async def hash(self, password: str) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._hasher.hash, password)
+        return await self._run(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Check a password; with no hash (unknown user) spend the same time and fail."""
@@ -74,8 +90,7 @@ class Passwords:
                 self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
             password_hash = self._dummy_hash
             password = ""  # never matches: the dummy hash is of a random password
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._check, password_hash, password)
+        return await self._run(self._check, password_hash, password)
 
     def _check(self, password_hash: str, password: str) -> bool:
         try:

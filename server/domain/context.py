@@ -19,6 +19,10 @@ from server.runtime.metrics import Metrics
 class Context:
     config: Config
     db: Database
+    # Filtered catalog lists (searches) run here: a few connections of their own, so
+    # that however many arrive they cannot take the connections (or the database
+    # time) every other request needs.
+    catalog_db: Database
     passwords: Passwords
     tokens: Tokens
     cursors: CursorCodec

@@ -35,7 +35,7 @@ import aiojobs
 
 from db.pool import is_outage
 from server.runtime.metrics import Metrics
-from server.runtime.problems import ApiError, ServiceUnavailable
+from server.runtime.problems import ApiError, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,13 @@ class Supervisor(Generic[K]):
     # What an actor's expiry timer runs (None: the actors of this kind keep none).
     expire: Callable[[K], Awaitable[object]] | None = None
     kind: str = "order"
+    # Most commands of one user in flight here (queued or running), whatever orders
+    # they are about: one customer's flood fills no more than this of the mailboxes.
+    max_per_user: int = 16
     wall_clock: Callable[[], float] = time.time
     draining: bool = False
     _actors: dict[K, Actor[K]] = field(default_factory=dict)
+    _per_user: dict[int, int] = field(default_factory=dict)
     _restarts: set[asyncio.Task[object]] = field(default_factory=set)
 
     def tell(self, key: K, command: Command[object]) -> bool:
@@ -179,10 +183,27 @@ class Supervisor(Generic[K]):
             return False
         return True
 
-    async def ask(self, order_id: K, command: Command[T]) -> T:
-        """Run `command` in the order's actor, after the commands queued before it."""
+    async def ask(self, order_id: K, command: Command[T], user_id: int | None = None) -> T:
+        """Run `command` in the order's actor, after the commands queued before it.
+        `user_id`: the (already authorized) user it is for, held to `max_per_user`."""
         if self.draining:
             raise ServiceUnavailable("the service is shutting down", retry_after=2)
+        if user_id is None:
+            return await self._ask(order_id, command)
+        in_flight = self._per_user.get(user_id, 0)
+        if in_flight >= self.max_per_user:
+            self.metrics.mailbox_rejections.labels("user").inc()
+            raise TooManyRequests("too many of your requests are in progress; retry shortly", retry_after=1)
+        self._per_user[user_id] = in_flight + 1
+        try:
+            return await self._ask(order_id, command)
+        finally:
+            if (left := self._per_user[user_id] - 1) > 0:
+                self._per_user[user_id] = left
+            else:
+                del self._per_user[user_id]
+
+    async def _ask(self, order_id: K, command: Command[T]) -> T:
         actor = self._actors.get(order_id)
         if actor is None:
             if len(self._actors) >= self.max_live:

@@ -100,6 +100,17 @@ def _order_errors(first_index: dict[int, int] | None = None) -> Iterator[None]:
         ) from None
     except orders_db.MixedCurrencies:
         raise ValidationFailed.field("items", "all products of an order must have the same currency") from None
+    except orders_db.TooManyPending:
+        raise Conflict(
+            "you hold the most pending orders allowed (ORDER_MAX_PENDING_PER_USER); pay or cancel one first",
+            extra={"limit": "ORDER_MAX_PENDING_PER_USER"},
+        ) from None
+    except orders_db.TooManyHeld as exc:
+        raise Conflict(
+            f"your pending orders would hold more units of product {exc.product_id} than allowed "
+            "(ORDER_MAX_HELD_UNITS_PER_PRODUCT)",
+            extra={"limit": "ORDER_MAX_HELD_UNITS_PER_PRODUCT", "product_id": exc.product_id},
+        ) from None
 
 
 async def create(
@@ -107,9 +118,10 @@ async def create(
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """A new pending order holding its stock; returns the order and its lines."""
     lines, first_index = merge_lines(items)
+    limits = orders_db.HoldLimits(ctx.config.order_max_pending_per_user, ctx.config.order_max_held_units_per_product)
     with _order_errors(first_index):
         async with ctx.db.transaction() as conn:
-            order, order_items = await orders_db.create(conn, principal.id, lines, ctx.config.order_ttl_seconds)
+            order, order_items = await orders_db.create(conn, principal.id, lines, ctx.config.order_ttl_seconds, limits)
             await emit(conn, "order.created", order_json(order, order_items))
     ctx.metrics.order_transition("new", "pending")
     return order, order_items
@@ -144,30 +156,37 @@ async def list_page(
 
 
 # --- commands: each runs in the order's actor -------------------------------------------
+# A command is authorized before it is queued: a request about an order its caller may
+# not see is answered 404 at once and never waits in (or fills) that order's mailbox.
+
+
+async def authorize(ctx: Context, principal: Principal, order_id: int) -> int:
+    """The order's owner, when the caller may see the order (its owner, or an admin);
+    404 otherwise, without revealing that it exists."""
+    owner = await orders_db.owner(ctx.db, order_id)
+    if owner is None or not (principal.is_admin or owner == principal.id):
+        raise NotFound("no such order")
+    return owner
 
 
 async def replace_lines(
     ctx: Context, principal: Principal, order_id: int, items: Sequence[tuple[int, int]]
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """The order with its new lines, and the lines."""
-    if principal.is_admin and not await _owns(ctx, principal, order_id):
+    if await authorize(ctx, principal, order_id) != principal.id:
         raise Forbidden("only the order's owner may change its lines")
     lines, first_index = merge_lines(items)
+    max_units = ctx.config.order_max_held_units_per_product
 
     async def command(actor: OrderActor) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
         with _order_errors(first_index):
-            order, order_lines = await orders_db.replace_lines(ctx.db, order_id, principal.id, lines, notify_status)
+            order, order_lines = await orders_db.replace_lines(
+                ctx.db, order_id, principal.id, lines, max_units, notify_status
+            )
         actor.note_expiry(order["expires_at"])
         return order, order_lines
 
-    return await ctx.supervisor.ask(order_id, command)
-
-
-async def _owns(ctx: Context, principal: Principal, order_id: int) -> bool:
-    order = await orders_db.get(ctx.db, order_id, None)
-    if order is None:
-        raise NotFound("no such order")
-    return bool(order["user_id"] == principal.id)
+    return await ctx.supervisor.ask(order_id, command, user_id=principal.id)
 
 
 async def change_status(ctx: Context, principal: Principal, order_id: int, target: str) -> asyncpg.Record:
@@ -176,10 +195,9 @@ async def change_status(ctx: Context, principal: Principal, order_id: int, targe
     if allowed is None:
         raise Conflict(f"an order cannot be set to {target} through the API")
     owner = _owner_filter(principal)
+    # 404 rather than 403 for someone else's order: do not reveal it exists.
+    await authorize(ctx, principal, order_id)
     if not allowed:
-        # Say 404 rather than 403 for someone else's order: do not reveal it exists.
-        if await orders_db.get(ctx.db, order_id, owner) is None:
-            raise NotFound("no such order")
         raise Forbidden(f"only an admin may set an order to {target}")
     from_status = order_status.required_status(target)
 
@@ -193,11 +211,12 @@ async def change_status(ctx: Context, principal: Principal, order_id: int, targe
         ctx.metrics.order_transition(from_status, target)
         return order
 
-    return await ctx.supervisor.ask(order_id, command)
+    return await ctx.supervisor.ask(order_id, command, user_id=principal.id)
 
 
 async def delete(ctx: Context, principal: Principal, order_id: int) -> None:
     owner = _owner_filter(principal)
+    await authorize(ctx, principal, order_id)
 
     async def command(actor: OrderActor) -> None:
         with _order_errors():
@@ -206,7 +225,7 @@ async def delete(ctx: Context, principal: Principal, order_id: int) -> None:
         if status == "pending":
             ctx.metrics.order_transition("pending", "cancelled")
 
-    await ctx.supervisor.ask(order_id, command)
+    await ctx.supervisor.ask(order_id, command, user_id=principal.id)
 
 
 async def expire(db: Database, metrics: Metrics, order_id: int) -> bool:

@@ -10,7 +10,7 @@ import asyncpg
 from db import products as products_db
 from server.domain.context import Context
 from server.domain.events import emit
-from server.runtime.problems import Conflict, NotFound
+from server.runtime.problems import Conflict, NotFound, ServiceUnavailable
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -84,7 +84,16 @@ async def list_page(
     if cursor is not None:
         key, last_id = ctx.cursors.decode(scope, cursor)
         after = (_decode_key(sort, key), last_id)
-    rows = await products_db.list_page(ctx.db, sort, filters, after, limit)
+    # A filtered list may have to look at much of the catalog: it runs on the catalog
+    # connections, bounded in number and in time; the plain keyset walk never does.
+    try:
+        if filters.any:
+            timeout = ctx.config.catalog_statement_timeout_ms
+            rows = await products_db.list_page(ctx.catalog_db, sort, filters, after, limit, timeout)
+        else:
+            rows = await products_db.list_page(ctx.db, sort, filters, after, limit)
+    except products_db.QueryTooSlow:
+        raise ServiceUnavailable("this search takes too long; narrow it down", retry_after=1) from None
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]

@@ -7,8 +7,9 @@ from typing import Any
 
 import asyncpg
 
-from db import login_failures
+from db import rate_limits
 from db import users as users_db
+from db.rate_limits import Limit
 from server.domain.auth import Principal, bearer_token
 from server.domain.context import Context
 from server.runtime.problems import (
@@ -33,7 +34,16 @@ def user_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-async def register(ctx: Context, email: str, password: str, name: str) -> asyncpg.Record:
+REGISTER_WINDOW_SECONDS = 3600
+
+
+async def register(ctx: Context, email: str, password: str, name: str, client_ip: str) -> asyncpg.Record:
+    """A new customer; counted against REGISTER_MAX_PER_IP before any hashing."""
+    if ctx.config.register_max_per_ip:
+        limit = Limit(f"register:{client_ip}", ctx.config.register_max_per_ip, REGISTER_WINDOW_SECONDS)
+        wait = await rate_limits.hit(ctx.db, [limit])
+        if wait is not None:
+            raise TooManyRequests("too many registrations from this address; try again later", retry_after=wait)
     password_hash = await ctx.passwords.hash(password)
     try:
         return await users_db.create(ctx.db, email, name, password_hash)
@@ -43,40 +53,48 @@ async def register(ctx: Context, email: str, password: str, name: str) -> asyncp
 
 async def login(ctx: Context, email: str, password: str, client_ip: str) -> str:
     """An access token for these credentials; 401 when wrong, 429 when throttled."""
-    keys = _throttle_keys(ctx, email, client_ip)
-    await _refuse_if_throttled(ctx, keys)
+    attempt = await _password_attempt(ctx, email, client_ip)
     credentials = await users_db.get_credentials(ctx.db, email)
     # Unknown emails are verified against a dummy hash: same work, same time, same answer.
     password_hash = credentials["password_hash"] if credentials is not None else None
     verified = await ctx.passwords.verify(password_hash, password)
     if credentials is None or not verified:
-        if keys:
-            await login_failures.record(ctx.db, list(keys), ctx.config.login_throttle_window_seconds)
         log.info("login failed", extra={"client_ip": client_ip})
         raise InvalidCredentials()
-    if f"email:{email}" in keys:
-        await login_failures.clear(ctx.db, f"email:{email}")
+    await attempt.succeeded()
     return ctx.tokens.issue(credentials["id"], credentials["token_version"])
 
 
-def _throttle_keys(ctx: Context, email: str, client_ip: str) -> dict[str, int]:
-    """Each throttled key with its limit (a limit of 0 turns that key off)."""
+class _PasswordAttempt:
+    """A password attempt, counted before the password is checked (so a burst of
+    simultaneous attempts gets no more checks than the limits allow)."""
+
+    def __init__(self, ctx: Context, limits: list[Limit], pair: str) -> None:
+        self._ctx, self._limits, self._pair = ctx, limits, pair
+
+    async def succeeded(self) -> None:
+        """The right password: the attempt was no failure, and the pair starts over."""
+        await rate_limits.undo(self._ctx.db, [limit.key for limit in self._limits], self._pair)
+
+
+async def _password_attempt(ctx: Context, email: str, client_ip: str) -> _PasswordAttempt:
+    """Count a password attempt for this email from this address, or 429.
+
+    The (email, address) pair gets a few attempts, then growing delays; the email and
+    the address alone have ceilings high enough that a stranger guessing from one
+    address cannot lock the owner (the admin included) out."""
     config = ctx.config
-    keys = {}
+    window = config.login_throttle_window_seconds
+    pair = f"pair:{email}|{client_ip}"
+    limits = [Limit(pair, config.login_max_failures_per_pair, window, growing=True)]
     if config.login_max_failures_per_email:
-        keys[f"email:{email}"] = config.login_max_failures_per_email
+        limits.append(Limit(f"email:{email}", config.login_max_failures_per_email, window))
     if config.login_max_failures_per_ip:
-        keys[f"ip:{client_ip}"] = config.login_max_failures_per_ip
-    return keys
-
-
-async def _refuse_if_throttled(ctx: Context, keys: dict[str, int]) -> None:
-    if not keys:
-        return
-    rows = await login_failures.current(ctx.db, list(keys), ctx.config.login_throttle_window_seconds)
-    waits = [row["seconds_left"] for row in rows if row["failures"] >= keys[row["key"]]]
-    if waits:
-        raise TooManyRequests("too many failed logins; try again later", retry_after=max(waits))
+        limits.append(Limit(f"ip:{client_ip}", config.login_max_failures_per_ip, window))
+    wait = await rate_limits.hit(ctx.db, limits)
+    if wait is not None:
+        raise TooManyRequests("too many password attempts; try again later", retry_after=wait)
+    return _PasswordAttempt(ctx, limits, pair)
 
 
 async def authenticate(ctx: Context, authorization: str | None) -> Principal:
@@ -91,15 +109,18 @@ async def authenticate(ctx: Context, authorization: str | None) -> Principal:
     return Principal(claims.user_id, row["role"], row)
 
 
-async def update_profile(ctx: Context, principal: Principal, changes: dict[str, Any]) -> asyncpg.Record:
-    """Apply name/email/password changes; email and password need current_password."""
+async def update_profile(ctx: Context, principal: Principal, changes: dict[str, Any], client_ip: str) -> asyncpg.Record:
+    """Apply name/email/password changes; email and password need current_password,
+    whose attempts count towards the same throttling as logins."""
     current_password = changes.pop("current_password", None)
     if "email" in changes or "password" in changes:
         if current_password is None:
             raise ValidationFailed.field("current_password", "required to change email or password")
+        attempt = await _password_attempt(ctx, principal.user["email"], client_ip)
         stored = await users_db.get_password_hash(ctx.db, principal.id)
         if stored is None or not await ctx.passwords.verify(stored, current_password):
             raise ValidationFailed.field("current_password", "is not the current password")
+        await attempt.succeeded()
     new_hash = await ctx.passwords.hash(changes["password"]) if "password" in changes else None
     try:
         row = await users_db.update_profile(
@@ -113,11 +134,13 @@ async def update_profile(ctx: Context, principal: Principal, changes: dict[str, 
 
 
 async def ensure_admin(ctx: Context, email: str, password: str) -> None:
-    """Make sure an admin with this email and password exists (ADMIN_EMAIL/PASSWORD)."""
+    """Create the ADMIN_EMAIL admin with ADMIN_PASSWORD when no such user exists, or
+    promote the user with that email. An existing account's password is never
+    changed: one changed through the API survives restarts."""
     email = email.strip().lower()
-    credentials = await users_db.get_credentials(ctx.db, email)
-    current_hash = None if credentials is None else credentials["password_hash"]
-    matches = current_hash is not None and await ctx.passwords.verify(current_hash, password)
-    password_hash = current_hash if matches and current_hash else await ctx.passwords.hash(password)
-    await users_db.upsert_admin(ctx.db, email, "Administrator", password_hash, replace_password=not matches)
-    log.info("admin ensured", extra={"email": email})
+    if await users_db.promote_to_admin(ctx.db, email):
+        log.info("admin ensured", extra={"email": email})
+        return
+    password_hash = await ctx.passwords.hash(password)
+    await users_db.create_admin(ctx.db, email, "Administrator", password_hash)
+    log.info("admin created", extra={"email": email})

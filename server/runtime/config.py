@@ -7,8 +7,10 @@ one-line message naming the variable (see `load`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -69,8 +71,16 @@ class Config(BaseModel):
     trust_forwarded_for: bool = Field(
         False,
         alias="TRUST_FORWARDED_FOR",
-        description="Take the client address from the first X-Forwarded-For entry (only "
-        "behind a load balancer that sets it). Used by login throttling and logs.",
+        description="Behind one load balancer: take the client address from the right-most "
+        "X-Forwarded-For entry (the one the load balancer added; entries to its left are the "
+        "client's own and never trusted). Used by throttling and logs.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        alias="TRUSTED_PROXIES",
+        description="Comma-separated addresses or networks (CIDR) of proxies in front of the "
+        "service. A request from one of them is attributed to the right-most X-Forwarded-For "
+        "entry that is not itself a trusted proxy. Empty: only TRUST_FORWARDED_FOR applies.",
     )
     cors_allow_origins: str = Field(
         "",
@@ -132,6 +142,20 @@ class Config(BaseModel):
         gt=0,
         description="Seconds to wait when opening a new connection.",
     )
+    catalog_statement_timeout_ms: int = Field(
+        1000,
+        alias="CATALOG_STATEMENT_TIMEOUT_MS",
+        ge=1,
+        description="A filtered catalog list (search, price, in stock) is cancelled after this "
+        "and answered 503 with Retry-After, so no anonymous request keeps the database busy.",
+    )
+    catalog_search_connections: int = Field(
+        4,
+        alias="CATALOG_SEARCH_CONNECTIONS",
+        ge=1,
+        description="Connections (per worker, besides DB_POOL_MAX_SIZE) that filtered catalog "
+        "lists run on: however many arrive, at most this many run at once.",
+    )
     db_statement_cache_size: int = Field(
         100,
         alias="DB_STATEMENT_CACHE_SIZE",
@@ -164,23 +188,45 @@ class Config(BaseModel):
         65536, alias="PASSWORD_HASH_MEMORY_KIB", ge=8, description="argon2id memory per hash."
     )
     password_hash_parallelism: int = Field(4, alias="PASSWORD_HASH_PARALLELISM", ge=1, description="argon2id lanes.")
-    login_max_failures_per_email: int = Field(
+    password_hash_max_queued: int = Field(
+        32,
+        alias="PASSWORD_HASH_MAX_QUEUED",
+        ge=0,
+        description="Password hashes (logins, sign-ups, password changes) one worker lets wait "
+        "for its two hashing threads; beyond it 503 with Retry-After.",
+    )
+    login_max_failures_per_pair: int = Field(
         5,
+        alias="LOGIN_MAX_FAILURES_PER_PAIR",
+        ge=1,
+        description="Password attempts for one email from one client address before each further "
+        "one must wait a growing delay (1 s, doubling, at most the window): 429 with Retry-After.",
+    )
+    login_max_failures_per_email: int = Field(
+        100,
         alias="LOGIN_MAX_FAILURES_PER_EMAIL",
         ge=0,
-        description="Failed logins for one email within the window before 429 (0: off).",
+        description="Password attempts for one email from all addresses within the window before "
+        "429 (0: off). High, so that a stranger cannot lock an account out with a few guesses.",
     )
     login_max_failures_per_ip: int = Field(
         50,
         alias="LOGIN_MAX_FAILURES_PER_IP",
         ge=0,
-        description="Failed logins from one client address within the window before 429 (0: off).",
+        description="Password attempts from one client address within the window before 429 (0: off).",
     )
     login_throttle_window_seconds: int = Field(
         300,
         alias="LOGIN_THROTTLE_WINDOW_SECONDS",
         ge=1,
-        description="Window of the failed-login counters, and the longest Retry-After.",
+        description="Window of the password-attempt counters, and the longest Retry-After. "
+        "Successful attempts are taken back.",
+    )
+    register_max_per_ip: int = Field(
+        100,
+        alias="REGISTER_MAX_PER_IP",
+        ge=0,
+        description="Registrations from one client address per hour before 429 (0: off).",
     )
 
     # --- orders --------------------------------------------------------------------
@@ -211,6 +257,25 @@ class Config(BaseModel):
         alias="ACTOR_MAILBOX_SIZE",
         ge=1,
         description="Most commands queued for one order; beyond it 503 with Retry-After.",
+    )
+    max_commands_per_user: int = Field(
+        16,
+        alias="MAX_COMMANDS_PER_USER",
+        ge=1,
+        description="Most order and payment commands of one user in flight in one worker; "
+        "beyond it 429 with Retry-After.",
+    )
+    order_max_pending_per_user: int = Field(
+        20,
+        alias="ORDER_MAX_PENDING_PER_USER",
+        ge=1,
+        description="Pending orders one customer may hold; one more: 409.",
+    )
+    order_max_held_units_per_product: int = Field(
+        1000,
+        alias="ORDER_MAX_HELD_UNITS_PER_PRODUCT",
+        ge=1,
+        description="Units of one product one customer's pending orders may hold; more: 409.",
     )
 
     # --- payments ------------------------------------------------------------------
@@ -247,6 +312,18 @@ class Config(BaseModel):
         alias="PAYMENT_RECONCILE_INTERVAL_SECONDS",
         gt=0,
         description="How often pending payments abandoned by a dead process are reconciled.",
+    )
+    payment_max_declines_per_order: int = Field(
+        5,
+        alias="PAYMENT_MAX_DECLINES_PER_ORDER",
+        ge=1,
+        description="Declined payments of one order after which its further payments get 409.",
+    )
+    payment_max_declines_per_user: int = Field(
+        20,
+        alias="PAYMENT_MAX_DECLINES_PER_USER",
+        ge=1,
+        description="Declined payments of one customer per 24 hours after which payments get 429.",
     )
     idempotency_key_ttl_seconds: int = Field(
         172_800,
@@ -323,6 +400,13 @@ class Config(BaseModel):
     metrics_enabled: bool = Field(
         True, alias="METRICS_ENABLED", description="Serve /metrics and record request metrics."
     )
+    metrics_token: str | None = Field(
+        None,
+        alias="METRICS_TOKEN",
+        min_length=16,
+        description="When set, /metrics needs `Authorization: Bearer <this>` (401 otherwise). "
+        "Set it wherever /metrics can be reached by anyone but the scraper.",
+    )
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Config:
@@ -330,9 +414,23 @@ class Config(BaseModel):
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         return self
 
+    @model_validator(mode="after")
+    def _proxies_parse(self) -> Config:
+        try:
+            networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"TRUSTED_PROXIES: {exc}") from None
+        return self
+
     @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(o.strip() for o in self.cors_allow_origins.split(",") if o.strip())
+
+
+@functools.cache
+def networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The networks of a comma-separated list of addresses and CIDR networks."""
+    return tuple(ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
 def env_names() -> list[str]:

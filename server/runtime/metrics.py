@@ -74,7 +74,7 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.mailbox_rejections = Counter(
-            "order_actor_rejections", "Commands refused with 503 (mailbox or actor limit).", ["reason"], registry=r
+            "order_actor_rejections", "Commands refused: 503 (mailbox, actors), 429 (user).", ["reason"], registry=r
         )
         self.actor_crashes = Counter("order_actor_crashes", "Order actors that crashed.", registry=r)
         self.payments = Counter("payments", "Payment attempts by outcome.", ["outcome"], registry=r)

@@ -34,6 +34,8 @@ _id_counter = itertools.count(1)
 _EXPOSED_HEADERS = "Location, Retry-After, X-Request-ID, WWW-Authenticate"
 _ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 _ALLOWED_METHODS = "GET, POST, PUT, DELETE"
+# Instead of aiohttp's "Python/3.x aiohttp/y": no versions to look up exploits for.
+SERVER_NAME = "storefront"
 
 
 def _new_request_id() -> str:
@@ -121,6 +123,7 @@ def make_middleware(config: Config, metrics: Metrics) -> Middleware:
             headers = response.headers
             headers["X-Request-ID"] = request_id
             headers["X-Content-Type-Options"] = "nosniff"
+            headers["Server"] = SERVER_NAME
             if "Authorization" in request.headers:
                 headers["Cache-Control"] = "no-store"
             if origins and (origin := cors_origin(request)) is not None:

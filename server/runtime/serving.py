@@ -16,6 +16,7 @@ from aiohttp import web, web_protocol
 
 from server.app import Options, create_app
 from server.runtime.config import Config
+from server.runtime.middleware import SERVER_NAME
 from server.runtime.problems import problem, problem_response
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,10 @@ class _ProblemRequestHandler(web_protocol.RequestHandler):
             detail = "the request is not valid HTTP or exceeds the header limits"
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        response = problem_response(problem(status, detail))
+        # Answered before the middleware could add its headers: the same ones here.
+        response = problem_response(
+            problem(status, detail), {"Server": SERVER_NAME, "X-Content-Type-Options": "nosniff"}
+        )
         response.force_close()
         return response
 

@@ -34,13 +34,14 @@ import orjson
 from db import idempotency as idempotency_db
 from db import orders as orders_db
 from db import payments as payments_db
+from db import users as users_db
 from server.domain.context import Context
 from server.domain.events import emit
 from server.domain.order_actors import OrderActor
 from server.domain.orders import notify_status, order_json
 from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
 from server.runtime.jsonio import dumps
-from server.runtime.problems import ApiError, Conflict, NotFound, ReplayedProblem, ValidationFailed
+from server.runtime.problems import ApiError, Conflict, NotFound, ReplayedProblem, TooManyRequests, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,15 @@ async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_k
         record = await idempotency_db.find(ctx.db, user_id, idempotency_key)
         if record is not None:
             return _replay(record, fingerprint)
+    # Before any key is claimed or the order's actor is asked: someone else's order
+    # (or none) is a 404 that stores nothing and waits in no queue.
+    if await orders_db.owner(ctx.db, request.order_id) != user_id:
+        raise NotFound("no such order")
 
     async def command(actor: OrderActor) -> PaymentResult:
         return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint)
 
-    return await ctx.supervisor.ask(request.order_id, command)
+    return await ctx.supervisor.ask(request.order_id, command, user_id=user_id)
 
 
 def _replay(record: asyncpg.Record, fingerprint: bytes) -> PaymentResult:
@@ -172,24 +177,42 @@ async def _begin(
         provider_key=f"pay_{secrets.token_hex(12)}",
         lease_seconds=lease_seconds(ctx),
     )
+    config = ctx.config
     if idempotency_key is None:
         try:
-            return await begin(ctx.db)
+            async with ctx.db.transaction() as conn:
+                await users_db.lock(conn, user_id)
+                await payments_db.check_declines(
+                    conn,
+                    request.order_id,
+                    user_id,
+                    config.payment_max_declines_per_order,
+                    config.payment_max_declines_per_user,
+                )
+                return await begin(conn)
         except Exception as exc:
             raise await _refused(ctx, request, exc) from None
     refusal: Exception | None = None
     async with ctx.db.transaction() as conn:
+        await users_db.lock(conn, user_id)
         if not await idempotency_db.claim(conn, user_id, idempotency_key, fingerprint):
             record = await idempotency_db.find(conn, user_id, idempotency_key)
             assert record is not None
             return _replay(record, fingerprint)
         try:
+            await payments_db.check_declines(
+                conn,
+                request.order_id,
+                user_id,
+                config.payment_max_declines_per_order,
+                config.payment_max_declines_per_user,
+            )
             payment = await begin(conn)
         except Exception as exc:
             refusal = exc
             error = _refusal(exc)
-            if isinstance(error, _InFlight):
-                raise error from None  # rolls the claim back: the key stays free
+            if isinstance(error, _InFlight | TooManyRequests):
+                raise error from None  # transient: rolls the claim back, the key stays free
             body = error.body()
             await idempotency_db.store_response(conn, user_id, idempotency_key, body["status"], dumps(body))
         else:
@@ -219,6 +242,16 @@ def _refusal(exc: Exception) -> ApiError:
         return Conflict("the order has expired")
     if isinstance(exc, payments_db.AmountMismatch):
         return ValidationFailed.field("amount", f"must equal the order total ({exc.total})")
+    if isinstance(exc, payments_db.TooManyDeclinesForOrder):
+        return Conflict(
+            f"this order's payments were declined {exc.declines} times (PAYMENT_MAX_DECLINES_PER_ORDER); "
+            "it takes no more",
+            extra={"limit": "PAYMENT_MAX_DECLINES_PER_ORDER"},
+        )
+    if isinstance(exc, payments_db.TooManyDeclines):
+        return TooManyRequests(
+            "too many declined payments in 24 hours (PAYMENT_MAX_DECLINES_PER_USER)", retry_after=exc.retry_after
+        )
     raise exc
 
 
