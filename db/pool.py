@@ -42,6 +42,18 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
+class SessionWatcher(Protocol):
+    """Sees what PostgreSQL says to the pooled sessions beyond query results: its
+    NOTICE messages (`notice`, called during the statement that raised them, before
+    the statement's result reaches its caller) and each connection's return to the
+    pool (`released`, once its statement or transaction is over). `conn` is the
+    object the caller held (the pool's proxy), the same in both calls."""
+
+    def notice(self, conn: object, message: asyncpg.PostgresLogMessage) -> None: ...
+
+    def released(self, conn: object) -> None: ...
+
+
 class Database:
     """A pool plus the bookkeeping operators need: how long requests that found every
     connection busy waited for one (`on_wait`), and a fixed acquire timeout so that an
@@ -54,10 +66,11 @@ class Database:
     times the median).
     """
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, watcher: SessionWatcher | None = None) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
         self.on_wait: Callable[[float], None] | None = None
+        self.watcher = watcher
         self._line = _Line(pool.get_max_size(), acquire_timeout)
 
     def connection(self) -> _Acquire:
@@ -165,6 +178,9 @@ class _Acquire:
         except BaseException:
             line.leave()
             raise
+        if db.watcher is not None:
+            # Listeners must be gone when asyncpg takes the connection back.
+            self._conn.add_log_listener(db.watcher.notice)
         if waited and db.on_wait is not None:
             db.on_wait(waited)
         return cast(asyncpg.Connection, self._conn)
@@ -181,6 +197,11 @@ class _Acquire:
             # server never finished: never hand it to the next request. (The pool
             # replaces it; its release of a closed connection just frees the slot.)
             self._conn.terminate()
+        watcher = self._db.watcher
+        if watcher is not None:
+            if not self._conn.is_closed():
+                self._conn.remove_log_listener(watcher.notice)
+            watcher.released(self._conn)
         try:
             await self._db.pool.release(self._conn)
         finally:
@@ -219,7 +240,12 @@ class _Transaction:
             await self._acquire.__aexit__(exc_type, exc, tb)
 
 
-async def create_database(settings: PoolSettings) -> Database:
+async def create_database(
+    settings: PoolSettings,
+    watcher: SessionWatcher | None = None,
+    session_settings: dict[str, str] | None = None,
+) -> Database:
+    """The pool; `session_settings` are set on every connection at its start."""
     pool = await asyncpg.create_pool(
         settings.dsn,
         min_size=settings.min_size,
@@ -229,11 +255,11 @@ async def create_database(settings: PoolSettings) -> Database:
         command_timeout=settings.command_timeout,
         timeout=settings.connect_timeout,
         statement_cache_size=settings.statement_cache_size,
-        server_settings={"application_name": "storefront"},
+        server_settings={"application_name": "storefront", **(session_settings or {})},
         init=_check_connection,
         reset=_keep_session,
     )
-    return Database(pool, settings.acquire_timeout)
+    return Database(pool, settings.acquire_timeout, watcher)
 
 
 _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
