@@ -10,7 +10,11 @@ import asyncpg
 
 from db.pool import Database
 
-PRODUCT_COLUMNS = "id, name, description, price, currency, stock, sku, created_at, updated_at"
+PRODUCT_FIELDS = ("id", "name", "description", "price", "currency", "stock", "sku", "created_at", "updated_at")
+PRODUCT_COLUMNS = ", ".join(PRODUCT_FIELDS)
+# The catalog reads also select the row version's transaction id: it changes with
+# every change of the row, so it makes a cheap ETag (server/domain/catalog.py).
+VERSIONED_COLUMNS = f"{PRODUCT_COLUMNS}, xmin::text AS version"
 
 
 class SkuTaken(Exception):
@@ -41,10 +45,11 @@ async def create(
     return row
 
 
-_GET = f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 AND deleted_at IS NULL"
+_GET = f"SELECT {VERSIONED_COLUMNS} FROM products WHERE id = $1 AND deleted_at IS NULL"
 
 
 async def get(db: Database, product_id: int) -> asyncpg.Record | None:
+    """A live product, with its `version`."""
     return await db.fetchrow(_GET, product_id)
 
 
@@ -139,7 +144,7 @@ def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, li
         conditions.append(f"({sort.column}, id) {op} ({arg(after[0])}, {arg(after[1])})")
     direction = "DESC" if sort.descending else "ASC"
     query = (
-        f"SELECT {PRODUCT_COLUMNS} FROM products WHERE {' AND '.join(conditions)} "
+        f"SELECT {VERSIONED_COLUMNS} FROM products WHERE {' AND '.join(conditions)} "
         f"ORDER BY {sort.column} {direction}, id {direction} LIMIT {arg(limit)}"
     )
     return query, args
@@ -148,7 +153,8 @@ def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, li
 async def list_page(
     db: Database, sort: Sort, filters: ListFilters, after: Sequence[Any] | None, limit: int
 ) -> list[asyncpg.Record]:
-    """Up to `limit` + 1 rows (the extra one tells that a next page exists)."""
+    """Up to `limit` + 1 rows, with their `version` (the extra one tells that a next
+    page exists)."""
     query, args = list_query(sort, filters, after, limit + 1)
     return await db.fetch(query, *args)
 

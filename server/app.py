@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import aiojobs
 from aiohttp import web
 
-from db import idempotency, login_failures, maintenance
+from db import catalog_changes, idempotency, login_failures, maintenance
 from db.pool import create_database
 from handlers import api, openapi
 from handlers.routing import register
 from server.domain import orders, users
 from server.domain.auth import Passwords, Tokens
+from server.domain.catalog_cache import CatalogCache, CatalogWatch
 from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
@@ -74,7 +75,13 @@ def _worker_resources(
     config: Config, options: Options, metrics: Metrics
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        db = await create_database(pool_settings(config, options.dsn))
+        catalog = CatalogCache(config.catalog_cache_max_bytes, metrics)
+        if catalog.enabled:
+            db = await create_database(
+                pool_settings(config, options.dsn), watcher=catalog, session_settings=catalog_changes.NOTICE_SETTINGS
+            )
+        else:
+            db = await create_database(pool_settings(config, options.dsn))
         db.on_wait = metrics.pool_wait.observe
         # The simulated gateway keeps its ledger through a pool of its own, as a real
         # gateway keeps its own records.
@@ -105,10 +112,15 @@ def _worker_resources(
                 max_live=config.actor_max_live,
                 mailbox_size=config.actor_mailbox_size,
                 idle_seconds=config.actor_idle_seconds,
+                queue_timeout=config.actor_queue_timeout_seconds,
             ),
             provider=provider,
+            catalog=catalog,
         )
         app[CONTEXT] = ctx
+        watch = CatalogWatch(catalog, options.dsn, config.catalog_changes_poll_seconds, config.db_connect_timeout)
+        if catalog.enabled:
+            watch.start()
         if options.ensure_admin and config.admin_email and config.admin_password:
             await users.ensure_admin(ctx, config.admin_email, config.admin_password)
         jobs = Periodic()
@@ -118,6 +130,7 @@ def _worker_resources(
             yield
         finally:
             await jobs.stop()
+            await watch.stop()
             await ctx.supervisor.drain(config.shutdown_grace_seconds)
             await provider.close()
             await db.close(timeout=config.shutdown_grace_seconds)
