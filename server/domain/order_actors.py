@@ -43,6 +43,7 @@ Command = Callable[["OrderActor"], Awaitable[T]]
 class _Envelope:
     command: Command[Any]
     reply: asyncio.Future[Any]
+    started: bool = False
 
 
 class OrderActor:
@@ -73,8 +74,9 @@ class OrderActor:
         supervisor = self._supervisor
         try:
             while (envelope := await self._next()) is not None:
-                if envelope.reply.cancelled():
-                    continue  # the caller left before the command started: skip it
+                if envelope.reply.done():
+                    continue  # the caller left, or gave up waiting, before it started: skip it
+                envelope.started = True
                 try:
                     result = await envelope.command(self)
                 except ApiError as exc:
@@ -146,6 +148,7 @@ class OrderSupervisor:
     max_live: int
     mailbox_size: int
     idle_seconds: float
+    queue_timeout: float = 2.0
     wall_clock: Callable[[], float] = time.time
     draining: bool = False
     _actors: dict[int, OrderActor] = field(default_factory=dict)
@@ -161,13 +164,26 @@ class OrderSupervisor:
                 self.metrics.mailbox_rejections.labels("actors").inc()
                 raise ServiceUnavailable("too many orders are being worked on; retry shortly")
             actor = await self._start(order_id, asyncio.Queue(self.mailbox_size))
-        reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[T] = loop.create_future()
+        envelope = _Envelope(command, reply)
         try:
-            actor.mailbox.put_nowait(_Envelope(command, reply))
+            actor.mailbox.put_nowait(envelope)
         except asyncio.QueueFull:
             self.metrics.mailbox_rejections.labels("mailbox").inc()
             raise ServiceUnavailable("too many requests queued for this order; retry shortly") from None
-        return await reply
+        # The wait before the command starts is bounded (the overload bound): past it
+        # the caller gets 503 at once and the actor skips the command.
+        timer = loop.call_later(self.queue_timeout, self._give_up, envelope)
+        try:
+            return await reply
+        finally:
+            timer.cancel()
+
+    def _give_up(self, envelope: _Envelope) -> None:
+        if not envelope.started and not envelope.reply.done():
+            self.metrics.mailbox_rejections.labels("queue_timeout").inc()
+            envelope.reply.set_exception(ServiceUnavailable("the order is busy; retry shortly"))
 
     async def _start(self, order_id: int, mailbox: asyncio.Queue[_Envelope | None]) -> OrderActor:
         actor = OrderActor(order_id, self, mailbox)
