@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("needs pgbench (postgresql-client) and wrk")
     options = bench.parse(
         ["--duration", str(args.duration), "--warmup", str(args.warmup), "--connections", args.connections,
-         "--server-cpus", args.server_cpus, "--wrk-cpus", args.wrk_cpus, "--scenarios", "order_create", *rest]
+         "--server-cpus", args.server_cpus, "--wrk-cpus", args.wrk_cpus, "--scenarios", "order_create",
+         "--rounds", str(args.rounds), *rest]
     )  # fmt: skip
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = asyncio.run(run(options))

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import aiojobs
 
-from db.pool import is_outage
+from db.pool import is_outage, mark_work_started
 from server.runtime.metrics import Metrics
 from server.runtime.problems import ApiError, ServiceUnavailable
 
@@ -72,6 +72,7 @@ class OrderActor:
 
     async def run(self) -> None:
         supervisor = self._supervisor
+        mark_work_started()  # commands were admitted by their requests: they go first
         try:
             while (envelope := await self._next()) is not None:
                 if envelope.reply.done():
