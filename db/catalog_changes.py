@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# Set on the service's pooled sessions: their changes to products also come back to
-# them at once as a NOTICE (see NOTICE_PREFIX).
-NOTICE_SETTINGS = {"storefront.catalog_notices": "on"}
+# Sessions whose application_name starts with "storefront" (the service's pool) get
+# their own changes to products back at once as a NOTICE starting with this.
 NOTICE_PREFIX = "catalog_changes:"
 WATCHER_APPLICATION = "storefront-catalog-watch"
 

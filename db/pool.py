@@ -270,12 +270,7 @@ class _Transaction:
             await self._acquire.__aexit__(exc_type, exc, tb)
 
 
-async def create_database(
-    settings: PoolSettings,
-    watcher: SessionWatcher | None = None,
-    session_settings: dict[str, str] | None = None,
-) -> Database:
-    """The pool; `session_settings` are set on every connection at its start."""
+async def create_database(settings: PoolSettings, watcher: SessionWatcher | None = None) -> Database:
     pool = await asyncpg.create_pool(
         settings.dsn,
         min_size=settings.min_size,
@@ -285,7 +280,8 @@ async def create_database(
         command_timeout=settings.command_timeout,
         timeout=settings.connect_timeout,
         statement_cache_size=settings.statement_cache_size,
-        server_settings={"application_name": "storefront", **(session_settings or {})},
+        # (sql/014_caching.sql sends catalog change notices to sessions of this name.)
+        server_settings={"application_name": "storefront"},
         init=_check_connection,
         reset=_keep_session,
     )

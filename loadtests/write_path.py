@@ -7,8 +7,9 @@ one database, alternating, so that the machine's drift hits both alike.
     python3 dev.py tools python -m loadtests.write_path --rounds 2 --duration 10
 
 PostgreSQL CPU is read from /proc (utime + stime) of the backends serving each side
-(application_name `storefront%` for the service, including its catalog watch;
-`pgbench` for pgbench), sampled after a warm-up and at the end of the measured
+(application_name `storefront` and `storefront-catalog-watch` for the service;
+`storefront-pgbench` for pgbench, a name that gets the trigger's NOTICE as the
+service's sessions do), sampled after a warm-up and at the end of the measured
 window; orders are counted in the table. So PostgreSQL must run on this machine.
 Needs wrk, pgbench and a PostgreSQL where databases may be created (--pg-url).
 """
@@ -42,10 +43,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
-async def _sample(conn: asyncpg.Connection, db: str, application: str) -> tuple[float, int]:
+_SERVICE = ["storefront", "storefront-catalog-watch"]
+_PGBENCH = ["storefront-pgbench"]
+
+
+async def _sample(conn: asyncpg.Connection, db: str, applications: list[str]) -> tuple[float, int]:
     """PostgreSQL CPU seconds of the matching backends so far, and the orders so far."""
     pids = await conn.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE $2", db, application
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = ANY($2)", db, applications
     )
     orders = await conn.fetchval("SELECT count(*) FROM orders")
     return sum(_cpu_seconds(r["pid"]) for r in pids), int(orders)
@@ -79,9 +84,9 @@ async def _measure_service(
             )
         )
         await asyncio.sleep(options.warmup)
-        cpu0, orders0 = await _sample(conn, db, "storefront%")
+        cpu0, orders0 = await _sample(conn, db, _SERVICE)
         await asyncio.sleep(options.duration)
-        cpu1, orders1 = await _sample(conn, db, "storefront%")
+        cpu1, orders1 = await _sample(conn, db, _SERVICE)
         await wrk
     finally:
         await conn.close()
@@ -102,15 +107,14 @@ async def _measure_pgbench(options: bench.Options, dsn: str, db: str, script: Pa
             "-D", f"first_user={users[0]}", "-D", f"last_user={users[1]}",
             "-D", f"first_product={products[0]}", "-D", f"last_product={products[1]}", dsn,
         ]  # fmt: skip
-        # The service's sessions ask for the catalog NOTICE; pgbench's do too (same work).
-        env = {**os.environ, "PGOPTIONS": "-c storefront.catalog_notices=on", "PGAPPNAME": "pgbench"}
+        env = {**os.environ, "PGAPPNAME": _PGBENCH[0]}
         process = await asyncio.create_subprocess_exec(
             *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
         )
         await asyncio.sleep(options.warmup)
-        cpu0, orders0 = await _sample(conn, db, "pgbench")
+        cpu0, orders0 = await _sample(conn, db, _PGBENCH)
         await asyncio.sleep(options.duration)
-        cpu1, orders1 = await _sample(conn, db, "pgbench")
+        cpu1, orders1 = await _sample(conn, db, _PGBENCH)
         out, _ = await process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"pgbench failed: {out.decode()[-500:]}")

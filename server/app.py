@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiojobs
 from aiohttp import web
 
-from db import catalog_changes, idempotency, login_failures, maintenance
+from db import idempotency, login_failures, maintenance
 from db.pool import create_database
 from handlers import api, openapi
 from handlers.routing import register
@@ -76,12 +76,7 @@ def _worker_resources(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         catalog = CatalogCache(config.catalog_cache_max_bytes, metrics)
-        if catalog.enabled:
-            db = await create_database(
-                pool_settings(config, options.dsn), watcher=catalog, session_settings=catalog_changes.NOTICE_SETTINGS
-            )
-        else:
-            db = await create_database(pool_settings(config, options.dsn))
+        db = await create_database(pool_settings(config, options.dsn), watcher=catalog if catalog.enabled else None)
         db.on_wait = metrics.pool_wait.observe
         # The simulated gateway keeps its ledger through a pool of its own, as a real
         # gateway keeps its own records.

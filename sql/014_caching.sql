@@ -7,9 +7,10 @@
 --     every product, for TRUNCATE) and the transaction's id. Every process polls
 --     this table by transaction id (server/domain/catalog_cache.py): a row becomes
 --     visible when, and only if, its transaction commits;
---   * and, in sessions that ask for it (the service's pool sets
---     storefront.catalog_notices = on), sends the ids to the writing client as a
---     NOTICE at once, so the writer's own process invalidates before it answers.
+--   * and, in the service's own sessions (application_name storefront...), sends
+--     the ids to the writing client as a NOTICE at once, so the writer's own process
+--     invalidates before it answers. (application_name rather than a custom setting:
+--     PgBouncer forwards it, and refuses unknown startup parameters.)
 -- So no code path that moves stock needs to know about caches.
 --
 -- Why not pg_notify: a transaction that notifies takes a cluster-wide lock from its
@@ -37,7 +38,7 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO catalog_changes (product_ids) VALUES (v_ids);
-    IF current_setting('storefront.catalog_notices', true) = 'on' THEN
+    IF current_setting('application_name') LIKE 'storefront%' THEN
         RAISE NOTICE 'catalog_changes:%', coalesce(array_to_string(v_ids, ','), '*');
     END IF;
     RETURN NULL;
