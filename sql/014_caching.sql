@@ -4,9 +4,10 @@
 -- order, a cancellation, an expiry, a refund's restock, or SQL typed by hand) fires
 -- one statement-level trigger, which
 --   * writes one row here, in the changing transaction: the ids it changed (NULL:
---     every product, for TRUNCATE) and the transaction's id. Every process polls
---     this table by transaction id (server/domain/catalog_cache.py): a row becomes
---     visible when, and only if, its transaction commits;
+--     every product, for TRUNCATE or more than 1,000 rows) and the transaction's
+--     id. Every process polls this table by transaction id
+--     (server/domain/catalog_cache.py): a row becomes visible when, and only if,
+--     its transaction commits;
 --   * and, in the service's own sessions (application_name storefront...), sends
 --     the ids to the writing client as a NOTICE at once, so the writer's own process
 --     invalidates before it answers. (application_name rather than a custom setting:
@@ -30,11 +31,15 @@ CREATE FUNCTION products_record_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_ids bigint[];
+    v_count bigint;
 BEGIN
     IF TG_OP <> 'TRUNCATE' THEN
-        SELECT array_agg(id) INTO v_ids FROM changed_rows;
-        IF v_ids IS NULL THEN
+        SELECT count(*), array_agg(id) INTO v_count, v_ids FROM changed_rows;
+        IF v_count = 0 THEN
             RETURN NULL;  -- the statement changed no row
+        END IF;
+        IF v_count > 1000 THEN
+            v_ids := NULL;  -- a bulk change (a seed, a price update): drop everything
         END IF;
     END IF;
     INSERT INTO catalog_changes (product_ids) VALUES (v_ids);
