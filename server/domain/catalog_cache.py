@@ -179,6 +179,7 @@ class CatalogWatch:
         self._interval = interval
         self._connect_timeout = connect_timeout
         self._task: asyncio.Task[None] | None = None
+        self._up = True  # so that a failure to start is logged
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="catalog-watch")
@@ -197,8 +198,12 @@ class CatalogWatch:
                 conn.add_termination_listener(lambda _conn: self._cache.stop_serving())
                 await self._watch(conn)
             except Exception as exc:
+                # Logged once per outage (the retries go on quietly).
+                if self._up:
+                    log.warning("catalog watch lost; the catalog cache is off until it is back",
+                                extra={"error": repr(exc)})  # fmt: skip
+                self._up = False
                 self._cache.stop_serving()
-                log.warning("catalog watch lost; the catalog cache is off until it is back", extra={"error": repr(exc)})
             finally:
                 if conn is not None:
                     conn.terminate()
@@ -219,6 +224,7 @@ class CatalogWatch:
                     cache.invalidate(change.product_ids)
             applied = {xid for xid in applied if xid >= horizon}
             cache.confirm(started)
+            self._up = True
             samples.append((started, horizon))
             if started - purged_at >= _PURGE_SECONDS / 2 and started - samples[0][0] >= _PURGE_SECONDS:
                 # Transactions below a horizon sampled that long ago ended before
