@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import errno
 import socket
 from collections.abc import Callable
@@ -44,6 +45,18 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
+class SessionWatcher(Protocol):
+    """Sees what PostgreSQL says to the pooled sessions beyond query results: its
+    NOTICE messages (`notice`, called during the statement that raised them, before
+    the statement's result reaches its caller) and each connection's return to the
+    pool (`released`, once its statement or transaction is over). `conn` is the
+    object the caller held (the pool's proxy), the same in both calls."""
+
+    def notice(self, conn: object, message: asyncpg.PostgresLogMessage) -> None: ...
+
+    def released(self, conn: object) -> None: ...
+
+
 class Database:
     """A pool plus the bookkeeping operators need: how long requests that found every
     connection busy waited for one (`on_wait`), and a fixed acquire timeout so that an
@@ -56,10 +69,11 @@ class Database:
     times the median).
     """
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, watcher: SessionWatcher | None = None) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
         self.on_wait: Callable[[float], None] | None = None
+        self.watcher = watcher
         self._line = _Line(pool.get_max_size(), acquire_timeout)
 
     def connection(self) -> _Acquire:
@@ -91,31 +105,54 @@ class Database:
             self.pool.terminate()
 
 
+# Whether the current request (or actor) has had a connection already: its work has
+# started. The HTTP layer starts every request with `new_request`.
+_work_started: contextvars.ContextVar[bool] = contextvars.ContextVar("db_work_started", default=False)
+
+
+def new_request() -> contextvars.Token[bool]:
+    return _work_started.set(False)
+
+
+def end_request(token: contextvars.Token[bool]) -> None:
+    _work_started.reset(token)
+
+
+def mark_work_started() -> None:
+    """For tasks that carry on work already admitted (order actors)."""
+    _work_started.set(True)
+
+
 class _Line:
-    """First come, first served admission to `size` slots, with a deadline.
+    """First come, first served admission to `size` slots, with a deadline, in two
+    lanes: work already started (a request's second statement, an actor's command)
+    is served before work not yet started. Under overload the line then finishes
+    what it began and turns the excess away at its first wait (503 after the
+    timeout), rather than making every request wait once per statement.
 
     Waiters that pass their deadline get TimeoutError from one shared timer
     (checking a few times a second), not from a timer each: the wait is measured
     in seconds, and a timer per request is a cost on the hot path.
     """
 
-    __slots__ = ("_free", "_reaper", "_timeout", "_waiters")
+    __slots__ = ("_free", "_new", "_reaper", "_started", "_timeout")
 
     def __init__(self, size: int, timeout: float) -> None:
         self._free = size
         self._timeout = timeout
-        self._waiters: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self._started: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self._new: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self._reaper: asyncio.TimerHandle | None = None
 
-    async def enter(self) -> float:
+    async def enter(self, started: bool = False) -> float:
         """Take a slot; returns how long this waited in line (0.0 when a slot was free)."""
-        if self._free and not self._waiters:
+        if self._free and not self._new and not self._started:
             self._free -= 1
             return 0.0
         loop = asyncio.get_running_loop()
         queued_at = loop.time()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append((queued_at + self._timeout, waiter))
+        (self._started if started else self._new).append((queued_at + self._timeout, waiter))
         if self._reaper is None:
             self._reaper = loop.call_later(_REAP_SECONDS, self._reap)
         try:
@@ -127,22 +164,25 @@ class _Line:
         return loop.time() - queued_at
 
     def leave(self) -> None:
-        while self._waiters:
-            _, waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to the next in line
-                return
+        for lane in (self._started, self._new):
+            while lane:
+                _, waiter = lane.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot passes straight to the next in line
+                    return
         self._free += 1
 
     def _reap(self) -> None:
         self._reaper = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        while self._waiters and (self._waiters[0][0] <= now or self._waiters[0][1].done()):
-            _, waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(TimeoutError("no database connection became free in time"))
-        if self._waiters:
+        for lane in (self._started, self._new):
+            # Each lane is in arrival order with one timeout: the oldest expire first.
+            while lane and (lane[0][0] <= now or lane[0][1].done()):
+                _, waiter = lane.popleft()
+                if not waiter.done():
+                    waiter.set_exception(TimeoutError("no database connection became free in time"))
+        if self._started or self._new:
             self._reaper = loop.call_later(_REAP_SECONDS, self._reap)
 
 
@@ -159,7 +199,8 @@ class _Acquire:
     async def __aenter__(self) -> asyncpg.Connection:
         db = self._db
         line = db._line
-        waited = await line.enter()
+        started = _work_started.get()
+        waited = await line.enter(started)
         try:
             # Never waits for a busy connection (the line admits at most max_size), only
             # for a new one to be opened, which DB_CONNECT_TIMEOUT bounds.
@@ -167,6 +208,11 @@ class _Acquire:
         except BaseException:
             line.leave()
             raise
+        if not started:
+            _work_started.set(True)
+        if db.watcher is not None:
+            # Listeners must be gone when asyncpg takes the connection back.
+            self._conn.add_log_listener(db.watcher.notice)
         if waited and db.on_wait is not None:
             db.on_wait(waited)
         return cast(asyncpg.Connection, self._conn)
@@ -183,6 +229,11 @@ class _Acquire:
             # server never finished: never hand it to the next request. (The pool
             # replaces it; its release of a closed connection just frees the slot.)
             self._conn.terminate()
+        watcher = self._db.watcher
+        if watcher is not None:
+            if not self._conn.is_closed():
+                self._conn.remove_log_listener(watcher.notice)
+            watcher.released(self._conn)
         try:
             await self._db.pool.release(self._conn)
         finally:
@@ -221,7 +272,7 @@ class _Transaction:
             await self._acquire.__aexit__(exc_type, exc, tb)
 
 
-async def create_database(settings: PoolSettings) -> Database:
+async def create_database(settings: PoolSettings, watcher: SessionWatcher | None = None) -> Database:
     pool = await asyncpg.create_pool(
         settings.dsn,
         min_size=settings.min_size,
@@ -231,11 +282,12 @@ async def create_database(settings: PoolSettings) -> Database:
         command_timeout=settings.command_timeout,
         timeout=settings.connect_timeout,
         statement_cache_size=settings.statement_cache_size,
+        # (sql/014_caching.sql sends catalog change notices to sessions of this name.)
         server_settings={"application_name": "storefront"},
         init=_check_connection,
         reset=_keep_session,
     )
-    return Database(pool, settings.acquire_timeout)
+    return Database(pool, settings.acquire_timeout, watcher)
 
 
 _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (

@@ -28,6 +28,8 @@ _STANDARD_PROBLEMS = {
     503: "The database is unavailable (see Retry-After)",
 }
 _HEADER_DOCS = {
+    "Cache-Control": "`public, max-age=N` on anonymous reads (`no-cache` when N is 0); `no-store` when authenticated",
+    "ETag": "The representation's version; send it back in If-None-Match",
     "Location": "URL of the created resource",
     "Retry-After": "Seconds to wait before retrying",
     "WWW-Authenticate": "Bearer",

@@ -6,23 +6,26 @@ from aiohttp import web
 
 from db.products import ListFilters
 from handlers.common import context, location, parse_query, path_id, read_json
+from handlers.conditional import CACHING_HEADERS, cache_control, respond, wants_fresh
 from handlers.routing import Response, Route
 from handlers.schemas import Page, ProductCreateIn, ProductListQuery, ProductOut, ProductUpdateIn
-from server.domain import products
+from server.domain import catalog, products
 from server.domain.products import product_json
 from server.runtime.jsonio import json_response
 
 
 async def list_products(request: web.Request) -> web.Response:
+    ctx = context(request)
     query = parse_query(request, ProductListQuery)
     filters = ListFilters(query.q, query.min_price, query.max_price, query.in_stock)
-    rows, next_cursor = await products.list_page(context(request), query.sort, filters, query.cursor, query.limit)
-    return json_response({"items": [product_json(row) for row in rows], "next_cursor": next_cursor})
+    entry = await catalog.page(ctx, query.sort, filters, query.cursor, query.limit, wants_fresh(request))
+    return respond(request, entry, cache_control(ctx.config))
 
 
 async def get_product(request: web.Request) -> web.Response:
-    row = await products.get(context(request), path_id(request))
-    return json_response(product_json(row))
+    ctx = context(request)
+    entry = await catalog.product(ctx, path_id(request), wants_fresh(request))
+    return respond(request, entry, cache_control(ctx.config))
 
 
 async def create_product(request: web.Request) -> web.Response:
@@ -50,11 +53,19 @@ ROUTES = [
     Route(
         "GET", "/api/products", list_products, "List the catalog (keyset pages)", "products",
         query=ProductListQuery,
-        responses={200: Response("A page of products", Page[ProductOut])},
+        request_headers=CACHING_HEADERS,
+        responses={
+            200: Response("A page of products", Page[ProductOut], ("ETag", "Cache-Control")),
+            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control")),
+        },
     ),
     Route(
         "GET", "/api/products/{id}", get_product, "One product", "products",
-        responses={200: Response("The product", ProductOut)},
+        request_headers=CACHING_HEADERS,
+        responses={
+            200: Response("The product", ProductOut, ("ETag", "Cache-Control")),
+            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control")),
+        },
         problems={404: "No such product (or deleted)"},
     ),
     Route(

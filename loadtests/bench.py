@@ -7,6 +7,8 @@ service, with wrk, writing a results table and a plot.
     python3 dev.py tools python -m loadtests.bench --workers 1,2 --server-cpus 0,1 --wrk-cpus 0,1
     python3 dev.py tools python -m loadtests.bench --scenarios order_create --webhooks none,hanging --rounds 3
                                                                         # cost of a receiver that never answers
+    python3 dev.py tools python -m loadtests.bench --scenarios product_get,order_create \
+        --connections 64,256,1024                                       # the overload curve
 
 Each configuration (pool size x workers x --env variant) gets a fresh database and a
 fresh server (pinned with taskset to --server-cpus; wrk to --wrk-cpus), seeded
@@ -71,7 +73,7 @@ class Options:
     scenarios: list[str]
     duration: float
     warmup: float
-    connections: int
+    connections: list[int]
     rounds: int
     pool_sizes: list[int]
     workers: list[int]
@@ -249,10 +251,12 @@ def _start_profiler(
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wrk(options: Options, url: str, scenario: str, data_dir: Path, seconds: float, result: Path) -> dict[str, Any]:
+def _wrk(
+    options: Options, url: str, scenario: str, data_dir: Path, seconds: float, result: Path, connections: int
+) -> dict[str, Any]:
     env = {**os.environ, "SCENARIO": scenario, "DATA_DIR": str(data_dir), "RESULT_FILE": str(result), "THREADS": "1"}
     command = [
-        "taskset", "-c", options.wrk_cpus, "wrk", "-t1", f"-c{options.connections}", f"-d{max(1, round(seconds))}s",
+        "taskset", "-c", options.wrk_cpus, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
         "--timeout", "10s", "-s", str(LUA), url,
     ]  # fmt: skip
     subprocess.run(command, env=env, check=True, capture_output=True)
@@ -285,20 +289,24 @@ async def _configuration(
         if receiver is not None:
             # After the seeding: the webhook gets (and hangs on) what the scenarios do.
             await _add_webhook(server.url, receiver.url)
-        for scenario in options.scenarios:
+        for scenario, connections in itertools.product(options.scenarios, options.connections):
+            if len(options.connections) > 1:
+                config = {**config, "connections": connections}
             if scenario == "order_pay":
                 # A quarter of the orders for the warm-up, the rest measured.
                 lines = (data_dir / "pay_orders.txt").read_text().splitlines()
                 split = len(lines) // 4
                 (data_dir / "pay_orders.txt").write_text("\n".join(lines[:split]) + "\n")
-                _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json")
+                _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json", connections)
                 (data_dir / "pay_orders.txt").write_text("\n".join(lines[split:]) + "\n")
                 planned = len(lines) - split
             else:
-                _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json")
+                _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json", connections)
                 planned = 0
             profiler = _start_profiler(options, server, scenario, config)
-            summary = _wrk(options, server.url, scenario, data_dir, options.duration, data_dir / "run.json")
+            summary = _wrk(
+                options, server.url, scenario, data_dir, options.duration, data_dir / "run.json", connections
+            )
             if profiler is not None:
                 profiler.wait()
             statuses = {int(k): v for k, v in summary["statuses"].items()}
@@ -380,6 +388,9 @@ def _plot(rows: list[dict[str, Any]], options: Options, path: Path) -> None:
 
     sweep = len(options.pool_sizes) > 1
     scenarios = [s for s in options.scenarios if any(r["scenario"] == s for r in rows)]
+    if len(options.connections) > 1:
+        _overload_plot(rows, options, scenarios, path)
+        return
     if sweep:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for scenario in scenarios:
@@ -400,8 +411,34 @@ def _plot(rows: list[dict[str, Any]], options: Options, path: Path) -> None:
         labels = [f"{r['scenario']}\n{r['config']}" if several else r["scenario"] for r in rows]
         ax.bar(range(len(rows)), [r["rate"] for r in rows], color="#3b7dd8")
         ax.set_xticks(range(len(rows)), labels, fontsize=8)
-        ax.set(ylabel="req/s (2xx)", title=f"storefront, {options.connections} connections")
+        ax.set(ylabel="req/s (2xx)", title=f"storefront, {options.connections[0]} connections")
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _overload_plot(rows: list[dict[str, Any]], options: Options, scenarios: list[str], path: Path) -> None:
+    """Throughput (2xx), p50/p99 and non-2xx share against connections."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for scenario in scenarios:
+        mine = sorted(
+            (r for r in rows if r["scenario"] == scenario), key=lambda r: int(r["config"].split("connections=")[1])
+        )
+        conns = [int(r["config"].split("connections=")[1]) for r in mine]
+        axes[0].plot(conns, [r["rate"] for r in mine], marker="o", label=scenario)
+        axes[1].plot(conns, [r["p99_ms"] for r in mine], marker="o", label=f"{scenario} p99")
+        axes[1].plot(conns, [r["p50_ms"] for r in mine], marker="x", linestyle="--", label=f"{scenario} p50")
+        axes[2].plot(conns, [r["non_2xx"] for r in mine], marker="o", label=scenario)
+    axes[0].set(title="2xx throughput", xlabel="connections", ylabel="req/s")
+    axes[1].set(title="latency", xlabel="connections", ylabel="ms")
+    axes[2].set(title="non-2xx answers (503 sheds)", xlabel="connections", ylabel="responses")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(options.connections, [str(c) for c in options.connections])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -411,7 +448,7 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per scenario")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", default="64", help="wrk connections (a curve when several: 64,256,1024)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration; medians reported")
     parser.add_argument("--pool-sizes", default="20", help="DB_POOL_MAX_SIZE values (a sweep when several)")
     parser.add_argument("--workers", default="1", help="WORKERS values")
@@ -441,7 +478,7 @@ def parse(argv: list[str] | None = None) -> Options:
         scenarios=[s for s in args.scenarios.split(",") if s],
         duration=args.duration,
         warmup=args.warmup,
-        connections=args.connections,
+        connections=[int(x) for x in args.connections.split(",")],
         rounds=args.rounds,
         pool_sizes=[int(x) for x in args.pool_sizes.split(",")],
         workers=[int(x) for x in args.workers.split(",")],
@@ -486,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (
         f"Command: `{command}`  \nDate: {started:%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} CPUs; "
-        f"server on CPUs {options.server_cpus}, wrk on CPUs {options.wrk_cpus}; {options.connections} connections; "
+        f"server on CPUs {options.server_cpus}, wrk on CPUs {options.wrk_cpus}; "
+        f"{','.join(map(str, options.connections))} connections; "
         f"{options.duration:g} s measured after {options.warmup:g} s warm-up; "
         f"payment provider latency {options.payment_latency_ms} ms.\n\n"
     )

@@ -1,11 +1,13 @@
 """The app factory: routes, the middleware, and the resources a worker owns.
 
 `create_app` builds the aiohttp application for one worker. Each resource has a
-cleanup context of its own, in the order they depend on each other: the database
+cleanup context of its own, in the order they depend on each other: the catalog
+cache (which the pool tells of changes), the database pool, the catalog searches'
 pool, the payment provider, the password hasher, the actors' scheduler, the order
-actors, the shared Context, the webhook deliverer, the periodic jobs. aiohttp starts them in that order and
-stops them in reverse, after in-flight requests have finished (so queued order
-commands finish before the scheduler, the provider and the pool close).
+actors, the shared Context, the webhook deliverer, the periodic jobs. aiohttp starts
+them in that order and stops them in reverse, after in-flight requests have finished
+(so queued order commands finish before the scheduler, the provider and the pool
+close).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from handlers import api, openapi
 from handlers.routing import register
 from server.domain import orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
+from server.domain.catalog_cache import CatalogCache, CatalogWatch
 from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor, Supervisor
@@ -43,6 +46,7 @@ _GAUGE_REFRESH_SECONDS = 5.0
 _PURGE_SECONDS = 3600.0
 _STATISTICS_SECONDS = 5.0
 
+_CATALOG_CACHE: web.AppKey[CatalogCache] = web.AppKey("catalog_cache", CatalogCache)
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _CATALOG_DATABASE: web.AppKey[Database] = web.AppKey("catalog_database", Database)
 _PROVIDER: web.AppKey[PaymentProvider] = web.AppKey("provider", PaymentProvider)
@@ -80,6 +84,7 @@ def create_app(config: Config, options: Options) -> web.Application:
     app[openapi.OPENAPI_DOCUMENT] = dumps(openapi.build_document(api.ROUTES))
     app.cleanup_ctx.extend(
         [
+            _catalog_cache(config, options, metrics),
             _database(config, options, metrics),
             _catalog_database(config, options),
             _provider(config, options),
@@ -94,9 +99,27 @@ def create_app(config: Config, options: Options) -> web.Application:
     return app
 
 
+def _catalog_cache(config: Config, options: Options, metrics: Metrics) -> Resource:
+    """The cache of catalog representations and the watch that keeps it fresh (it
+    polls on a connection of its own, so it starts before the pool and stops after)."""
+
+    async def catalog_cache(app: web.Application) -> AsyncIterator[None]:
+        cache = CatalogCache(config.catalog_cache_max_bytes, metrics)
+        watch = CatalogWatch(cache, options.dsn, config.catalog_changes_poll_seconds, config.db_connect_timeout)
+        if cache.enabled:
+            watch.start()
+        app[_CATALOG_CACHE] = cache
+        yield
+        await watch.stop()
+
+    return catalog_cache
+
+
 def _database(config: Config, options: Options, metrics: Metrics) -> Resource:
     async def database(app: web.Application) -> AsyncIterator[None]:
-        db = await create_database(pool_settings(config, options.dsn))
+        cache = app[_CATALOG_CACHE]
+        # The pool tells the cache of the changes its own sessions make (at once).
+        db = await create_database(pool_settings(config, options.dsn), watcher=cache if cache.enabled else None)
         db.on_wait = metrics.pool_wait.observe
         app[_DATABASE] = db
         yield
@@ -174,6 +197,7 @@ def _actors(config: Config, metrics: Metrics) -> Resource:
             mailbox_size=config.actor_mailbox_size,
             idle_seconds=config.actor_idle_seconds,
             max_per_user=config.max_commands_per_user,
+            queue_timeout=config.actor_queue_timeout_seconds,
         )
         app[_SUPERVISOR] = supervisor
         yield
@@ -194,6 +218,7 @@ def _context(config: Config, options: Options, metrics: Metrics) -> Resource:
             metrics=metrics,
             supervisor=app[_SUPERVISOR],
             provider=app[_PROVIDER],
+            catalog=app[_CATALOG_CACHE],
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:

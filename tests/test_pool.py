@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from db.pool import Database
+from db.pool import Database, new_request
 from server.domain.auth import Tokens
 from server.domain.context import CONTEXT
 from server.runtime.problems import Unauthorized
@@ -47,6 +47,31 @@ async def test_waiting_requests_get_connections_in_arrival_order(tiny_db: Databa
         await holder.__aexit__(None, None, None)
     await asyncio.gather(*waiting)
     assert served == list(range(10))
+
+
+async def test_work_already_started_is_served_before_new_work(tiny_db: Database) -> None:
+    holders = [tiny_db.connection() for _ in range(2)]
+    for holder in holders:
+        await holder.__aenter__()
+    served: list[str] = []
+
+    async def request(name: str, statements: int) -> None:
+        new_request()  # each task is a request of its own
+        for _ in range(statements):
+            async with tiny_db.connection():
+                served.append(name)
+                await asyncio.sleep(0.001)
+
+    # "early" arrives first; its second statement queues behind new0's (which took
+    # the slot early released) but ahead of the newcomers still waiting for a first.
+    early = asyncio.create_task(request("early", 2))
+    await asyncio.sleep(0)
+    newcomers = [asyncio.create_task(request(f"new{i}", 1)) for i in range(4)]
+    await asyncio.sleep(0)
+    await holders[0].__aexit__(None, None, None)
+    await asyncio.gather(early, *newcomers)
+    await holders[1].__aexit__(None, None, None)
+    assert served == ["early", "new0", "early", "new1", "new2", "new3"]
 
 
 async def test_a_request_that_waits_past_the_deadline_gets_timeout(tiny_db: Database) -> None:

@@ -121,6 +121,40 @@ async def test_a_full_mailbox_refuses_with_503() -> None:
     await supervisor.drain(1)
 
 
+async def test_a_command_that_waits_past_the_queue_timeout_gets_503_and_never_runs() -> None:
+    supervisor = make_supervisor(queue_timeout=0.3)
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def block(actor: OrderActor) -> None:
+        await release.wait()
+
+    async def late(actor: OrderActor) -> None:
+        ran.append("late")
+
+    busy = asyncio.create_task(supervisor.ask(1, block))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ServiceUnavailable) as refused:
+        await supervisor.ask(1, late)
+    assert refused.value.headers["Retry-After"]
+    release.set()
+    await busy
+    await supervisor.ask(1, lambda actor: asyncio.sleep(0))  # the mailbox has been worked through
+    assert ran == []
+    await supervisor.drain(1)
+
+
+async def test_a_running_command_is_not_cut_short_by_the_queue_timeout() -> None:
+    supervisor = make_supervisor(queue_timeout=0.1)
+
+    async def slow(actor: OrderActor) -> str:
+        await asyncio.sleep(0.3)
+        return "done"
+
+    assert await supervisor.ask(1, slow) == "done"
+    await supervisor.drain(1)
+
+
 async def test_the_number_of_live_actors_is_bounded() -> None:
     supervisor = make_supervisor(max_live=2)
     release = asyncio.Event()

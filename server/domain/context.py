@@ -8,6 +8,7 @@ from aiohttp import web
 
 from db.pool import Database
 from server.domain.auth import Passwords, Tokens
+from server.domain.catalog_cache import CatalogCache
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
 from server.domain.payments.provider import PaymentProvider
@@ -29,6 +30,7 @@ class Context:
     metrics: Metrics
     supervisor: OrderSupervisor
     provider: PaymentProvider
+    catalog: CatalogCache
 
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""
@@ -40,6 +42,8 @@ class Context:
         metrics.pool_max.set(pool.get_max_size())
         metrics.actors_live.set(self.supervisor.live_count)
         metrics.mailbox_depth.set(self.supervisor.queued_count)
+        metrics.catalog_cache_bytes.set(self.catalog.size_bytes)
+        metrics.catalog_cache_serving.set(1 if self.catalog.serving else 0)
 
 
 CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)

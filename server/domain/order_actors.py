@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import aiojobs
 
-from db.pool import is_outage
+from db.pool import is_outage, mark_work_started
 from server.runtime.metrics import Metrics
 from server.runtime.problems import ApiError, ServiceUnavailable, TooManyRequests
 
@@ -48,6 +48,7 @@ Command = Callable[["Actor[Any]"], Awaitable[T]]
 class _Envelope:
     command: Command[Any]
     reply: asyncio.Future[Any]
+    started: bool = False
 
 
 class Actor(Generic[K]):
@@ -76,10 +77,12 @@ class Actor(Generic[K]):
 
     async def run(self) -> None:
         supervisor = self._supervisor
+        mark_work_started()  # commands were admitted by their requests: they go first
         try:
             while (envelope := await self._next()) is not None:
-                if envelope.reply.cancelled():
-                    continue  # the caller left before the command started: skip it
+                if envelope.reply.done():
+                    continue  # the caller left, or gave up waiting, before it started: skip it
+                envelope.started = True
                 try:
                     result = await envelope.command(self)
                 except ApiError as exc:
@@ -158,6 +161,7 @@ class Supervisor(Generic[K]):
     # Most commands of one user in flight here (queued or running), whatever orders
     # they are about: one customer's flood fills no more than this of the mailboxes.
     max_per_user: int = 16
+    queue_timeout: float = 2.0
     wall_clock: Callable[[], float] = time.time
     draining: bool = False
     _actors: dict[K, Actor[K]] = field(default_factory=dict)
@@ -210,13 +214,26 @@ class Supervisor(Generic[K]):
                 self.metrics.mailbox_rejections.labels("actors").inc()
                 raise ServiceUnavailable("too many orders are being worked on; retry shortly")
             actor = await self._start(order_id, asyncio.Queue(self.mailbox_size))
-        reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[T] = loop.create_future()
+        envelope = _Envelope(command, reply)
         try:
-            actor.mailbox.put_nowait(_Envelope(command, reply))
+            actor.mailbox.put_nowait(envelope)
         except asyncio.QueueFull:
             self.metrics.mailbox_rejections.labels("mailbox").inc()
             raise ServiceUnavailable("too many requests queued for this order; retry shortly") from None
-        return await reply
+        # The wait before the command starts is bounded (the overload bound): past it
+        # the caller gets 503 at once and the actor skips the command.
+        timer = loop.call_later(self.queue_timeout, self._give_up, envelope)
+        try:
+            return await reply
+        finally:
+            timer.cancel()
+
+    def _give_up(self, envelope: _Envelope) -> None:
+        if not envelope.started and not envelope.reply.done():
+            self.metrics.mailbox_rejections.labels("queue_timeout").inc()
+            envelope.reply.set_exception(ServiceUnavailable("the order is busy; retry shortly"))
 
     async def _start(self, order_id: K, mailbox: asyncio.Queue[_Envelope | None]) -> Actor[K]:
         actor = Actor(order_id, self, mailbox)

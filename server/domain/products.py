@@ -16,8 +16,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def product_json(row: asyncpg.Record) -> dict[str, Any]:
-    """A product as the API shows it: every column its query selects, by name."""
-    return dict(row.items())
+    """A product as the API shows it, by column name (a row may carry more, such as
+    the catalog reads' `version`)."""
+    return {name: row[name] for name in products_db.PRODUCT_FIELDS}
 
 
 async def create(ctx: Context, fields: dict[str, Any]) -> asyncpg.Record:

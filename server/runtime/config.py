@@ -125,10 +125,11 @@ class Config(BaseModel):
         description="Seconds an idle connection above the minimum is kept before closing (0: never closed).",
     )
     db_pool_acquire_timeout: float = Field(
-        5.0,
+        2.0,
         alias="DB_POOL_ACQUIRE_TIMEOUT",
         gt=0,
-        description="Seconds a request waits for a free connection before it gets 503.",
+        description="Seconds a request may wait for a free connection before its work starts; "
+        "then 503 with Retry-After (the overload bound, with ACTOR_QUEUE_TIMEOUT_SECONDS).",
     )
     db_command_timeout: float = Field(
         10.0,
@@ -276,6 +277,37 @@ class Config(BaseModel):
         alias="ORDER_MAX_HELD_UNITS_PER_PRODUCT",
         ge=1,
         description="Units of one product one customer's pending orders may hold; more: 409.",
+    )
+
+    actor_queue_timeout_seconds: float = Field(
+        2.0,
+        alias="ACTOR_QUEUE_TIMEOUT_SECONDS",
+        gt=0,
+        description="Seconds a command may wait behind others in an order's mailbox before it "
+        "starts; then 503 with Retry-After and the command never runs.",
+    )
+
+    # --- catalog -----------------------------------------------------------------
+    catalog_max_age_seconds: int = Field(
+        5,
+        alias="CATALOG_MAX_AGE_SECONDS",
+        ge=0,
+        description="max-age of `Cache-Control: public` on anonymous product reads (0 sends no-cache).",
+    )
+    catalog_cache_max_bytes: int = Field(
+        67_108_864,
+        alias="CATALOG_CACHE_MAX_BYTES",
+        ge=0,
+        description="Memory each worker's cache of product and list representations may hold "
+        "(least recently used out first); 0 turns the cache off.",
+    )
+    catalog_changes_poll_seconds: float = Field(
+        0.2,
+        alias="CATALOG_CHANGES_POLL_SECONDS",
+        gt=0,
+        le=0.5,
+        description="How often each worker polls the database's record of catalog changes "
+        "(the cache serves only while a poll succeeded in the last 0.8 s).",
     )
 
     # --- payments ------------------------------------------------------------------

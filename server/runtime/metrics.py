@@ -105,6 +105,27 @@ class Metrics:
         self.webhook_actors_live = Gauge(
             "webhook_actors_live", "Webhook delivery queue actors alive.", registry=r, multiprocess_mode="livesum"
         )
+        self.catalog_cache_hits = Counter(
+            "catalog_cache_hits", "Catalog reads answered from the in-process cache.", ["kind"], registry=r
+        )
+        self.catalog_cache_misses = Counter(
+            "catalog_cache_misses",
+            "Catalog reads the cache could not answer (absent, or the cache not serving).",
+            ["kind"],
+            registry=r,
+        )
+        self.catalog_cache_evictions = Counter(
+            "catalog_cache_evictions", "Catalog cache entries dropped to stay within its bytes.", registry=r
+        )
+        self.catalog_cache_bytes = Gauge(
+            "catalog_cache_bytes", "Memory held by the catalog cache.", registry=r, multiprocess_mode="livesum"
+        )
+        self.catalog_cache_serving = Gauge(
+            "catalog_cache_serving",
+            "Workers whose catalog cache serves (its change watch is up to date).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._request_children: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

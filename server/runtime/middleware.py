@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from db.pool import is_outage
+from db.pool import end_request, is_outage, new_request
 from server.runtime.config import Config
 from server.runtime.logs import request_id_var
 from server.runtime.metrics import Metrics
@@ -115,6 +115,9 @@ def make_middleware(config: Config, metrics: Metrics) -> Middleware:
         if request_id is None or not _REQUEST_ID.match(request_id):
             request_id = _new_request_id()
         token = request_id_var.set(request_id)
+        # Requests share a task per keep-alive connection: each starts as new work
+        # for the connection line (db/pool.py).
+        admission = new_request()
         try:
             if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                 response: web.StreamResponse = preflight(request)
@@ -146,6 +149,7 @@ def make_middleware(config: Config, metrics: Metrics) -> Middleware:
                     )
             return response
         finally:
+            end_request(admission)
             request_id_var.reset(token)
 
     return middleware

@@ -1,0 +1,64 @@
+"""The catalog as the API sends it: product and list representations with their
+ETags, answered from the in-process cache when it may (server/domain/catalog_cache.py).
+
+ETags are versions, not hashes of bodies: a product's is its id and the transaction
+id of its current row version (`xmin`), which changes with every change of the row;
+a page's is a digest of its query and the ids and versions of its rows. A body is
+the same bytes for the same versions, so the ETags are strong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from db import products as products_db
+from server.domain import products
+from server.domain.catalog_cache import Representation
+from server.domain.context import Context
+from server.domain.products import product_json
+from server.runtime.jsonio import dumps
+
+# Part of every ETag: bump it when the representation's format changes, so that
+# clients holding tags of the old format get the new one.
+_FORMAT = "1"
+
+
+async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
+    """The product's representation; `fresh`: from the database, never the cache."""
+    cache = ctx.catalog
+    if not fresh:
+        hit = cache.get(product_id, "product")
+        if hit is not None:
+            return hit
+    epoch = cache.epoch
+    row = await products.get(ctx, product_id)
+    entry = Representation(f'"{_FORMAT}.{product_id}.{row["version"]}"', dumps(product_json(row)))
+    cache.put(product_id, entry, epoch)
+    return entry
+
+
+async def page(
+    ctx: Context,
+    sort: str,
+    filters: products_db.ListFilters,
+    cursor: str | None,
+    limit: int,
+    fresh: bool,
+) -> Representation:
+    """A page of the catalog as `GET /api/products` sends it."""
+    cache = ctx.catalog
+    key = (sort, filters, cursor, limit)
+    if not fresh:
+        hit = cache.get(key, "list")
+        if hit is not None:
+            return hit
+    epoch = cache.epoch
+    rows, next_cursor = await products.list_page(ctx, sort, filters, cursor, limit)
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=12)
+    for row in rows:
+        digest.update(f"|{row['id']}.{row['version']}".encode())
+    digest.update(b"|more" if next_cursor else b"|end")
+    body = dumps({"items": [product_json(row) for row in rows], "next_cursor": next_cursor})
+    entry = Representation(f'"{_FORMAT}.l.{digest.hexdigest()}"', body)
+    cache.put(key, entry, epoch, is_list=True)
+    return entry

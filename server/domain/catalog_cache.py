@@ -1,0 +1,237 @@
+"""The in-process cache of catalog representations, and the watch that keeps it fresh.
+
+What is cached is what the API sends: the serialized body and its ETag, so a hit
+costs neither a query nor JSON encoding. Entries are products (by id) and list
+pages (by their query); the whole is bounded by CATALOG_CACHE_MAX_BYTES, least
+recently used first out.
+
+Freshness, across processes and replicas, comes from the database:
+sql/014_caching.sql records every change of products, in the changing transaction,
+in `catalog_changes`. Each process polls that table on a connection of its own
+(`CatalogWatch`), every CATALOG_CHANGES_POLL_SECONDS, and drops what changed. The
+cache serves only while the last successful poll started less than
+`STALE_BOUND_SECONDS` ago: when the watch is down, stalled or has not yet started,
+every read goes to the database, and the first successful poll after a gap empties
+the cache. So no read is served from a representation more than about a second
+older than the database.
+
+The process that makes a change drops it at once: its pooled sessions receive the
+trigger's NOTICE (db/catalog_changes.py), and the cache (a `SessionWatcher` of the
+pool) drops the ids when the NOTICE arrives and again when the connection returns
+to the pool, after the commit, so a read that raced with the change cannot leave the
+old version behind.
+
+A read that misses notes the cache's `epoch` before asking the database and stores
+its answer only if nothing was invalidated meanwhile: a change that committed after
+the read's snapshot may already have been dropped, and must not come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+from db import catalog_changes
+from server.runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# The cache serves only while the last successful poll started less than this ago.
+STALE_BOUND_SECONDS = 0.8
+_RETRY_SECONDS = 0.5
+# Change rows are purged once every watcher has certainly seen them (see purge below).
+_PURGE_SECONDS = 10.0
+# Memory an entry costs beyond its body and ETag (the entry, its key, the dict slot).
+_ENTRY_OVERHEAD = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Representation:
+    etag: str
+    body: bytes
+
+
+class CatalogCache:
+    """Products by id (int keys) and list pages (tuple keys), least recently used
+    first out. Not thread-safe: one per event loop."""
+
+    def __init__(self, max_bytes: int, metrics: Metrics) -> None:
+        self.max_bytes = max_bytes
+        self.epoch = 0
+        self._entries: collections.OrderedDict[Hashable, Representation] = collections.OrderedDict()
+        self._lists: set[Hashable] = set()
+        self._bytes = 0
+        self._serve_until = 0.0
+        self._pending: dict[object, set[int] | None] = {}
+        self._metrics = metrics
+        self._hit = {kind: metrics.catalog_cache_hits.labels(kind).inc for kind in ("product", "list")}
+        self._miss = {kind: metrics.catalog_cache_misses.labels(kind).inc for kind in ("product", "list")}
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    @property
+    def serving(self) -> bool:
+        return time.monotonic() < self._serve_until
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Hashable, kind: str) -> Representation | None:
+        entry = self._entries.get(key) if time.monotonic() < self._serve_until else None
+        if entry is None:
+            self._miss[kind]()
+            return None
+        self._entries.move_to_end(key)
+        self._hit[kind]()
+        return entry
+
+    def put(self, key: Hashable, entry: Representation, epoch: int, is_list: bool = False) -> None:
+        """Store what a read found, unless anything was invalidated since it began
+        (`epoch` is what `self.epoch` was then) or the cache is not serving."""
+        if epoch != self.epoch or not self.serving:
+            return
+        size = len(entry.body) + len(entry.etag) + _ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return
+        self._drop(key)
+        self._entries[key] = entry
+        self._bytes += size
+        if is_list:
+            self._lists.add(key)
+        while self._bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+            self._metrics.catalog_cache_evictions.inc()
+
+    def invalidate(self, product_ids: Iterable[int] | None) -> None:
+        """Drop these products and every list page (None: drop everything)."""
+        self.epoch += 1
+        if product_ids is None:
+            self.clear()
+            return
+        for product_id in product_ids:
+            self._drop(product_id)
+        for key in self._lists.copy():
+            self._drop(key)
+
+    def clear(self) -> None:
+        self.epoch += 1
+        self._entries.clear()
+        self._lists.clear()
+        self._bytes = 0
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry.body) + len(entry.etag) + _ENTRY_OVERHEAD
+            self._lists.discard(key)
+
+    # --- freshness ---------------------------------------------------------------
+
+    def confirm(self, poll_started: float) -> None:
+        """A poll that started at `poll_started` succeeded: every change committed
+        before it has been applied."""
+        if not self.serving:
+            # After a gap (start, reconnection, stall) changes may have been missed.
+            self.clear()
+        self._serve_until = poll_started + STALE_BOUND_SECONDS
+
+    def stop_serving(self) -> None:
+        self._serve_until = 0.0
+
+    # --- the pool's SessionWatcher: this process's own changes --------------------
+
+    def notice(self, conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        if not catalog_changes.is_change_notice(message.message):
+            return
+        ids = catalog_changes.notice_ids(message.message)
+        self.invalidate(ids)
+        if ids is None:
+            self._pending[conn] = None
+            return
+        pending = self._pending.get(conn, set())
+        if pending is not None:
+            pending.update(ids)
+            self._pending[conn] = pending
+
+    def released(self, conn: object) -> None:
+        if conn in self._pending:
+            self.invalidate(self._pending.pop(conn))
+
+
+class CatalogWatch:
+    """Polls the database's record of catalog changes on a connection of its own,
+    reconnecting after any failure; see the module's docstring."""
+
+    def __init__(self, cache: CatalogCache, dsn: str, interval: float, connect_timeout: float) -> None:
+        self._cache = cache
+        self._dsn = dsn
+        self._interval = interval
+        self._connect_timeout = connect_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._up = True  # so that a failure to start is logged
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="catalog-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await catalog_changes.connect(self._dsn, self._connect_timeout)
+                conn.add_termination_listener(lambda _conn: self._cache.stop_serving())
+                await self._watch(conn)
+            except Exception as exc:
+                # Logged once per outage (the retries go on quietly).
+                if self._up:
+                    log.warning("catalog watch lost; the catalog cache is off until it is back",
+                                extra={"error": repr(exc)})  # fmt: skip
+                self._up = False
+                self._cache.stop_serving()
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _watch(self, conn: asyncpg.Connection) -> None:
+        cache, timeout = self._cache, STALE_BOUND_SECONDS
+        horizon = await catalog_changes.horizon(conn, timeout)
+        applied: set[int] = set()  # transactions at or above the horizon already applied
+        samples: collections.deque[tuple[float, int]] = collections.deque([(time.monotonic(), horizon)])
+        purged_at = time.monotonic()
+        while True:
+            started = time.monotonic()
+            horizon, changes = await catalog_changes.poll(conn, horizon, timeout)
+            for change in changes:
+                if change.xid not in applied:
+                    applied.add(change.xid)
+                    cache.invalidate(change.product_ids)
+            applied = {xid for xid in applied if xid >= horizon}
+            cache.confirm(started)
+            self._up = True
+            samples.append((started, horizon))
+            if started - purged_at >= _PURGE_SECONDS / 2 and started - samples[0][0] >= _PURGE_SECONDS:
+                # Transactions below a horizon sampled that long ago ended before
+                # then; every watcher still serving has polled many times since.
+                _, old = samples.popleft()
+                while started - samples[0][0] >= _PURGE_SECONDS:
+                    _, old = samples.popleft()
+                await catalog_changes.purge(conn, old, timeout)
+                purged_at = started
+            await asyncio.sleep(self._interval)

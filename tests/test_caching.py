@@ -1,0 +1,408 @@
+"""HTTP caching of the catalog and the freshness of the in-process cache.
+
+Several tests make a change that the cache cannot hear of (a session with
+`session_replication_role = replica` fires no trigger): a read that still shows the
+old value then proves it came from the cache, and one that shows the new value
+proves it did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.domain.context import CONTEXT
+from tests.helpers import Api, ServerProcess, session
+
+# The in-process tests poll slowly: a change must be seen at once by the process
+# that made it, without the help of the poll.
+SLOW_POLL = {"catalog_changes_poll_seconds": 0.5}
+
+
+async def cache_serving(client: TestClient[Any, Any]) -> None:
+    """Wait until the app's catalog watch has made its first poll."""
+    cache = client.server.app[CONTEXT].catalog
+    deadline = time.monotonic() + 10
+    while not cache.serving:
+        assert time.monotonic() < deadline, "the catalog cache never started serving"
+        await asyncio.sleep(0.02)
+
+
+async def silent_update(dsn: str, sql: str, *args: Any) -> None:
+    """A change no trigger sees: the cache never hears of it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def served_stale(api: Api, client: Any, dsn: str, product_id: int, *paths: str) -> int:
+    """Warm the cache (the product and `paths`), change the product's price where the
+    cache cannot hear of it, and check that a read still shows the old price: proof
+    that the cache serves. Returns the new price. Tries again when the cache paused
+    meanwhile (it stops serving whenever its watch falls behind, as it may on a
+    loaded machine)."""
+    product_path = f"/api/products/{product_id}"
+    for _ in range(10):
+        await cache_serving(client)
+        for path in (product_path, *paths):
+            await warm(api, path)
+        old = (await api.call("GET", product_path)).json["price"]
+        await silent_update(dsn, "UPDATE products SET price = $2 WHERE id = $1", product_id, old + 1)
+        if (await api.call("GET", product_path)).json["price"] == old:
+            return int(old) + 1
+    raise AssertionError("the cache never served a read")
+
+
+async def warm(api: Api, path: str) -> Any:
+    first = await api.call("GET", path)
+    second = await api.call("GET", path)
+    assert first.status == second.status == 200
+    return second
+
+
+# --- HTTP: ETag, If-None-Match, Cache-Control -----------------------------------------------
+
+
+async def test_a_product_read_sends_an_etag_and_public_max_age(api: Api) -> None:
+    product = await api.product()
+    reply = await api.call("GET", f"/api/products/{product['id']}")
+    assert reply.status == 200
+    assert reply.headers["ETag"].startswith('"')
+    assert reply.headers["Cache-Control"] == "public, max-age=5"
+    assert reply.json == product
+
+
+async def test_a_list_read_sends_an_etag_and_public_max_age(api: Api) -> None:
+    await api.product()
+    reply = await api.call("GET", "/api/products")
+    assert reply.status == 200
+    assert reply.headers["ETag"].startswith('"')
+    assert reply.headers["Cache-Control"] == "public, max-age=5"
+
+
+@pytest.mark.parametrize("config_overrides", [{"catalog_max_age_seconds": 0}])
+async def test_max_age_zero_sends_no_cache(api: Api) -> None:
+    product = await api.product()
+    for path in (f"/api/products/{product['id']}", "/api/products"):
+        assert (await api.call("GET", path)).headers["Cache-Control"] == "no-cache"
+
+
+@pytest.mark.parametrize("config_overrides", [{"catalog_max_age_seconds": 60}])
+async def test_max_age_follows_the_setting(api: Api) -> None:
+    product = await api.product()
+    assert (await api.call("GET", f"/api/products/{product['id']}")).headers["Cache-Control"] == "public, max-age=60"
+
+
+@pytest.mark.parametrize("path", ["/api/products/{id}", "/api/products", "/api/products?sort=-price&limit=1"])
+async def test_the_current_etag_in_if_none_match_gets_304_without_body(api: Api, path: str) -> None:
+    product = await api.product()
+    path = path.format(id=product["id"])
+    etag = (await api.call("GET", path)).headers["ETag"]
+    reply = await api.call("GET", path, headers={"If-None-Match": etag})
+    assert reply.status == 304
+    assert reply.body == b""
+    assert reply.headers["ETag"] == etag
+    assert reply.headers["Cache-Control"] == "public, max-age=5"
+
+
+@pytest.mark.parametrize("form", ["W/{etag}", '"other", {etag}', '"a",{etag} ,"b"', "*"])
+async def test_if_none_match_compares_weakly_takes_lists_and_star(api: Api, form: str) -> None:
+    product = await api.product()
+    path = f"/api/products/{product['id']}"
+    etag = (await api.call("GET", path)).headers["ETag"]
+    reply = await api.call("GET", path, headers={"If-None-Match": form.format(etag=etag)})
+    assert reply.status == 304
+
+
+async def test_an_old_or_foreign_etag_gets_the_full_answer(api: Api) -> None:
+    product = await api.product()
+    path = f"/api/products/{product['id']}"
+    reply = await api.call("GET", path, headers={"If-None-Match": '"nope", W/"1.1.1"'})
+    assert reply.status == 200
+    assert reply.json["id"] == product["id"]
+
+
+async def test_star_on_a_missing_product_is_404(api: Api) -> None:
+    assert (await api.call("GET", "/api/products/999999", headers={"If-None-Match": "*"})).status == 404
+
+
+async def test_an_authenticated_read_is_no_store_never_public(api: Api) -> None:
+    product = await api.product()
+    user = await api.customer()
+    for path in (f"/api/products/{product['id']}", "/api/products"):
+        reply = await api.call("GET", path, token=user.token)
+        assert reply.status == 200
+        assert reply.headers["Cache-Control"] == "no-store"
+
+
+async def test_error_answers_are_never_public(api: Api) -> None:
+    for path in ("/api/products/999999", "/api/products?limit=0", "/api/products?sort=nope"):
+        reply = await api.call("GET", path)
+        assert reply.status in (404, 422)
+        assert "public" not in reply.headers.get("Cache-Control", "")
+        assert "ETag" not in reply.headers
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"name": "Renamed"}, {"price": 1234}, {"stock": 3}, {"description": "new words"}, {"sku": "SKU-9"}],
+)
+async def test_the_etag_changes_with_every_change_of_the_representation(api: Api, change: dict[str, Any]) -> None:
+    product = await api.product()
+    admin = await api.admin_user()
+    path = f"/api/products/{product['id']}"
+    before = await api.call("GET", path)
+    list_before = await api.call("GET", "/api/products")
+    assert (await api.call("PUT", path, json=change, token=admin.token)).status == 200
+    after = await api.call("GET", path, headers={"If-None-Match": before.headers["ETag"]})
+    assert after.status == 200
+    assert after.headers["ETag"] != before.headers["ETag"]
+    assert all(after.json[k] == v for k, v in change.items())
+    list_after = await api.call("GET", "/api/products", headers={"If-None-Match": list_before.headers["ETag"]})
+    assert list_after.status == 200
+
+
+async def test_list_etags_differ_between_queries(api: Api) -> None:
+    await api.product(price=10)
+    await api.product(price=20)
+    tags = {(await api.call("GET", path)).headers["ETag"] for path in
+            ("/api/products", "/api/products?sort=-price", "/api/products?limit=1", "/api/products?min_price=15")}  # fmt: skip
+    assert len(tags) == 4
+
+
+# --- the in-process cache: served, and bypassed when it must be ------------------------------
+
+
+async def test_an_anonymous_read_is_served_from_the_cache(api: Api, client: Any, clean_db: str) -> None:
+    """The control for the tests below: a change the cache cannot hear of stays unseen."""
+    product = await api.product(price=100)
+    await served_stale(api, client, clean_db, product["id"])
+
+
+@pytest.mark.parametrize("headers", [{"Cache-Control": "no-cache"}, {"Cache-Control": "max-age=0, no-cache"}])
+async def test_a_reload_gets_the_current_representation(
+    api: Api, client: Any, clean_db: str, headers: dict[str, str]
+) -> None:
+    product = await api.product(price=100)
+    new = await served_stale(api, client, clean_db, product["id"], "/api/products")
+    assert (await api.call("GET", f"/api/products/{product['id']}", headers=headers)).json["price"] == new
+    assert (await api.call("GET", "/api/products", headers=headers)).json["items"][0]["price"] == new
+
+
+async def test_an_authenticated_read_gets_the_current_representation(api: Api, client: Any, clean_db: str) -> None:
+    product = await api.product(price=100)
+    user = await api.customer()
+    new = await served_stale(api, client, clean_db, product["id"], "/api/products")
+    assert (await api.call("GET", f"/api/products/{product['id']}", token=user.token)).json["price"] == new
+    assert (await api.call("GET", "/api/products", token=user.token)).json["items"][0]["price"] == new
+
+
+@pytest.mark.parametrize("config_overrides", [{"catalog_cache_max_bytes": 0}])
+async def test_with_the_cache_off_every_read_is_current(api: Api, clean_db: str) -> None:
+    product = await api.product(price=100)
+    await warm(api, f"/api/products/{product['id']}")
+    await silent_update(clean_db, "UPDATE products SET price = 200 WHERE id = $1", product["id"])
+    reply = await api.call("GET", f"/api/products/{product['id']}")
+    assert reply.json["price"] == 200
+    assert reply.headers["Cache-Control"] == "public, max-age=5"
+
+
+@pytest.mark.parametrize("config_overrides", [{"catalog_cache_max_bytes": 4096}])
+async def test_the_cache_stays_within_its_bytes(api: Api, client: Any) -> None:
+    await cache_serving(client)
+    products = [await api.product(description="x" * 500) for _ in range(20)]
+    for product in products:
+        await api.call("GET", f"/api/products/{product['id']}")
+    cache = client.server.app[CONTEXT].catalog
+    assert 0 < cache.size_bytes <= 4096
+    metrics = (await api.call("GET", "/metrics")).body.decode()
+    evictions = [line for line in metrics.splitlines() if line.startswith("catalog_cache_evictions_total")]
+    assert float(evictions[0].split()[-1]) > 0
+
+
+# --- invalidation by every kind of change, seen at once by the process that made it ----------
+
+
+@pytest.mark.parametrize("config_overrides", [SLOW_POLL])
+async def test_an_order_moves_the_stock_that_reads_show(api: Api, client: Any) -> None:
+    product = await api.product(stock=10)
+    user = await api.customer()
+    await cache_serving(client)
+    list_before = (await warm(api, "/api/products")).headers["ETag"]
+    await warm(api, f"/api/products/{product['id']}")
+    assert (await api.order(user, (product["id"], 3))).status == 201
+    assert await api.stock(product["id"]) == 7
+    listed = await api.call("GET", "/api/products")
+    assert listed.json["items"][0]["stock"] == 7
+    assert listed.headers["ETag"] != list_before
+
+
+@pytest.mark.parametrize("config_overrides", [SLOW_POLL])
+async def test_a_cancellation_returns_stock_that_reads_show(api: Api, client: Any) -> None:
+    product = await api.product(stock=10)
+    user = await api.customer()
+    order = (await api.order(user, (product["id"], 3))).json
+    await cache_serving(client)
+    await warm(api, f"/api/products/{product['id']}")
+    reply = await api.call("PUT", f"/api/orders/{order['id']}", json={"status": "cancelled"}, token=user.token)
+    assert reply.status == 200
+    assert await api.stock(product["id"]) == 10
+
+
+@pytest.mark.parametrize("config_overrides", [SLOW_POLL])
+async def test_deleting_a_pending_order_returns_stock_that_reads_show(api: Api, client: Any) -> None:
+    product = await api.product(stock=10)
+    user = await api.customer()
+    order = (await api.order(user, (product["id"], 4))).json
+    await cache_serving(client)
+    await warm(api, f"/api/products/{product['id']}")
+    assert (await api.call("DELETE", f"/api/orders/{order['id']}", token=user.token)).status == 204
+    assert await api.stock(product["id"]) == 10
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{**SLOW_POLL, "order_ttl_seconds": 1, "order_sweep_interval_seconds": 0.3}]
+)
+async def test_an_expiry_returns_stock_that_reads_show(api: Api, client: Any) -> None:
+    product = await api.product(stock=10)
+    user = await api.customer()
+    order = (await api.order(user, (product["id"], 5))).json
+    await cache_serving(client)
+    await warm(api, f"/api/products/{product['id']}")
+    assert await api.stock(product["id"]) == 5
+    deadline = time.monotonic() + 10
+    while (await api.call("GET", f"/api/orders/{order['id']}", token=user.token)).json["status"] != "expired":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert await api.stock(product["id"]) == 10
+
+
+@pytest.mark.parametrize("config_overrides", [SLOW_POLL])
+async def test_an_admin_edit_is_seen_at_once(api: Api, client: Any) -> None:
+    product = await api.product(price=100)
+    admin = await api.admin_user()
+    await cache_serving(client)
+    await warm(api, f"/api/products/{product['id']}")
+    await warm(api, "/api/products")
+    await api.call("PUT", f"/api/products/{product['id']}", json={"price": 150}, token=admin.token)
+    assert (await api.call("GET", f"/api/products/{product['id']}")).json["price"] == 150
+    assert (await api.call("GET", "/api/products")).json["items"][0]["price"] == 150
+
+
+@pytest.mark.parametrize("config_overrides", [SLOW_POLL])
+async def test_a_deleted_product_is_gone_at_once(api: Api, client: Any) -> None:
+    product = await api.product()
+    admin = await api.admin_user()
+    await cache_serving(client)
+    await warm(api, f"/api/products/{product['id']}")
+    await warm(api, "/api/products")
+    assert (await api.call("DELETE", f"/api/products/{product['id']}", token=admin.token)).status == 204
+    assert (await api.call("GET", f"/api/products/{product['id']}")).status == 404
+    assert (await api.call("GET", "/api/products")).json["items"] == []
+
+
+@pytest.mark.parametrize("config_overrides", [SLOW_POLL])
+async def test_a_new_product_is_listed_at_once(api: Api, client: Any) -> None:
+    await api.product(name="first")
+    await cache_serving(client)
+    await warm(api, "/api/products")
+    await api.product(name="second")
+    assert [p["name"] for p in (await api.call("GET", "/api/products")).json["items"]] == ["first", "second"]
+
+
+async def within_one_second(api: Api, path: str, check: Any) -> float:
+    """Seconds until a read of `path` passes `check`; fails past 1 s."""
+    started = time.monotonic()
+    while True:
+        reply = await api.call("GET", path)
+        elapsed = time.monotonic() - started
+        if check(reply):
+            return elapsed
+        assert elapsed < 1.0, f"still stale after {elapsed:.3f} s: {reply!r}"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_change_by_any_other_writer_is_seen_within_one_second(api: Api, client: Any, clean_db: str) -> None:
+    """Any transaction that changes products (here: SQL on its own connection, as a
+    refund's restock or an operator would) invalidates through the trigger."""
+    product = await api.product(stock=2)
+    await cache_serving(client)
+    await warm(api, f"/api/products/{product['id']}")
+    await warm(api, "/api/products")
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("UPDATE products SET stock = stock + 5, stock_received = stock_received + 5 WHERE id = $1",
+                           product["id"])  # fmt: skip
+    finally:
+        await conn.close()
+    await within_one_second(api, f"/api/products/{product['id']}", lambda r: r.json["stock"] == 7)
+    await within_one_second(api, "/api/products", lambda r: r.json["items"][0]["stock"] == 7)
+
+
+# --- the watch: down means not serving -------------------------------------------------------
+
+
+async def test_a_killed_watch_connection_stops_stale_reads(api: Api, client: Any, clean_db: str) -> None:
+    product = await api.product(price=100)
+    new = await served_stale(api, client, clean_db, product["id"])
+    conn = await asyncpg.connect(clean_db)
+    try:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'storefront-catalog-watch' AND datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    assert killed == 1
+    # Down, then back: either way the stale entry is never served again.
+    await within_one_second(api, f"/api/products/{product['id']}", lambda r: r.json["price"] == new)
+    for _ in range(20):
+        assert (await api.call("GET", f"/api/products/{product['id']}")).json["price"] == new
+        await asyncio.sleep(0.05)
+
+
+# --- across processes -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def two_servers(clean_db: str) -> AsyncIterator[tuple[Api, Api]]:
+    servers = [ServerProcess(clean_db) for _ in range(2)]
+    await asyncio.gather(*(asyncio.to_thread(s.start) for s in servers))
+    try:
+        async with session(servers[0].url) as first, session(servers[1].url) as second:
+            yield Api(first), Api(second)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_a_change_through_one_process_is_seen_through_another_within_one_second(
+    two_servers: tuple[Api, Api],
+) -> None:
+    writer, reader = two_servers
+    product = await writer.product(price=100, stock=10)
+    user = await writer.customer()
+    admin = await writer.admin_user()
+    path = f"/api/products/{product['id']}"
+    await asyncio.sleep(1.0)  # both watches are up (first poll within 0.2 s of the start)
+    await warm(reader, path)
+    await warm(reader, "/api/products")
+
+    reply = await writer.call("PUT", path, json={"price": 150}, token=admin.token)
+    assert reply.status == 200
+    edit = await within_one_second(reader, path, lambda r: r.json["price"] == 150)
+    assert (await warm(reader, path)).json["price"] == 150
+
+    assert (await writer.order(user, (product["id"], 4))).status == 201
+    order = await within_one_second(reader, path, lambda r: r.json["stock"] == 6)
+    listed = await within_one_second(reader, "/api/products", lambda r: r.json["items"][0]["stock"] == 6)
+    print(f"seen by the other process after: edit {edit:.3f} s, order {order:.3f} s, list {listed:.3f} s")
