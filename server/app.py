@@ -13,9 +13,12 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import aiojobs
 from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.trace import Tracer
 
 from db import idempotency, login_failures, maintenance
 from db.pool import create_database
@@ -27,12 +30,15 @@ from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
 from server.domain.payments import service as payments
+from server.domain.payments.provider import PaymentProvider
 from server.domain.payments.simulated import SimulatedProvider
 from server.runtime.config import Config, pool_settings
 from server.runtime.jsonio import dumps
 from server.runtime.metrics import Metrics
 from server.runtime.middleware import make_middleware
 from server.runtime.periodic import Periodic
+from server.runtime.tracing import TracedCalls, Tracing
+from server.runtime.tracing import start as start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,9 @@ class Options:
     dsn: str
     jwt_secret: str
     ensure_admin: bool = True
+    # Where spans go: None takes the OTEL_* environment (and no tracing without it);
+    # tests pass an in-memory exporter's processor.
+    span_processor: SpanProcessor | None = None
     background_jobs: bool = True
 
 
@@ -63,19 +72,37 @@ def resolve_jwt_secret(config: Config) -> str:
 
 def create_app(config: Config, options: Options) -> web.Application:
     metrics = Metrics()
-    app = web.Application(middlewares=[make_middleware(config, metrics)], client_max_size=config.max_body_bytes)
+    tracing = start_tracing(options.span_processor)
+    tracer = tracing.tracer if tracing is not None else None
+    app = web.Application(middlewares=[make_middleware(config, metrics, tracer)], client_max_size=config.max_body_bytes)
     register(app, api.ROUTES)
     app[openapi.OPENAPI_DOCUMENT] = dumps(openapi.build_document(api.ROUTES))
-    app.cleanup_ctx.append(_worker_resources(config, options, metrics))
+    if tracing is not None:
+        app.cleanup_ctx.append(_tracing_resource(tracing))
+    app.cleanup_ctx.append(_worker_resources(config, options, metrics, tracer))
     return app
 
 
+def _traced_provider(provider: PaymentProvider, tracer: Tracer) -> PaymentProvider:
+    return cast(PaymentProvider, TracedCalls(provider, tracer, "payment_provider"))
+
+
+def _tracing_resource(tracing: Tracing) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def resource(app: web.Application) -> AsyncIterator[None]:
+        yield
+        tracing.close()  # last: flushes the spans of the shutdown itself
+
+    return resource
+
+
 def _worker_resources(
-    config: Config, options: Options, metrics: Metrics
+    config: Config, options: Options, metrics: Metrics, tracer: Tracer | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         db = await create_database(pool_settings(config, options.dsn))
         db.on_wait = metrics.pool_wait.observe
+        if tracer is not None:
+            db.trace_with(tracer)
         # The simulated gateway keeps its ledger through a pool of its own, as a real
         # gateway keeps its own records.
         provider_db = await create_database(
@@ -105,8 +132,11 @@ def _worker_resources(
                 max_live=config.actor_max_live,
                 mailbox_size=config.actor_mailbox_size,
                 idle_seconds=config.actor_idle_seconds,
+                tracer=tracer,
             ),
-            provider=provider,
+            provider=provider
+            if tracer is None
+            else cast(PaymentProvider, TracedCalls(provider, tracer, "payment_provider")),
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import aiojobs
+from opentelemetry.trace import Tracer
 
 from db.pool import is_outage
 from server.runtime.metrics import Metrics
@@ -43,6 +45,10 @@ Command = Callable[["OrderActor"], Awaitable[T]]
 class _Envelope:
     command: Command[Any]
     reply: asyncio.Future[Any]
+    # The sender's context: the command runs in it, so its log lines carry the
+    # request's id and its spans join the request's trace.
+    context: contextvars.Context
+    queued_ns: int
 
 
 class OrderActor:
@@ -76,7 +82,7 @@ class OrderActor:
                 if envelope.reply.cancelled():
                     continue  # the caller left before the command started: skip it
                 try:
-                    result = await envelope.command(self)
+                    result = await asyncio.create_task(self._perform(envelope), context=envelope.context)
                 except ApiError as exc:
                     _reply_error(envelope.reply, exc)
                 except Exception as exc:
@@ -91,6 +97,12 @@ class OrderActor:
             supervisor.metrics.actor_crashes.inc()
         finally:
             supervisor._retire(self)
+
+    async def _perform(self, envelope: _Envelope) -> Any:
+        tracer = self._supervisor.tracer
+        if tracer is not None:
+            tracer.start_span("order.mailbox_wait", start_time=envelope.queued_ns).end()
+        return await envelope.command(self)
 
     async def _next(self) -> _Envelope | None:
         """The next command; None when the actor should stop (idle or draining)."""
@@ -147,6 +159,7 @@ class OrderSupervisor:
     mailbox_size: int
     idle_seconds: float
     wall_clock: Callable[[], float] = time.time
+    tracer: Tracer | None = None
     draining: bool = False
     _actors: dict[int, OrderActor] = field(default_factory=dict)
     _restarts: set[asyncio.Task[object]] = field(default_factory=set)
@@ -163,7 +176,7 @@ class OrderSupervisor:
             actor = await self._start(order_id, asyncio.Queue(self.mailbox_size))
         reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         try:
-            actor.mailbox.put_nowait(_Envelope(command, reply))
+            actor.mailbox.put_nowait(_Envelope(command, reply, contextvars.copy_context(), time.time_ns()))
         except asyncio.QueueFull:
             self.metrics.mailbox_rejections.labels("mailbox").inc()
             raise ServiceUnavailable("too many requests queued for this order; retry shortly") from None
