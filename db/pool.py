@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextvars
 import errno
+import functools
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast
 
 import asyncpg
+from opentelemetry.trace import Tracer
 
 
 @dataclass(frozen=True)
@@ -74,28 +76,33 @@ class Database:
         self.acquire_timeout = acquire_timeout
         self.on_wait: Callable[[float], None] | None = None
         self.watcher = watcher
+        self._acquire: Callable[[Database], _Acquire] = _Acquire
         self._line = _Line(pool.get_max_size(), acquire_timeout)
 
+    def trace_with(self, tracer: Tracer) -> None:
+        """Make each wait for a connection a span of its own (tracing is on)."""
+        self._acquire = functools.partial(_TracedAcquire, tracer=tracer)
+
     def connection(self) -> _Acquire:
-        return _Acquire(self)
+        return self._acquire(self)
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        async with _Acquire(self) as conn:
+        async with self._acquire(self) as conn:
             return await conn.fetchrow(query, *args)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with _Acquire(self) as conn:
+        async with self._acquire(self) as conn:
             return await conn.fetch(query, *args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        async with _Acquire(self) as conn:
+        async with self._acquire(self) as conn:
             return await conn.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
-        async with _Acquire(self) as conn:
+        async with self._acquire(self) as conn:
             return await conn.execute(query, *args)
 
     async def close(self, timeout: float) -> None:
@@ -240,11 +247,23 @@ class _Acquire:
             self._db._line.leave()
 
 
+class _TracedAcquire(_Acquire):
+    __slots__ = ("_tracer",)
+
+    def __init__(self, db: Database, tracer: Tracer) -> None:
+        super().__init__(db)
+        self._tracer = tracer
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        with self._tracer.start_as_current_span("db.pool.acquire"):
+            return await super().__aenter__()
+
+
 class _Transaction:
     __slots__ = ("_acquire", "_tx")
 
     def __init__(self, db: Database) -> None:
-        self._acquire = _Acquire(db)
+        self._acquire = db.connection()
         self._tx: Any = None
 
     async def __aenter__(self) -> asyncpg.Connection:

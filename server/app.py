@@ -17,9 +17,12 @@ import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import aiojobs
 from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.trace import Tracer
 
 from db import idempotency, maintenance, rate_limits
 from db.pool import Database, create_database
@@ -39,6 +42,8 @@ from server.runtime.jsonio import dumps
 from server.runtime.metrics import Metrics
 from server.runtime.middleware import make_middleware
 from server.runtime.periodic import Periodic
+from server.runtime.tracing import TracedCalls, Tracing
+from server.runtime.tracing import start as start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,9 @@ class Options:
     dsn: str
     jwt_secret: str
     ensure_admin: bool = True
+    # Where spans go: None takes the OTEL_* environment (and no tracing without it);
+    # tests pass an in-memory exporter's processor.
+    span_processor: SpanProcessor | None = None
 
 
 def resolve_jwt_secret(config: Config) -> str:
@@ -79,24 +87,36 @@ def resolve_jwt_secret(config: Config) -> str:
 
 def create_app(config: Config, options: Options) -> web.Application:
     metrics = Metrics()
-    app = web.Application(middlewares=[make_middleware(config, metrics)], client_max_size=config.max_body_bytes)
+    tracing = start_tracing(options.span_processor)
+    tracer = tracing.tracer if tracing is not None else None
+    app = web.Application(middlewares=[make_middleware(config, metrics, tracer)], client_max_size=config.max_body_bytes)
     register(app, api.ROUTES)
     app[openapi.OPENAPI_DOCUMENT] = dumps(openapi.build_document(api.ROUTES))
+    if tracing is not None:
+        app.cleanup_ctx.append(_tracing(tracing))  # first in, last out: flushes the shutdown's spans
     app.cleanup_ctx.extend(
         [
             _catalog_cache(config, options, metrics),
-            _database(config, options, metrics),
+            _database(config, options, metrics, tracer),
             _catalog_database(config, options),
             _provider(config, options),
             _passwords(config),
             _scheduler(config),
-            _actors(config, metrics),
-            _context(config, options, metrics),
+            _actors(config, metrics, tracer),
+            _context(config, options, metrics, tracer),
             _webhooks(config, metrics),
             _periodic_jobs,
         ]
     )
     return app
+
+
+def _tracing(tracing: Tracing) -> Resource:
+    async def spans(app: web.Application) -> AsyncIterator[None]:
+        yield
+        tracing.close()
+
+    return spans
 
 
 def _catalog_cache(config: Config, options: Options, metrics: Metrics) -> Resource:
@@ -115,12 +135,14 @@ def _catalog_cache(config: Config, options: Options, metrics: Metrics) -> Resour
     return catalog_cache
 
 
-def _database(config: Config, options: Options, metrics: Metrics) -> Resource:
+def _database(config: Config, options: Options, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def database(app: web.Application) -> AsyncIterator[None]:
         cache = app[_CATALOG_CACHE]
         # The pool tells the cache of the changes its own sessions make (at once).
         db = await create_database(pool_settings(config, options.dsn), watcher=cache if cache.enabled else None)
         db.on_wait = metrics.pool_wait.observe
+        if tracer is not None:
+            db.trace_with(tracer)
         app[_DATABASE] = db
         yield
         await db.close(timeout=config.shutdown_grace_seconds)
@@ -187,7 +209,7 @@ def _scheduler(config: Config) -> Resource:
     return scheduler
 
 
-def _actors(config: Config, metrics: Metrics) -> Resource:
+def _actors(config: Config, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def actors(app: web.Application) -> AsyncIterator[None]:
         supervisor = OrderSupervisor(
             scheduler=app[_SCHEDULER],
@@ -198,6 +220,7 @@ def _actors(config: Config, metrics: Metrics) -> Resource:
             idle_seconds=config.actor_idle_seconds,
             max_per_user=config.max_commands_per_user,
             queue_timeout=config.actor_queue_timeout_seconds,
+            tracer=tracer,
         )
         app[_SUPERVISOR] = supervisor
         yield
@@ -206,7 +229,7 @@ def _actors(config: Config, metrics: Metrics) -> Resource:
     return actors
 
 
-def _context(config: Config, options: Options, metrics: Metrics) -> Resource:
+def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = Context(
             config=config,
@@ -217,7 +240,7 @@ def _context(config: Config, options: Options, metrics: Metrics) -> Resource:
             cursors=CursorCodec(options.jwt_secret),
             metrics=metrics,
             supervisor=app[_SUPERVISOR],
-            provider=app[_PROVIDER],
+            provider=app[_PROVIDER] if tracer is None else _traced(app[_PROVIDER], tracer),
             catalog=app[_CATALOG_CACHE],
         )
         app[CONTEXT] = ctx
@@ -226,6 +249,11 @@ def _context(config: Config, options: Options, metrics: Metrics) -> Resource:
         yield
 
     return context
+
+
+def _traced(provider: PaymentProvider, tracer: Tracer) -> PaymentProvider:
+    """The provider with a client span around each of its calls."""
+    return cast(PaymentProvider, TracedCalls(provider, tracer, "payment_provider"))
 
 
 def _webhooks(config: Config, metrics: Metrics) -> Resource:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -32,6 +33,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import aiojobs
+from opentelemetry.trace import Tracer
 
 from db.pool import is_outage, mark_work_started
 from server.runtime.metrics import Metrics
@@ -48,6 +50,10 @@ Command = Callable[["Actor[Any]"], Awaitable[T]]
 class _Envelope:
     command: Command[Any]
     reply: asyncio.Future[Any]
+    # The sender's context: the command runs in it, so its log lines carry the
+    # request's id and its spans join the request's trace.
+    context: contextvars.Context
+    queued_ns: int
     started: bool = False
 
 
@@ -84,7 +90,7 @@ class Actor(Generic[K]):
                     continue  # the caller left, or gave up waiting, before it started: skip it
                 envelope.started = True
                 try:
-                    result = await envelope.command(self)
+                    result = await asyncio.create_task(self._perform(envelope), context=envelope.context)
                 except ApiError as exc:
                     _reply_error(envelope.reply, exc)
                 except Exception as exc:
@@ -99,6 +105,13 @@ class Actor(Generic[K]):
             supervisor.metrics.actor_crashes.inc()
         finally:
             supervisor._retire(self)
+
+    async def _perform(self, envelope: _Envelope) -> Any:
+        mark_work_started()  # in the sender's context too: the command was admitted
+        tracer = self._supervisor.tracer
+        if tracer is not None:
+            tracer.start_span("order.mailbox_wait", start_time=envelope.queued_ns).end()
+        return await envelope.command(self)
 
     async def _next(self) -> _Envelope | None:
         """The next command; None when the actor should stop (idle or draining)."""
@@ -163,6 +176,7 @@ class Supervisor(Generic[K]):
     max_per_user: int = 16
     queue_timeout: float = 2.0
     wall_clock: Callable[[], float] = time.time
+    tracer: Tracer | None = None
     draining: bool = False
     _actors: dict[K, Actor[K]] = field(default_factory=dict)
     _per_user: dict[int, int] = field(default_factory=dict)
@@ -182,7 +196,7 @@ class Supervisor(Generic[K]):
         reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         reply.add_done_callback(_ignore_outcome)
         try:
-            actor.mailbox.put_nowait(_Envelope(command, reply))
+            actor.mailbox.put_nowait(_Envelope(command, reply, contextvars.copy_context(), time.time_ns()))
         except asyncio.QueueFull:
             return False
         return True
@@ -216,7 +230,7 @@ class Supervisor(Generic[K]):
             actor = await self._start(order_id, asyncio.Queue(self.mailbox_size))
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[T] = loop.create_future()
-        envelope = _Envelope(command, reply)
+        envelope = _Envelope(command, reply, contextvars.copy_context(), time.time_ns())
         try:
             actor.mailbox.put_nowait(envelope)
         except asyncio.QueueFull:

@@ -2,7 +2,8 @@
 
 Every line logged while a request is handled carries that request's id (from
 `X-Request-ID` when the client sent a usable one), through a context variable that
-the middleware sets; lines from background work carry none.
+the middleware sets, and, while tracing is on, the id of its trace; lines from
+background work carry none.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from server.runtime.tracing import current_trace_id
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -33,6 +36,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
+        trace_id = current_trace_id()
+        if trace_id is not None:
+            entry["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value

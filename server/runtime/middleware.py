@@ -16,12 +16,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Tracer
 
 from db.pool import end_request, is_outage, new_request
 from server.runtime.config import Config
 from server.runtime.logs import request_id_var
 from server.runtime.metrics import Metrics
 from server.runtime.problems import ApiError, problem, problem_response
+from server.runtime.tracing import current_trace_id
 
 log = logging.getLogger("storefront.http")
 access_log = logging.getLogger("storefront.access")
@@ -60,7 +63,7 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def make_middleware(config: Config, metrics: Metrics) -> Middleware:
+def make_middleware(config: Config, metrics: Metrics, tracer: Tracer | None = None) -> Middleware:
     record_metrics = config.metrics_enabled
     log_access = config.access_log
     origins = config.cors_origins
@@ -86,11 +89,11 @@ def make_middleware(config: Config, metrics: Metrics) -> Middleware:
                     problem(503, "the database is unavailable; retry shortly"), {"Retry-After": "1"}
                 )
             log.exception("unhandled error", extra={"method": request.method, "path": request.path})
+            ids: dict[str, object] = {"request_id": request_id_var.get()}
+            if (trace_id := current_trace_id()) is not None:
+                ids["trace_id"] = trace_id
             return problem_response(
-                problem(
-                    500, "an unexpected error occurred; quote the request id when reporting it",
-                    extra={"request_id": request_id_var.get()},
-                )
+                problem(500, "an unexpected error occurred; quote the request id when reporting it", extra=ids)
             )  # fmt: skip
 
     def preflight(request: web.Request) -> web.Response:
@@ -108,8 +111,7 @@ def make_middleware(config: Config, metrics: Metrics) -> Middleware:
             },
         )
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-ID")
         if request_id is None or not _REQUEST_ID.match(request_id):
@@ -152,4 +154,23 @@ def make_middleware(config: Config, metrics: Metrics) -> Middleware:
             end_request(admission)
             request_id_var.reset(token)
 
-    return middleware
+    if tracer is None:
+        return web.middleware(handle)
+
+    @web.middleware
+    async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The request in a server span named by route template (continuing the
+        caller's trace when it sent a `traceparent`), current while the handler runs
+        and while its log lines are written."""
+        route = _route_name(request)
+        with tracer.start_as_current_span(
+            f"{request.method} {route}",
+            context=propagate.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
+        ) as span:
+            response = await handle(request, handler)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    return traced

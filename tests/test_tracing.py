@@ -1,0 +1,123 @@
+"""Tracing: one request's trace holds its route, connection waits, SQL statements,
+the order's mailbox wait and the provider call, continues the caller's
+`traceparent`, and its id is on every log line the request writes."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from server.app import Options, create_app
+from server.runtime.config import Config
+from server.runtime.logs import JsonFormatter
+from server.runtime.tracing import exporter_from_environment
+from tests.conftest import JWT_SECRET
+from tests.helpers import Api
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def app(config: Config, exporter: InMemorySpanExporter) -> web.Application:
+    options = Options(
+        dsn=config.database_url or "", jwt_secret=JWT_SECRET, span_processor=SimpleSpanProcessor(exporter)
+    )
+    return create_app(config, options)
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    return {"access_log": True}
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The service's JSON log lines, as production writes them."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _spans_of(exporter: InMemorySpanExporter, trace_id: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.context and format(s.context.trace_id, "032x") == trace_id]
+
+
+async def test_a_payment_is_one_trace_under_the_callers_traceparent(api: Api, exporter: InMemorySpanExporter) -> None:
+    customer, product = await api.customer(), await api.product(stock=5)
+    order = await api.order(customer, (product["id"], 1))
+    exporter.clear()
+
+    body = {"order_id": order.json["id"], "payment_method": {"type": "card", "token": "tok_visa"}}
+    reply = await api.call(
+        "POST", "/api/payments", json=body, token=customer.token, headers={"traceparent": TRACEPARENT}
+    )
+    assert reply.status == 201, reply
+
+    spans = _spans_of(exporter, TRACE_ID)
+    names = [span.name for span in spans]
+    route = next(span for span in spans if span.name == "POST /api/payments")
+    assert route.parent is not None and format(route.parent.span_id, "016x") == CALLER_SPAN_ID
+    assert route.attributes is not None and route.attributes["http.response.status_code"] == 201
+    assert "db.pool.acquire" in names
+    assert "order.mailbox_wait" in names
+    assert "payment_provider.charge" in names
+    sql = [span for span in spans if span.attributes and span.attributes.get("db.system") == "postgresql"]
+    assert len(sql) >= 3  # token check, the payment's two transactions
+    # Everything of the request hangs under its route span.
+    span_ids = {span.context.span_id for span in spans if span.context}
+    assert all(span.parent is not None and span.parent.span_id in span_ids for span in spans if span is not route)
+
+
+async def test_the_requests_log_lines_carry_its_trace_id(api: Api, json_log: io.StringIO) -> None:
+    reply = await api.call("GET", "/api/products", headers={"traceparent": TRACEPARENT, "X-Request-ID": "traced-1"})
+    assert reply.status == 200
+    lines = [orjson.loads(line) for line in json_log.getvalue().splitlines()]
+    of_request = [line for line in lines if line.get("request_id") == "traced-1"]
+    assert of_request, lines
+    assert all(line["trace_id"] == TRACE_ID for line in of_request)
+
+
+async def test_a_request_without_traceparent_starts_a_trace_of_its_own(
+    api: Api, exporter: InMemorySpanExporter
+) -> None:
+    await api.call("GET", "/api/products")
+    (route,) = [span for span in exporter.get_finished_spans() if span.name == "GET /api/products"]
+    assert route.parent is None
+
+
+def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:
+    assert exporter_from_environment({}) is None
+    assert exporter_from_environment({"OTEL_SERVICE_NAME": "storefront"}) is None
+    assert (
+        exporter_from_environment(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none"}
+        )
+        is None
+    )
+    assert exporter_from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) is not None
+    assert exporter_from_environment({"OTEL_TRACES_EXPORTER": "console"}) is not None
