@@ -205,6 +205,8 @@ write_nginx_conf() {
         servers+="        server 127.0.0.1:${!port_var} max_fails=2 fail_timeout=5s;"$'\n'
     done
     [ "$(id -u)" = 0 ] && user="user www-data;"
+    echo '{"type":"about:blank","title":"Bad Request","status":400,"detail":"The request is malformed."}' \
+        >"$dir/bad_request.json"
     cat >"$dir/nginx.conf" <<EOF
 $user
 worker_processes 1;
@@ -221,6 +223,11 @@ http {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
+    # The client's X-Request-ID when it sent one (the API echoes it), else nginx's own.
+    map \$http_x_request_id \$storefront_request_id {
+        default \$http_x_request_id;
+        "" \$request_id;
+    }
     upstream storefront {
 $servers        keepalive 64;
     }
@@ -229,13 +236,21 @@ $servers        keepalive 64;
         client_max_body_size 2m;  # the API itself answers 413 above MAX_BODY_BYTES
         client_header_timeout 10s;
         client_body_timeout 30s;
+        # nginx itself refuses some requests (a NUL byte in the path, broken headers)
+        # before any replica sees them: answer those as problem documents too.
+        error_page 400 /bad_request.json;
+        location = /bad_request.json {
+            internal;
+            root $dir;
+            default_type application/problem+json;
+        }
         location / {
             proxy_pass http://storefront;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host \$host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Request-ID \$request_id;
+            proxy_set_header X-Request-ID \$storefront_request_id;
             proxy_pass_header Server;  # the API's (versionless) Server header, not nginx's
             # Retry on another replica only when this one could not be reached or did not
             # answer in time; never on a 503 (the database is down or the replica is
