@@ -24,6 +24,7 @@ LOG="$STACK_DIR/log"
 
 say() { echo "stack: $*" >&2; }
 die() { say "$*"; exit 1; }
+CANNOT_INSTALL=4  # exit code when the packages are missing and cannot be installed
 
 # initdb and PgBouncer refuse to run as root: as root their processes run as `postgres`.
 as_pg() {
@@ -43,13 +44,18 @@ install_missing() {
     command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
     [ ${#missing[@]} = 0 ] && return 0
-    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing ${missing[*]} and cannot install them (needs root and apt-get)"
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        say "missing ${missing[*]} and cannot install them (needs root and apt-get)"
+        exit $CANNOT_INSTALL
+    fi
     say "installing ${missing[*]} (Debian packages)"
     export DEBIAN_FRONTEND=noninteractive
     if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >"$STACK_DIR/apt.log" 2>&1; then
         apt-get update -q >>"$STACK_DIR/apt.log" 2>&1 || true  # a fresh machine has no package lists yet
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$STACK_DIR/apt.log" 2>&1 \
-            || die "apt-get install ${missing[*]} failed (see $STACK_DIR/apt.log)"
+        if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$STACK_DIR/apt.log" 2>&1; then
+            say "apt-get install ${missing[*]} failed: $(tail -n 1 "$STACK_DIR/apt.log")"
+            exit $CANNOT_INSTALL
+        fi
     fi
 }
 
@@ -137,8 +143,10 @@ unix_socket_dir =
 auth_type = trust
 auth_file = $dir/userlist.txt
 pool_mode = transaction
-max_client_conn = 2000
+max_client_conn = 1000
 default_pool_size = ${PGBOUNCER_POOL_SIZE:-20}
+# After PostgreSQL refused a login (it was restarting), try again after 1 s, not 15.
+server_login_retry = 1
 logfile = $LOG/pgbouncer.log
 pidfile = $RUN/pgbouncer.pid
 admin_users = postgres
@@ -150,9 +158,8 @@ EOF
 }
 
 start_pgbouncer() {
-    # max_client_conn needs as many file descriptors; PgBouncer writes its own log.
-    (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; as_pg /usr/sbin/pgbouncer -d -q "$STACK_DIR/pgbouncer/pgbouncer.ini")
-    wait_for 20 "PgBouncer" "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -d storefront
+    as_pg /usr/sbin/pgbouncer -d -q "$STACK_DIR/pgbouncer/pgbouncer.ini"  # it writes its own log
+    wait_for 20 "PgBouncer" "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U postgres -d storefront
 }
 
 stop_pgbouncer() {
@@ -298,7 +305,10 @@ cmd_up() {
     mkdir -p "$RUN" "$LOG" "$STACK_DIR/primary" "$STACK_DIR/standby"
     chmod 755 "$STACK_DIR"
     chmod 700 "$STACK_DIR/primary" "$STACK_DIR/standby"
-    if [ "$(id -u)" = 0 ]; then chown postgres: "$RUN" "$LOG" "$STACK_DIR/primary" "$STACK_DIR/standby"; fi
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres: "$RUN" "$LOG" "$STACK_DIR/primary" "$STACK_DIR/standby"
+        as_pg test -w "$RUN" || die "the postgres user cannot reach $STACK_DIR (a parent folder is not searchable)"
+    fi
     # Whatever way `up` fails, it leaves nothing running.
     trap 'say "up failed; last log lines:"; tail -n 5 "$LOG"/*.log >&2 || true; cmd_down >/dev/null 2>&1 || true' EXIT
 
@@ -384,7 +394,7 @@ cmd_status() {
     for role in primary standby; do
         local port_var ok=0
         port_var="$(echo "$role" | tr a-z A-Z)_PORT"
-        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "${!port_var}" && ok=1
+        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "${!port_var}" -U postgres && ok=1
         report "$role" "$ok" "127.0.0.1:${!port_var}"
     done
     line="$(psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d postgres -Atc \
