@@ -92,6 +92,7 @@ class Load:
 
     events: list[tuple[float, bool]] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)  # "503 POST /api/orders: <detail>" -> count
     orders_created: set[int] = field(default_factory=set)
     orders_paid: set[int] = field(default_factory=set)
 
@@ -111,6 +112,7 @@ class Drill:
     recovery_s: float
     failures_by_second: dict[int, int]  # whole seconds after the fault began -> failed requests
     statuses: dict[str, int]
+    failures: dict[str, int]
     invariants: str
     lost: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
@@ -122,13 +124,17 @@ class Drill:
 
 async def _call(http: aiohttp.ClientSession, load: Load, method: str, path: str, **kwargs: Any) -> Any:
     """One request; returns the JSON body of a 2xx answer, else None."""
+    route = f"{method} {path.rsplit('/', 1)[0] + '/{id}' if path.startswith('/api/products/') else path}"
     try:
         async with http.request(method, path, **kwargs) as response:
             body = await response.read()
-            load.note(response.status)
+            if not load.note(response.status):
+                detail = json.loads(body).get("detail", "") if response.content_type.endswith("json") else ""
+                load.failures[f"{response.status} {route}: {detail}"[:160]] += 1
             return json.loads(body) if 200 <= response.status < 300 and body else None
     except (TimeoutError, aiohttp.ClientError) as exc:
         load.note(type(exc).__name__)
+        load.failures[f"{type(exc).__name__} {route}"] += 1
         return None
 
 
@@ -257,6 +263,7 @@ async def drill(
         recovery_s=round(max(failures) - fault_at, 2) if failures else 0.0,
         failures_by_second=dict(sorted(Counter(int(t - fault_at) for t in failures).items())),
         statuses=dict(load.statuses),
+        failures=dict(load.failures.most_common()),
         invariants=invariants,
         lost=lost,
         extra=extra,
