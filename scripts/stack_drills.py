@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "--drills", nargs="+", default=["kill-replica", "restart-pgbouncer", "standby-outage", "restart-primary"]
     )
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--logs", type=Path, help="copy the stack's logs (replicas, PgBouncer, PostgreSQL) here")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="storefront-drills-"))
     folder.chmod(0o755)  # PostgreSQL and PgBouncer run as `postgres` when this runs as root
@@ -353,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = asyncio.run(run(args, stack))
     finally:
+        if args.logs:
+            shutil.copytree(stack.folder / "log", args.logs, dirs_exist_ok=True)
         stack.run("down")
         shutil.rmtree(folder, ignore_errors=True)
     if args.json:
