@@ -1,9 +1,11 @@
 """Schema migrations: the numbered SQL files in `sql/`, applied in order.
 
 Each file runs in its own transaction together with the row that records it, so a
-failed migration leaves no trace and is retried at the next start. A session-level
-advisory lock makes concurrent starters (several workers or replicas) wait for each
-other: the first applies, the others find nothing left to do.
+failed migration leaves no trace and is retried at the next start. That transaction
+first takes an advisory lock, so concurrent starters (several workers or replicas) wait
+for each other: the first applies, the others find it recorded. Transaction-scoped locks
+and no prepared statements: the connection may go through PgBouncer in transaction
+pooling, where neither a session lock nor a prepared statement outlives a transaction.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 )
 """
-_APPLIED = "SELECT version, checksum FROM schema_migrations"
+_LOCK = "SELECT pg_advisory_xact_lock($1)"
+_CHECKSUM = "SELECT checksum FROM schema_migrations WHERE version = $1"
 _RECORD = "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)"
 
 
@@ -58,23 +61,23 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
 
 async def apply_pending(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply every migration not yet recorded; returns the versions applied now."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-        try:
-            return await _apply(conn, discover(sql_dir))
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        return await _apply(conn, discover(sql_dir))
     finally:
         await conn.close()
 
 
 async def _apply(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
-    await conn.execute(_CREATE_LEDGER)
-    applied = {r["version"]: r["checksum"] for r in await conn.fetch(_APPLIED)}
     done = []
     for migration in migrations:
-        recorded = applied.get(migration.version)
+        async with conn.transaction():
+            await conn.execute(_LOCK, _LOCK_KEY)
+            await conn.execute(_CREATE_LEDGER)
+            recorded = await conn.fetchval(_CHECKSUM, migration.version)
+            if recorded is None:
+                await conn.execute(migration.sql)
+                await conn.execute(_RECORD, migration.version, migration.checksum)
         if recorded is not None:
             if recorded != migration.checksum:
                 log.warning(
@@ -82,9 +85,6 @@ async def _apply(conn: asyncpg.Connection, migrations: list[Migration]) -> list[
                     extra={"migration": migration.version},
                 )
             continue
-        async with conn.transaction():
-            await conn.execute(migration.sql)
-            await conn.execute(_RECORD, migration.version, migration.checksum)
         log.info("migration applied", extra={"migration": migration.version})
         done.append(migration.version)
     return done

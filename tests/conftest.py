@@ -3,6 +3,12 @@
 The server is the one named by TEST_DATABASE_URL (any database on it; the tests
 create their own next to it and drop it at the end), or else a throwaway embedded
 PostgreSQL in a temporary folder. A server nobody named is never touched.
+
+With STOREFRONT_URL (and STOREFRONT_DATABASE_URL, that service's database) the same HTTP
+tests drive a running deployment instead of the in-process app, e.g. scripts/stack.sh's
+nginx: `api` and `client` talk to that URL, and `clean_db` and `db` use that database.
+Tests that need settings of their own (`config_overrides`) or reach into the in-process
+app are skipped there: the deployment has its own settings.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from argon2 import PasswordHasher
 
 from db import migrations
+from db import users as users_db
+from db.pool import Database
 from server.app import Options, create_app
 from server.runtime.config import Config, load
 from server.runtime.embedded_pg import EmbeddedPostgres
@@ -32,6 +42,7 @@ ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "admin-password-1"
 # Cheap hashing: the tests check behaviour, not argon2's cost.
 FAST_HASHING = {"password_hash_time_cost": 1, "password_hash_memory_kib": 1024, "password_hash_parallelism": 1}
+STOREFRONT_URL = os.environ.get("STOREFRONT_URL")
 # Every table but the migrations' own record: a table a migration adds is emptied too.
 _TABLES = """
 SELECT string_agg(format('%I', tablename), ', ') FROM pg_tables
@@ -56,8 +67,15 @@ def pg_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(pg_server: str) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database for this test run, migrated; dropped at the end."""
+    if STOREFRONT_URL:
+        external = os.environ.get("STOREFRONT_DATABASE_URL")
+        if not external:
+            pytest.exit("STOREFRONT_URL needs STOREFRONT_DATABASE_URL (the database that service uses)", 2)
+        yield external
+        return
+    pg_server: str = request.getfixturevalue("pg_server")
     name = f"storefront_test_{os.getpid()}_{secrets.token_hex(3)}"
     run_sql(pg_server, f'CREATE DATABASE "{name}"')
     dsn = dsn_with_database(pg_server, name)
@@ -71,12 +89,32 @@ def database_url(pg_server: str) -> Iterator[str]:
 @pytest.fixture
 async def clean_db(database_url: str) -> str:
     """Every test starts from empty tables (so tests do not depend on each other)."""
+    if STOREFRONT_URL:
+        await _clean_external(database_url)
+        return database_url
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(f"TRUNCATE {await conn.fetchval(_TABLES)} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
     return database_url
+
+
+async def _clean_external(database_url: str) -> None:
+    """Empty a running deployment's tables. Ids are not restarted, so an id a running
+    process still remembers (an order actor, say) never names a new row; the admin the
+    deployment made at its start is made again."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, statement_cache_size=0)
+    try:
+        await pool.execute(f"TRUNCATE {await pool.fetchval(_TABLES)} CASCADE")
+        hasher = PasswordHasher(
+            time_cost=FAST_HASHING["password_hash_time_cost"],
+            memory_cost=FAST_HASHING["password_hash_memory_kib"],
+            parallelism=FAST_HASHING["password_hash_parallelism"],
+        )
+        await users_db.upsert_admin(Database(pool, 10), ADMIN_EMAIL, "Administrator", hasher.hash(ADMIN_PASSWORD), True)
+    finally:
+        await pool.close()
 
 
 def make_config(database_url: str, **overrides: Any) -> Config:
@@ -108,13 +146,22 @@ def config(clean_db: str, config_overrides: dict[str, Any]) -> Config:
 
 @pytest.fixture
 def app(config: Config) -> web.Application:
+    if STOREFRONT_URL:
+        pytest.skip("reaches into the in-process app; STOREFRONT_URL names a running deployment")
     return create_app(config, Options(dsn=config.database_url or "", jwt_secret=JWT_SECRET))
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, app: web.Application) -> TestClient[Any, Any]:
-    test_client: TestClient[Any, Any] = await aiohttp_client(app)
-    return test_client
+async def client(
+    request: pytest.FixtureRequest, aiohttp_client: Any, clean_db: str, config_overrides: dict[str, Any]
+) -> AsyncIterator[TestClient[Any, Any] | aiohttp.ClientSession]:
+    if not STOREFRONT_URL:
+        yield await aiohttp_client(request.getfixturevalue("app"))
+        return
+    if config_overrides:
+        pytest.skip(f"needs settings of its own ({config_overrides}); STOREFRONT_URL has its own")
+    async with aiohttp.ClientSession(base_url=STOREFRONT_URL) as http:
+        yield http
 
 
 @pytest.fixture

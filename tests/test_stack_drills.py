@@ -1,0 +1,47 @@
+"""The failure drills of scripts/stack_drills.py, short, on the real stack (Debian's
+PostgreSQL, PgBouncer and nginx, started by scripts/stack.sh in a folder of its own).
+
+Part of the fault suite (`python3 dev.py test -m faults`). Skipped, saying why, when the
+stack's packages are missing and cannot be installed (not root, no apt-get, no network).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.faults
+
+CANNOT_INSTALL = 4  # scripts/stack_drills.py's exit code when the packages cannot be installed
+
+
+def test_short_failure_drills_lose_nothing_and_recover(tmp_path: Path) -> None:
+    results = tmp_path / "drills.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/stack_drills.py", "--window", "6", "--clients", "8", "--json", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    if done.returncode == CANNOT_INSTALL:
+        pytest.skip(f"the stack's packages cannot be installed: {done.stderr.strip()[-300:]}")
+    print(done.stdout)
+    assert results.exists(), done.stderr[-3000:]
+    drills = {d["name"]: d for d in json.loads(results.read_text())}
+    assert set(drills) == {"kill-replica", "restart-pgbouncer", "standby-outage", "restart-primary"}
+    for drill in drills.values():
+        assert drill["invariants"] == "0 invariant violation(s)", drill
+        assert drill["lost"] == [], drill  # every order and payment answered 201 is stored, charged once
+        assert drill["statuses"].get("201", 0) > 0, drill  # orders went through during the drill
+        assert drill["recovery_s"] < 6, drill  # the last failure came before the window closed
+        assert not set(drill["statuses"]) & {"500", "504"}, drill  # failures are 502/503 or refusals, never 500
+    assert drills["standby-outage"]["failed"] == 0  # nothing reads from the standby yet
+    assert done.returncode == 0, done.stderr[-3000:]
