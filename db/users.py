@@ -37,13 +37,6 @@ async def get(db: Database, user_id: int) -> asyncpg.Record | None:
     return await db.fetchrow(_GET, user_id)
 
 
-_GET_AUTH = "SELECT role, token_version FROM users WHERE id = $1"
-
-
-async def get_auth(db: Database, user_id: int) -> asyncpg.Record | None:
-    return await db.fetchrow(_GET_AUTH, user_id)
-
-
 _GET_CREDENTIALS = "SELECT id, password_hash, token_version FROM users WHERE email = $1"
 
 

@@ -8,10 +8,12 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from handlers.routing import PRINCIPAL
 from handlers.schemas import MAX_ID
-from server import jsonio
-from server.context import CONTEXT, Context
-from server.errors import (
+from server.domain.auth import Principal
+from server.domain.context import CONTEXT, Context
+from server.runtime import jsonio
+from server.runtime.problems import (
     BadRequest,
     NotFound,
     PayloadTooLarge,
@@ -25,6 +27,17 @@ M = TypeVar("M", bound=BaseModel)
 
 def context(request: web.Request) -> Context:
     return request.app[CONTEXT]
+
+
+def principal(request: web.Request) -> Principal:
+    """The caller, authenticated by the routing layer per the route's `auth`."""
+    return request[PRINCIPAL]
+
+
+def location(request: web.Request, handler_name: str, resource_id: int | None = None) -> dict[str, str]:
+    """A `Location` header for the resource that the named route serves."""
+    parts = {} if resource_id is None else {"id": str(resource_id)}
+    return {"Location": str(request.app.router[handler_name].url_for(**parts))}
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:

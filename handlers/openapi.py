@@ -13,7 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from handlers.routing import Response, Route
 from handlers.schemas import Problem
-from server.errors import NotFound
+from server.runtime.problems import NotFound
 
 DOCS_ASSETS = "/api/docs/assets"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}

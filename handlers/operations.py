@@ -9,8 +9,8 @@ from aiohttp import web
 from handlers.common import context
 from handlers.routing import Response, Route
 from handlers.schemas import HealthOut
-from server import metrics as metrics_module
-from server.jsonio import json_response
+from server.runtime import metrics as metrics_module
+from server.runtime.jsonio import json_response
 
 _READY_TIMEOUT_SECONDS = 2.0
 

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import asyncpg
 from aiohttp import web
 
-from handlers.common import context, parse_query, path_id, read_json
+from handlers.common import context, location, parse_query, path_id, principal, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import OrderCreateIn, OrderItemIn, OrderListQuery, OrderOut, OrderUpdateIn, Page
-from server import accounts, orders
-from server.jsonio import json_response
-
-_ITEM_KEYS = ("product_id", "name", "unit_price", "quantity", "line_total")
-
-
-def order_json(row: asyncpg.Record, items: Sequence[tuple[Any, ...]] | None = None) -> dict[str, Any]:
-    lines = row["items"] if items is None else items
-    return {
-        "id": row["id"],
-        "user_id": row["user_id"],
-        "status": row["status"],
-        "items": [dict(zip(_ITEM_KEYS, line, strict=True)) for line in lines],
-        "total": row["total"],
-        "currency": row["currency"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "expires_at": row["expires_at"],
-    }
+from server.domain import orders
+from server.domain.orders import order_json
+from server.runtime.jsonio import json_response
 
 
 def _lines(items: list[OrderItemIn]) -> list[tuple[int, int]]:
@@ -37,47 +17,42 @@ def _lines(items: list[OrderItemIn]) -> list[tuple[int, int]]:
 
 
 async def create_order(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    ctx, caller = context(request), principal(request)
     body = await read_json(request, OrderCreateIn)
-    row, items = await orders.create(ctx, principal, _lines(body.items))
-    return json_response(order_json(row, items), status=201, headers={"Location": f"/api/orders/{row['id']}"})
+    row, items = await orders.create(ctx, caller, _lines(body.items))
+    return json_response(order_json(row, items), status=201, headers=location(request, "get_order", row["id"]))
 
 
 async def get_order(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
-    row = await orders.get(ctx, principal, path_id(request))
+    ctx, caller = context(request), principal(request)
+    row = await orders.get(ctx, caller, path_id(request))
     return json_response(order_json(row))
 
 
 async def list_orders(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    ctx, caller = context(request), principal(request)
     query = parse_query(request, OrderListQuery)
     rows, next_cursor = await orders.list_page(
-        ctx, principal, user_id=query.user_id, status=query.status, cursor=query.cursor, limit=query.limit
+        ctx, caller, user_id=query.user_id, status=query.status, cursor=query.cursor, limit=query.limit
     )
     return json_response({"items": [order_json(r) for r in rows], "next_cursor": next_cursor})
 
 
 async def update_order(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    ctx, caller = context(request), principal(request)
     order_id = path_id(request)
     body = await read_json(request, OrderUpdateIn)
     if body.items is not None:
-        row = await orders.replace_lines(ctx, principal, order_id, _lines(body.items))
+        row = await orders.replace_lines(ctx, caller, order_id, _lines(body.items))
     else:
         assert body.status is not None
-        row = await orders.change_status(ctx, principal, order_id, body.status)
+        row = await orders.change_status(ctx, caller, order_id, body.status)
     return json_response(order_json(row))
 
 
 async def delete_order(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
-    await orders.delete(ctx, principal, path_id(request))
+    ctx, caller = context(request), principal(request)
+    await orders.delete(ctx, caller, path_id(request))
     return web.Response(status=204)
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.common import context, path_id, read_json
+from handlers.common import context, location, path_id, principal, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import PaymentCreateIn, PaymentOut
-from server import accounts
-from server.errors import PROBLEM_CONTENT_TYPE, ValidationFailed
-from server.jsonio import json_response
-from server.payments import service as payments
+from server.domain.payments import service as payments
+from server.runtime.jsonio import json_response
+from server.runtime.problems import PROBLEM_CONTENT_TYPE, ValidationFailed
 
 _MAX_IDEMPOTENCY_KEY = 255
 
@@ -25,22 +24,20 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 
 async def create_payment(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
+    ctx, caller = context(request), principal(request)
     key = _idempotency_key(request)
     body = await read_json(request, PaymentCreateIn)
     payment_request = payments.PaymentRequest(body.order_id, body.payment_method.token, body.amount)
-    response = await payments.pay(ctx, principal.id, payment_request, key)
+    response = await payments.pay(ctx, caller.id, payment_request, key)
     if response.is_problem:
         return json_response(response.body, status=response.status, content_type=PROBLEM_CONTENT_TYPE)
-    headers = {"Location": f"/api/payments/{response.body['id']}"} if response.status in (201, 202) else None
+    headers = location(request, "get_payment", response.body["id"]) if response.status in (201, 202) else None
     return json_response(response.body, status=response.status, headers=headers)
 
 
 async def get_payment(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
-    payment = await payments.get(ctx, path_id(request), principal.id, principal.is_admin)
+    ctx, caller = context(request), principal(request)
+    payment = await payments.get(ctx, path_id(request), caller.id, caller.is_admin)
     return json_response(payment)
 
 

@@ -1,6 +1,7 @@
-"""The route table: each endpoint's handler together with what it accepts and
-answers. The app registers routes from it and the OpenAPI document is generated
-from it, so the two cannot drift apart."""
+"""The route table: each endpoint's handler together with who may call it and what
+it accepts and answers. The app registers routes from it, the routing layer
+enforces each route's `auth` before its handler runs, and the OpenAPI document is
+generated from it, so the three cannot drift apart."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
+from server.domain.auth import Principal
+from server.domain.context import CONTEXT
+from server.domain.users import authenticate
+from server.runtime.problems import Forbidden
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Auth = Literal["none", "user", "admin"]
+
+# The caller of a route whose auth is "user" or "admin", set by the routing layer.
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
 @dataclass(frozen=True)
@@ -46,5 +55,25 @@ class Route:
 
 
 def register(app: web.Application, routes: list[Route]) -> None:
+    """Add every route, its handler behind the check its `auth` declares, named
+    after its handler (so `Location` headers are built from the route table)."""
     for route in routes:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.path, guarded(route), name=route.handler.__name__)
+
+
+def guarded(route: Route) -> Handler:
+    """The route's handler behind its declared check: "user" needs a valid access
+    token (401 otherwise), "admin" an admin's (403 for anyone else). The handler
+    finds its caller under PRINCIPAL and never reads `Authorization` itself."""
+    if route.auth == "none":
+        return route.handler
+    handler, admin_only = route.handler, route.auth == "admin"
+
+    async def authenticated(request: web.Request) -> web.StreamResponse:
+        principal = await authenticate(request.app[CONTEXT], request.headers.get("Authorization"))
+        if admin_only and not principal.is_admin:
+            raise Forbidden("this needs an admin")
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return authenticated

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import asyncpg
 from aiohttp import web
 
-from handlers.common import context, read_json
+from handlers.common import context, location, principal, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import LoginIn, ProfileUpdateIn, RegisterIn, TokenOut, UserOut
-from server import accounts
-from server.jsonio import json_response
-
-
-def user_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "email": row["email"],
-        "name": row["name"],
-        "role": row["role"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-    }
+from server.domain import users
+from server.domain.users import user_json
+from server.runtime.jsonio import json_response
 
 
 def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
@@ -33,27 +20,24 @@ def client_ip(request: web.Request, trust_forwarded_for: bool) -> str:
 
 async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterIn)
-    row = await accounts.register(context(request), body.email, body.password, body.name)
-    return json_response(user_json(row), status=201, headers={"Location": "/api/users/profile"})
+    row = await users.register(context(request), body.email, body.password, body.name)
+    return json_response(user_json(row), status=201, headers=location(request, "get_profile"))
 
 
 async def login(request: web.Request) -> web.Response:
     ctx = context(request)
     body = await read_json(request, LoginIn)
-    token = await accounts.login(ctx, body.email, body.password, client_ip(request, ctx.config.trust_forwarded_for))
+    token = await users.login(ctx, body.email, body.password, client_ip(request, ctx.config.trust_forwarded_for))
     return json_response({"access_token": token, "token_type": "Bearer", "expires_in": ctx.tokens.ttl_seconds})
 
 
 async def get_profile(request: web.Request) -> web.Response:
-    row = await accounts.profile(context(request), request.headers.get("Authorization"))
-    return json_response(user_json(row))
+    return json_response(user_json(principal(request).user))
 
 
 async def update_profile(request: web.Request) -> web.Response:
-    ctx = context(request)
-    principal = await accounts.authenticate(ctx, request.headers.get("Authorization"))
     body = await read_json(request, ProfileUpdateIn)
-    row = await accounts.update_profile(ctx, principal, body.model_dump(exclude_none=True))
+    row = await users.update_profile(context(request), principal(request), body.model_dump(exclude_none=True))
     return json_response(user_json(row))
 
 

@@ -21,18 +21,18 @@ from db import idempotency, login_failures, maintenance
 from db.pool import create_database
 from handlers import api, openapi
 from handlers.routing import register
-from server import accounts, orders
-from server.auth import Passwords, Tokens
-from server.background import Periodic
-from server.config import Config, pool_settings
-from server.context import CONTEXT, Context
-from server.cursors import CursorCodec
-from server.jsonio import dumps
-from server.metrics import Metrics
-from server.middleware import make_middleware
-from server.payments import service as payments
-from server.payments.simulated import SimulatedProvider
-from server.supervisor import OrderSupervisor
+from server.domain import orders, users
+from server.domain.auth import Passwords, Tokens
+from server.domain.context import CONTEXT, Context
+from server.domain.cursors import CursorCodec
+from server.domain.order_actors import OrderSupervisor
+from server.domain.payments import service as payments
+from server.domain.payments.simulated import SimulatedProvider
+from server.runtime.config import Config, pool_settings
+from server.runtime.jsonio import dumps
+from server.runtime.metrics import Metrics
+from server.runtime.middleware import make_middleware
+from server.runtime.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _worker_resources(
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
-            await accounts.ensure_admin(ctx, config.admin_email, config.admin_password)
+            await users.ensure_admin(ctx, config.admin_email, config.admin_password)
         jobs = Periodic()
         if options.background_jobs:
             _start_jobs(jobs, ctx)

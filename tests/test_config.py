@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from server.config import ConfigError, env_names, load
+from server.runtime.config import ConfigError, env_names, load
 from tests.helpers import ROOT
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from server.config import Config
+from server.runtime.config import Config
 from tests.helpers import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"

@@ -30,7 +30,7 @@ import pytest
 from db import orders as orders_db
 from db import payments as payments_db
 from db.pool import Database
-from server.embedded_pg import EmbeddedPostgres
+from server.runtime.embedded_pg import EmbeddedPostgres
 from tests.helpers import Api, ServerProcess, User, session
 
 pytestmark = pytest.mark.faults

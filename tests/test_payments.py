@@ -13,7 +13,7 @@ from db import idempotency as idempotency_db
 from db import payments as payments_db
 from db.pool import Database
 from server.app import Options, create_app
-from server.context import CONTEXT
+from server.domain.context import CONTEXT
 from tests.conftest import JWT_SECRET, make_config
 from tests.helpers import Api, User
 

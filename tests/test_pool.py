@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 from db.pool import Database
-from server.auth import Tokens
-from server.context import CONTEXT
-from server.errors import Unauthorized
+from server.domain.auth import Tokens
+from server.domain.context import CONTEXT
+from server.runtime.problems import Unauthorized
 from tests.helpers import Api
 
 

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from server import order_status
-from server.errors import ValidationFailed
-from server.order_status import Event, InvalidTransition, next_status
-from server.orders import MAX_QUANTITY, merge_lines
+from server.domain import order_status
+from server.domain.order_status import Event, InvalidTransition, next_status
+from server.domain.orders import MAX_QUANTITY, merge_lines
+from server.runtime.problems import ValidationFailed
 from tests.helpers import ServerProcess, unique_email
 
 TERMINAL = {"delivered", "cancelled", "expired"}

@@ -241,7 +241,7 @@ async def test_a_huge_array_is_refused_without_a_500(api: Api, world: World) -> 
     assert await api.stock(world.product["id"]) == 1000
 
 
-# The HTTP parser's limits are those of the real server (server/http.py), so these
+# The HTTP parser's limits are those of the real server (server/runtime/serving.py), so these
 # talk to a `python -m server` process.
 @pytest.fixture(scope="module")
 def live_server(database_url: str) -> Iterator[ServerProcess]:

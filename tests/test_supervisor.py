@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 
 from db import orders as orders_db
-from server.context import CONTEXT
-from server.errors import ServiceUnavailable
-from server.metrics import Metrics
-from server.supervisor import OrderActor, OrderSupervisor
+from server.domain.context import CONTEXT
+from server.domain.order_actors import OrderActor, OrderSupervisor
+from server.runtime.metrics import Metrics
+from server.runtime.problems import ServiceUnavailable
 from tests.helpers import Api
 
 

@@ -5,19 +5,37 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import asyncpg
 
 from db import orders as orders_db
-from server import order_status
-from server.auth import Principal
-from server.context import Context
-from server.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.supervisor import OrderActor
+from server.domain import order_status
+from server.domain.auth import Principal
+from server.domain.context import Context
+from server.domain.order_actors import OrderActor
+from server.runtime.problems import Conflict, Forbidden, NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
 
 MAX_QUANTITY = 1000
+
+_ITEM_KEYS = ("product_id", "name", "unit_price", "quantity", "line_total")
+
+
+def order_json(row: asyncpg.Record, items: Sequence[tuple[Any, ...]] | None = None) -> dict[str, Any]:
+    lines = row["items"] if items is None else items
+    return {
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "status": row["status"],
+        "items": [dict(zip(_ITEM_KEYS, line, strict=True)) for line in lines],
+        "total": row["total"],
+        "currency": row["currency"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "expires_at": row["expires_at"],
+    }
 
 
 def merge_lines(items: Sequence[tuple[int, int]]) -> tuple[list[orders_db.Line], dict[int, int]]:

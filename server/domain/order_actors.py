@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import aiojobs
 
 from db.pool import is_outage
-from server.errors import ApiError, ServiceUnavailable
-from server.metrics import Metrics
+from server.runtime.metrics import Metrics
+from server.runtime.problems import ApiError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from server.errors import ValidationFailed
+from server.runtime.problems import ValidationFailed
 
 _MAC_BYTES = 16
 MAX_CURSOR_LENGTH = 1024

@@ -18,11 +18,11 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from db.pool import is_outage
-from server.config import Config
-from server.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
-from server.jsonio import json_response
-from server.logs import request_id_var
-from server.metrics import Metrics
+from server.runtime.config import Config
+from server.runtime.jsonio import json_response
+from server.runtime.logs import request_id_var
+from server.runtime.metrics import Metrics
+from server.runtime.problems import PROBLEM_CONTENT_TYPE, ApiError, problem_body
 
 log = logging.getLogger("storefront.http")
 access_log = logging.getLogger("storefront.access")

@@ -33,11 +33,11 @@ import orjson
 from db import idempotency as idempotency_db
 from db import orders as orders_db
 from db import payments as payments_db
-from server.context import Context
-from server.errors import ApiError, Conflict, NotFound, ValidationFailed
-from server.jsonio import dumps
-from server.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
-from server.supervisor import OrderActor
+from server.domain.context import Context
+from server.domain.order_actors import OrderActor
+from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
+from server.runtime.jsonio import dumps
+from server.runtime.problems import ApiError, Conflict, NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
 

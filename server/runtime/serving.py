@@ -16,9 +16,9 @@ from typing import Any
 from aiohttp import web, web_protocol
 
 from server.app import Options, create_app
-from server.config import Config
-from server.errors import PROBLEM_CONTENT_TYPE, problem_body
-from server.jsonio import dumps
+from server.runtime.config import Config
+from server.runtime.jsonio import dumps
+from server.runtime.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import secrets
 
 from db import simulated_provider as ledger
 from db.pool import Database
-from server.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
+from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
 
 _DECISIONS: dict[str, tuple[str, str | None]] = {
     "tok_visa": ("succeeded", None),

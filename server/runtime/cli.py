@@ -23,9 +23,9 @@ from db import orders as orders_db
 from db import payments as payments_db
 from db import users as users_db
 from db.pool import PoolSettings, create_database
-from server import logs
-from server.config import Config, ConfigError, load, pool_settings
-from server.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from server.runtime import logs
+from server.runtime.config import Config, ConfigError, load, pool_settings
+from server.runtime.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 
 log = logging.getLogger("storefront")
 
@@ -46,18 +46,18 @@ def database(config: Config) -> Iterator[str]:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from server import workers
+    from server.runtime import processes
 
     with database(config) as dsn:
         uvloop.run(migrations.apply_pending(dsn))
-        return workers.run(config, dsn)
+        return processes.run(config, dsn)
 
 
 def _worker(config: Config, args: argparse.Namespace) -> int:
-    from server import workers
+    from server.runtime import processes
 
     assert config.database_url, "workers are started with DATABASE_URL set"
-    return workers.run_worker(config, config.database_url)
+    return processes.run_worker(config, config.database_url)
 
 
 def _migrate(config: Config, args: argparse.Namespace) -> int:
@@ -68,7 +68,7 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _create_admin(config: Config, args: argparse.Namespace) -> int:
-    from server.auth import Passwords
+    from server.domain.auth import Passwords
 
     password = args.password or os.environ.get("ADMIN_PASSWORD") or getpass.getpass("password: ")
     if not 8 <= len(password) <= 128:
@@ -100,7 +100,7 @@ def _seed_demo(config: Config, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from db.products import seed as copy_products
-    from server import seed
+    from server.runtime import seed
 
     async def load_products(dsn: str) -> float:
         conn = await asyncpg.connect(dsn)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from db.pool import Database
-from server.auth import Passwords, Tokens
-from server.config import Config
-from server.cursors import CursorCodec
-from server.metrics import Metrics
-from server.payments.provider import PaymentProvider
-from server.supervisor import OrderSupervisor
+from server.domain.auth import Passwords, Tokens
+from server.domain.cursors import CursorCodec
+from server.domain.order_actors import OrderSupervisor
+from server.domain.payments.provider import PaymentProvider
+from server.runtime.config import Config
+from server.runtime.metrics import Metrics
 
 
 @dataclass

@@ -8,10 +8,15 @@ from typing import Any
 import asyncpg
 
 from db import products as products_db
-from server.context import Context
-from server.errors import Conflict, NotFound
+from server.domain.context import Context
+from server.runtime.problems import Conflict, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def product_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A product as the API shows it: every column its query selects, by name."""
+    return dict(row.items())
 
 
 async def create(ctx: Context, fields: dict[str, Any]) -> asyncpg.Record:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import uvloop
 
 from server.app import Options, resolve_jwt_secret
-from server.config import Config
+from server.runtime.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run_worker(config: Config, dsn: str) -> int:
 
 
 async def _serve(config: Config, options: Options, *, reuse_port: bool) -> None:
-    from server.http import serve
+    from server.runtime.serving import serve
 
     await serve(config, options, reuse_port=reuse_port)
 
