@@ -12,7 +12,8 @@
 # Every setting in the environment (JWT_SECRET, ADMIN_EMAIL, ADMIN_PASSWORD,
 # ORDER_TTL_SECONDS, WORKERS, ...) reaches the replicas; JWT_SECRET defaults to one random
 # secret shared by all of them. Stack knobs: API_REPLICAS (2), STACK_DIR (.stack),
-# STACK_HTTP_PORT and the other *_PORT below (free ports by default), PGBOUNCER_POOL_SIZE (20).
+# STACK_HTTP_PORT, STACK_PRIMARY_PORT, STACK_STANDBY_PORT, STACK_PGBOUNCER_PORT (free ports
+# by default), PGBOUNCER_POOL_SIZE (20).
 # It never touches another PostgreSQL: its clusters live in STACK_DIR on their own ports.
 set -Eeuo pipefail
 
@@ -393,7 +394,7 @@ cmd_status() {
     }
     for role in primary standby; do
         local port_var ok=0
-        port_var="$(echo "$role" | tr a-z A-Z)_PORT"
+        port_var="${role^^}_PORT"
         "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "${!port_var}" -U postgres && ok=1
         report "$role" "$ok" "127.0.0.1:${!port_var}"
     done
@@ -433,5 +434,5 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     start | stop | restart) [ $# = 2 ] || die "usage: $0 $1 primary|standby|pgbouncer"; cmd_component "$1" "$2" ;;
-    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
