@@ -43,8 +43,13 @@ DECLARE
     v_short_name text;
     v_short_available integer;
 BEGIN
-    -- Every product named or held, in ascending id order (the global lock order).
-    PERFORM 1 FROM products WHERE id = ANY (p_product_ids || p_held_ids) ORDER BY id FOR UPDATE;
+    -- Every product named or held is locked in ascending id order (the global lock
+    -- order). The main query below locks the named ones as it reads them; a product
+    -- held but no longer named (a replacement dropped it) is locked here first, with
+    -- the rest, so that the order still holds.
+    IF NOT p_held_ids <@ p_product_ids THEN
+        PERFORM 1 FROM products WHERE id = ANY (p_product_ids || p_held_ids) ORDER BY id FOR UPDATE;
+    END IF;
 
     SELECT array_agg(w.product_id ORDER BY w.line_no) FILTER (WHERE p.id IS NULL),
            count(DISTINCT p.currency),
@@ -57,7 +62,11 @@ BEGIN
            sum(p.price * w.quantity)::bigint
       INTO v_unknown, v_currencies, currency, v_short_id, v_short_name, v_short_available, lines, total
       FROM unnest(p_product_ids, p_quantities) WITH ORDINALITY AS w (product_id, quantity, line_no)
-      LEFT JOIN products p ON p.id = w.product_id AND p.deleted_at IS NULL
+      LEFT JOIN (SELECT pr.id, pr.name, pr.price, pr.stock, pr.currency
+                   FROM products pr
+                  WHERE pr.id = ANY (p_product_ids) AND pr.deleted_at IS NULL
+                  ORDER BY pr.id
+                    FOR UPDATE) p ON p.id = w.product_id
       LEFT JOIN unnest(p_held_ids, p_held_quantities) AS h (product_id, quantity) ON h.product_id = w.product_id;
 
     IF v_unknown IS NOT NULL OR v_currencies = 0 THEN

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -200,12 +201,20 @@ def server_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def two_servers(clean_db: str, server_env: dict[str, str]) -> Iterator[list[ServerProcess]]:
-    """Two server processes on one empty database: for what must hold across processes."""
-    servers = [ServerProcess(clean_db, env=server_env) for _ in range(2)]
+def server_database(clean_db: str) -> str:
+    """The database of the `two_servers`: override in a test module."""
+    return clean_db
+
+
+@pytest.fixture
+def two_servers(server_database: str, server_env: dict[str, str], tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Two server processes on one database, started at the same moment (their logs:
+    tmp_path/server0.log, server1.log): for what must hold across processes."""
+    servers = [ServerProcess(server_database, env=server_env, log_path=tmp_path / f"server{i}.log") for i in range(2)]
     try:
-        for server in servers:
-            server.start()
+        with ThreadPoolExecutor(len(servers)) as starting:
+            for started in [starting.submit(server.start) for server in servers]:
+                started.result()
         yield servers
     finally:
         for server in servers:

@@ -29,28 +29,30 @@ def empty_database(pg_server: str) -> Iterator[str]:
         run_sql(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def server_database(empty_database: str) -> str:
+    return empty_database
+
+
+@pytest.fixture
+def server_env() -> dict[str, str]:
+    return {"LOG_LEVEL": "INFO"}  # "migration applied" is logged at INFO
+
+
 async def test_two_processes_starting_together_on_an_empty_database_both_serve(
-    empty_database: str, tmp_path: Path
+    two_servers: list[ServerProcess], empty_database: str, tmp_path: Path
 ) -> None:
-    servers = [
-        ServerProcess(empty_database, env={"LOG_LEVEL": "INFO"}, log_path=tmp_path / f"server{i}.log") for i in range(2)
-    ]
-    await asyncio.gather(*(asyncio.to_thread(s.start) for s in servers))
+    for server in two_servers:
+        async with session(server.url) as http:
+            assert (await Api(http).register()).status == 201
+    conn = await asyncpg.connect(empty_database)
     try:
-        for server in servers:
-            async with session(server.url) as http:
-                assert (await Api(http).register()).status == 201
-        conn = await asyncpg.connect(empty_database)
-        try:
-            versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
-        finally:
-            await conn.close()
-        assert sorted(versions) == [m.version for m in discover()]
-        applied = sum(p.read_text().count('"migration applied"') for p in tmp_path.glob("server*.log"))
-        assert applied == len(versions)  # each migration applied by exactly one of them
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
     finally:
-        for server in servers:
-            server.stop()
+        await conn.close()
+    assert sorted(versions) == [m.version for m in discover()]
+    applied = sum(p.read_text().count('"migration applied"') for p in tmp_path.glob("server*.log"))
+    assert applied == len(versions)  # each migration applied by exactly one of them
 
 
 async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(clean_db: str) -> None:
