@@ -5,7 +5,10 @@ from __future__ import annotations
 from db.pool import Database
 
 # Tables that grow with traffic, and the statistics PostgreSQL plans them with.
-GROWING_TABLES = ("users", "products", "orders", "order_items", "payments", "idempotency_keys")
+GROWING_TABLES = (
+    "users", "products", "orders", "order_items", "payments", "idempotency_keys",
+    "events", "webhook_deliveries", "webhook_attempts",
+)  # fmt: skip
 
 # Tables now holding more than twice (and over `minimum` rows more than) what their
 # planner statistics say. reltuples is -1 for a table never analyzed: then the

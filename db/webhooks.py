@@ -255,14 +255,17 @@ async def record(
 
 # --- operations -------------------------------------------------------------------------
 
-# Age of the oldest event not yet delivered: not yet fanned out, or with a pending
-# delivery (0 when there is none).
+# Age of the oldest event not yet delivered: the first not yet fanned out (while a
+# webhook is enabled), or the lowest-id one with a pending delivery (0 when there is
+# none). Each part reads the first entry of an index, whatever the backlog.
 _LAG = """
+WITH position AS (SELECT txid, event_id FROM webhook_dispatch WHERE id = 1)
 SELECT extract(epoch FROM now() - least(
-    (SELECT min(e.created_at) FROM events e JOIN webhook_deliveries d ON d.event_id = e.id AND d.status = 'pending'),
-    (SELECT min(e.created_at) FROM events e
-     WHERE (e.txid, e.id) > (SELECT txid, event_id FROM webhook_dispatch WHERE id = 1)
-       AND EXISTS (SELECT 1 FROM webhooks WHERE enabled)),
+    (SELECT e.created_at FROM webhook_deliveries d JOIN events e ON e.id = d.event_id
+     WHERE d.status = 'pending' ORDER BY d.event_id LIMIT 1),
+    (SELECT e.created_at FROM events e, position p
+     WHERE (e.txid, e.id) > (p.txid, p.event_id) AND EXISTS (SELECT 1 FROM webhooks WHERE enabled)
+     ORDER BY e.txid, e.id LIMIT 1),
     now()
 ))::float8 AS lag,
 (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending
