@@ -149,7 +149,7 @@ class OrderSupervisor:
     max_live: int
     mailbox_size: int
     idle_seconds: float
-    queue_timeout: float = 2.0
+    queue_timeout: float = 5.0
     wall_clock: Callable[[], float] = time.time
     draining: bool = False
     _actors: dict[int, OrderActor] = field(default_factory=dict)
