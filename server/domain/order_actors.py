@@ -174,7 +174,7 @@ class Supervisor(Generic[K]):
     # Most commands of one user in flight here (queued or running), whatever orders
     # they are about: one customer's flood fills no more than this of the mailboxes.
     max_per_user: int = 16
-    queue_timeout: float = 2.0
+    queue_timeout: float = 5.0
     wall_clock: Callable[[], float] = time.time
     tracer: Tracer | None = None
     draining: bool = False

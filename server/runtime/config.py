@@ -125,7 +125,7 @@ class Config(BaseModel):
         description="Seconds an idle connection above the minimum is kept before closing (0: never closed).",
     )
     db_pool_acquire_timeout: float = Field(
-        2.0,
+        5.0,
         alias="DB_POOL_ACQUIRE_TIMEOUT",
         gt=0,
         description="Seconds a request may wait for a free connection before its work starts; "
@@ -280,7 +280,7 @@ class Config(BaseModel):
     )
 
     actor_queue_timeout_seconds: float = Field(
-        2.0,
+        5.0,
         alias="ACTOR_QUEUE_TIMEOUT_SECONDS",
         gt=0,
         description="Seconds a command may wait behind others in an order's mailbox before it "
