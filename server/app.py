@@ -104,7 +104,7 @@ def create_app(config: Config, options: Options) -> web.Application:
             _scheduler(config),
             _actors(config, metrics, tracer),
             _context(config, options, metrics, tracer),
-            _webhooks(config, metrics),
+            _webhooks(config, metrics, tracer),
             _periodic_jobs,
         ]
     )
@@ -256,7 +256,7 @@ def _traced(provider: PaymentProvider, tracer: Tracer) -> PaymentProvider:
     return cast(PaymentProvider, TracedCalls(provider, tracer, "payment_provider"))
 
 
-def _webhooks(config: Config, metrics: Metrics) -> Resource:
+def _webhooks(config: Config, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def deliveries(app: web.Application) -> AsyncIterator[None]:
         deliverer = webhooks.Deliverer.start(
             app[CONTEXT],
@@ -268,6 +268,7 @@ def _webhooks(config: Config, metrics: Metrics) -> Resource:
                 idle_seconds=config.actor_idle_seconds,
                 kind="webhook",
             ),
+            tracer,
         )
         app[_DELIVERER] = deliverer
         yield

@@ -4,6 +4,7 @@ the order's mailbox wait and the provider call, continues the caller's
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from server.runtime.logs import JsonFormatter
 from server.runtime.tracing import exporter_from_environment
 from tests.conftest import JWT_SECRET
 from tests.helpers import Api
+from tests.test_webhooks import FAST_DELIVERY, add_webhook
+from tests.webhook_receiver import Receiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
@@ -43,7 +46,7 @@ def app(config: Config, exporter: InMemorySpanExporter) -> web.Application:
 
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
-    return {"access_log": True}
+    return {"access_log": True, **FAST_DELIVERY}
 
 
 @pytest.fixture
@@ -121,3 +124,22 @@ def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:
     )
     assert exporter_from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) is not None
     assert exporter_from_environment({"OTEL_TRACES_EXPORTER": "console"}) is not None
+
+
+async def test_a_webhook_delivery_is_a_client_span_with_its_answer(api: Api, exporter: InMemorySpanExporter) -> None:
+    receiver = await Receiver().start()
+    try:
+        await add_webhook(api, receiver.url, ["product.created"])
+        await api.product(name="Traced")
+        await receiver.wait_for(lambda: len(receiver.received) == 1)
+    finally:
+        await receiver.stop()
+    for _ in range(50):  # the span ends once the outcome is back from the receiver
+        sends = [span for span in exporter.get_finished_spans() if span.name == "webhook.deliver"]
+        if sends:
+            break
+        await asyncio.sleep(0.05)
+    (send,) = sends
+    assert send.attributes is not None
+    assert send.attributes["webhook.event_type"] == "product.created"
+    assert send.attributes["http.response.status_code"] == 204  # what the receiver answers

@@ -43,6 +43,7 @@ import aiohttp
 import asyncpg
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from yarl import URL
 
 from db import webhooks as webhooks_db
@@ -247,9 +248,11 @@ class Deliverer:
     supervisor: Supervisor[QueueKey]
     session: aiohttp.ClientSession
     busy: collections.Counter[int] = field(default_factory=collections.Counter)
+    # Set when tracing is on: each send is a client span of its own.
+    tracer: Tracer | None = None
 
     @classmethod
-    def start(cls, ctx: Context, supervisor: Supervisor[QueueKey]) -> Deliverer:
+    def start(cls, ctx: Context, supervisor: Supervisor[QueueKey], tracer: Tracer | None = None) -> Deliverer:
         config = ctx.config
         connector = aiohttp.TCPConnector(
             limit=config.webhook_max_in_flight,
@@ -262,7 +265,7 @@ class Deliverer:
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": "storefront-webhooks"},
         )
-        return cls(ctx, supervisor, session)
+        return cls(ctx, supervisor, session, tracer=tracer)
 
     @property
     def lease_seconds(self) -> float:
@@ -359,6 +362,18 @@ class Deliverer:
         return status != "pending"
 
     async def _post(self, delivery: asyncpg.Record) -> _Outcome:
+        if self.tracer is None:
+            return await self._send(delivery)
+        attributes = {"webhook.event_id": delivery["event_id"], "webhook.event_type": delivery["event_type"]}
+        with self.tracer.start_as_current_span("webhook.deliver", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            outcome = await self._send(delivery)
+            if outcome.response_status is not None:
+                span.set_attribute("http.response.status_code", outcome.response_status)
+            if not outcome.delivered:
+                span.set_status(StatusCode.ERROR, outcome.error)
+            return outcome
+
+    async def _send(self, delivery: asyncpg.Record) -> _Outcome:
         body = dumps(
             {
                 "id": delivery["event_id"],
