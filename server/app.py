@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiojobs
 from aiohttp import web
 
-from db import idempotency, login_failures, maintenance
+from db import idempotency, login_failures, maintenance, password_resets, sessions
 from db.pool import create_database
 from handlers import api, openapi
 from handlers.routing import register
@@ -143,6 +143,11 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     async def purge_login_failures() -> None:
         await login_failures.purge(ctx.db, config.login_throttle_window_seconds)
 
+    async def purge_sessions() -> None:
+        ended, resets = await sessions.purge(ctx.db), await password_resets.purge(ctx.db)
+        if ended or resets:
+            log.info("ended sessions and expired reset tokens purged", extra={"sessions": ended, "resets": resets})
+
     async def refresh_gauges() -> None:
         ctx.refresh_gauges()
 
@@ -155,5 +160,6 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
     jobs.every(config.payment_reconcile_interval_seconds, reconcile, name="payment-reconciler", at_start=True)
     jobs.every(config.idempotency_purge_interval_seconds, purge_idempotency_keys, name="idempotency-purge")
     jobs.every(_PURGE_SECONDS, purge_login_failures, name="login-failures-purge")
+    jobs.every(_PURGE_SECONDS, purge_sessions, name="sessions-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")

@@ -1,4 +1,5 @@
-"""Users: registration, login (with throttling), who a request is, profiles."""
+"""Users: registration, login (with throttling), who a request is, profiles, password
+resets."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from typing import Any
 import asyncpg
 
 from db import login_failures
+from db import password_resets as password_resets_db
 from db import users as users_db
-from server.domain.auth import Principal, bearer_token
+from server.domain import events, sessions
+from server.domain.auth import Principal, bearer_token, new_secret, secret_hash
 from server.domain.context import Context
 from server.runtime.problems import (
     Conflict,
     InvalidCredentials,
+    InvalidResetToken,
     TooManyRequests,
     Unauthorized,
     ValidationFailed,
@@ -41,8 +45,8 @@ async def register(ctx: Context, email: str, password: str, name: str) -> asyncp
         raise Conflict("a user with this email already exists") from None
 
 
-async def login(ctx: Context, email: str, password: str, client_ip: str) -> str:
-    """An access token for these credentials; 401 when wrong, 429 when throttled."""
+async def login(ctx: Context, email: str, password: str, client_ip: str) -> sessions.Grant:
+    """A new session's tokens for these credentials; 401 when wrong, 429 when throttled."""
     keys = _throttle_keys(ctx, email, client_ip)
     await _refuse_if_throttled(ctx, keys)
     credentials = await users_db.get_credentials(ctx.db, email)
@@ -56,7 +60,7 @@ async def login(ctx: Context, email: str, password: str, client_ip: str) -> str:
         raise InvalidCredentials()
     if f"email:{email}" in keys:
         await login_failures.clear(ctx.db, f"email:{email}")
-    return ctx.tokens.issue(credentials["id"], credentials["token_version"])
+    return await sessions.start(ctx, credentials["id"], credentials["token_version"])
 
 
 def _throttle_keys(ctx: Context, email: str, client_ip: str) -> dict[str, int]:
@@ -83,12 +87,13 @@ async def authenticate(ctx: Context, authorization: str | None) -> Principal:
     """The caller of a request with this Authorization header, or 401: the one token
     check of the service. The signature, lifetime and claims are checked without a
     query; the user's existence and token version with one, which also reads the
-    profile that `GET /api/users/profile` answers with."""
+    profile that `GET /api/users/profile` answers with, and the token's session: a
+    revoked or expired session is seen at once by every process."""
     claims = ctx.tokens.decode(bearer_token(authorization))
-    row = await users_db.get(ctx.db, claims.user_id)
-    if row is None or row["token_version"] != claims.token_version:
+    row = await users_db.get(ctx.db, claims.user_id, claims.session_id)
+    if row is None or row["token_version"] != claims.token_version or row["session_live"] is not True:
         raise Unauthorized("access token is no longer valid")
-    return Principal(claims.user_id, row["role"], row)
+    return Principal(claims.user_id, row["role"], row, claims.session_id)
 
 
 async def update_profile(ctx: Context, principal: Principal, changes: dict[str, Any]) -> asyncpg.Record:
@@ -110,6 +115,41 @@ async def update_profile(ctx: Context, principal: Principal, changes: dict[str, 
     if row is None:
         raise Unauthorized("access token is no longer valid")
     return row
+
+
+async def request_password_reset(ctx: Context, email: str, client_ip: str) -> None:
+    """Store a reset token for this email and, when a user has it, emit it for the
+    mailer. The same database work is done whether or not the email exists (see
+    db/password_resets.py), and the caller answers the same: nothing is revealed.
+    Requests count towards throttles of their own, per email and per address."""
+    keys = {f"reset-{key}": limit for key, limit in _throttle_keys(ctx, email, client_ip).items()}
+    if keys:
+        # Counted before anything else, so a burst cannot get past the limit: the
+        # request that makes the count exceed the limit is the first one refused.
+        await login_failures.record(ctx.db, list(keys), ctx.config.login_throttle_window_seconds)
+        await _refuse_if_throttled(ctx, {key: limit + 1 for key, limit in keys.items()})
+    token, token_hash = new_secret()
+    async with ctx.db.transaction() as conn:
+        row = await password_resets_db.store(conn, email, token_hash, ctx.config.password_reset_ttl_seconds)
+        if row["user_id"] is not None:
+            data = {"user_id": row["user_id"], "email": email, "token": token, "expires_at": row["expires_at"]}
+            await events.emit(conn, "user.password_reset_requested", data)
+    ctx.metrics.password_resets.labels("requested").inc()
+
+
+async def confirm_password_reset(ctx: Context, token: str, password: str) -> None:
+    """Set the password of the token's user, spend the token and end every session
+    of the user; 400 for a token that is unknown, used or expired."""
+    token_hash = secret_hash(token)
+    if len(token) <= sessions.MAX_TOKEN_LENGTH and await password_resets_db.is_valid(ctx.db, token_hash):
+        password_hash = await ctx.passwords.hash(password)
+        user_id = await password_resets_db.confirm(ctx.db, token_hash, password_hash)
+        if user_id is not None:
+            ctx.metrics.password_resets.labels("confirmed").inc()
+            log.info("password reset", extra={"user_id": user_id})
+            return
+    ctx.metrics.password_resets.labels("rejected").inc()
+    raise InvalidResetToken()
 
 
 async def ensure_admin(ctx: Context, email: str, password: str) -> None:
