@@ -187,7 +187,7 @@ class LogoutIn(Body):
 
 
 class PasswordResetIn(Body):
-    email: LoginEmail
+    email: Email
 
 
 class PasswordResetConfirmIn(Body):

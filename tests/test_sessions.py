@@ -333,6 +333,11 @@ async def test_confirm_with_a_password_outside_8_to_128_is_422(api: Api, db: asy
     assert (await api.call("POST", CONFIRM, json={"token": token, "password": "reset-password-1"})).status == 204
 
 
+@pytest.mark.parametrize("email", ["not-an-email", "\n" + "a" * 310 + "@example.com", 7])
+async def test_a_reset_request_for_something_that_is_not_an_email_is_422(api: Api, email: object) -> None:
+    assert (await api.call("POST", RESET, json={"email": email})).status == 422
+
+
 async def test_reset_requests_are_throttled_per_email(api: Api) -> None:
     email = unique_email("target")
     statuses = [(await api.call("POST", RESET, json={"email": email})).status for _ in range(6)]
