@@ -29,12 +29,22 @@ async def create(db: Database, email: str, name: str, password_hash: str, role: 
     return row
 
 
-_GET = f"SELECT {USER_COLUMNS}, token_version FROM users WHERE id = $1"
+# The session is checked in the same query that reads the user: no extra round trip.
+# A scalar subquery rather than a join: its generic plan is the same two primary-key
+# lookups as a custom one, so PostgreSQL settles on it and stops planning per call
+# (with a LEFT JOIN it kept planning afresh: measured in docs/performance.md).
+_GET = """
+SELECT id, email, name, role, created_at, updated_at, token_version,
+       (SELECT s.revoked_at IS NULL AND s.expires_at > now() FROM sessions s
+        WHERE s.id = $2 AND s.user_id = $1) AS session_live
+FROM users WHERE id = $1
+"""
 
 
-async def get(db: Database, user_id: int) -> asyncpg.Record | None:
-    """A user with its token_version (to check a token against in the same query)."""
-    return await db.fetchrow(_GET, user_id)
+async def get(db: Database, user_id: int, session_id: int) -> asyncpg.Record | None:
+    """A user with its token_version and whether this session of it is live (NULL
+    when the user has no such session), to check a token against in one query."""
+    return await db.fetchrow(_GET, user_id, session_id)
 
 
 _GET_CREDENTIALS = "SELECT id, password_hash, token_version FROM users WHERE email = $1"
@@ -52,7 +62,6 @@ async def get_password_hash(db: Database, user_id: int) -> str | None:
     return value
 
 
-# A password change bumps token_version, which revokes every token issued before it.
 # Serializes one customer's limited actions (new orders, line changes, payments)
 # across processes; taken before any order or product lock. NO KEY UPDATE: rows
 # that reference the user (orders, payments) can still be inserted meanwhile.
@@ -63,7 +72,13 @@ async def lock(conn: Executor, user_id: int) -> None:
     await conn.execute(_LOCK, user_id)
 
 
+# A password change bumps token_version, which revokes every token issued before it,
+# and ends every session of the user (so no refresh token outlives it either).
 _UPDATE_PROFILE = f"""
+WITH ended AS (
+    UPDATE sessions SET revoked_at = now(), revoked_reason = 'password'
+    WHERE user_id = $1 AND $4::text IS NOT NULL AND revoked_at IS NULL
+)
 UPDATE users SET
     name = coalesce($2, name),
     email = coalesce($3, email),

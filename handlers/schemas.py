@@ -190,6 +190,29 @@ class TokenOut(Out):
     access_token: str
     token_type: Literal["Bearer"]
     expires_in: int = Field(description="Seconds until the token expires.")
+    refresh_token: str = Field(
+        description="Good for one exchange at /api/users/token/refresh; presenting it a second time ends the session."
+    )
+    refresh_expires_in: int = Field(description="Seconds until the session ends (REFRESH_TTL_SECONDS after login).")
+
+
+class RefreshIn(Body):
+    # Any string: one that is not a token of ours is a 401, not a validation error.
+    refresh_token: str
+
+
+class LogoutIn(Body):
+    all: bool = Field(False, description="End every session of the user, not only this one.")
+
+
+class PasswordResetIn(Body):
+    email: Email
+
+
+class PasswordResetConfirmIn(Body):
+    # Any string: one that is not a live token of ours is a 400.
+    token: str
+    password: Password
 
 
 # --- products -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Tracer
 
-from db import idempotency, maintenance, rate_limits
+from db import idempotency, maintenance, password_resets, rate_limits, sessions
 from db.pool import Database, create_database
 from handlers import api, openapi
 from handlers.routing import register
@@ -301,6 +301,11 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
     async def purge_rate_limits() -> None:
         await rate_limits.purge(ctx.db, max(config.login_throttle_window_seconds, users.REGISTER_WINDOW_SECONDS))
 
+    async def purge_sessions() -> None:
+        ended, resets = await sessions.purge(ctx.db), await password_resets.purge(ctx.db)
+        if ended or resets:
+            log.info("ended sessions and expired reset tokens purged", extra={"sessions": ended, "resets": resets})
+
     async def refresh_gauges() -> None:
         ctx.refresh_gauges()
 
@@ -321,6 +326,7 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
     jobs.every(config.payment_reconcile_interval_seconds, reconcile, name="payment-reconciler", at_start=True)
     jobs.every(config.idempotency_purge_interval_seconds, purge_idempotency_keys, name="idempotency-purge")
     jobs.every(_PURGE_SECONDS, purge_rate_limits, name="rate-limits-purge")
+    jobs.every(_PURGE_SECONDS, purge_sessions, name="sessions-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
     jobs.every(config.webhook_poll_interval_seconds, deliverer.turn, name="webhook-delivery", at_start=True)

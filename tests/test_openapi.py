@@ -17,7 +17,8 @@ CONTRACT_OPERATIONS = {
     ("post", "/api/products"), ("put", "/api/products/{id}"), ("delete", "/api/products/{id}"),
     ("get", "/api/orders"), ("get", "/api/orders/{id}"), ("post", "/api/orders"), ("put", "/api/orders/{id}"),
     ("delete", "/api/orders/{id}"), ("post", "/api/payments"), ("get", "/api/payments/{id}"),
-    ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/api/openapi.json"), ("get", "/api/docs"),
+    ("post", "/api/users/token/refresh"), ("post", "/api/users/logout"), ("post", "/api/users/password-reset"),
+    ("post", "/api/users/password-reset/confirm"), ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/api/openapi.json"), ("get", "/api/docs"),
 }  # fmt: skip
 
 
@@ -54,6 +55,8 @@ async def test_protected_operations_declare_bearer_auth_and_401(api: Api) -> Non
     for path, item in document["paths"].items():
         for method, operation in item.items():
             public = path in {"/api/users/register", "/api/users/login", "/healthz", "/readyz"}
+            public |= path in {"/api/users/token/refresh", "/api/users/password-reset"}
+            public |= path == "/api/users/password-reset/confirm"
             public |= path.startswith("/api/docs") or path == "/api/openapi.json"
             public |= method == "get" and path.startswith("/api/products")
             if public:
@@ -68,6 +71,10 @@ async def test_every_status_of_the_contract_is_documented_where_it_can_happen(ap
     expectations = {
         ("post", "/api/users/register"): {"201", "400", "409", "413", "415", "422"},
         ("post", "/api/users/login"): {"200", "401", "429"},
+        ("post", "/api/users/token/refresh"): {"200", "401", "422"},
+        ("post", "/api/users/logout"): {"204", "401"},
+        ("post", "/api/users/password-reset"): {"202", "422", "429"},
+        ("post", "/api/users/password-reset/confirm"): {"204", "400", "422"},
         ("post", "/api/products"): {"201", "401", "403", "409", "422"},
         ("delete", "/api/products/{id}"): {"204", "401", "403", "404"},
         ("post", "/api/orders"): {"201", "401", "409", "422"},
@@ -94,7 +101,12 @@ async def test_responses_match_the_documented_models(api: Api) -> None:
     """The handlers send what the document (generated from these models) says."""
     user = await api.customer()
     _validate(UserOut, (await api.call("GET", "/api/users/profile", token=user.token)).json)
-    _validate(TokenOut, (await api.login(user.email, user.password)).json)
+    login = (await api.login(user.email, user.password)).json
+    _validate(TokenOut, login)
+    _validate(
+        TokenOut,
+        (await api.call("POST", "/api/users/token/refresh", json={"refresh_token": login["refresh_token"]})).json,
+    )
     product = await api.product()
     _validate(ProductOut, product)
     _validate(Page[ProductOut], (await api.call("GET", "/api/products")).json)

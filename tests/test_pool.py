@@ -162,7 +162,7 @@ async def test_an_exhausted_pool_answers_503_with_retry_after(api: Api, app: web
 
 def test_a_remembered_token_is_refused_once_it_expires() -> None:
     tokens = Tokens("s" * 40, ttl_seconds=1, leeway_seconds=0)
-    token = tokens.issue(7, 0)
+    token = tokens.issue(7, 0, 1)
     assert tokens.decode(token).user_id == 7
     assert tokens.decode(token).user_id == 7  # from memory
     time.sleep(2.05)

@@ -17,9 +17,15 @@ def _b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
+def _session_id(user: User) -> int:
+    """The session of the user's login (the `sid` its access token carries)."""
+    sid: int = jwt.decode(user.token, options={"verify_signature": False})["sid"]
+    return sid
+
+
 def _claims(user: User, **changes: object) -> dict[str, object]:
     now = int(time.time())
-    return {"sub": str(user.id), "iat": now, "exp": now + 600, "ver": 0, **changes}
+    return {"sub": str(user.id), "iat": now, "exp": now + 600, "ver": 0, "sid": _session_id(user), **changes}
 
 
 async def _assert_rejected(api: Api, token: str) -> None:
@@ -107,5 +113,25 @@ async def test_token_missing_required_claims_is_rejected(api: Api) -> None:
 
 async def test_token_for_a_user_that_does_not_exist_is_rejected(api: Api) -> None:
     now = int(time.time())
-    token = jwt.encode({"sub": "999999", "iat": now, "exp": now + 60, "ver": 0}, JWT_SECRET, algorithm="HS256")
+    claims = {"sub": "999999", "iat": now, "exp": now + 60, "ver": 0, "sid": 1}
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
     await _assert_rejected(api, token)
+
+
+async def test_token_without_a_session_is_rejected(api: Api) -> None:
+    """Tokens issued before sessions existed carry no `sid`: they are refused."""
+    user = await api.customer()
+    claims = _claims(user)
+    del claims["sid"]
+    await _assert_rejected(api, jwt.encode(claims, JWT_SECRET, algorithm="HS256"))
+
+
+async def test_token_naming_another_users_session_is_rejected(api: Api) -> None:
+    user, other = await api.customer(), await api.customer()
+    await _assert_rejected(api, jwt.encode(_claims(user, sid=_session_id(other)), JWT_SECRET, algorithm="HS256"))
+
+
+@pytest.mark.parametrize("sid", [999999, 0, -1, "1", 2**63])
+async def test_token_naming_no_session_of_ours_is_rejected(api: Api, sid: object) -> None:
+    user = await api.customer()
+    await _assert_rejected(api, jwt.encode(_claims(user, sid=sid), JWT_SECRET, algorithm="HS256"))

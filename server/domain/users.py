@@ -7,14 +7,17 @@ from typing import Any
 
 import asyncpg
 
+from db import password_resets as password_resets_db
 from db import rate_limits
 from db import users as users_db
 from db.rate_limits import Limit
-from server.domain.auth import Principal, bearer_token
+from server.domain import events, sessions
+from server.domain.auth import Principal, bearer_token, new_secret, secret_hash
 from server.domain.context import Context
 from server.runtime.problems import (
     Conflict,
     InvalidCredentials,
+    InvalidResetToken,
     TooManyRequests,
     Unauthorized,
     ValidationFailed,
@@ -51,8 +54,8 @@ async def register(ctx: Context, email: str, password: str, name: str, client_ip
         raise Conflict("a user with this email already exists") from None
 
 
-async def login(ctx: Context, email: str, password: str, client_ip: str) -> str:
-    """An access token for these credentials; 401 when wrong, 429 when throttled."""
+async def login(ctx: Context, email: str, password: str, client_ip: str) -> sessions.Grant:
+    """A new session's tokens for these credentials; 401 when wrong, 429 when throttled."""
     attempt = await _password_attempt(ctx, email, client_ip)
     credentials = await users_db.get_credentials(ctx.db, email)
     # Unknown emails are verified against a dummy hash: same work, same time, same answer.
@@ -62,7 +65,7 @@ async def login(ctx: Context, email: str, password: str, client_ip: str) -> str:
         log.info("login failed", extra={"client_ip": client_ip})
         raise InvalidCredentials()
     await attempt.succeeded()
-    return ctx.tokens.issue(credentials["id"], credentials["token_version"])
+    return await sessions.start(ctx, credentials["id"], credentials["token_version"])
 
 
 class _PasswordAttempt:
@@ -101,12 +104,13 @@ async def authenticate(ctx: Context, authorization: str | None) -> Principal:
     """The caller of a request with this Authorization header, or 401: the one token
     check of the service. The signature, lifetime and claims are checked without a
     query; the user's existence and token version with one, which also reads the
-    profile that `GET /api/users/profile` answers with."""
+    profile that `GET /api/users/profile` answers with, and the token's session: a
+    revoked or expired session is seen at once by every process."""
     claims = ctx.tokens.decode(bearer_token(authorization))
-    row = await users_db.get(ctx.db, claims.user_id)
-    if row is None or row["token_version"] != claims.token_version:
+    row = await users_db.get(ctx.db, claims.user_id, claims.session_id)
+    if row is None or row["token_version"] != claims.token_version or row["session_live"] is not True:
         raise Unauthorized("access token is no longer valid")
-    return Principal(claims.user_id, row["role"], row)
+    return Principal(claims.user_id, row["role"], row, claims.session_id)
 
 
 async def update_profile(ctx: Context, principal: Principal, changes: dict[str, Any], client_ip: str) -> asyncpg.Record:
@@ -131,6 +135,65 @@ async def update_profile(ctx: Context, principal: Principal, changes: dict[str, 
     if row is None:
         raise Unauthorized("access token is no longer valid")
     return row
+
+
+async def request_password_reset(ctx: Context, email: str, client_ip: str) -> None:
+    """Store a reset token for this email and, when a user has it, emit it for the
+    mailer. The same database work is done whether or not the email exists (see
+    db/password_resets.py), and the caller answers the same: nothing is revealed.
+    Requests count towards throttles of their own, per email and per address."""
+    # Counted before anything else (rate_limits admits under the key's row lock), so a
+    # burst cannot get past the limit.
+    wait = await rate_limits.hit(ctx.db, _reset_limits(ctx, email, client_ip))
+    if wait is not None:
+        raise TooManyRequests("too many password-reset requests; try again later", retry_after=wait)
+    token, token_hash = new_secret()
+    async with ctx.db.transaction() as conn:
+        row = await password_resets_db.store(conn, email, token_hash, ctx.config.password_reset_ttl_seconds)
+        data = {"user_id": row["user_id"], "email": email, "token": token, "expires_at": row["expires_at"]}
+        try:
+            async with conn.transaction():  # a savepoint
+                await events.emit(conn, "user.password_reset_requested", data)
+                if row["user_id"] is None:
+                    # Nobody has this email: the event is written and rolled back, so
+                    # that both cases run the same statements and take the same time
+                    # (skipping the insert made them measurably apart: docs/reliability.md).
+                    raise _NoSuchUser
+        except _NoSuchUser:
+            pass
+    ctx.metrics.password_resets.labels("requested").inc()
+
+
+class _NoSuchUser(Exception):
+    """Rolls back the reset event of an email that nobody has."""
+
+
+async def confirm_password_reset(ctx: Context, token: str, password: str) -> None:
+    """Set the password of the token's user, spend the token and end every session
+    of the user; 400 for a token that is unknown, used or expired."""
+    token_hash = secret_hash(token)
+    if len(token) <= sessions.MAX_TOKEN_LENGTH and await password_resets_db.is_valid(ctx.db, token_hash):
+        password_hash = await ctx.passwords.hash(password)
+        user_id = await password_resets_db.confirm(ctx.db, token_hash, password_hash)
+        if user_id is not None:
+            ctx.metrics.password_resets.labels("confirmed").inc()
+            log.info("password reset", extra={"user_id": user_id})
+            return
+    ctx.metrics.password_resets.labels("rejected").inc()
+    raise InvalidResetToken()
+
+
+def _reset_limits(ctx: Context, email: str, client_ip: str) -> list[Limit]:
+    """Reset requests have counters of their own (so they never lock anyone out of
+    logging in): per email as many as a pair of email and address gets password
+    attempts (a mailbox is not flooded with reset mails), per address as many as
+    password attempts from it."""
+    config = ctx.config
+    window = config.login_throttle_window_seconds
+    limits = [Limit(f"reset-email:{email}", config.login_max_failures_per_pair, window)]
+    if config.login_max_failures_per_ip:
+        limits.append(Limit(f"reset-ip:{client_ip}", config.login_max_failures_per_ip, window))
+    return limits
 
 
 async def ensure_admin(ctx: Context, email: str, password: str) -> None:

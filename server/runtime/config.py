@@ -229,6 +229,19 @@ class Config(BaseModel):
         ge=0,
         description="Registrations from one client address per hour before 429 (0: off).",
     )
+    refresh_ttl_seconds: int = Field(
+        2_592_000,
+        alias="REFRESH_TTL_SECONDS",
+        ge=60,
+        description="Lifetime of a session and its refresh tokens, counted from the login "
+        "(refreshing does not extend it).",
+    )
+    password_reset_ttl_seconds: int = Field(
+        1800,
+        alias="PASSWORD_RESET_TTL_SECONDS",
+        ge=60,
+        description="How long a password-reset token can be used.",
+    )
 
     # --- orders --------------------------------------------------------------------
     order_ttl_seconds: int = Field(900, alias="ORDER_TTL_SECONDS", ge=1, description="Unpaid orders expire after this.")

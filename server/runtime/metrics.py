@@ -126,6 +126,15 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.refreshes = Counter(
+            "session_refreshes",
+            "Refresh-token exchanges by outcome (rotated, reuse_detected, rejected).",
+            ["outcome"],
+            registry=r,
+        )
+        self.password_resets = Counter(
+            "password_resets", "Password resets by stage (requested, confirmed, rejected).", ["outcome"], registry=r
+        )
         self._request_children: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

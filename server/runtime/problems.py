@@ -90,6 +90,17 @@ class BadRequest(ApiError):
     slug = "malformed-json"
 
 
+class InvalidResetToken(ApiError):
+    """A password-reset token that is unknown, used or expired: one answer for all."""
+
+    status = 400
+    title = "Bad Request"
+    slug = "invalid-reset-token"
+
+    def __init__(self) -> None:
+        super().__init__("the password-reset token is invalid, used or expired")
+
+
 class Unauthorized(ApiError):
     status = 401
     title = "Unauthorized"
