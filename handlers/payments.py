@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from handlers.common import context, path_id, read_json
-from handlers.routing import Response, Route
-from handlers.schemas import PaymentCreateIn, PaymentOut
+from handlers.routing import RequestHeader, Response, Route, id_links
+from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, PaymentCreateIn, PaymentOut
 from server import accounts
 from server.errors import PROBLEM_CONTENT_TYPE, ValidationFailed
 from server.jsonio import json_response
 from server.payments import service as payments
 
-_MAX_IDEMPOTENCY_KEY = 255
+# The document publishes the same pattern this check uses.
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= _MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
-        raise ValidationFailed.field("Idempotency-Key", f"must be 1..{_MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValidationFailed.field("Idempotency-Key", "must be 1..255 printable ASCII characters")
     return key
 
 
@@ -50,11 +53,13 @@ ROUTES = [
         auth="user",
         body=PaymentCreateIn,
         request_headers={
-            "Idempotency-Key": "Repeat a request safely: the same key and body replay the first answer "
-            "(kept at least 24 h, per user)",
+            "Idempotency-Key": RequestHeader(
+                "Repeat a request safely: the same key and body replay the first answer (kept at least 24 h, per user)",
+                IDEMPOTENCY_KEY_PATTERN,
+            ),
         },
         responses={
-            201: Response("Charged; the order is now paid", PaymentOut, ("Location",), links_to=("get_payment",)),
+            201: Response("Charged; the order is now paid", PaymentOut, ("Location",), links=id_links("get_payment")),
             202: Response(
                 "The provider's answer was lost; the payment stays pending until reconciled "
                 "(poll GET /api/payments/{id})",

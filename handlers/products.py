@@ -9,7 +9,7 @@ from aiohttp import web
 
 from db.products import PRODUCT_COLUMNS, ListFilters
 from handlers.common import context, parse_query, path_id, read_json
-from handlers.routing import Response, Route
+from handlers.routing import Response, Route, id_links
 from handlers.schemas import Page, ProductCreateIn, ProductListQuery, ProductOut, ProductUpdateIn
 from server import accounts, catalog
 from server.jsonio import json_response
@@ -83,7 +83,7 @@ ROUTES = [
                 "The new product",
                 ProductOut,
                 ("Location",),
-                links_to=("get_product", "update_product", "delete_product"),
+                links=id_links("get_product", "update_product", "delete_product"),
             )
         },
         problems={409: "A live product has this sku"},
