@@ -44,12 +44,15 @@ for i in 1 2 3; do  # something to order
         -d "{\"name\":\"Fuzz item $i\",\"price\":$((i * 100)),\"stock\":100000}" "$base/api/products"
 done
 
-"${VENV:-.venv}/bin/schemathesis" run "$base/api/openapi.json" \
+SCHEMATHESIS_HOOKS=scripts.fuzz.hooks PYTHONPATH=. "${VENV:-.venv}/bin/schemathesis" \
+    run "$base/api/openapi.json" \
     --checks all \
-    --exclude-checks positive_data_acceptance \
+    --mode all \
     --phases examples,coverage,fuzzing,stateful \
+    --max-examples "${FUZZ_MAX_EXAMPLES:-100}" \
     --max-time "$MAX_TIME" \
     --workers 2 \
     --header "Authorization: Bearer $token" \
     --request-timeout 10 \
-    --suppress-health-check all
+    --suppress-health-check all \
+    "$@"
