@@ -167,9 +167,12 @@ class Page(Out, Generic[T]):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
 
 
+# Query parameters are left out, never null: their optional members use absent().
+
+
 class PageQuery(Query):
     limit: int = Field(20, ge=1, le=100)
-    cursor: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = absent()
 
 
 # --- users ----------------------------------------------------------------------------
@@ -265,9 +268,9 @@ class ProductOut(Out):
 
 
 class ProductListQuery(PageQuery):
-    q: Annotated[str, StringConstraints(min_length=1, max_length=200), *NoNul] | None = None
-    min_price: Price | None = None
-    max_price: Price | None = None
+    q: Annotated[str, StringConstraints(min_length=1, max_length=200), *NoNul] = absent()
+    min_price: Price = absent()
+    max_price: Price = absent()
     in_stock: bool = False
     sort: ProductSort = "created_at"
 
@@ -322,8 +325,8 @@ class OrderOut(Out):
 
 
 class OrderListQuery(PageQuery):
-    user_id: Id | None = Field(None, description="Admins only: orders of this user.")
-    status: OrderStatus | None = None
+    user_id: Id = absent("Admins only: orders of this user.")
+    status: OrderStatus = absent()
 
 
 # --- payments -------------------------------------------------------------------------
