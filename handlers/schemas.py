@@ -142,10 +142,10 @@ class Problem(BaseModel):
     RFC 9457 (section 3.2) lets a problem type carry more extension members, so clients
     must ignore members they do not know rather than reject the document."""
 
-    # Extension members are part of the format (RFC 9457), so the schema says
-    # `additionalProperties: true` on purpose: a stricter one would be a promise the
-    # format does not make to clients.
-    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+    # Extension members are part of the format (RFC 9457): extra="allow" publishes
+    # `additionalProperties: true` on purpose, since forbidding them would promise
+    # clients something the format does not.
+    model_config = ConfigDict(extra="allow")
 
     type: str = Field(description="URI of the problem type.")
     title: str
