@@ -92,16 +92,36 @@ Email = Annotated[
     AfterValidator(_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": 320}),
 ]
+# What `strip_whitespace` trims (Unicode White_Space), spelled out for the document:
+# ECMA 262's \s also matches U+FEFF, and Python's str.isspace() also U+001C..U+001F.
+_TRIMMED = "\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+
+
+def _trimmed(length: int) -> WithJsonSchema:
+    """The schema of text that is trimmed, then must be 1..`length` characters without
+    NUL: lengths count after trimming, so they are stated by a pattern, not maxLength."""
+    inner, edge = "[^\\u0000]", f"[^{_TRIMMED}\\u0000]"
+    pattern = f"^[{_TRIMMED}]*{edge}(?:{inner}{{0,{length - 2}}}{edge})?[{_TRIMMED}]*$"
+    return WithJsonSchema({"type": "string", "pattern": pattern})
+
+
 LoginEmail = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320), *NoNul
+    str,
+    StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320),
+    *NoNul,
+    _trimmed(320),
 ]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128), *NoNul]
-UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul]
-ProductName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul]
+UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul, _trimmed(100)]
+ProductName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul, _trimmed(200)
+]
 Description = Annotated[str, StringConstraints(max_length=5000), *NoNul]
 Currency = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[A-Za-z]{3}$")]
 Sku = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$"),
+    WithJsonSchema({"type": "string", "pattern": f"^[{_TRIMMED}]*[A-Za-z0-9._\\-]{{1,64}}[{_TRIMMED}]*$"}),
 ]
 Id = Annotated[int, Field(ge=1, le=MAX_ID), Integral]
 Price = Annotated[int, Field(ge=0, le=MAX_PRICE), Integral]

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -219,3 +220,25 @@ async def test_idempotency_key_pattern_is_the_one_the_server_enforces(api: Api) 
         assert (await api.pay(user, order["id"], key=key)).status == 422, key
     assert re.fullmatch(IDEMPOTENCY_KEY_PATTERN, "k" * 255)
     assert (await api.pay(user, order["id"], key="k" * 255)).status == 201
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("Ann", True),
+        ("  Ann\t", True),
+        (" " * 3, False),  # nothing left after trimming
+        ("\u3000" + "a" * 100 + "\n", True),  # 100 characters once trimmed
+        ("a" * 101, False),
+        ("\ufeffAnn", True),  # U+FEFF is not trimmed, so it counts as a character
+        ("\ufeff", True),
+        ("A\x00n", False),
+    ],
+)
+async def test_trimmed_text_patterns_accept_what_the_server_accepts(api: Api, value: str, accepted: bool) -> None:
+    """Names are trimmed before their length is checked: the document's pattern says
+    so, in characters both JSON Schema (ECMA 262) and Python read alike."""
+    pattern = _schema(await _document(api), "RegisterIn")["properties"]["name"]["pattern"]
+    assert bool(re.search(pattern, value)) is accepted
+    reply = await api.register(name=value)
+    assert reply.status == (201 if accepted else 422), reply
