@@ -111,9 +111,9 @@ def _operation(route: Route, ref: Any) -> dict[str, Any]:
         schema = route.query.model_json_schema()
         for name, prop in schema["properties"].items():
             parameters.append({"name": name, "in": "query", "required": False, "schema": prop})
-    for name, description in route.request_headers.items():
-        parameters.append({"name": name, "in": "header", "required": False, "description": description,
-                           "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"}})  # fmt: skip
+    for name, header in route.request_headers.items():
+        parameters.append({"name": name, "in": "header", "required": False, "description": header.description,
+                           "schema": {"type": "string", "pattern": header.pattern}})  # fmt: skip
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
@@ -140,13 +140,8 @@ def _response(route: Route, response: Response, ref: Any) -> dict[str, Any]:
         body["content"] = {"application/json": {"schema": ref(response.model)}}
     elif route.content_type != "application/json":
         body["content"] = {route.content_type: {"schema": {"type": "string"}}}
-    if response.links_to:
-        body["links"] = {
-            operation: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
-            for operation in response.links_to
-        }
-    for operation, request_body in response.body_links:
-        body.setdefault("links", {})[operation] = {"operationId": operation, "requestBody": request_body}
+    if response.links:
+        body["links"] = {link.operation: link.document() for link in response.links}
     return body
 
 
