@@ -62,7 +62,9 @@ class Response:
 @dataclass(frozen=True)
 class RequestHeader:
     description: str
-    pattern: str  # a JSON Schema (ECMA 262) pattern, anchored
+    # A JSON Schema (ECMA 262) pattern, anchored, when the service checks one; None:
+    # any value is taken.
+    pattern: str | None = None
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,10 @@ def _email(value: str) -> str:
 _MIN_SEARCH_CHARACTERS = 3
 
 
+# The same rule for the document (and no NUL, as everywhere).
+_SEARCHABLE_PATTERN = f"^(?:[%_ ]*[^%_ \\u0000]){{{_MIN_SEARCH_CHARACTERS}}}[^\\u0000]*$"
+
+
 def _searchable(value: str) -> str:
     if len(value.replace("%", "").replace("_", "").replace(" ", "")) < _MIN_SEARCH_CHARACTERS:
         raise ValueError(f"must have at least {_MIN_SEARCH_CHARACTERS} characters other than %, _ and spaces")
@@ -305,7 +309,13 @@ class ProductOut(Out):
 
 
 class ProductListQuery(PageQuery):
-    q: Annotated[str, StringConstraints(min_length=1, max_length=200), *NoNul, AfterValidator(_searchable)] = absent()
+    q: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=200),
+        *NoNul,
+        AfterValidator(_searchable),
+        WithJsonSchema({"type": "string", "maxLength": 200, "pattern": _SEARCHABLE_PATTERN}),
+    ] = absent()
     min_price: Price = absent()
     max_price: Price = absent()
     in_stock: bool = False
@@ -408,8 +418,30 @@ EventTypes = Annotated[
     list[Annotated[str, StringConstraints(min_length=1, max_length=100)]],
     Field(min_length=1, max_length=len(EVENT_TYPES)),
     AfterValidator(_event_types),
+    # Known types (repeats are merged), or "*" on its own.
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": len(EVENT_TYPES),
+            "items": {"type": "string", "enum": [*EVENT_TYPES, "*"]},
+            "anyOf": [{"items": {"enum": list(EVENT_TYPES)}}, {"maxItems": 1}],
+        }
+    ),
 ]
-WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), *NoNul]
+# What the document promises to take as a URL: http(s), a host name or IPv4 address, an
+# optional port, then printable ASCII. Whether the host resolves, and only to public
+# addresses, is checked when the webhook is saved and at every send: no schema can say.
+_WEBHOOK_URL_PATTERN = (
+    "^https?://[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    "(?::[1-9][0-9]{0,3})?(?:[/?#][!-~]*)?$"
+)
+WebhookUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=2048),
+    *NoNul,
+    WithJsonSchema({"type": "string", "maxLength": 2048, "pattern": _WEBHOOK_URL_PATTERN}),
+]
 WebhookDescription = Annotated[str, StringConstraints(max_length=1000), *NoNul]
 
 

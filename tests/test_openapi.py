@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -58,11 +59,25 @@ async def test_protected_operations_declare_bearer_auth_and_401(api: Api) -> Non
             public = path in {"/api/users/register", "/api/users/login", "/healthz", "/readyz"}
             public |= path.startswith("/api/docs") or path == "/api/openapi.json"
             public |= method == "get" and path.startswith("/api/products")
+            public |= path == "/metrics"  # no METRICS_TOKEN here: open, and the document says so
             if public:
                 assert "security" not in operation, (method, path)
             else:
                 assert operation["security"] == [{"bearerAuth": []}], (method, path)
                 assert "401" in operation["responses"], (method, path)
+
+
+@pytest.mark.parametrize("config_overrides", [{"metrics_token": "scrape-token-0123456789"}])
+async def test_metrics_declare_bearer_auth_and_401_when_a_metrics_token_is_set(api: Api) -> None:
+    operation = (await _document(api))["paths"]["/metrics"]["get"]
+    assert operation["security"] == [{"bearerAuth": []}]
+    assert "401" in operation["responses"]
+
+
+async def test_metrics_without_a_metrics_token_declare_no_auth(api: Api) -> None:
+    operation = (await _document(api))["paths"]["/metrics"]["get"]
+    assert "security" not in operation and "401" not in operation["responses"]
+    assert (await api.call("GET", "/metrics")).status == 200
 
 
 async def test_every_status_of_the_contract_is_documented_where_it_can_happen(api: Api) -> None:
@@ -242,3 +257,23 @@ async def test_trimmed_text_patterns_accept_what_the_server_accepts(api: Api, va
     assert bool(re.search(pattern, value)) is accepted
     reply = await api.register(name=value)
     assert reply.status == (201 if accepted else 422), reply
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("abc", True),
+        ("%a_b c", True),
+        ("ab", False),
+        ("%%__  ab", False),  # wildcards and spaces do not count
+        ("a\x00bc", False),
+    ],
+)
+async def test_search_text_pattern_accepts_what_the_server_searches(api: Api, value: str, accepted: bool) -> None:
+    """A search of fewer than 3 characters besides %, _ and spaces is 422 (no index
+    can serve it): the document's pattern says the same."""
+    document = await _document(api)
+    (q,) = [p for p in document["paths"]["/api/products"]["get"]["parameters"] if p["name"] == "q"]
+    assert bool(re.search(q["schema"]["pattern"].replace("\\u0000", "\\x00"), value)) is accepted
+    reply = await api.call("GET", f"/api/products?{urlencode({'q': value})}")
+    assert reply.status == (200 if accepted else 422), reply

@@ -30,6 +30,8 @@ DATA_DEPENDENT_422 = (
     "this key was used with a different request body",  # the Idempotency-Key's history
     "must equal the order total",  # `amount` must equal the order's total
     "cursor is invalid or belongs to another query",  # only cursors the service issued
+    "the host does not resolve",  # a webhook's URL: DNS, at the time of the request
+    "the host resolves to a loopback, private or link-local address",  # ... and where it points
 )
 
 
