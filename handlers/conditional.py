@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from handlers.routing import RequestHeader
 from server.domain.catalog_cache import Representation
 from server.runtime.config import Config
 
+# Any value is taken (one that means nothing here is ignored): no pattern.
 CACHING_HEADERS = {
-    "If-None-Match": "ETags the client holds (or `*`); when one matches the current one: 304, no body",
-    "Cache-Control": "`no-cache` (what a reload sends): the current representation, never a cached one",
+    "If-None-Match": RequestHeader("ETags the client holds (or `*`); when one matches the current one: 304, no body"),
+    "Cache-Control": RequestHeader("`no-cache` (what a reload sends): the current representation, never a cached one"),
 }
 
 

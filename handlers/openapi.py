@@ -37,11 +37,11 @@ _HEADER_DOCS = {
 }
 
 
-def _problem_codes(route: Route) -> dict[int, str]:
+def _problem_codes(route: Route, open_access: bool) -> dict[int, str]:
     codes: dict[int, str] = {500: _STANDARD_PROBLEMS[500]}
     if route.path.startswith("/api/"):
         codes[503] = _STANDARD_PROBLEMS[503]
-    if route.auth != "none":
+    if route.auth != "none" and not open_access:
         codes[401] = _STANDARD_PROBLEMS[401]
     if route.auth == "admin":
         codes[403] = _STANDARD_PROBLEMS[403]
@@ -62,7 +62,9 @@ def _headers(names: tuple[str, ...]) -> dict[str, Any]:
     return headers
 
 
-def build_document(routes: list[Route]) -> dict[str, Any]:
+def build_document(routes: list[Route], metrics_protected: bool = True) -> dict[str, Any]:
+    """The document of `routes`. `metrics_protected`: whether METRICS_TOKEN is set, so
+    that the document says whether `/metrics` needs a bearer token in this deployment."""
     models: set[type[BaseModel]] = {Problem}
     for route in routes:
         models.update(m for m in (route.body, *(r.model for r in route.responses.values())) if m is not None)
@@ -74,7 +76,8 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref)
+        open_metrics = route.auth == "metrics" and not metrics_protected
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref, open_metrics)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -93,14 +96,14 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
     }
 
 
-def _operation(route: Route, ref: Any) -> dict[str, Any]:
+def _operation(route: Route, ref: Any, open_access: bool = False) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
         "operationId": route.handler.__name__,
         "tags": [route.tag],
         "responses": {},
     }
-    if route.auth != "none":
+    if route.auth != "none" and not open_access:
         operation["security"] = [{"bearerAuth": []}]
     parameters = []
     if "{id}" in route.path:
@@ -111,16 +114,17 @@ def _operation(route: Route, ref: Any) -> dict[str, Any]:
         schema = route.query.model_json_schema()
         for name, prop in schema["properties"].items():
             parameters.append({"name": name, "in": "query", "required": False, "schema": prop})
-    for name, description in route.request_headers.items():
-        parameters.append({"name": name, "in": "header", "required": False, "description": description,
-                           "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"}})  # fmt: skip
+    for name, header in route.request_headers.items():
+        header_schema = {"type": "string"} if header.pattern is None else {"type": "string", "pattern": header.pattern}
+        parameters.append({"name": name, "in": "header", "required": False, "description": header.description,
+                           "schema": header_schema})  # fmt: skip
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(route.body)}}}
     for status, response in route.responses.items():
         operation["responses"][str(status)] = _response(route, response, ref)
-    for status, description in sorted(_problem_codes(route).items()):
+    for status, description in sorted(_problem_codes(route, open_access).items()):
         if str(status) in operation["responses"]:
             continue
         headers: tuple[str, ...] = {401: ("WWW-Authenticate",), 429: ("Retry-After",), 503: ("Retry-After",)}.get(
@@ -140,13 +144,8 @@ def _response(route: Route, response: Response, ref: Any) -> dict[str, Any]:
         body["content"] = {"application/json": {"schema": ref(response.model)}}
     elif route.content_type != "application/json":
         body["content"] = {route.content_type: {"schema": {"type": "string"}}}
-    if response.links_to:
-        body["links"] = {
-            operation: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
-            for operation in response.links_to
-        }
-    for operation, request_body in response.body_links:
-        body.setdefault("links", {})[operation] = {"operationId": operation, "requestBody": request_body}
+    if response.links:
+        body["links"] = {link.operation: link.document() for link in response.links}
     return body
 
 

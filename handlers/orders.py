@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from handlers.common import context, location, parse_query, path_id, principal, read_json
-from handlers.routing import Response, Route
+from handlers.routing import Link, Response, Route, id_links
 from handlers.schemas import OrderCreateIn, OrderItemIn, OrderListQuery, OrderOut, OrderUpdateIn, Page
 from server.domain import orders
 from server.domain.orders import order_json
@@ -82,12 +82,10 @@ ROUTES = [
                 "The new pending order",
                 OrderOut,
                 ("Location",),
-                links_to=("get_order", "update_order", "delete_order"),
-                body_links=(
-                    (
-                        "create_payment",
-                        {"order_id": "$response.body#/id", "payment_method": {"type": "card", "token": "tok_visa"}},
-                    ),
+                links=(
+                    *id_links("get_order", "update_order", "delete_order"),
+                    # Only the order id: the payment method is the client's to choose.
+                    Link("create_payment", request_body={"order_id": "$response.body#/id"}),
                 ),
             )
         },

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from handlers.common import context, location, path_id, principal, read_json
-from handlers.routing import Response, Route
-from handlers.schemas import PaymentCreateIn, PaymentOut
+from handlers.routing import RequestHeader, Response, Route, id_links
+from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, PaymentCreateIn, PaymentOut
 from server.domain.payments import service as payments
 from server.runtime.jsonio import json_response
 from server.runtime.problems import ValidationFailed
 
-_MAX_IDEMPOTENCY_KEY = 255
+# The document publishes the same pattern this check uses.
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # A charge is 201, a decline 402 (the failed payment in the body), a lost answer 202.
 _STATUS = {payments.Outcome.CHARGED: 201, payments.Outcome.DECLINED: 402, payments.Outcome.UNKNOWN: 202}
 
@@ -20,8 +23,8 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= _MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
-        raise ValidationFailed.field("Idempotency-Key", f"must be 1..{_MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValidationFailed.field("Idempotency-Key", "must be 1..255 printable ASCII characters")
     return key
 
 
@@ -48,11 +51,13 @@ ROUTES = [
         auth="user",
         body=PaymentCreateIn,
         request_headers={
-            "Idempotency-Key": "Repeat a request safely: the same key and body replay the first answer "
-            "(kept at least 24 h, per user)",
+            "Idempotency-Key": RequestHeader(
+                "Repeat a request safely: the same key and body replay the first answer (kept at least 24 h, per user)",
+                IDEMPOTENCY_KEY_PATTERN,
+            ),
         },
         responses={
-            201: Response("Charged; the order is now paid", PaymentOut, ("Location",), links_to=("get_payment",)),
+            201: Response("Charged; the order is now paid", PaymentOut, ("Location",), links=id_links("get_payment")),
             202: Response(
                 "The provider's answer was lost; the payment stays pending until reconciled "
                 "(poll GET /api/payments/{id})",

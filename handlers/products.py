@@ -7,7 +7,7 @@ from aiohttp import web
 from db.products import ListFilters
 from handlers.common import context, location, parse_query, path_id, read_json
 from handlers.conditional import CACHING_HEADERS, cache_control, respond, wants_fresh
-from handlers.routing import Response, Route
+from handlers.routing import Response, Route, id_links
 from handlers.schemas import Page, ProductCreateIn, ProductListQuery, ProductOut, ProductUpdateIn
 from server.domain import catalog, products
 from server.domain.products import product_json
@@ -77,7 +77,7 @@ ROUTES = [
                 "The new product",
                 ProductOut,
                 ("Location",),
-                links_to=("get_product", "update_product", "delete_product"),
+                links=id_links("get_product", "update_product", "delete_product"),
             )
         },
         problems={409: "A live product has this sku"},

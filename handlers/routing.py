@@ -27,15 +27,44 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
 @dataclass(frozen=True)
+class Link:
+    """An OpenAPI link: an operation (by handler name) that can follow this response,
+    its `parameters` and/or `requestBody` taken from the response by runtime
+    expressions, so that clients and stateful test tools can chain calls. Only values
+    read from the response belong here, never sample data (the document is public)."""
+
+    operation: str
+    parameters: dict[str, str] | None = None
+    request_body: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        link: dict[str, Any] = {"operationId": self.operation}
+        if self.parameters is not None:
+            link["parameters"] = self.parameters
+        if self.request_body is not None:
+            link["requestBody"] = self.request_body
+        return link
+
+
+def id_links(*operations: str) -> tuple[Link, ...]:
+    """Links to operations that take this response's `id` as their `{id}`."""
+    return tuple(Link(operation, parameters={"id": "$response.body#/id"}) for operation in operations)
+
+
+@dataclass(frozen=True)
 class Response:
     description: str
     model: type[BaseModel] | None = None
     headers: tuple[str, ...] = ()
-    # OpenAPI links: operations (by handler name) that take this response's `id` as
-    # their `{id}`, so that clients and stateful test tools can chain calls.
-    links_to: tuple[str, ...] = ()
-    # Links whose request body is built from this response (runtime expressions).
-    body_links: tuple[tuple[str, dict[str, Any]], ...] = ()
+    links: tuple[Link, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestHeader:
+    description: str
+    # A JSON Schema (ECMA 262) pattern, anchored, when the service checks one; None:
+    # any value is taken.
+    pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +81,7 @@ class Route:
     # Problem responses this endpoint can give besides the ones implied by `auth`,
     # `body` and `query` (see handlers/openapi.py), with what they mean here.
     problems: dict[int, str] = field(default_factory=dict)
-    request_headers: dict[str, str] = field(default_factory=dict)
+    request_headers: dict[str, RequestHeader] = field(default_factory=dict)
     content_type: str = "application/json"
 
 

@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from server.domain.cursors import MAX_CURSOR_LENGTH
 from server.domain.events import EVENT_TYPES
@@ -21,6 +33,10 @@ MAX_ID = 2**63 - 1
 # Prices are capped so that 100 lines x MAX_QUANTITY units can never overflow a bigint total.
 MAX_PRICE = 10**12
 
+# The Idempotency-Key header: 1..255 printable ASCII characters. One pattern for the
+# check (matched whole, so `$` cannot pass a trailing newline) and the document.
+IDEMPOTENCY_KEY_PATTERN = r"^[ -~]{1,255}$"
+
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -29,6 +45,31 @@ def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     return value
+
+
+# The same rule in the document, for strings that have no pattern of their own.
+_NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
+class _NoNulInSchema:
+    def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core)
+        schema.setdefault("pattern", _NO_NUL_PATTERN)
+        return schema
+
+
+NoNul = (AfterValidator(_no_nul), _NoNulInSchema())
+
+
+def _integral(value: object) -> object:
+    # JSON has one number type, and JSON Schema's `integer` accepts 12.0 as 12: so
+    # does the service. 12.5, "12" and true stay type errors (bodies are strict).
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)
 
 
 def _email(value: str) -> str:
@@ -43,13 +84,27 @@ def _email(value: str) -> str:
 _MIN_SEARCH_CHARACTERS = 3
 
 
+# The same rule for the document (and no NUL, as everywhere).
+_SEARCHABLE_PATTERN = f"^(?:[%_ ]*[^%_ \\u0000]){{{_MIN_SEARCH_CHARACTERS}}}[^\\u0000]*$"
+
+
 def _searchable(value: str) -> str:
     if len(value.replace("%", "").replace("_", "").replace(" ", "")) < _MIN_SEARCH_CHARACTERS:
         raise ValueError(f"must have at least {_MIN_SEARCH_CHARACTERS} characters other than %, _ and spaces")
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default")
+
+
+def absent(description: str | None = None) -> Any:
+    """The default of an optional member that may be left out but is never null: the
+    attribute reads None when the member was not sent, and the schema shows neither
+    a null type nor a null default (which would tell clients null is accepted)."""
+    return Field(None, description=description, json_schema_extra=_no_default)
+
+
 Email = Annotated[
     str,
     StringConstraints(max_length=320),
@@ -57,25 +112,41 @@ Email = Annotated[
     AfterValidator(_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": 320}),
 ]
+# What `strip_whitespace` trims (Unicode White_Space), spelled out for the document:
+# ECMA 262's \s also matches U+FEFF, and Python's str.isspace() also U+001C..U+001F.
+_TRIMMED = "\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+
+
+def _trimmed(length: int) -> WithJsonSchema:
+    """The schema of text that is trimmed, then must be 1..`length` characters without
+    NUL: lengths count after trimming, so they are stated by a pattern, not maxLength."""
+    inner, edge = "[^\\u0000]", f"[^{_TRIMMED}\\u0000]"
+    pattern = f"^[{_TRIMMED}]*{edge}(?:{inner}{{0,{length - 2}}}{edge})?[{_TRIMMED}]*$"
+    return WithJsonSchema({"type": "string", "pattern": pattern})
+
+
 LoginEmail = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320), AfterValidator(_no_nul)
+    str,
+    StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=320),
+    *NoNul,
+    _trimmed(320),
 ]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=128), AfterValidator(_no_nul)]
-UserName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_no_nul)
-]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128), *NoNul]
+UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul, _trimmed(100)]
 ProductName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_no_nul)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul, _trimmed(200)
 ]
-Description = Annotated[str, StringConstraints(max_length=5000), AfterValidator(_no_nul)]
+Description = Annotated[str, StringConstraints(max_length=5000), *NoNul]
 Currency = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[A-Za-z]{3}$")]
 Sku = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$"),
+    WithJsonSchema({"type": "string", "pattern": f"^[{_TRIMMED}]*[A-Za-z0-9._\\-]{{1,64}}[{_TRIMMED}]*$"}),
 ]
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
-Price = Annotated[int, Field(ge=0, le=MAX_PRICE)]
-Stock = Annotated[int, Field(ge=0, le=MAX_INT32)]
-Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID), Integral]
+Price = Annotated[int, Field(ge=0, le=MAX_PRICE), Integral]
+Stock = Annotated[int, Field(ge=0, le=MAX_INT32), Integral]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY), Integral]
 OrderStatus = Status
 ProductSort = Literal["created_at", "-created_at", "price", "-price", "name", "-name"]
 
@@ -107,20 +178,24 @@ class FieldError(Out):
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details (extension members may be added)."""
+    """RFC 9457 problem details. The members below are the ones the service sends;
+    RFC 9457 (section 3.2) lets a problem type carry more extension members, so clients
+    must ignore members they do not know rather than reject the document."""
 
+    # Extension members are part of the format (RFC 9457): extra="allow" publishes
+    # `additionalProperties: true` on purpose, since forbidding them would promise
+    # clients something the format does not.
     model_config = ConfigDict(extra="allow")
 
-    type: str
+    type: str = Field(description="URI of the problem type.")
     title: str
     status: int
     detail: str
-    errors: list[FieldError] | None = Field(None, description="Only for validation failures (422).")
-    product_id: int | None = Field(
-        None, description="409 on an order: the product whose stock is short, or that would be held past the limit."
-    )
-    limit: str | None = Field(None, description="409: the setting of the abuse limit that refused the request.")
-    request_id: str | None = Field(None, description="500: the id to quote when reporting the error.")
+    # Extension members: present only where described (never null).
+    errors: list[FieldError] = absent("Only for validation failures (422).")
+    product_id: int = absent("409 on an order: the product whose stock is short, or that would be held past the limit.")
+    limit: str = absent("409: the setting of the abuse limit that refused the request.")
+    request_id: str = absent("500: the id to quote when reporting the error.")
 
 
 # --- pages ----------------------------------------------------------------------------
@@ -133,9 +208,12 @@ class Page(Out, Generic[T]):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
 
 
+# Query parameters are left out, never null: their optional members use absent().
+
+
 class PageQuery(Query):
     limit: int = Field(20, ge=1, le=100)
-    cursor: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR_LENGTH)] | None = None
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR_LENGTH)] = absent()
 
 
 # --- users ----------------------------------------------------------------------------
@@ -149,26 +227,26 @@ class RegisterIn(Body):
 
 class LoginIn(Body):
     email: LoginEmail
-    password: Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_no_nul)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128), *NoNul]
 
 
 class ProfileUpdateIn(Body):
     """Any of name, email, password; current_password too to change email or password."""
 
+    # The service's rules, stated so that schema-valid bodies are the accepted ones:
+    # at least one of name, email, password; email or password only together with
+    # current_password (checked, and answered 422 when missing, by accounts.update_profile).
     model_config = ConfigDict(
         json_schema_extra={
-            "anyOf": [
-                {"required": ["name"]},
-                {"required": ["email", "current_password"]},
-                {"required": ["password", "current_password"]},
-            ]
+            "anyOf": [{"required": ["name"]}, {"required": ["email"]}, {"required": ["password"]}],
+            "dependentRequired": {"email": ["current_password"], "password": ["current_password"]},
         }
     )
 
-    name: UserName | None = None
-    email: Email | None = None
-    password: Password | None = None
-    current_password: Annotated[str, StringConstraints(max_length=128), AfterValidator(_no_nul)] | None = None
+    name: UserName = absent()
+    email: Email = absent()
+    password: Password = absent()
+    current_password: Annotated[str, StringConstraints(max_length=128), *NoNul] = absent()
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ProfileUpdateIn:
@@ -230,11 +308,11 @@ class ProductCreateIn(Body):
 class ProductUpdateIn(Body):
     """Any subset of the create fields; omitted fields stay as they are (sku: null clears it)."""
 
-    name: ProductName = None  # type: ignore[assignment]
-    description: Description = None  # type: ignore[assignment]
-    price: Price = None  # type: ignore[assignment]
-    currency: Currency = None  # type: ignore[assignment]
-    stock: Stock = None  # type: ignore[assignment]
+    name: ProductName = absent()
+    description: Description = absent()
+    price: Price = absent()
+    currency: Currency = absent()
+    stock: Stock = absent()
     sku: Sku | None = None
 
     def changes(self) -> dict[str, object]:
@@ -254,14 +332,15 @@ class ProductOut(Out):
 
 
 class ProductListQuery(PageQuery):
-    q: (
-        Annotated[
-            str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul), AfterValidator(_searchable)
-        ]
-        | None
-    ) = None
-    min_price: Price | None = None
-    max_price: Price | None = None
+    q: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=200),
+        *NoNul,
+        AfterValidator(_searchable),
+        WithJsonSchema({"type": "string", "maxLength": 200, "pattern": _SEARCHABLE_PATTERN}),
+    ] = absent()
+    min_price: Price = absent()
+    max_price: Price = absent()
     in_stock: bool = False
     sort: ProductSort = "created_at"
 
@@ -281,15 +360,16 @@ class OrderCreateIn(Body):
 class OrderUpdateIn(Body):
     """Either `items` (replace the lines of a pending order) or `status`."""
 
-    # Exactly one of the two (no other property is allowed).
+    # Exactly one of the two: neither may be null, so with no other property allowed
+    # one property means one of them (a oneOf would say the same but trips up generators).
     model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
-    items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)] | None = None
-    status: OrderStatus | None = None
+    items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)] = absent()
+    status: OrderStatus = absent()
 
     @model_validator(mode="after")
     def _exactly_one(self) -> OrderUpdateIn:
-        if (self.items is None) == (self.status is None):
+        if len(self.model_fields_set) != 1:
             raise ValueError("give either items or status")
         return self
 
@@ -315,8 +395,8 @@ class OrderOut(Out):
 
 
 class OrderListQuery(PageQuery):
-    user_id: Id | None = Field(None, description="Admins only: orders of this user.")
-    status: OrderStatus | None = None
+    user_id: Id = absent("Admins only: orders of this user.")
+    status: OrderStatus = absent()
 
 
 # --- payments -------------------------------------------------------------------------
@@ -324,7 +404,7 @@ class OrderListQuery(PageQuery):
 
 class PaymentMethodIn(Body):
     type: Literal["card"]
-    token: Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_no_nul)]
+    token: Annotated[str, StringConstraints(min_length=1, max_length=255), *NoNul]
 
 
 class PaymentCreateIn(Body):
@@ -361,14 +441,36 @@ EventTypes = Annotated[
     list[Annotated[str, StringConstraints(min_length=1, max_length=100)]],
     Field(min_length=1, max_length=len(EVENT_TYPES)),
     AfterValidator(_event_types),
+    # Known types (repeats are merged), or "*" on its own.
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": len(EVENT_TYPES),
+            "items": {"type": "string", "enum": [*EVENT_TYPES, "*"]},
+            "anyOf": [{"items": {"enum": list(EVENT_TYPES)}}, {"maxItems": 1}],
+        }
+    ),
 ]
-WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_no_nul)]
-WebhookDescription = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_no_nul)]
+# What the document promises to take as a URL: http(s), a host name or IPv4 address, an
+# optional port, then printable ASCII. Whether the host resolves, and only to public
+# addresses, is checked when the webhook is saved and at every send: no schema can say.
+_WEBHOOK_URL_PATTERN = (
+    "^https?://[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    "(?::[1-9][0-9]{0,3})?(?:[/?#][!-~]*)?$"
+)
+WebhookUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=2048),
+    *NoNul,
+    WithJsonSchema({"type": "string", "maxLength": 2048, "pattern": _WEBHOOK_URL_PATTERN}),
+]
+WebhookDescription = Annotated[str, StringConstraints(max_length=1000), *NoNul]
 
 
 class EventsQuery(Query):
-    after: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
-        None, description="The `next_cursor` of the previous answer (none: from the oldest event)."
+    after: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CURSOR_LENGTH)] = absent(
+        "The `next_cursor` of the previous answer (none: from the oldest event)."
     )
     limit: int = Field(100, ge=1, le=100)
 
@@ -397,10 +499,10 @@ class WebhookUpdateIn(Body):
     """Any of the fields; omitted ones stay as they are. Enabling again delivers only
     what happens from then on."""
 
-    url: WebhookUrl = None  # type: ignore[assignment]
-    events: EventTypes = None  # type: ignore[assignment]
-    description: WebhookDescription = None  # type: ignore[assignment]
-    enabled: bool = None  # type: ignore[assignment]
+    url: WebhookUrl = absent()
+    events: EventTypes = absent()
+    description: WebhookDescription = absent()
+    enabled: bool = absent()
 
     def changes(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.model_fields_set}

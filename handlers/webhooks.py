@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from handlers.common import context, location, parse_query, path_id, read_json
-from handlers.routing import Response, Route
+from handlers.routing import Response, Route, id_links
 from handlers.schemas import (
     DeliveryAttemptOut,
     Page,
@@ -67,7 +67,7 @@ ROUTES = [
                 "The new webhook, with its signing secret",
                 WebhookCreatedOut,
                 ("Location",),
-                links_to=("get_webhook", "update_webhook", "delete_webhook", "list_webhook_deliveries"),
+                links=id_links("get_webhook", "update_webhook", "delete_webhook", "list_webhook_deliveries"),
             )
         },
         problems={422: _URL_REFUSED},

@@ -91,7 +91,7 @@ def create_app(config: Config, options: Options) -> web.Application:
     tracer = tracing.tracer if tracing is not None else None
     app = web.Application(middlewares=[make_middleware(config, metrics, tracer)], client_max_size=config.max_body_bytes)
     register(app, api.ROUTES)
-    app[openapi.OPENAPI_DOCUMENT] = dumps(openapi.build_document(api.ROUTES))
+    app[openapi.OPENAPI_DOCUMENT] = dumps(openapi.build_document(api.ROUTES, config.metrics_token is not None))
     if tracing is not None:
         app.cleanup_ctx.append(_tracing(tracing))  # first in, last out: flushes the shutdown's spans
     app.cleanup_ctx.extend(

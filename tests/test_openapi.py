@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
+import orjson
+import pytest
 from aiohttp import web
 from pydantic import BaseModel
 
-from handlers.schemas import OrderOut, Page, PaymentOut, Problem, ProductOut, TokenOut, UserOut
-from tests.helpers import Api
+from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, OrderOut, Page, PaymentOut, Problem, ProductOut, TokenOut, UserOut
+from tests.helpers import Api, unique_email
 
 CONTRACT_OPERATIONS = {
     ("post", "/api/users/register"), ("post", "/api/users/login"), ("get", "/api/users/profile"),
@@ -59,11 +62,25 @@ async def test_protected_operations_declare_bearer_auth_and_401(api: Api) -> Non
             public |= path == "/api/users/password-reset/confirm"
             public |= path.startswith("/api/docs") or path == "/api/openapi.json"
             public |= method == "get" and path.startswith("/api/products")
+            public |= path == "/metrics"  # no METRICS_TOKEN here: open, and the document says so
             if public:
                 assert "security" not in operation, (method, path)
             else:
                 assert operation["security"] == [{"bearerAuth": []}], (method, path)
                 assert "401" in operation["responses"], (method, path)
+
+
+@pytest.mark.parametrize("config_overrides", [{"metrics_token": "scrape-token-0123456789"}])
+async def test_metrics_declare_bearer_auth_and_401_when_a_metrics_token_is_set(api: Api) -> None:
+    operation = (await _document(api))["paths"]["/metrics"]["get"]
+    assert operation["security"] == [{"bearerAuth": []}]
+    assert "401" in operation["responses"]
+
+
+async def test_metrics_without_a_metrics_token_declare_no_auth(api: Api) -> None:
+    operation = (await _document(api))["paths"]["/metrics"]["get"]
+    assert "security" not in operation and "401" not in operation["responses"]
+    assert (await api.call("GET", "/metrics")).status == 200
 
 
 async def test_every_status_of_the_contract_is_documented_where_it_can_happen(api: Api) -> None:
@@ -151,3 +168,124 @@ async def test_links_name_operations_that_exist(api: Api) -> None:
     ]
     assert len(links) >= 7
     assert {link["operationId"] for link in links} <= operation_ids
+
+
+def _schema(document: dict[str, Any], name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = document["components"]["schemas"][name]
+    return schema
+
+
+async def test_profile_update_schema_requires_current_password_as_the_server_does(api: Api) -> None:
+    schema = _schema(await _document(api), "ProfileUpdateIn")
+    assert schema["dependentRequired"] == {"email": ["current_password"], "password": ["current_password"]}
+    assert all(p.get("type") == "string" for p in schema["properties"].values())  # never null
+    user = await api.customer()
+    for body in ({"name": "New", "email": unique_email()}, {"password": "another-password"}, {"name": None}):
+        reply = await api.call("PUT", "/api/users/profile", json=body, token=user.token)
+        assert reply.status == 422, (body, reply)
+    renamed = await api.call(
+        "PUT", "/api/users/profile", json={"name": "New", "current_password": user.password}, token=user.token
+    )
+    assert renamed.status == 200, renamed
+
+
+async def test_order_update_schema_and_server_agree_that_null_is_not_a_value(api: Api) -> None:
+    schema = _schema(await _document(api), "OrderUpdateIn")
+    assert (schema["minProperties"], schema["maxProperties"]) == (1, 1)
+    assert schema["properties"]["items"]["type"] == "array"
+    assert schema["properties"]["status"]["type"] == "string"
+    user = await api.customer()
+    product = await api.product()
+    order = (await api.order(user, (product["id"], 1))).json
+    path = f"/api/orders/{order['id']}"
+    for body in ({"items": None}, {"status": None}, {"items": None, "status": "cancelled"}, {}):
+        assert (await api.call("PUT", path, json=body, token=user.token)).status == 422, body
+    cancelled = await api.call("PUT", path, json={"status": "cancelled"}, token=user.token)
+    assert cancelled.status == 200, cancelled
+
+
+async def test_integers_written_with_a_zero_fraction_are_integers_as_json_schema_says(api: Api) -> None:
+    user = await api.customer()
+    product = await api.product(stock=5)
+    whole = await api.call("POST", "/api/orders", json={"items": [{"product_id": product["id"], "quantity": 2.0}]},
+                           token=user.token)  # fmt: skip
+    assert whole.status == 201, whole
+    assert whole.json["items"][0]["quantity"] == 2
+    for quantity in (2.5, "2", True):
+        body = {"items": [{"product_id": product["id"], "quantity": quantity}]}
+        assert (await api.call("POST", "/api/orders", json=body, token=user.token)).status == 422, quantity
+
+
+async def test_the_document_carries_no_test_card_and_links_are_built_one_way(api: Api) -> None:
+    document = await _document(api)
+    assert "tok_" not in orjson.dumps(document).decode()
+    links = document["paths"]["/api/orders"]["post"]["responses"]["201"]["links"]
+    assert links["create_payment"] == {
+        "operationId": "create_payment",
+        "requestBody": {"order_id": "$response.body#/id"},
+    }
+    assert links["get_order"] == {"operationId": "get_order", "parameters": {"id": "$response.body#/id"}}
+
+
+async def test_problem_schema_declares_its_members_and_allows_extensions(api: Api) -> None:
+    schema = _schema(await _document(api), "Problem")
+    assert schema["additionalProperties"] is True  # RFC 9457 extension members
+    assert set(schema["required"]) == {"type", "title", "status", "detail"}
+    assert {"errors", "product_id", "request_id"} <= set(schema["properties"])
+    assert "null" not in orjson.dumps(schema["properties"]).decode()  # members are absent, never null
+
+
+async def test_idempotency_key_pattern_is_the_one_the_server_enforces(api: Api) -> None:
+    document = await _document(api)
+    [header] = [p for p in document["paths"]["/api/payments"]["post"]["parameters"] if p["in"] == "header"]
+    assert header["schema"]["pattern"] == IDEMPOTENCY_KEY_PATTERN
+    user = await api.customer()
+    product = await api.product()
+    order = (await api.order(user, (product["id"], 1))).json
+    for key in ("k" * 256, "tab\there"):
+        assert not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key)
+        assert (await api.pay(user, order["id"], key=key)).status == 422, key
+    assert re.fullmatch(IDEMPOTENCY_KEY_PATTERN, "k" * 255)
+    assert (await api.pay(user, order["id"], key="k" * 255)).status == 201
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("Ann", True),
+        ("  Ann\t", True),
+        (" " * 3, False),  # nothing left after trimming
+        ("\u3000" + "a" * 100 + "\n", True),  # 100 characters once trimmed
+        ("a" * 101, False),
+        ("\ufeffAnn", True),  # U+FEFF is not trimmed, so it counts as a character
+        ("\ufeff", True),
+        ("A\x00n", False),
+    ],
+)
+async def test_trimmed_text_patterns_accept_what_the_server_accepts(api: Api, value: str, accepted: bool) -> None:
+    """Names are trimmed before their length is checked: the document's pattern says
+    so, in characters both JSON Schema (ECMA 262) and Python read alike."""
+    pattern = _schema(await _document(api), "RegisterIn")["properties"]["name"]["pattern"]
+    assert bool(re.search(pattern, value)) is accepted
+    reply = await api.register(name=value)
+    assert reply.status == (201 if accepted else 422), reply
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("abc", True),
+        ("%a_b c", True),
+        ("ab", False),
+        ("%%__  ab", False),  # wildcards and spaces do not count
+        ("a\x00bc", False),
+    ],
+)
+async def test_search_text_pattern_accepts_what_the_server_searches(api: Api, value: str, accepted: bool) -> None:
+    """A search of fewer than 3 characters besides %, _ and spaces is 422 (no index
+    can serve it): the document's pattern says the same."""
+    document = await _document(api)
+    (q,) = [p for p in document["paths"]["/api/products"]["get"]["parameters"] if p["name"] == "q"]
+    assert bool(re.search(q["schema"]["pattern"].replace("\\u0000", "\\x00"), value)) is accepted
+    reply = await api.call("GET", f"/api/products?{urlencode({'q': value})}")
+    assert reply.status == (200 if accepted else 422), reply
