@@ -17,7 +17,9 @@ import asyncpg
 
 from db.pool import Database
 
-ORDER_COLUMNS = "o.id, o.user_id, o.status, o.total, o.currency, o.created_at, o.updated_at, o.expires_at"
+ORDER_COLUMNS = (
+    "o.id, o.user_id, o.status, o.total, o.amount_refunded, o.currency, o.created_at, o.updated_at, o.expires_at"
+)
 # The lines of order `o`, as (product_id, name, unit_price, quantity, line_total) tuples.
 ITEMS_COLUMN = (
     "ARRAY(SELECT ROW(i.product_id, i.name, i.unit_price, i.quantity, i.line_total) "
@@ -228,13 +230,15 @@ async def _lock_pending(conn: asyncpg.Connection, order_id: int, owner_id: int |
     return order
 
 
-async def _release_stock(conn: asyncpg.Connection, order_ids: list[int]) -> None:
+async def return_stock(conn: asyncpg.Connection, order_ids: list[int]) -> None:
+    """Put every unit of these orders back in stock (inside the caller's transaction,
+    which holds the orders' locks): products locked in id order, as everywhere."""
     product_ids = [r["id"] for r in await conn.fetch(_LOCK_ORDER_PRODUCTS, order_ids)]
     await conn.execute(_RETURN_STOCK, order_ids, product_ids)
 
 
 async def _end_pending(conn: asyncpg.Connection, order_id: int, status: str) -> asyncpg.Record:
-    await _release_stock(conn, [order_id])
+    await return_stock(conn, [order_id])
     row = await conn.fetchrow(_SET_STATUS, order_id, status)
     assert row is not None
     return row
@@ -364,7 +368,7 @@ async def expire_due(db: Database, *, exclude: Sequence[int], batch: int) -> lis
         due = [order_id for order_id in due if order_id not in paying]
         if not due:
             return []
-        await _release_stock(conn, due)
+        await return_stock(conn, due)
         return [r["id"] for r in await conn.fetch(_MARK_EXPIRED, due)]
 
 
@@ -389,8 +393,15 @@ FROM products p
 LEFT JOIN (
     SELECT i.product_id,
            sum(i.quantity) FILTER (WHERE o.status = 'pending') AS held,
-           sum(i.quantity) FILTER (WHERE o.status IN ('paid', 'shipped', 'delivered')) AS sold
+           sum(i.quantity) FILTER (
+               WHERE o.status IN ('paid', 'shipped', 'delivered')
+                  OR (o.status = 'refunded' AND restocked.order_id IS NULL)
+           ) AS sold
     FROM order_items i JOIN orders o ON o.id = i.order_id
+    -- A refunded order whose units went back to stock sells nothing (counted once:
+    -- one restocking refund per payment, one succeeded payment per order).
+    LEFT JOIN (SELECT DISTINCT order_id FROM refunds WHERE restock AND status = 'succeeded') restocked
+        ON restocked.order_id = o.id
     GROUP BY i.product_id
 ) h ON h.product_id = p.id
 WHERE p.stock < 0 OR p.stock_received <> p.stock + coalesce(h.held, 0) + coalesce(h.sold, 0)
@@ -400,5 +411,6 @@ ORDER BY p.id
 
 async def stock_violations(db: Database) -> list[asyncpg.Record]:
     """Products for which stock received != stock + held by pending orders + sold
-    (or stock < 0). Empty when the stock invariant holds."""
+    (paid, shipped, delivered, or refunded without restocking), or stock < 0. Empty
+    when the stock invariant holds."""
     return await db.fetch(_STOCK_VIOLATIONS)

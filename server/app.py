@@ -26,10 +26,12 @@ from server.domain.auth import Passwords, Tokens
 from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
+from server.domain.payments import refunds
 from server.domain.payments import service as payments
 from server.domain.payments.simulated import SimulatedProvider
 from server.runtime.config import Config, pool_settings
 from server.runtime.jsonio import dumps
+from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
 from server.runtime.middleware import make_middleware
 from server.runtime.periodic import Periodic
@@ -90,6 +92,8 @@ def _worker_resources(
         passwords = Passwords(
             config.password_hash_time_cost, config.password_hash_memory_kib, config.password_hash_parallelism
         )
+        liveness = Liveness(options.dsn, config.db_connect_timeout)
+        await liveness.start()
         scheduler = aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds)
         ctx = Context(
             config=config,
@@ -107,6 +111,7 @@ def _worker_resources(
                 idle_seconds=config.actor_idle_seconds,
             ),
             provider=provider,
+            liveness=liveness,
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
@@ -120,6 +125,7 @@ def _worker_resources(
             await jobs.stop()
             await ctx.supervisor.drain(config.shutdown_grace_seconds)
             await provider.close()
+            await liveness.close()
             await db.close(timeout=config.shutdown_grace_seconds)
             passwords.close()
 
@@ -134,6 +140,7 @@ def _start_jobs(jobs: Periodic, ctx: Context) -> None:
 
     async def reconcile() -> None:
         await payments.reconcile(ctx)
+        await refunds.reconcile(ctx)
 
     async def purge_idempotency_keys() -> None:
         purged = await idempotency.purge(ctx.db, config.idempotency_key_ttl_seconds)

@@ -21,6 +21,7 @@ PAYMENT_FIELDS = {
     "id",
     "order_id",
     "amount",
+    "amount_refunded",
     "currency",
     "status",
     "failure_reason",
@@ -319,13 +320,11 @@ async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(api:
     reply = await paying
     assert reply.status == 402
     assert reply.json["failure_reason"] == "order_not_payable"
-    charge = await db.fetchrow("SELECT status, refund_reference FROM simulated_provider_charges")
+    charge = await db.fetchrow("SELECT status, reference, amount FROM simulated_provider_charges")
     assert charge["status"] == "succeeded"
-    assert charge["refund_reference"] is not None
-    assert (
-        await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"])
-        == charge["refund_reference"]
-    )
+    refund = await db.fetchrow("SELECT reference, amount, status FROM simulated_provider_refunds")
+    assert (refund["status"], refund["amount"]) == ("succeeded", charge["amount"])
+    assert await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"]) == refund["reference"]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
 from server.domain.payments.provider import PaymentProvider
 from server.runtime.config import Config
+from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
 
 
@@ -25,6 +26,8 @@ class Context:
     metrics: Metrics
     supervisor: OrderSupervisor
     provider: PaymentProvider
+    # This process's liveness lock: in-flight payments and refunds name its owner id.
+    liveness: Liveness
 
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""

@@ -31,6 +31,7 @@ def order_json(row: asyncpg.Record, items: Sequence[tuple[Any, ...]] | None = No
         "status": row["status"],
         "items": [dict(zip(_ITEM_KEYS, line, strict=True)) for line in lines],
         "total": row["total"],
+        "amount_refunded": row["amount_refunded"],
         "currency": row["currency"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],

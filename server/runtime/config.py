@@ -243,10 +243,11 @@ class Config(BaseModel):
         description="Share of simulated provider calls hit by PAYMENT_PROVIDER_FAULT.",
     )
     payment_reconcile_interval_seconds: float = Field(
-        10.0,
+        1.0,
         alias="PAYMENT_RECONCILE_INTERVAL_SECONDS",
         gt=0,
-        description="How often pending payments abandoned by a dead process are reconciled.",
+        description="How often pending payments and refunds abandoned by a dead process (or past their lease) "
+        "are reconciled.",
     )
     idempotency_key_ttl_seconds: int = Field(
         172_800,

@@ -10,11 +10,12 @@ while the provider is called:
    lost, the provider is asked with the idempotency key;
 3. one short transaction records the outcome and, on success, marks the order paid.
 
-A payment whose outcome stays unknown (the process died, or the provider did not
-answer) keeps its `pending` row until its lease runs out; then the reconciler asks
-the provider and settles it. Meanwhile the pending row blocks any other payment of
-the order (a partial unique index), as well as cancelling, changing, deleting and
-expiring it.
+A payment whose outcome stays unknown keeps its `pending` row until the reconciler
+asks the provider and settles it: at once when the process that made it is gone
+(its liveness lock is free, see server/runtime/liveness.py), else when its lease
+runs out (the provider did not answer, or the process lost its lock). Meanwhile
+the pending row blocks any other payment of the order (a partial unique index), as
+well as cancelling, changing, deleting and expiring it.
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from db import idempotency as idempotency_db
 from db import orders as orders_db
 from db import payments as payments_db
 from server.domain.context import Context
 from server.domain.order_actors import OrderActor
-from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
-from server.runtime.jsonio import dumps
+from server.domain.payments.idempotency import InFlight, Outcome, Resource, outcome_for, replay_known, start_once
+from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable, RefundRequest
 from server.runtime.problems import ApiError, Conflict, NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -58,19 +58,12 @@ class PaymentRequest:
         return hashlib.sha256(canonical).digest()
 
 
-@dataclass(frozen=True)
-class PaymentResponse:
-    status: int
-    body: dict[str, Any]
-    # A replayed refusal (a problem document) rather than a payment.
-    is_problem: bool = False
-
-
 def payment_json(row: asyncpg.Record, prefix: str = "") -> dict[str, Any]:
     return {
         "id": row[prefix + "id"],
         "order_id": row[prefix + "order_id"],
         "amount": row[prefix + "amount"],
+        "amount_refunded": row[prefix + "amount_refunded"],
         "currency": row[prefix + "currency"],
         "status": row[prefix + "status"],
         "failure_reason": row[prefix + "failure_reason"],
@@ -80,11 +73,7 @@ def payment_json(row: asyncpg.Record, prefix: str = "") -> dict[str, Any]:
     }
 
 
-def _response_for(payment: dict[str, Any]) -> PaymentResponse:
-    """201 for a success, 402 for a decline (the failed payment in the body), 202
-    while the outcome is still unknown."""
-    status = {"succeeded": 201, "failed": 402}.get(payment["status"], 202)
-    return PaymentResponse(status, payment)
+PAYMENT = Resource("payment", payment_json, single_statement=True)
 
 
 def lease_seconds(ctx: Context) -> float:
@@ -100,56 +89,39 @@ async def get(ctx: Context, payment_id: int, user_id: int, is_admin: bool) -> di
     return payment_json(row)
 
 
-async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> PaymentResponse:
+async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> Outcome:
     fingerprint = request.fingerprint()
-    if idempotency_key is not None:
-        # Answered here without queueing behind the order's actor: a repeat of a
-        # request still in flight gets 409 at once, a finished one its first answer.
-        record = await idempotency_db.find(ctx.db, user_id, idempotency_key)
-        if record is not None:
-            return _replay(record, fingerprint)
+    replay = await replay_known(ctx, user_id, idempotency_key, fingerprint, PAYMENT)
+    if replay is not None:
+        return replay
 
-    async def command(actor: OrderActor) -> PaymentResponse:
+    async def command(actor: OrderActor) -> Outcome:
         return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint)
 
     return await ctx.supervisor.ask(request.order_id, command)
 
 
-def _replay(record: asyncpg.Record, fingerprint: bytes) -> PaymentResponse:
-    if record["request_hash"] != fingerprint:
-        raise ValidationFailed.field("Idempotency-Key", "this key was used with a different request body")
-    if record["payment_id"] is None:
-        return PaymentResponse(record["response_status"], orjson.loads(record["response_body"]), is_problem=True)
-    if record["payment_status"] == "pending":
-        raise Conflict("a request with this Idempotency-Key is still in flight")
-    return _response_for(payment_json(record, prefix="payment_"))
-
-
 async def _pay_in_actor(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
-) -> PaymentResponse:
+) -> Outcome:
     started = await _begin(ctx, user_id, request, idempotency_key, fingerprint)
-    if isinstance(started, PaymentResponse):
+    if isinstance(started, Outcome):
         return started
     payment = started
     result = await _charge(ctx, payment, request.token)
     if result is None:
         ctx.metrics.payments.labels("unknown").inc()
         log.warning("payment outcome unknown; left to reconciliation", extra={"payment_id": payment["id"]})
-        return _response_for(payment_json(payment))
-    return _response_for(await _settle(ctx, payment["id"], result))
-
-
-class _InFlight(Conflict):
-    """Another payment of the order is in flight: transient, so never stored as the
-    answer to an Idempotency-Key (the key stays free for a retry)."""
+        return outcome_for(payment_json(payment))
+    return outcome_for(await _settle(ctx, payment["id"], result))
 
 
 async def _begin(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
-) -> asyncpg.Record | PaymentResponse:
-    """Step 1. Returns the pending payment, or the response to replay; raises the
-    API error when the order cannot be paid."""
+) -> asyncpg.Record | Outcome:
+    """Step 1. Returns the pending payment, or the answer to replay; raises the
+    API error when the order cannot be paid (an order found past its expiry is
+    expired on the way, once step 1's transaction is over)."""
     begin = functools.partial(
         payments_db.begin,
         order_id=request.order_id,
@@ -158,39 +130,14 @@ async def _begin(
         provider=ctx.provider.name,
         provider_key=f"pay_{secrets.token_hex(12)}",
         lease_seconds=lease_seconds(ctx),
+        owner=ctx.liveness.owner,
     )
-    if idempotency_key is None:
-        try:
-            return await begin(ctx.db)
-        except Exception as exc:
-            raise await _refused(ctx, request, exc) from None
-    refusal: Exception | None = None
-    async with ctx.db.transaction() as conn:
-        if not await idempotency_db.claim(conn, user_id, idempotency_key, fingerprint):
-            record = await idempotency_db.find(conn, user_id, idempotency_key)
-            assert record is not None
-            return _replay(record, fingerprint)
-        try:
-            payment = await begin(conn)
-        except Exception as exc:
-            refusal = exc
-            error = _refusal(exc)
-            if isinstance(error, _InFlight):
-                raise error from None  # rolls the claim back: the key stays free
-            await idempotency_db.store_response(conn, user_id, idempotency_key, error.status, dumps(error.body()))
-        else:
-            await idempotency_db.attach_payment(conn, user_id, idempotency_key, payment["id"])
-    if refusal is not None:
-        raise await _refused(ctx, request, refusal)
-    return payment
-
-
-async def _refused(ctx: Context, request: PaymentRequest, exc: Exception) -> ApiError:
-    """The API error for a refused step 1, once its transaction is over; an order
-    found past its expiry is expired on the way."""
-    if isinstance(exc, orders_db.Expired) and await orders_db.expire_one(ctx.db, request.order_id):
-        ctx.metrics.order_transition("pending", "expired")
-    return _refusal(exc)
+    try:
+        return await start_once(ctx, user_id, idempotency_key, fingerprint, PAYMENT, begin, _refusal)
+    except ApiError as error:
+        if isinstance(error.__cause__, orders_db.Expired) and await orders_db.expire_one(ctx.db, request.order_id):
+            ctx.metrics.order_transition("pending", "expired")
+        raise
 
 
 def _refusal(exc: Exception) -> ApiError:
@@ -200,7 +147,7 @@ def _refusal(exc: Exception) -> ApiError:
     if isinstance(exc, orders_db.WrongStatus):
         return Conflict(f"the order is {exc.status}; only pending orders can be paid")
     if isinstance(exc, orders_db.PaymentInFlight):
-        return _InFlight("a payment for this order is in progress")
+        return InFlight("a payment for this order is in progress")
     if isinstance(exc, orders_db.Expired):
         return Conflict("the order has expired")
     if isinstance(exc, payments_db.AmountMismatch):
@@ -255,28 +202,45 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
     if row["status"] == "succeeded":
         ctx.metrics.order_transition("pending", "paid")
     if row["refund_due"]:
-        await _refund(ctx, payment_id, row["provider_ref"])
+        await _refund_unpayable(ctx, row)
     return payment_json(row)
 
 
-async def _refund(ctx: Context, payment_id: int, provider_ref: str) -> None:
+async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
+    """Give back a charge that succeeded for an order that could no longer be paid."""
+    request = RefundRequest(
+        idempotency_key=f"refund_{payment['id']}",
+        charge_ref=payment["provider_ref"],
+        amount=payment["amount"],
+        currency=payment["currency"],
+        reference=str(payment["id"]),
+    )
     try:
-        refund_ref = await ctx.provider.refund(provider_ref, idempotency_key=f"refund_{payment_id}")
+        async with asyncio.timeout(ctx.config.payment_provider_timeout_ms / 1000):
+            result = await ctx.provider.refund(request)
     except (TimeoutError, ProviderUnavailable):
-        log.warning("refund failed; it will be retried", extra={"payment_id": payment_id})
+        log.warning("refund failed; it will be retried", extra={"payment_id": payment["id"]})
         return
-    await payments_db.set_refunded(ctx.db, payment_id, refund_ref)
-    log.warning("charge refunded: the order could no longer be paid", extra={"payment_id": payment_id})
+    if result.status != "succeeded":
+        # The same key gives the same answer: this charge needs an operator.
+        log.error("the provider refused to refund a charge kept for no order", extra={"payment_id": payment["id"]})
+        return
+    await payments_db.set_refunded(ctx.db, payment["id"], result.provider_ref)
+    log.warning("charge refunded: the order could no longer be paid", extra={"payment_id": payment["id"]})
 
 
 async def reconcile(ctx: Context) -> int:
-    """Settle pending payments whose lease ran out, by asking the provider; retry
-    refunds that are due. Returns how many payments were settled."""
+    """Settle pending payments whose process is gone or whose lease ran out, by
+    asking the provider; retry refunds that are due. Returns how many payments
+    were settled."""
     settled = 0
-    for payment in await payments_db.claim_stale(ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx)):
+    claimed = await payments_db.claim_stale(
+        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), owner=ctx.liveness.owner
+    )
+    for payment in claimed:
         settled += await _reconcile_one(ctx, payment)
     for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH):
-        await _refund(ctx, due["id"], due["provider_ref"])
+        await _refund_unpayable(ctx, due)
     return settled
 
 
