@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -25,7 +26,7 @@ from db import migrations
 from server.app import Options, create_app
 from server.runtime.config import Config, load
 from server.runtime.embedded_pg import EmbeddedPostgres
-from tests.helpers import Api, dsn_with_database, run_sql
+from tests.helpers import Api, ServerProcess, dsn_with_database, run_sql, session
 
 JWT_SECRET = "test-secret-" + "x" * 32
 ADMIN_EMAIL = "admin@example.com"
@@ -130,3 +131,26 @@ async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def two_servers(clean_db: str) -> Iterator[list[ServerProcess]]:
+    """Two real server processes on one database, with provider calls slow enough
+    (200 ms) that simultaneous requests overlap."""
+    env = {"PAYMENT_PROVIDER_LATENCY_MS": "200", "ACTOR_MAILBOX_SIZE": "64"}
+    servers = [ServerProcess(clean_db, env=env).start() for _ in range(2)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+async def apis(two_servers: list[ServerProcess]) -> AsyncIterator[list[Api]]:
+    sessions = [session(s.url, connector=aiohttp.TCPConnector(limit=100)) for s in two_servers]
+    try:
+        yield [Api(http) for http in sessions]
+    finally:
+        for http in sessions:
+            await http.close()

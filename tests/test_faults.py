@@ -29,13 +29,14 @@ import pytest
 
 from db import orders as orders_db
 from db import payments as payments_db
+from db import refunds as refunds_db
 from db.pool import Database
 from server.runtime.embedded_pg import EmbeddedPostgres
 from tests.helpers import Api, ServerProcess, User, session
 
 pytestmark = pytest.mark.faults
 
-ALLOWED_STATUSES = {"pending", "paid", "shipped", "delivered", "cancelled", "expired"}
+ALLOWED_STATUSES = {"pending", "paid", "shipped", "delivered", "cancelled", "expired", "refunded"}
 
 
 @dataclass
@@ -49,16 +50,20 @@ class Tally:
 
 
 async def invariant_violations(dsn: str) -> list[str]:
-    """Everything the service promises about stock, charges and states, checked on
-    the database: empty when all hold."""
+    """Everything the service promises about stock, charges, refunds and states,
+    checked on the database: empty when all hold."""
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     try:
         db = Database(pool, 10)
         problems = [f"stock: {dict(r)}" for r in await orders_db.stock_violations(db)]
         problems += await payments_db.charge_violations(db)
+        problems += await refunds_db.refund_violations(db)
         pending = await payments_db.pending_count(db)
         if pending:
             problems.append(f"{pending} payment(s) still pending")
+        pending_refunds = await refunds_db.pending_count(db)
+        if pending_refunds:
+            problems.append(f"{pending_refunds} refund(s) still pending")
         odd = await pool.fetch("SELECT id, status FROM orders WHERE status <> ALL($1::text[])", list(ALLOWED_STATUSES))
         problems += [f"order {r['id']} in status {r['status']}" for r in odd]
         overdue = await pool.fetchval(

@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import asyncpg
-import pytest
 
 from db import payments as payments_db
 from db.pool import Database
@@ -24,27 +22,6 @@ async def assert_charges_consistent(dsn: str) -> None:
         assert await payments_db.charge_violations(Database(pool, 5)) == []
     finally:
         await pool.close()
-
-
-@pytest.fixture
-def two_servers(clean_db: str) -> Iterator[list[ServerProcess]]:
-    env = {"PAYMENT_PROVIDER_LATENCY_MS": "200", "ACTOR_MAILBOX_SIZE": "64"}
-    servers = [ServerProcess(clean_db, env=env).start() for _ in range(2)]
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-
-
-@pytest.fixture
-async def apis(two_servers: list[ServerProcess]) -> AsyncIterator[list[Api]]:
-    sessions = [session(s.url, connector=aiohttp.TCPConnector(limit=100)) for s in two_servers]
-    try:
-        yield [Api(http) for http in sessions]
-    finally:
-        for http in sessions:
-            await http.close()
 
 
 async def test_30_simultaneous_payments_for_one_order_on_two_processes_charge_once(

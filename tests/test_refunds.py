@@ -116,7 +116,7 @@ async def test_partial_refunds_add_up_and_the_last_one_refunds_the_order(api: Ap
 
 
 async def test_a_new_payment_and_order_show_amount_refunded_zero(api: Api) -> None:
-    user, order, payment = await _paid(api)
+    _, order, payment = await _paid(api)
     assert payment["amount_refunded"] == 0
     assert (await _order(api, order["id"]))["amount_refunded"] == 0
     assert order["amount_refunded"] == 0
@@ -317,7 +317,7 @@ async def test_refunds_are_visible_to_the_owner_and_admins_only(api: Api) -> Non
 
 
 async def test_a_cursor_of_another_payment_is_refused(api: Api) -> None:
-    user, _, payment = await _paid(api)
+    _, _, payment = await _paid(api)
     _, _, other = await _paid(api)
     for p in (payment, other):
         await _refund(api, p["id"], amount=1)

@@ -21,6 +21,7 @@ import uvloop
 from db import migrations
 from db import orders as orders_db
 from db import payments as payments_db
+from db import refunds as refunds_db
 from db import users as users_db
 from db.pool import PoolSettings, create_database
 from server.runtime import logs
@@ -133,9 +134,12 @@ def _check_invariants(config: Config, args: argparse.Namespace) -> int:
                 for r in await orders_db.stock_violations(db)
             ]
             problems += await payments_db.charge_violations(db)
-            pending = await payments_db.pending_count(db)
-            if pending and args.settled:
-                problems.append(f"{pending} payment(s) still pending")
+            problems += await refunds_db.refund_violations(db)
+            if args.settled:
+                pending = await payments_db.pending_count(db)
+                problems += [f"{pending} payment(s) still pending"] if pending else []
+                pending = await refunds_db.pending_count(db)
+                problems += [f"{pending} refund(s) still pending"] if pending else []
             return problems
         finally:
             await db.close(timeout=5)
@@ -174,9 +178,9 @@ def parser() -> argparse.ArgumentParser:
     seed_demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable data")
     seed_demo.add_argument("--quiet", action="store_true", help="no progress bar")
     check = commands.add_parser(
-        "check-invariants", help="check the stock and charge invariants; exit 1 on any violation"
+        "check-invariants", help="check the stock, charge and refund invariants; exit 1 on any violation"
     )
-    check.add_argument("--settled", action="store_true", help="also require no payment to be pending")
+    check.add_argument("--settled", action="store_true", help="also require no payment or refund to be pending")
     return root
 
 
