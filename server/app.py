@@ -92,7 +92,7 @@ def _worker_resources(
         passwords = Passwords(
             config.password_hash_time_cost, config.password_hash_memory_kib, config.password_hash_parallelism
         )
-        liveness = Liveness(options.dsn, config.db_connect_timeout)
+        liveness = Liveness(config.liveness_database_url or options.dsn, config.db_connect_timeout)
         await liveness.start()
         scheduler = aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds)
         ctx = Context(

@@ -367,3 +367,30 @@ async def test_charge_invariants_hold_after_normal_payments(api: Api, clean_db: 
         assert await payments_db.charge_violations(Database(pool, 5)) == []
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"payment_provider_latency_ms": 3000, "payment_reconcile_interval_seconds": 60}]
+)
+async def test_a_payment_whose_process_is_gone_is_settled_at_once(
+    api: Api, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+) -> None:
+    """A pending payment whose owner holds no liveness lock (its process died) is
+    settled by another process's reconciler (every 0.5 s here), not after its lease;
+    the provider's lookup voids the key, so the charge still on its way (it lands
+    1.5 s after it started) charges nothing."""
+    await aiohttp_client(create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
+    user, order = await _pending_order(api)
+    paying = asyncio.create_task(api.pay(user, order["id"]))
+    await asyncio.sleep(0.3)
+    # Nobody holds liveness lock 1 (ids are random): as if the process had died.
+    assert await db.execute("UPDATE payments SET owner = 1 WHERE status = 'pending'") == "UPDATE 1"
+    for _ in range(30):
+        if await db.fetchval("SELECT status FROM payments") != "pending":
+            break
+        await asyncio.sleep(0.1)
+    assert await db.fetchval("SELECT failure_reason FROM payments") == "not_charged"
+    reply = await paying
+    assert (reply.status, reply.json["failure_reason"]) == (402, "not_charged")
+    assert await _charges(db) == 0  # the late charge found its key void
+    assert await _order_status(api, user, order["id"]) == "pending"

@@ -85,6 +85,12 @@ class Config(BaseModel):
         alias="DATABASE_URL",
         description="PostgreSQL URL. Unset: an embedded PostgreSQL is started under EMBEDDED_PG_DIR.",
     )
+    liveness_database_url: str | None = Field(
+        None,
+        alias="LIVENESS_DATABASE_URL",
+        description="A direct (session) connection for each worker's liveness lock. Default: DATABASE_URL. "
+        "Behind PgBouncer in transaction pooling mode, point it at PostgreSQL itself.",
+    )
     embedded_pg_dir: str = Field(
         ".data/postgres",
         alias="EMBEDDED_PG_DIR",
