@@ -13,7 +13,9 @@ from db import orders as orders_db
 from db.pool import Database
 from tests.helpers import Api, User
 
-ORDER_FIELDS = {"id", "user_id", "status", "items", "total", "currency", "created_at", "updated_at", "expires_at"}
+ORDER_FIELDS = {
+    "id", "user_id", "status", "items", "total", "amount_refunded", "currency", "created_at", "updated_at", "expires_at",
+}  # fmt: skip
 ITEM_FIELDS = {"product_id", "name", "unit_price", "quantity", "line_total"}
 
 
