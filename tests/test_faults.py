@@ -226,9 +226,12 @@ async def test_kill_9_with_charges_and_refunds_in_flight_settles_them_within_5_s
         a.wait()
         pending_payments = await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'pending'")
         pending_refunds = await conn.fetchval("SELECT count(*) FROM refunds WHERE status = 'pending'")
-        provider_had = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM simulated_provider_charges WHERE status <> 'voided') AS charges, "
-            "(SELECT count(*) FROM simulated_provider_refunds WHERE status <> 'voided') AS refunds"
+        # What the provider made of the killed process's calls (it cannot change now).
+        provider_made = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM simulated_provider_charges c JOIN payments p ON p.provider_key = "
+            "c.idempotency_key WHERE c.status = 'succeeded' AND p.order_id = ANY($1::bigint[])) AS charges, "
+            "(SELECT count(*) FROM simulated_provider_refunds WHERE status = 'succeeded') AS refunds",
+            [o["id"] for o in pending_orders],
         )
         settled_after = None
         while time.monotonic() - killed_at < 10:
@@ -276,7 +279,7 @@ async def test_kill_9_with_charges_and_refunds_in_flight_settles_them_within_5_s
             )
             after = await api.call("POST", f"/api/payments/{left}/refunds", json={}, token=admin.token)
         _report("kill -9 with charges and refunds in flight", payments=len(payments), refunds=len(refunds),
-                provider_had_at_kill=dict(provider_had), pending_at_kill={"payments": pending_payments,
+                provider_made=dict(provider_made), pending_at_kill={"payments": pending_payments,
                 "refunds": pending_refunds}, settled_after_s=settled_after and round(settled_after, 2),
                 succeeded={"payments": sum(r["status"] == "succeeded" for r in payments),
                            "refunds": sum(r["status"] == "succeeded" for r in refunds)},
