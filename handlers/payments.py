@@ -78,7 +78,12 @@ ROUTES = [
         body=PaymentCreateIn,
         request_headers=_IDEMPOTENCY_KEY,
         responses={
-            201: Response("Charged; the order is now paid", PaymentOut, ("Location",), links_to=("get_payment",)),
+            201: Response(
+                "Charged; the order is now paid",
+                PaymentOut,
+                ("Location",),
+                links_to=("get_payment", "create_refund", "list_refunds"),
+            ),
             202: Response(
                 "The provider's answer was lost; the payment stays pending until reconciled "
                 "(poll GET /api/payments/{id})",
