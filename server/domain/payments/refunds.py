@@ -104,7 +104,7 @@ def decide(payment: asyncpg.Record, requested: int | None, restock: bool) -> int
         if in_flight:
             # Transient: what is in flight may fail and come back.
             raise InFlight(f"{left} is left to refund while {in_flight} is being refunded; retry when it is settled")
-        raise Conflict(f"only {left} is left to refund" if left else "the payment is refunded in full")
+        raise Conflict(f"only {left} is left to refund" if left else "nothing is left to refund")
     if restock and in_flight:
         raise InFlight("restock goes with the refund that completes the whole amount; another refund is in flight")
     if restock and amount < left:
