@@ -168,6 +168,33 @@ async def test_refunding_an_unknown_payment_is_404(api: Api) -> None:
     assert (await _refund(api, 999999)).status == 404
 
 
+async def test_a_refund_of_an_unknown_payment_claims_no_key_and_queues_nothing(
+    api: Api, app: web.Application, db: asyncpg.Connection
+) -> None:
+    await api.admin_user()  # logged in once, before the requests start together
+    replies = await asyncio.gather(*(_refund(api, 999999, key=f"k-{i}") for i in range(10)))
+    assert {reply.status for reply in replies} == {404}
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    assert app[CONTEXT].supervisor.live_count == 0
+
+
+@pytest.mark.parametrize("config_overrides", [{"max_commands_per_user": 2, "payment_provider_latency_ms": 400}])
+async def test_an_admins_refunds_in_flight_are_bounded_and_a_refused_one_keeps_its_key_free(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    payments = [(await _paid(api, quantity=1))[2] for _ in range(4)]
+    await api.admin_user()
+    replies = await asyncio.gather(*(_refund(api, p["id"], key=f"r-{p['id']}") for p in payments))
+    statuses = sorted(reply.status for reply in replies)
+    assert statuses == [201, 201, 429, 429], statuses
+    assert all("Retry-After" in reply.headers for reply in replies if reply.status == 429)
+    # 429 is transient: no answer stored, so the same key refunds on a retry.
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 2
+    refused = [p for p, reply in zip(payments, replies, strict=True) if reply.status == 429]
+    for p in refused:
+        assert (await _refund(api, p["id"], key=f"r-{p['id']}")).status == 201
+
+
 # --- status -----------------------------------------------------------------------------------
 
 
