@@ -1,10 +1,17 @@
-"""Idempotency-Key records (per user) for POST /api/payments."""
+"""Idempotency-Key records (per user) for the requests that move money: payments
+(POST /api/payments) and refunds (POST /api/payments/{id}/refunds)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import asyncpg
 
 from db.pool import Database, Executor
+
+# What a record can start: its column in idempotency_keys is `<kind>_id`, and `find`
+# returns that row as the record named `<kind>`.
+Kind = Literal["payment", "refund"]
 
 _CLAIM = """
 INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
@@ -19,11 +26,14 @@ async def claim(db: Executor, user_id: int, key: str, request_hash: bytes) -> bo
     return bool(await db.fetchval(_CLAIM, user_id, key, request_hash))
 
 
-# The record, with the payment it started (if any) in its current state: `payment`
-# is the payments row as one record, read by column name (NULL when none).
+# The record, with the payment or refund it started (if any) in its current state:
+# `payment` and `refund` are those rows as one record each, read by column name
+# (NULL when none).
 _FIND = """
-SELECT k.request_hash, k.response_status, k.response_body, p AS payment
-FROM idempotency_keys k LEFT JOIN payments p ON p.id = k.payment_id
+SELECT k.request_hash, k.response_status, k.response_body, p AS payment, r AS refund
+FROM idempotency_keys k
+LEFT JOIN payments p ON p.id = k.payment_id
+LEFT JOIN refunds r ON r.id = k.refund_id
 WHERE k.user_id = $1 AND k.key = $2
 """
 
@@ -32,11 +42,15 @@ async def find(db: Executor, user_id: int, key: str) -> asyncpg.Record | None:
     return await db.fetchrow(_FIND, user_id, key)
 
 
-_ATTACH_PAYMENT = "UPDATE idempotency_keys SET payment_id = $3 WHERE user_id = $1 AND key = $2"
+_ATTACH: dict[Kind, str] = {
+    "payment": "UPDATE idempotency_keys SET payment_id = $3 WHERE user_id = $1 AND key = $2",
+    "refund": "UPDATE idempotency_keys SET refund_id = $3 WHERE user_id = $1 AND key = $2",
+}
 
 
-async def attach_payment(db: Executor, user_id: int, key: str, payment_id: int) -> None:
-    await db.execute(_ATTACH_PAYMENT, user_id, key, payment_id)
+async def attach(db: Executor, user_id: int, key: str, kind: Kind, resource_id: int) -> None:
+    """Name the payment or refund that the key's request started."""
+    await db.execute(_ATTACH[kind], user_id, key, resource_id)
 
 
 _STORE_RESPONSE = """

@@ -18,7 +18,9 @@ import asyncpg
 from db import users as users_db
 from db.pool import Database, Executor
 
-ORDER_COLUMNS = "o.id, o.user_id, o.status, o.total, o.currency, o.created_at, o.updated_at, o.expires_at"
+ORDER_COLUMNS = (
+    "o.id, o.user_id, o.status, o.total, o.amount_refunded, o.currency, o.created_at, o.updated_at, o.expires_at"
+)
 # The lines of order `o`, as order_line records (sql/015_order_lines.sql): asyncpg
 # returns them with their field names.
 ITEMS_COLUMN = (
@@ -211,13 +213,15 @@ async def _lock_pending(conn: asyncpg.Connection, order_id: int, owner_id: int |
     return order
 
 
-async def _release_stock(conn: asyncpg.Connection, order_ids: list[int]) -> None:
+async def return_stock(conn: asyncpg.Connection, order_ids: list[int]) -> None:
+    """Put every unit of these orders back in stock (inside the caller's transaction,
+    which holds the orders' locks): products locked in id order, as everywhere."""
     product_ids = [r["id"] for r in await conn.fetch(_LOCK_ORDER_PRODUCTS, order_ids)]
     await conn.execute(_RETURN_STOCK, order_ids, product_ids)
 
 
 async def _end_pending(conn: asyncpg.Connection, order_id: int, status: str, notify: Notify) -> asyncpg.Record:
-    await _release_stock(conn, [order_id])
+    await return_stock(conn, [order_id])
     row = await conn.fetchrow(_SET_STATUS, order_id, status)
     assert row is not None
     await notify(conn, row)
@@ -342,7 +346,7 @@ async def expire_due(db: Database, *, exclude: Sequence[int], batch: int, notify
         due = [order_id for order_id in due if order_id not in paying]
         if not due:
             return []
-        await _release_stock(conn, due)
+        await return_stock(conn, due)
         expired = await conn.fetch(_MARK_EXPIRED, due)
         for row in expired:
             await notify(conn, row)
@@ -370,8 +374,14 @@ FROM products p
 LEFT JOIN (
     SELECT i.product_id,
            sum(i.quantity) FILTER (WHERE o.status = ANY($1::text[])) AS held,
-           sum(i.quantity) FILTER (WHERE o.status = ANY($2::text[])) AS sold
+           sum(i.quantity) FILTER (
+               WHERE o.status = ANY($2::text[]) OR (o.status = ANY($3::text[]) AND restocked.order_id IS NULL)
+           ) AS sold
     FROM order_items i JOIN orders o ON o.id = i.order_id
+    -- A refunded order whose units went back to stock sells nothing (counted once:
+    -- one restocking refund per payment, one succeeded payment per order).
+    LEFT JOIN (SELECT DISTINCT order_id FROM refunds WHERE restock AND status = 'succeeded') restocked
+        ON restocked.order_id = o.id
     GROUP BY i.product_id
 ) h ON h.product_id = p.id
 WHERE p.stock < 0 OR p.stock_received <> p.stock + coalesce(h.held, 0) + coalesce(h.sold, 0)
@@ -379,10 +389,14 @@ ORDER BY p.id
 """
 
 
-async def stock_violations(db: Database, holding: Collection[str], sold: Collection[str]) -> list[asyncpg.Record]:
+async def stock_violations(
+    db: Database, holding: Collection[str], sold: Collection[str], sold_unless_restocked: Collection[str]
+) -> list[asyncpg.Record]:
     """Products for which stock received != stock + held by orders in a `holding`
-    status + `sold` (or stock < 0). Empty when the stock invariant holds."""
-    return await db.fetch(_STOCK_VIOLATIONS, list(holding), list(sold))
+    status + sold (orders in a `sold` status, or in a `sold_unless_restocked` one
+    whose units no refund returned to stock), or stock < 0. Empty when the stock
+    invariant holds."""
+    return await db.fetch(_STOCK_VIOLATIONS, list(holding), list(sold), list(sold_unless_restocked))
 
 
 _UNKNOWN_STATUSES = "SELECT id, status FROM orders WHERE status <> ALL($1::text[]) ORDER BY id"

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db.liveness import LIVE_OWNERS
 from db.orders import Expired, OrderNotFound, PaymentInFlight, WrongStatus
 from db.pool import Database, Executor
 
-PAYMENT_COLUMNS = "id, order_id, amount, currency, status, failure_reason, provider, provider_ref, created_at"
+PAYMENT_COLUMNS = (
+    "id, order_id, amount, amount_refunded, currency, status, failure_reason, provider, provider_ref, created_at"
+)
 
 
 @dataclass
@@ -27,8 +30,8 @@ WITH o AS (
     WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
     FOR UPDATE
 )
-INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until)
-SELECT o.id, $2, o.total, o.currency, $3, $4, now() + make_interval(secs => $5)
+INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until, owner)
+SELECT o.id, $2, o.total, o.currency, $3, $4, now() + make_interval(secs => $5), $7
 FROM o
 WHERE o.status = 'pending' AND o.open AND ($6::bigint IS NULL OR o.total = $6)
 RETURNING {PAYMENT_COLUMNS}, provider_key
@@ -48,11 +51,13 @@ async def begin(
     provider: str,
     provider_key: str,
     lease_seconds: float,
+    owner: int | None,
 ) -> asyncpg.Record:
     """Record a pending payment for the user's order, or raise why it cannot be
-    paid: OrderNotFound, WrongStatus, Expired, AmountMismatch or PaymentInFlight."""
+    paid: OrderNotFound, WrongStatus, Expired, AmountMismatch or PaymentInFlight.
+    `owner`: the liveness lock id of the process that will call the provider."""
     try:
-        row = await db.fetchrow(_BEGIN, order_id, user_id, provider, provider_key, lease_seconds, amount)
+        row = await db.fetchrow(_BEGIN, order_id, user_id, provider, provider_key, lease_seconds, amount, owner)
     except asyncpg.UniqueViolationError:
         raise PaymentInFlight() from None
     if row is not None:
@@ -122,6 +127,7 @@ UPDATE payments p SET
     failure_reason = coalesce(outcome.unpayable, $4::text),
     provider_ref = $3,
     lease_until = NULL,
+    owner = NULL,
     updated_at = now()
 FROM pay, outcome
 WHERE p.id = pay.id
@@ -144,13 +150,16 @@ async def get(db: Executor, payment_id: int, owner_id: int | None) -> asyncpg.Re
     return await db.fetchrow(_GET, payment_id, owner_id)
 
 
-# Pending payments whose lease ran out (their process died, or the outcome stayed
-# unknown): claimed for a new lease, so that one reconciler at a time handles each.
-_CLAIM_STALE = """
-UPDATE payments SET lease_until = now() + make_interval(secs => $2)
+# Pending payments whose process is gone (its liveness lock is free) or whose lease
+# ran out (the outcome stayed unknown, or the process lost its lock): claimed for a
+# new lease, owned by the claiming process, so that one reconciler at a time
+# handles each (and another takes over if that one dies too).
+_CLAIM_STALE = f"""
+UPDATE payments SET lease_until = now() + make_interval(secs => $2), owner = $3
 WHERE id IN (
     SELECT id FROM payments
-    WHERE status = 'pending' AND lease_until < now()
+    WHERE status = 'pending'
+      AND (lease_until < now() OR (owner IS NOT NULL AND owner NOT IN ({LIVE_OWNERS})))
     ORDER BY lease_until
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -159,12 +168,12 @@ RETURNING id, order_id, amount, currency, provider_key
 """
 
 
-async def claim_stale(db: Database, *, batch: int, lease_seconds: float) -> list[asyncpg.Record]:
-    return await db.fetch(_CLAIM_STALE, batch, lease_seconds)
+async def claim_stale(db: Database, *, batch: int, lease_seconds: float, owner: int | None) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, owner)
 
 
 _REFUNDS_DUE = """
-SELECT id, order_id, provider_key, provider_ref FROM payments
+SELECT id, order_id, amount, currency, provider_key, provider_ref FROM payments
 WHERE status = 'failed' AND failure_reason = 'order_not_payable' AND refund_ref IS NULL
 ORDER BY id
 LIMIT $1
@@ -186,31 +195,35 @@ _CHARGE_VIOLATIONS = """
 SELECT 'order ' || o.id || ' is ' || o.status || ' with ' || count(p.id) || ' succeeded payments' AS problem
 FROM orders o LEFT JOIN payments p ON p.order_id = o.id AND p.status = 'succeeded'
 GROUP BY o.id
-HAVING (o.status IN ('paid', 'shipped', 'delivered')) <> (count(p.id) = 1) OR count(p.id) > 1
+HAVING (o.status IN ('paid', 'shipped', 'delivered', 'refunded')) <> (count(p.id) = 1) OR count(p.id) > 1
 UNION ALL
 SELECT 'charge ' || c.reference || ' (' || c.idempotency_key || ') kept without a succeeded payment'
 FROM simulated_provider_charges c
-WHERE c.status = 'succeeded' AND c.refund_reference IS NULL
+WHERE c.status = 'succeeded'
+  AND c.amount > coalesce((
+      SELECT sum(r.amount) FROM simulated_provider_refunds r
+      WHERE r.charge_reference = c.reference AND r.status = 'succeeded'
+  ), 0)
   AND NOT EXISTS (
       SELECT 1 FROM payments p
       WHERE p.provider_key = c.idempotency_key AND p.status = 'succeeded' AND p.provider_ref = c.reference
   )
   AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.provider_key = c.idempotency_key AND p.status = 'pending')
 UNION ALL
-SELECT 'payment ' || p.id || ' succeeded without a kept charge'
+SELECT 'payment ' || p.id || ' succeeded without a charge'
 FROM payments p
 WHERE p.status = 'succeeded' AND p.provider = 'simulated' AND NOT EXISTS (
-    SELECT 1 FROM simulated_provider_charges c
-    WHERE c.idempotency_key = p.provider_key AND c.status = 'succeeded' AND c.refund_reference IS NULL
+    SELECT 1 FROM simulated_provider_charges c WHERE c.idempotency_key = p.provider_key AND c.status = 'succeeded'
 )
 """
 
 
 async def charge_violations(db: Database) -> list[str]:
-    """Breaches of "exactly one charge per paid order": paid orders without exactly
-    one succeeded payment, succeeded payments of unpaid orders, money the provider
-    kept for no succeeded payment, succeeded payments the provider has no charge
-    for. Payments still pending are not judged (they are not settled yet)."""
+    """Breaches of "exactly one charge per paid order": paid (or refunded) orders
+    without exactly one succeeded payment, succeeded payments of unpaid orders, money
+    the provider kept (not refunded) for no succeeded payment, succeeded payments the
+    provider has no charge for. Payments still pending are not judged (they are not
+    settled yet). Refunds are judged by db.refunds.refund_violations."""
     return [r["problem"] for r in await db.fetch(_CHARGE_VIOLATIONS)]
 
 

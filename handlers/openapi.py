@@ -83,8 +83,8 @@ def build_document(routes: list[Route], metrics_protected: bool = True) -> dict[
         "info": {
             "title": "Storefront API",
             "version": "1.0.0",
-            "description": "Users, catalog, orders and payments. Errors are RFC 9457 problem documents "
-            "(application/problem+json); 402 answers carry the failed payment instead.",
+            "description": "Users, catalog, orders, payments and refunds. Errors are RFC 9457 problem documents "
+            "(application/problem+json); 402 answers carry the failed payment or refund instead.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,

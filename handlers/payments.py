@@ -1,4 +1,4 @@
-"""Payments: pay an order, read a payment."""
+"""Payments: pay an order, read a payment, refund it and list its refunds."""
 
 from __future__ import annotations
 
@@ -6,24 +6,35 @@ import re
 
 from aiohttp import web
 
-from handlers.common import context, location, path_id, principal, read_json
+from handlers.common import context, location, parse_query, path_id, principal, read_json
 from handlers.routing import RequestHeader, Response, Route, id_links
-from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, PaymentCreateIn, PaymentOut
+from handlers.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    Page,
+    PageQuery,
+    PaymentCreateIn,
+    PaymentOut,
+    RefundCreateIn,
+    RefundOut,
+)
+from server.domain.payments import refunds
 from server.domain.payments import service as payments
+from server.domain.payments.idempotency import Outcome, Result
 from server.runtime.jsonio import json_response
 from server.runtime.problems import ValidationFailed
 
 # The document publishes the same pattern this check uses.
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-# A charge is 201, a decline 402 (the failed payment in the body), a lost answer 202.
-_STATUS = {payments.Outcome.CHARGED: 201, payments.Outcome.DECLINED: 402, payments.Outcome.UNKNOWN: 202}
+_IDEMPOTENCY_KEY_FORM = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# For payments and refunds alike: a success is 201, a failure 402 (the failed payment
+# or refund in the body), a lost answer 202.
+_STATUS = {Outcome.SUCCEEDED: 201, Outcome.FAILED: 402, Outcome.UNKNOWN: 202}
 
 
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.fullmatch(key):
+    if not _IDEMPOTENCY_KEY_FORM.fullmatch(key):
         raise ValidationFailed.field("Idempotency-Key", "must be 1..255 printable ASCII characters")
     return key
 
@@ -34,9 +45,14 @@ async def create_payment(request: web.Request) -> web.Response:
     body = await read_json(request, PaymentCreateIn)
     payment_request = payments.PaymentRequest(body.order_id, body.payment_method.token, body.amount)
     result = await payments.pay(ctx, caller.id, payment_request, key)
-    status = _STATUS[result.outcome]
-    headers = location(request, "get_payment", result.payment["id"]) if status in (201, 202) else None
-    return json_response(result.payment, status=status, headers=headers)
+    headers = None
+    if result.outcome is not Outcome.FAILED:
+        headers = location(request, "get_payment", result.resource["id"])
+    return _answer(result, headers)
+
+
+def _answer(result: Result, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(result.resource, status=_STATUS[result.outcome], headers=headers)
 
 
 async def get_payment(request: web.Request) -> web.Response:
@@ -45,19 +61,43 @@ async def get_payment(request: web.Request) -> web.Response:
     return json_response(payment)
 
 
+async def create_refund(request: web.Request) -> web.Response:
+    ctx, caller = context(request), principal(request)
+    payment_id = path_id(request)
+    key = _idempotency_key(request)
+    body = await read_json(request, RefundCreateIn)
+    new_refund = refunds.NewRefund(payment_id, body.amount, body.reason, body.restock)
+    return _answer(await refunds.refund(ctx, caller.id, new_refund, key))
+
+
+async def list_refunds(request: web.Request) -> web.Response:
+    ctx, caller = context(request), principal(request)
+    payment_id = path_id(request)
+    query = parse_query(request, PageQuery)
+    items, next_cursor = await refunds.list_page(ctx, caller, payment_id, cursor=query.cursor, limit=query.limit)
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+_IDEMPOTENCY_KEY = {
+    "Idempotency-Key": RequestHeader(
+        "Repeat a request safely: the same key and body replay the first answer (kept at least 24 h, per user)",
+        IDEMPOTENCY_KEY_PATTERN,
+    ),
+}
+
 ROUTES = [
     Route(
         "POST", "/api/payments", create_payment, "Pay an order (the order total, once)", "payments",
         auth="user",
         body=PaymentCreateIn,
-        request_headers={
-            "Idempotency-Key": RequestHeader(
-                "Repeat a request safely: the same key and body replay the first answer (kept at least 24 h, per user)",
-                IDEMPOTENCY_KEY_PATTERN,
-            ),
-        },
+        request_headers=_IDEMPOTENCY_KEY,
         responses={
-            201: Response("Charged; the order is now paid", PaymentOut, ("Location",), links=id_links("get_payment")),
+            201: Response(
+                "Charged; the order is now paid",
+                PaymentOut,
+                ("Location",),
+                links=id_links("get_payment", "create_refund", "list_refunds"),
+            ),
             202: Response(
                 "The provider's answer was lost; the payment stays pending until reconciled "
                 "(poll GET /api/payments/{id})",
@@ -80,6 +120,43 @@ ROUTES = [
         "GET", "/api/payments/{id}", get_payment, "One payment (owner or admin)", "payments",
         auth="user",
         responses={200: Response("The payment", PaymentOut)},
+        problems={404: "No such payment, or not the caller's"},
+    ),
+    Route(
+        "POST", "/api/payments/{id}/refunds", create_refund,
+        "Refund a succeeded payment, in full or in part (admin)", "payments",
+        auth="admin",
+        body=RefundCreateIn,
+        request_headers=_IDEMPOTENCY_KEY,
+        responses={
+            201: Response(
+                "Refunded; once the refunds reach the whole amount the order is `refunded` (and restocked, "
+                "if asked)",
+                RefundOut,
+            ),
+            202: Response(
+                "The provider's answer was lost; the refund stays pending until reconciled "
+                "(see GET /api/payments/{id}/refunds)",
+                RefundOut,
+            ),
+            402: Response("The provider refused the refund: the failed refund; nothing changed", RefundOut),
+        },
+        problems={
+            404: "No such payment",
+            409: "The payment did not succeed, the amount is more than is left to refund, another refund "
+            "of it is in flight, or a request with this Idempotency-Key is still in flight",
+            422: "The request failed validation (see `errors`), `restock` on a refund that does not complete "
+            "the whole amount, or an Idempotency-Key used with another body",
+            429: "Too many of the caller's requests in progress (see Retry-After)",
+            503: "Too many commands queued for this order, or shutting down (see Retry-After)",
+        },
+    ),
+    Route(
+        "GET", "/api/payments/{id}/refunds", list_refunds, "A payment's refunds, oldest first (owner or admin)",
+        "payments",
+        auth="user",
+        query=PageQuery,
+        responses={200: Response("A page of refunds", Page[RefundOut])},
         problems={404: "No such payment, or not the caller's"},
     ),
 ]  # fmt: skip

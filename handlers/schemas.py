@@ -388,6 +388,7 @@ class OrderOut(Out):
     status: OrderStatus
     items: list[OrderItemOut]
     total: int
+    amount_refunded: int = Field(description="What refunds of the order's payment gave back (0 until one succeeds).")
     currency: str
     created_at: datetime
     updated_at: datetime
@@ -417,10 +418,39 @@ class PaymentOut(Out):
     id: int
     order_id: int
     amount: int
+    amount_refunded: int = Field(description="The sum of its succeeded refunds (0 until one succeeds).")
     currency: str
     status: Literal["pending", "succeeded", "failed"]
     failure_reason: str | None
     provider: str
+    provider_ref: str | None
+    created_at: datetime
+
+
+class RefundCreateIn(Body):
+    amount: Annotated[int, Field(ge=1, le=MAX_ID)] | None = Field(
+        None,
+        description="Default: what is left to refund (the amount minus what was refunded or is being refunded). "
+        "More than that: 409.",
+    )
+    reason: Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)] | None = None
+    restock: bool = Field(
+        False,
+        description="Return every unit of the order to stock. Only on the refund that completes the whole "
+        "amount (else 422).",
+    )
+
+
+class RefundOut(Out):
+    id: int
+    payment_id: int
+    order_id: int
+    amount: int
+    currency: str
+    status: Literal["pending", "succeeded", "failed"]
+    reason: str | None
+    restock: bool
+    failure_reason: str | None
     provider_ref: str | None
     created_at: datetime
 

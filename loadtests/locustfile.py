@@ -5,8 +5,11 @@
 
 Journeys, weighted: browsers read and search the catalog; shoppers register, log
 in, order, pay (some cards are declined, then retried), look at their orders and
-sometimes cancel; an admin restocks and adds products. Declines (402) are part of
-the journey and count as successes; any other unexpected status is a failure.
+sometimes cancel; an admin restocks, adds products and refunds some paid orders
+(in part, or in full with restock). Declines (402) are part of the journey and count
+as successes; any other unexpected status is a failure. The admin refunds payments
+made by the shoppers of its own locust process (with --processes or workers, those
+of the worker it runs on).
 
 Env: STOREFRONT_ADMIN_EMAIL / STOREFRONT_ADMIN_PASSWORD (the service's ADMIN_EMAIL /
 ADMIN_PASSWORD): needed by the admin journey and to make sure the catalog has
@@ -20,6 +23,7 @@ import os
 import random
 import urllib.request
 import uuid
+from collections import deque
 from typing import Any
 
 from locust import FastHttpUser, between, events, task
@@ -32,6 +36,8 @@ MIN_PRODUCTS = int(os.environ.get("LOCUST_MIN_PRODUCTS", "50"))
 SEARCH_TERMS = ("steel", "oak", "lamp", "chair", "mug", "wool", "smart", "desk", "blue", "pro")
 SORTS = ("created_at", "-created_at", "price", "-price", "name", "-name")
 JSON = {"Content-Type": "application/json"}
+# Payments the shoppers of this process made, for the admin to refund some of.
+PAID: deque[dict[str, Any]] = deque(maxlen=1000)
 
 
 def _admin_token(client: Any) -> str | None:
@@ -163,6 +169,8 @@ class Shopper(FastHttpUser):
         ) as response:
             if response.status_code == expected:
                 response.success()  # a decline (402) is an expected answer here
+                if expected == 201 and random.random() < 0.2:
+                    PAID.append(response.json())
             else:
                 response.failure(f"payment: {response.status_code} {response.text[:200]}")
 
@@ -189,7 +197,7 @@ class Shopper(FastHttpUser):
 
 
 class Admin(FastHttpUser):
-    """Restocks what sells, adds a product now and then."""
+    """Restocks what sells, adds a product now and then, refunds some paid orders."""
 
     weight = 1
     fixed_count = 1
@@ -219,3 +227,21 @@ class Admin(FastHttpUser):
             return
         body = {"name": f"New arrival {uuid.uuid4().hex[:6]}", "price": random.randint(299, 9999), "stock": 1_000_000}
         self.client.post("/api/products", json=body, headers=self.auth, name="/api/products (create)")
+
+    @task(2)
+    def refund(self) -> None:
+        if self.auth is None or not PAID:
+            return
+        payment = PAID.popleft()
+        body: dict[str, Any] = {"reason": "load test"}
+        if random.random() < 0.5 and payment["amount"] > 1:
+            body["amount"] = payment["amount"] // 2  # partial: the rest stays paid
+        else:
+            body["restock"] = True  # the whole amount, units back on the shelf
+        headers = {**self.auth, "Idempotency-Key": uuid.uuid4().hex}
+        with self.client.post(
+            f"/api/payments/{payment['id']}/refunds", json=body, headers=headers,
+            name="/api/payments/{id}/refunds", catch_response=True,
+        ) as response:  # fmt: skip
+            if response.status_code != 201:
+                response.failure(f"refund: {response.status_code} {response.text[:200]}")

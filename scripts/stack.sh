@@ -180,9 +180,11 @@ stop_pgbouncer() {
 # --- API replicas ------------------------------------------------------------------
 
 # Each replica runs under scripts/stack_replica.py, which restarts it when it dies.
+# Its liveness lock is a session lock: straight to the primary, never through PgBouncer.
 start_replica() {  # start_replica N
     local n="$1" port_var="API_PORT_$1"
-    PORT="${!port_var}" HOST=127.0.0.1 DATABASE_URL="$PGBOUNCER_URL" PIDFILE="$RUN/api-$n.pid" \
+    PORT="${!port_var}" HOST=127.0.0.1 DATABASE_URL="$PGBOUNCER_URL" LIVENESS_DATABASE_URL="$PRIMARY_URL" \
+        PIDFILE="$RUN/api-$n.pid" \
         setsid "$PYTHON" "$ROOT/scripts/stack_replica.py" >>"$LOG/api-$n.log" 2>&1 </dev/null &
     echo $! >"$RUN/api-$n.loop.pid"
 }

@@ -3,11 +3,11 @@
 `create_app` builds the aiohttp application for one worker. Each resource has a
 cleanup context of its own, in the order they depend on each other: the catalog
 cache (which the pool tells of changes), the database pool, the catalog searches'
-pool, the payment provider, the password hasher, the actors' scheduler, the order
-actors, the shared Context, the webhook deliverer, the periodic jobs. aiohttp starts
-them in that order and stops them in reverse, after in-flight requests have finished
-(so queued order commands finish before the scheduler, the provider and the pool
-close).
+pool, the payment provider, the liveness lock, the password hasher, the actors'
+scheduler, the order actors, the shared Context, the webhook deliverer, the periodic
+jobs. aiohttp starts them in that order and stops them in reverse, after in-flight
+requests have finished (so queued order commands finish before the scheduler, the
+provider, the liveness lock and the pool close).
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from server.domain.catalog_cache import CatalogCache, CatalogWatch
 from server.domain.context import CONTEXT, Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor, Supervisor
+from server.domain.payments import refunds
 from server.domain.payments import service as payments
 from server.domain.payments.provider import PaymentProvider
 from server.domain.payments.simulated import SimulatedProvider
 from server.runtime.config import Config, pool_settings
 from server.runtime.jsonio import dumps
+from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
 from server.runtime.middleware import make_middleware
 from server.runtime.periodic import Periodic
@@ -55,6 +57,7 @@ _CATALOG_CACHE: web.AppKey[CatalogCache] = web.AppKey("catalog_cache", CatalogCa
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _CATALOG_DATABASE: web.AppKey[Database] = web.AppKey("catalog_database", Database)
 _PROVIDER: web.AppKey[PaymentProvider] = web.AppKey("provider", PaymentProvider)
+_LIVENESS: web.AppKey[Liveness] = web.AppKey("liveness", Liveness)
 _PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords", Passwords)
 _SCHEDULER: web.AppKey[aiojobs.Scheduler] = web.AppKey("scheduler", aiojobs.Scheduler)
 _SUPERVISOR: web.AppKey[OrderSupervisor] = web.AppKey("supervisor", OrderSupervisor)
@@ -100,6 +103,7 @@ def create_app(config: Config, options: Options) -> web.Application:
             _database(config, options, metrics, tracer),
             _catalog_database(config, options),
             _provider(config, options),
+            _liveness(config, options),
             _passwords(config),
             _scheduler(config),
             _actors(config, metrics, tracer),
@@ -184,6 +188,20 @@ def _provider(config: Config, options: Options) -> Resource:
     return provider
 
 
+def _liveness(config: Config, options: Options) -> Resource:
+    """This process's liveness lock, on a session of its own. Released after the
+    actors have drained (reverse order), so work still in flight keeps its owner."""
+
+    async def liveness(app: web.Application) -> AsyncIterator[None]:
+        lock = Liveness(config.liveness_database_url or options.dsn, config.db_connect_timeout)
+        await lock.start()
+        app[_LIVENESS] = lock
+        yield
+        await lock.close()
+
+    return liveness
+
+
 def _passwords(config: Config) -> Resource:
     async def passwords(app: web.Application) -> AsyncIterator[None]:
         hasher = Passwords(
@@ -242,6 +260,7 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
             supervisor=app[_SUPERVISOR],
             provider=app[_PROVIDER] if tracer is None else _traced(app[_PROVIDER], tracer),
             catalog=app[_CATALOG_CACHE],
+            liveness=app[_LIVENESS],
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
@@ -292,6 +311,8 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
 
     async def reconcile() -> None:
         await payments.reconcile(ctx)
+        await refunds.reconcile(ctx)
+        await refunds.reconcile(ctx)
 
     async def purge_idempotency_keys() -> None:
         purged = await idempotency.purge(ctx.db, config.idempotency_key_ttl_seconds)

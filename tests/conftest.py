@@ -36,7 +36,7 @@ from db.pool import Database
 from server.app import Options, create_app
 from server.runtime.config import Config, load
 from server.runtime.embedded_pg import EmbeddedPostgres
-from tests.helpers import Api, ServerProcess, dsn_with_database, run_sql
+from tests.helpers import Api, ServerProcess, dsn_with_database, run_sql, session
 
 JWT_SECRET = "test-secret-" + "x" * 32
 ADMIN_EMAIL = "admin@example.com"
@@ -219,3 +219,14 @@ def two_servers(server_database: str, server_env: dict[str, str], tmp_path: Path
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+async def apis(two_servers: list[ServerProcess]) -> AsyncIterator[list[Api]]:
+    """A client of each of the `two_servers`, each allowed 100 connections at once."""
+    sessions = [session(s.url, connector=aiohttp.TCPConnector(limit=100)) for s in two_servers]
+    try:
+        yield [Api(http) for http in sessions]
+    finally:
+        for http in sessions:
+            await http.close()

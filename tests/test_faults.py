@@ -16,6 +16,8 @@ import resource
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -29,7 +31,7 @@ import asyncpg
 import pytest
 
 from server.runtime.embedded_pg import EmbeddedPostgres
-from tests.helpers import Api, ServerProcess, User, invariant_violations, session
+from tests.helpers import ROOT, Api, ServerProcess, User, invariant_violations, session
 
 pytestmark = pytest.mark.faults
 
@@ -126,6 +128,142 @@ async def test_killing_one_of_two_servers_mid_load_loses_nothing(clean_db: str) 
         assert tally.statuses[201] > 50
         assert not any(500 <= status < 600 and status != 503 for status in tally.statuses)
     finally:
+        a.stop()
+        b.stop()
+
+
+async def _paid_orders(api: Api, users: list[User], product_ids: list[int], count: int) -> list[dict[str, Any]]:
+    """`count` paid orders (their payments), paid at once."""
+
+    async def one(i: int) -> dict[str, Any]:
+        user = users[i % len(users)]
+        order = (await api.order(user, (product_ids[i % len(product_ids)], 1 + i % 3))).json
+        paid = await api.pay(user, order["id"])
+        assert paid.status == 201, paid
+        payment: dict[str, Any] = paid.json
+        return payment
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def _check_invariants(dsn: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", "check-invariants", "--settled"],
+        cwd=ROOT, env={"DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+
+
+async def test_kill_9_with_charges_and_refunds_in_flight_settles_them_within_5_seconds(clean_db: str) -> None:
+    """The killed process's liveness lock goes with it: the other process's
+    reconciler (default interval, 1 s) settles its payments and refunds as the
+    provider says, long before their lease (2 x 3 s + 5 s here) would run out."""
+    # One admin sends the 20 refunds: all of them in flight at once (the per-user bound
+    # on commands in flight is 16 by default).
+    env = {"PAYMENT_PROVIDER_LATENCY_MS": "1200", "PAYMENT_PROVIDER_TIMEOUT_MS": "3000", "MAX_COMMANDS_PER_USER": "64"}
+    a, b = ServerProcess(clean_db, env=env).start(), ServerProcess(clean_db, env=env).start()
+    conn = await asyncpg.connect(clean_db)
+    try:
+        users, product_ids = await _setup_shop(b.url, 8, 4)
+        async with session(b.url, connector=aiohttp.TCPConnector(limit=100)) as http:
+            to_refund = await _paid_orders(Api(http), users, product_ids, 20)
+            pending_orders = [(await Api(http).order(users[i % 8], (product_ids[i % 4], 1))).json for i in range(20)]
+        errors: Counter[str] = Counter()
+        async with session(a.url, connector=aiohttp.TCPConnector(limit=100)) as http:
+            api = Api(http)
+            admin = await api.admin_user()
+
+            async def pay(i: int) -> None:
+                await asyncio.sleep(i * 0.06)  # spread: some calls reach the provider before the kill, some not
+                try:
+                    await api.pay(users[i % 8], pending_orders[i]["id"])
+                except aiohttp.ClientError as exc:
+                    errors[type(exc).__name__] += 1
+
+            async def refund(i: int) -> None:
+                await asyncio.sleep(i * 0.06)
+                payment = to_refund[i]
+                body = {"amount": payment["amount"] // 2} if i % 2 else {}
+                try:
+                    await api.call("POST", f"/api/payments/{payment['id']}/refunds", json=body, token=admin.token)
+                except aiohttp.ClientError as exc:
+                    errors[type(exc).__name__] += 1
+
+            calls = [asyncio.create_task(pay(i)) for i in range(20)]
+            calls += [asyncio.create_task(refund(i)) for i in range(20)]
+            await asyncio.sleep(1.3)
+            a.signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await asyncio.gather(*calls)
+        a.wait()
+        pending_payments = await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'pending'")
+        pending_refunds = await conn.fetchval("SELECT count(*) FROM refunds WHERE status = 'pending'")
+        # What the provider made of the killed process's calls (it cannot change now).
+        provider_made = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM simulated_provider_charges c JOIN payments p ON p.provider_key = "
+            "c.idempotency_key WHERE c.status = 'succeeded' AND p.order_id = ANY($1::bigint[])) AS charges, "
+            "(SELECT count(*) FROM simulated_provider_refunds WHERE status = 'succeeded') AS refunds",
+            [o["id"] for o in pending_orders],
+        )
+        settled_after = None
+        while time.monotonic() - killed_at < 10:
+            left = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM payments WHERE status = 'pending') "
+                "+ (SELECT count(*) FROM refunds WHERE status = 'pending')"
+            )
+            if left == 0:
+                settled_after = time.monotonic() - killed_at
+                break
+            await asyncio.sleep(0.1)
+
+        # Each payment and refund ended as the provider says.
+        payments = await conn.fetch(
+            """
+            SELECT p.id, p.status, o.status AS order_status, c.status AS charge
+            FROM payments p JOIN orders o ON o.id = p.order_id
+            LEFT JOIN simulated_provider_charges c ON c.idempotency_key = p.provider_key
+            WHERE p.order_id = ANY($1::bigint[])
+            """,
+            [o["id"] for o in pending_orders],
+        )
+        payment_mismatches = [
+            dict(r)
+            for r in payments
+            if (r["status"], r["order_status"])
+            != (("succeeded", "paid") if r["charge"] == "succeeded" else ("failed", "pending"))
+        ]
+        refunds = await conn.fetch(
+            """
+            SELECT r.id, r.status, l.status AS provider
+            FROM refunds r LEFT JOIN simulated_provider_refunds l ON l.idempotency_key = r.provider_key
+            """
+        )
+        refund_mismatches = [
+            dict(r) for r in refunds if r["status"] != ("succeeded" if r["provider"] == "succeeded" else "failed")
+        ]
+        checked = await asyncio.to_thread(_check_invariants, clean_db)
+        # The surviving process carries on: a refund through it works.
+        async with session(b.url) as http:
+            api = Api(http)
+            admin = await api.admin_user()
+            left = await conn.fetchval(
+                "SELECT min(id) FROM payments WHERE status = 'succeeded' AND amount_refunded < amount"
+            )
+            after = await api.call("POST", f"/api/payments/{left}/refunds", json={}, token=admin.token)
+        _report("kill -9 with charges and refunds in flight", payments=len(payments), refunds=len(refunds),
+                provider_made=dict(provider_made), pending_at_kill={"payments": pending_payments,
+                "refunds": pending_refunds}, settled_after_s=settled_after and round(settled_after, 2),
+                succeeded={"payments": sum(r["status"] == "succeeded" for r in payments),
+                           "refunds": sum(r["status"] == "succeeded" for r in refunds)},
+                client_errors=dict(errors), mismatches=len(payment_mismatches) + len(refund_mismatches),
+                check_invariants=checked.stdout.strip().splitlines()[-1], faults=1)  # fmt: skip
+        assert pending_payments > 0 and pending_refunds > 0  # the kill did leave work in flight
+        assert settled_after is not None and settled_after <= 5
+        assert payment_mismatches == [] and refund_mismatches == []
+        assert checked.returncode == 0, checked.stdout
+        assert after.status == 201, after
+    finally:
+        await conn.close()
         a.stop()
         b.stop()
 

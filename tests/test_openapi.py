@@ -11,7 +11,17 @@ import pytest
 from aiohttp import web
 from pydantic import BaseModel
 
-from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, OrderOut, Page, PaymentOut, Problem, ProductOut, TokenOut, UserOut
+from handlers.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    OrderOut,
+    Page,
+    PaymentOut,
+    Problem,
+    ProductOut,
+    RefundOut,
+    TokenOut,
+    UserOut,
+)
 from tests.helpers import Api, unique_email
 
 CONTRACT_OPERATIONS = {
@@ -21,7 +31,9 @@ CONTRACT_OPERATIONS = {
     ("get", "/api/orders"), ("get", "/api/orders/{id}"), ("post", "/api/orders"), ("put", "/api/orders/{id}"),
     ("delete", "/api/orders/{id}"), ("post", "/api/payments"), ("get", "/api/payments/{id}"),
     ("post", "/api/users/token/refresh"), ("post", "/api/users/logout"), ("post", "/api/users/password-reset"),
-    ("post", "/api/users/password-reset/confirm"), ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/api/openapi.json"), ("get", "/api/docs"),
+    ("post", "/api/users/password-reset/confirm"), ("post", "/api/payments/{id}/refunds"),
+    ("get", "/api/payments/{id}/refunds"), ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"),
+    ("get", "/api/openapi.json"), ("get", "/api/docs"),
 }  # fmt: skip
 
 
@@ -49,6 +61,8 @@ async def test_every_route_is_documented_and_every_documented_route_exists(api: 
 async def test_the_document_covers_the_contract(api: Api) -> None:
     document = await _document(api)
     assert document["openapi"] == "3.1.0"
+    order_statuses = document["components"]["schemas"]["OrderOut"]["properties"]["status"]["enum"]
+    assert "refunded" in order_statuses
     assert _operations(document) >= CONTRACT_OPERATIONS
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
 
@@ -99,6 +113,8 @@ async def test_every_status_of_the_contract_is_documented_where_it_can_happen(ap
         ("delete", "/api/orders/{id}"): {"204", "404", "409"},
         ("post", "/api/payments"): {"201", "402", "404", "409", "422", "503"},
         ("get", "/api/payments/{id}"): {"200", "401", "404"},
+        ("post", "/api/payments/{id}/refunds"): {"201", "402", "401", "403", "404", "409", "422", "503"},
+        ("get", "/api/payments/{id}/refunds"): {"200", "401", "404", "422"},
         ("get", "/readyz"): {"200", "503"},
     }
     for (method, path), statuses in expectations.items():
@@ -130,7 +146,13 @@ async def test_responses_match_the_documented_models(api: Api) -> None:
     order = await api.order(user, (product["id"], 1))
     _validate(OrderOut, order.json)
     _validate(Page[OrderOut], (await api.call("GET", "/api/orders", token=user.token)).json)
-    _validate(PaymentOut, (await api.pay(user, order.json["id"])).json)
+    payment = (await api.pay(user, order.json["id"])).json
+    _validate(PaymentOut, payment)
+    admin = await api.admin_user()
+    refunds_path = f"/api/payments/{payment['id']}/refunds"
+    _validate(RefundOut, (await api.call("POST", refunds_path, json={}, token=admin.token)).json)
+    _validate(Page[RefundOut], (await api.call("GET", refunds_path, token=user.token)).json)
+    _validate(OrderOut, (await api.call("GET", f"/api/orders/{order.json['id']}", token=user.token)).json)
     _validate(Problem, (await api.call("GET", "/api/products/999999")).json)
     _validate(Problem, (await api.register("bad")).json)
 

@@ -11,7 +11,9 @@ import pytest
 
 from tests.helpers import Api, User, invariant_violations
 
-ORDER_FIELDS = {"id", "user_id", "status", "items", "total", "currency", "created_at", "updated_at", "expires_at"}
+ORDER_FIELDS = {
+    "id", "user_id", "status", "items", "total", "amount_refunded", "currency", "created_at", "updated_at", "expires_at",
+}  # fmt: skip
 ITEM_FIELDS = {"product_id", "name", "unit_price", "quantity", "line_total"}
 
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -18,16 +17,6 @@ from tests.helpers import Api, ServerProcess, invariant_violations, session
 @pytest.fixture
 def server_env() -> dict[str, str]:
     return {"PAYMENT_PROVIDER_LATENCY_MS": "200", "ACTOR_MAILBOX_SIZE": "64"}
-
-
-@pytest.fixture
-async def apis(two_servers: list[ServerProcess]) -> AsyncIterator[list[Api]]:
-    sessions = [session(s.url, connector=aiohttp.TCPConnector(limit=100)) for s in two_servers]
-    try:
-        yield [Api(http) for http in sessions]
-    finally:
-        for http in sessions:
-            await http.close()
 
 
 async def test_30_simultaneous_payments_for_one_order_on_two_processes_charge_once(

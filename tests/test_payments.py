@@ -19,6 +19,7 @@ PAYMENT_FIELDS = {
     "id",
     "order_id",
     "amount",
+    "amount_refunded",
     "currency",
     "status",
     "failure_reason",
@@ -317,13 +318,11 @@ async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(api:
     reply = await paying
     assert reply.status == 402
     assert reply.json["failure_reason"] == "order_not_payable"
-    charge = await db.fetchrow("SELECT status, refund_reference FROM simulated_provider_charges")
+    charge = await db.fetchrow("SELECT status, reference, amount FROM simulated_provider_charges")
     assert charge["status"] == "succeeded"
-    assert charge["refund_reference"] is not None
-    assert (
-        await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"])
-        == charge["refund_reference"]
-    )
+    refund = await db.fetchrow("SELECT reference, amount, status FROM simulated_provider_refunds")
+    assert (refund["status"], refund["amount"]) == ("succeeded", charge["amount"])
+    assert await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"]) == refund["reference"]
 
 
 @pytest.mark.parametrize(
@@ -362,3 +361,30 @@ async def test_charge_invariants_hold_after_normal_payments(api: Api, clean_db: 
         user, order = await _pending_order(api)
         await api.pay(user, order["id"], card=card)
     assert await invariant_violations(clean_db, settled=True) == []
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"payment_provider_latency_ms": 3000, "payment_reconcile_interval_seconds": 60}]
+)
+async def test_a_payment_whose_process_is_gone_is_settled_at_once(
+    api: Api, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+) -> None:
+    """A pending payment whose owner holds no liveness lock (its process died) is
+    settled by another process's reconciler (every 0.5 s here), not after its lease;
+    the provider's lookup voids the key, so the charge still on its way (it lands
+    1.5 s after it started) charges nothing."""
+    await aiohttp_client(create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
+    user, order = await _pending_order(api)
+    paying = asyncio.create_task(api.pay(user, order["id"]))
+    await asyncio.sleep(0.3)
+    # Nobody holds liveness lock 1 (ids are random): as if the process had died.
+    assert await db.execute("UPDATE payments SET owner = 1 WHERE status = 'pending'") == "UPDATE 1"
+    for _ in range(30):
+        if await db.fetchval("SELECT status FROM payments") != "pending":
+            break
+        await asyncio.sleep(0.1)
+    assert await db.fetchval("SELECT failure_reason FROM payments") == "not_charged"
+    reply = await paying
+    assert (reply.status, reply.json["failure_reason"]) == (402, "not_charged")
+    assert await _charges(db) == 0  # the late charge found its key void
+    assert await _order_status(api, user, order["id"]) == "pending"

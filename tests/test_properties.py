@@ -18,12 +18,13 @@ from server.domain.orders import MAX_QUANTITY, merge_lines
 from server.runtime.problems import ValidationFailed
 from tests.helpers import ServerProcess, unique_email
 
-TERMINAL = {"delivered", "cancelled", "expired"}
+TERMINAL = {"cancelled", "expired", "refunded"}
 
 
 CONTRACT_TRANSITIONS = {
     ("pending", "paid"), ("paid", "shipped"), ("shipped", "delivered"),
     ("pending", "cancelled"), ("pending", "expired"),
+    ("paid", "refunded"), ("shipped", "refunded"), ("delivered", "refunded"),
 }  # fmt: skip
 
 
@@ -49,8 +50,8 @@ def test_status_machine_allows_only_the_contracts_transitions(start: str, events
 def test_the_api_accepts_only_contract_transitions_from_the_right_caller(target: str, role: str) -> None:
     # What orders.change_status asks before it changes anything.
     allowed = order_status.may_request(target, role)
-    if target in {"pending", "paid", "expired"}:
-        assert allowed is None  # never through PUT: only by creation, payment, expiry
+    if target in {"pending", "paid", "expired", "refunded"}:
+        assert allowed is None  # never through PUT: only by creation, payment, expiry, refunds
         return
     assert allowed is (role == "admin" or target == "cancelled")
     assert (order_status.required_status(target), target) in CONTRACT_TRANSITIONS
@@ -60,10 +61,12 @@ def test_only_pending_orders_hold_stock_and_paid_ones_stay_sold() -> None:
     # HOLDS_STOCK and SOLD are what the invariant checker's stock accounting reads.
     assert {"pending"} == order_status.HOLDS_STOCK
     assert {"paid", "shipped", "delivered"} == order_status.SOLD
+    assert {"refunded"} == order_status.SOLD_UNLESS_RESTOCKED
     for (status, _), after in order_status.TRANSITIONS.items():
-        # Sold stock never comes back; held stock is sold by a payment or returned.
+        # Sold stock stays sold but for a refund (which may restock: SOLD_UNLESS_RESTOCKED);
+        # held stock is sold by a payment or returned.
         if status in order_status.SOLD:
-            assert after in order_status.SOLD
+            assert after in order_status.SOLD | order_status.SOLD_UNLESS_RESTOCKED
         if status in order_status.HOLDS_STOCK and after not in order_status.HOLDS_STOCK:
             assert after in {"paid", "cancelled", "expired"}
 

@@ -90,6 +90,13 @@ def owners_payment() -> Request:
     return build
 
 
+def on_owners_payment(method: str, suffix: str, body: Any = None) -> Request:
+    async def build(api: Api, w: World) -> tuple[str, str, Any]:
+        return method, f"/api/payments/{await _payment(api, w)}{suffix}", body
+
+    return build
+
+
 # Every endpoint x (anonymous, the resource's owner, another customer, an admin).
 MATRIX: list[tuple[str, Request, tuple[int, int, int, int]]] = [
     ("profile get", fixed("GET", "/api/users/profile"), (401, 200, 200, 200)),
@@ -108,6 +115,8 @@ MATRIX: list[tuple[str, Request, tuple[int, int, int, int]]] = [
     ("order delete", on_order("DELETE"), (401, 204, 404, 204)),
     ("payment create", pay_owners_order(), (401, 201, 404, 404)),
     ("payment get", owners_payment(), (401, 200, 404, 200)),
+    ("refund create", on_owners_payment("POST", "/refunds", {"amount": 1}), (401, 403, 403, 201)),
+    ("refunds list", on_owners_payment("GET", "/refunds"), (401, 200, 404, 200)),
     ("healthz", fixed("GET", "/healthz"), (200, 200, 200, 200)),
     ("readyz", fixed("GET", "/readyz"), (200, 200, 200, 200)),
     ("metrics", fixed("GET", "/metrics"), (200, 200, 200, 200)),
@@ -177,12 +186,13 @@ async def test_failed_attempts_by_another_customer_change_nothing(api: Api, worl
             {"order_id": 1, "payment_method": {"type": "card", "token": "t"}, "status": "succeeded"},
         ),
         ("PUT", "/api/products/1", {"id": 9}),
+        ("POST", "/api/payments/1/refunds", {"amount": 1, "status": "succeeded"}),
     ],
 )
 async def test_fields_that_do_not_belong_are_rejected_and_change_nothing(
     api: Api, world: World, method: str, path: str, body: dict[str, Any]
 ) -> None:
-    caller = world.admin if path.startswith("/api/products") else world.owner
+    caller = world.admin if path.startswith("/api/products") or path.endswith("/refunds") else world.owner
     before = (await api.call("GET", "/api/users/profile", token=caller.token)).json
     stock_before = await api.stock(world.product["id"])
     reply = await api.call(method, path, json=body, token=caller.token)

@@ -13,6 +13,7 @@ from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
 from server.domain.payments.provider import PaymentProvider
 from server.runtime.config import Config
+from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
 
 
@@ -31,6 +32,8 @@ class Context:
     supervisor: OrderSupervisor
     provider: PaymentProvider
     catalog: CatalogCache
+    # This process's liveness lock: in-flight payments and refunds name its owner id.
+    liveness: Liveness
 
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from db import orders as orders_db
 from db import payments as payments_db
+from db import refunds as refunds_db
 from db.pool import Database
 from server.domain import order_status
 
@@ -16,16 +17,22 @@ _EXPIRY_GRACE_SECONDS = 30.0
 async def violations(db: Database, *, settled: bool) -> list[str]:
     """Every broken invariant, one line each; empty when all hold.
 
-    Always: stock received = stock + held by pending orders + sold, stock >= 0;
-    exactly one charge per paid order; every order in a known status. `settled`
-    (the service has had time to finish its work): no payment still pending and no
-    order pending long past its expiry.
+    Always: stock received = stock + held by pending orders + sold (refunded orders
+    count as sold unless their completing refund restocked them, and then once),
+    stock >= 0; exactly one charge per paid order; refunds never exceed their
+    payment, amount_refunded (payment and order) equals the sum of succeeded
+    refunds, and the provider refunded exactly what we recorded; every order in a
+    known status. `settled` (the service has had time to finish its work): no
+    payment or refund still pending and no order pending long past its expiry.
     """
     problems = [
         f"product {r['id']}: received {r['stock_received']} != stock {r['stock']} + held {r['held']} + sold {r['sold']}"
-        for r in await orders_db.stock_violations(db, order_status.HOLDS_STOCK, order_status.SOLD)
+        for r in await orders_db.stock_violations(
+            db, order_status.HOLDS_STOCK, order_status.SOLD, order_status.SOLD_UNLESS_RESTOCKED
+        )
     ]
     problems += await payments_db.charge_violations(db)
+    problems += await refunds_db.refund_violations(db)
     problems += [
         f"order {r['id']} in status {r['status']}" for r in await orders_db.unknown_statuses(db, order_status.STATUSES)
     ]
@@ -33,6 +40,9 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
         pending = await payments_db.pending_count(db)
         if pending:
             problems.append(f"{pending} payment(s) still pending")
+        pending = await refunds_db.pending_count(db)
+        if pending:
+            problems.append(f"{pending} refund(s) still pending")
         overdue = await orders_db.overdue_count(db, _EXPIRY_GRACE_SECONDS)
         if overdue:
             problems.append(f"{overdue} order(s) pending long past their expiry")

@@ -35,6 +35,7 @@ def order_json(row: asyncpg.Record, items: Sequence[asyncpg.Record] | None = Non
         "status": row["status"],
         "items": [dict(line.items()) for line in lines],
         "total": row["total"],
+        "amount_refunded": row["amount_refunded"],
         "currency": row["currency"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],

@@ -164,12 +164,12 @@ def parser() -> argparse.ArgumentParser:
     seed_demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable data")
     seed_demo.add_argument("--quiet", action="store_true", help="no progress bar")
     check = commands.add_parser(
-        "check-invariants", help="check the stock and charge invariants; exit 1 on any violation"
+        "check-invariants", help="check the stock, charge and refund invariants; exit 1 on any violation"
     )
     check.add_argument(
         "--settled",
         action="store_true",
-        help="also require no payment pending and no order pending long past its expiry",
+        help="also require no payment or refund pending and no order pending long past its expiry",
     )
     return root
 

@@ -95,6 +95,12 @@ class Config(BaseModel):
         alias="DATABASE_URL",
         description="PostgreSQL URL. Unset: an embedded PostgreSQL is started under EMBEDDED_PG_DIR.",
     )
+    liveness_database_url: str | None = Field(
+        None,
+        alias="LIVENESS_DATABASE_URL",
+        description="A direct (session) connection for each worker's liveness lock. Default: DATABASE_URL. "
+        "Behind PgBouncer in transaction pooling mode, point it at PostgreSQL itself.",
+    )
     embedded_pg_dir: str = Field(
         ".data/postgres",
         alias="EMBEDDED_PG_DIR",
@@ -353,10 +359,11 @@ class Config(BaseModel):
         description="Share of simulated provider calls hit by PAYMENT_PROVIDER_FAULT.",
     )
     payment_reconcile_interval_seconds: float = Field(
-        10.0,
+        1.0,
         alias="PAYMENT_RECONCILE_INTERVAL_SECONDS",
         gt=0,
-        description="How often pending payments abandoned by a dead process are reconciled.",
+        description="How often pending payments and refunds abandoned by a dead process (or past their lease) "
+        "are reconciled.",
     )
     payment_max_declines_per_order: int = Field(
         5,

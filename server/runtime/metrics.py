@@ -78,6 +78,12 @@ class Metrics:
         )
         self.actor_crashes = Counter("order_actor_crashes", "Order actors that crashed.", registry=r)
         self.payments = Counter("payments", "Payment attempts by outcome.", ["outcome"], registry=r)
+        self.refunds = Counter(
+            "refunds",
+            "Refunds by outcome (succeeded, failed, unknown: left to reconciliation).",
+            ["outcome"],
+            registry=r,
+        )
         self.order_transitions = Counter(
             "order_transitions", "Order status changes.", ["from_status", "to_status"], registry=r
         )

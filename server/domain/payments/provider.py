@@ -2,7 +2,14 @@
 
 A charge names an amount in minor units and a currency, carries a provider-side
 idempotency key (the same key never charges twice, and lets us ask later what
-became of a charge whose answer was lost) and a reference back to our payment.
+became of a charge whose answer was lost) and a reference back to our payment. A
+refund names the charge it gives money back on and an amount (part of it, or all),
+with an idempotency key of its own.
+
+Lookups are final: when the provider answers that no charge (or refund) was made
+with a key, it also makes sure none ever will be (a call still on its way, from a
+process that died or gave up waiting, is refused). So reconciliation can settle a
+payment or refund as soon as it knows its process is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +34,22 @@ class ChargeResult:
     failure_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    idempotency_key: str
+    charge_ref: str
+    amount: int
+    currency: str
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    status: Literal["succeeded", "failed"]
+    provider_ref: str
+    failure_reason: str | None = None
+
+
 class ProviderUnavailable(Exception):
     """The provider could not be reached or answered with an error: the outcome of
     the call is unknown (ask `lookup` later)."""
@@ -39,9 +62,15 @@ class PaymentProvider(Protocol):
         """Charge once per idempotency key; repeating a key returns the first result."""
 
     async def lookup(self, idempotency_key: str) -> ChargeResult | None:
-        """What became of the charge with this key; None if the provider never made it."""
+        """What became of the charge with this key; None if the provider never made
+        it (and now never will)."""
 
-    async def refund(self, provider_ref: str, idempotency_key: str) -> str:
-        """Refund a succeeded charge in full; returns the refund's reference."""
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        """Refund (part of) a succeeded charge once per idempotency key; repeating a
+        key returns the first result."""
+
+    async def lookup_refund(self, idempotency_key: str) -> RefundResult | None:
+        """What became of the refund with this key; None if the provider never made
+        it (and now never will)."""
 
     async def close(self) -> None: ...

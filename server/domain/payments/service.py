@@ -10,28 +10,30 @@ while the provider is called:
    lost, the provider is asked with the idempotency key;
 3. one short transaction records the outcome and, on success, marks the order paid.
 
-A payment whose outcome stays unknown (the process died, or the provider did not
-answer) keeps its `pending` row until its lease runs out; then the reconciler asks
-the provider and settles it. Meanwhile the pending row blocks any other payment of
-the order (a partial unique index), as well as cancelling, changing, deleting and
-expiring it.
+A payment whose outcome stays unknown keeps its `pending` row until the reconciler
+asks the provider and settles it: at once when the process that made it is gone
+(its liveness lock is free, see server/runtime/liveness.py), else when its lease
+runs out (the provider did not answer, or the process lost its lock). Meanwhile
+the pending row blocks any other payment of the order (a partial unique index), as
+well as cancelling, changing, deleting and expiring it.
+
+Idempotency-Key handling is shared with refunds (idempotency.py); `pay` answers
+with a `Result` (SUCCEEDED: charged, FAILED: declined, UNKNOWN: left to
+reconciliation), which the handler maps to a status.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import asyncpg
 import orjson
 
-from db import idempotency as idempotency_db
 from db import orders as orders_db
 from db import payments as payments_db
 from db import users as users_db
@@ -39,9 +41,9 @@ from server.domain.context import Context
 from server.domain.events import emit
 from server.domain.order_actors import OrderActor
 from server.domain.orders import notify_status, order_json
-from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
-from server.runtime.jsonio import dumps
-from server.runtime.problems import ApiError, Conflict, NotFound, ReplayedProblem, TooManyRequests, ValidationFailed
+from server.domain.payments.idempotency import InFlight, Resource, Result, replay_known, result_for, start_once
+from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable, RefundRequest
+from server.runtime.problems import ApiError, Conflict, NotFound, TooManyRequests, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +64,12 @@ class PaymentRequest:
         return hashlib.sha256(canonical).digest()
 
 
-class Outcome(Enum):
-    """How a payment request ended, as far as this request knows."""
-
-    CHARGED = "charged"
-    DECLINED = "declined"
-    # The provider's answer was lost: the payment stays pending until reconciled.
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class PaymentResult:
-    outcome: Outcome
-    payment: dict[str, Any]
-
-
 def payment_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"],
         "order_id": row["order_id"],
         "amount": row["amount"],
+        "amount_refunded": row["amount_refunded"],
         "currency": row["currency"],
         "status": row["status"],
         "failure_reason": row["failure_reason"],
@@ -91,11 +79,7 @@ def payment_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-_OUTCOMES = {"succeeded": Outcome.CHARGED, "failed": Outcome.DECLINED, "pending": Outcome.UNKNOWN}
-
-
-def _result_for(payment: dict[str, Any]) -> PaymentResult:
-    return PaymentResult(_OUTCOMES[payment["status"]], payment)
+PAYMENT = Resource("payment", payment_json)
 
 
 def lease_seconds(ctx: Context) -> float:
@@ -111,123 +95,79 @@ async def get(ctx: Context, payment_id: int, user_id: int, is_admin: bool) -> di
     return payment_json(row)
 
 
-async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> PaymentResult:
+async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> Result:
     """Pay the order once. A refusal raises its ApiError (a stored one, for a
     repeated Idempotency-Key, is raised again as ReplayedProblem)."""
     fingerprint = request.fingerprint()
-    if idempotency_key is not None:
-        # Answered here without queueing behind the order's actor: a repeat of a
-        # request still in flight gets 409 at once, a finished one its first answer.
-        record = await idempotency_db.find(ctx.db, user_id, idempotency_key)
-        if record is not None:
-            return _replay(record, fingerprint)
+    # Answered without queueing behind the order's actor: a repeat of a request
+    # still in flight gets 409 at once, a finished one its first answer.
+    replay = await replay_known(ctx, user_id, idempotency_key, fingerprint, PAYMENT)
+    if replay is not None:
+        return replay
     # Before any key is claimed or the order's actor is asked: someone else's order
     # (or none) is a 404 that stores nothing and waits in no queue.
     if await orders_db.owner(ctx.db, request.order_id) != user_id:
         raise NotFound("no such order")
 
-    async def command(actor: OrderActor) -> PaymentResult:
+    async def command(actor: OrderActor) -> Result:
         return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint)
 
     return await ctx.supervisor.ask(request.order_id, command, user_id=user_id)
 
 
-def _replay(record: asyncpg.Record, fingerprint: bytes) -> PaymentResult:
-    if record["request_hash"] != fingerprint:
-        raise ValidationFailed.field("Idempotency-Key", "this key was used with a different request body")
-    payment = record["payment"]
-    if payment is None:
-        raise ReplayedProblem(orjson.loads(record["response_body"]))
-    if payment["status"] == "pending":
-        raise Conflict("a request with this Idempotency-Key is still in flight")
-    return _result_for(payment_json(payment))
-
-
 async def _pay_in_actor(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
-) -> PaymentResult:
+) -> Result:
     started = await _begin(ctx, user_id, request, idempotency_key, fingerprint)
-    if isinstance(started, PaymentResult):
+    if isinstance(started, Result):
         return started
     payment = started
     result = await _charge(ctx, payment, request.token)
     if result is None:
         ctx.metrics.payments.labels("unknown").inc()
         log.warning("payment outcome unknown; left to reconciliation", extra={"payment_id": payment["id"]})
-        return _result_for(payment_json(payment))
-    return _result_for(await _settle(ctx, payment["id"], result))
-
-
-class _InFlight(Conflict):
-    """Another payment of the order is in flight: transient, so never stored as the
-    answer to an Idempotency-Key (the key stays free for a retry)."""
+        return result_for(payment_json(payment))
+    return result_for(await _settle(ctx, payment["id"], result))
 
 
 async def _begin(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
-) -> asyncpg.Record | PaymentResult:
-    """Step 1. Returns the pending payment, or the response to replay; raises the
-    API error when the order cannot be paid."""
-    begin = functools.partial(
-        payments_db.begin,
-        order_id=request.order_id,
-        user_id=user_id,
-        amount=request.amount,
-        provider=ctx.provider.name,
-        provider_key=f"pay_{secrets.token_hex(12)}",
-        lease_seconds=lease_seconds(ctx),
-    )
+) -> asyncpg.Record | Result:
+    """Step 1. Returns the pending payment, or the result to replay; raises the
+    API error when the order cannot be paid (an order found past its expiry is
+    expired on the way, once step 1's transaction is over)."""
     config = ctx.config
-    if idempotency_key is None:
-        try:
-            async with ctx.db.transaction() as conn:
-                await users_db.lock(conn, user_id)
-                await payments_db.check_declines(
-                    conn,
-                    request.order_id,
-                    user_id,
-                    config.payment_max_declines_per_order,
-                    config.payment_max_declines_per_user,
-                )
-                return await begin(conn)
-        except Exception as exc:
-            raise await _refused(ctx, request, exc) from None
-    refusal: Exception | None = None
-    async with ctx.db.transaction() as conn:
+
+    async def begin(conn: asyncpg.Connection) -> asyncpg.Record:
+        # Under the customer's lock, so that concurrent payments of one customer
+        # count each other against the decline limits.
         await users_db.lock(conn, user_id)
-        if not await idempotency_db.claim(conn, user_id, idempotency_key, fingerprint):
-            record = await idempotency_db.find(conn, user_id, idempotency_key)
-            assert record is not None
-            return _replay(record, fingerprint)
-        try:
-            await payments_db.check_declines(
-                conn,
-                request.order_id,
-                user_id,
-                config.payment_max_declines_per_order,
-                config.payment_max_declines_per_user,
-            )
-            payment = await begin(conn)
-        except Exception as exc:
-            refusal = exc
-            error = _refusal(exc)
-            if isinstance(error, _InFlight | TooManyRequests):
-                raise error from None  # transient: rolls the claim back, the key stays free
-            body = error.body()
-            await idempotency_db.store_response(conn, user_id, idempotency_key, body["status"], dumps(body))
-        else:
-            await idempotency_db.attach_payment(conn, user_id, idempotency_key, payment["id"])
-    if refusal is not None:
-        raise await _refused(ctx, request, refusal)
-    return payment
+        await payments_db.check_declines(
+            conn,
+            request.order_id,
+            user_id,
+            config.payment_max_declines_per_order,
+            config.payment_max_declines_per_user,
+        )
+        return await payments_db.begin(
+            conn,
+            order_id=request.order_id,
+            user_id=user_id,
+            amount=request.amount,
+            provider=ctx.provider.name,
+            provider_key=f"pay_{secrets.token_hex(12)}",
+            lease_seconds=lease_seconds(ctx),
+            owner=ctx.liveness.owner,
+        )
 
-
-async def _refused(ctx: Context, request: PaymentRequest, exc: Exception) -> ApiError:
-    """The API error for a refused step 1, once its transaction is over; an order
-    found past its expiry is expired on the way."""
-    if isinstance(exc, orders_db.Expired) and await orders_db.expire_one(ctx.db, request.order_id, notify_status):
-        ctx.metrics.order_transition("pending", "expired")
-    return _refusal(exc)
+    try:
+        return await start_once(ctx, user_id, idempotency_key, fingerprint, PAYMENT, begin, _refusal)
+    except ApiError as error:
+        if isinstance(error.__cause__, orders_db.Expired) and await orders_db.expire_one(
+            ctx.db, request.order_id, notify_status
+        ):
+            ctx.metrics.order_transition("pending", "expired")
+        raise
 
 
 def _refusal(exc: Exception) -> ApiError:
@@ -237,7 +177,7 @@ def _refusal(exc: Exception) -> ApiError:
     if isinstance(exc, orders_db.WrongStatus):
         return Conflict(f"the order is {exc.status}; only pending orders can be paid")
     if isinstance(exc, orders_db.PaymentInFlight):
-        return _InFlight("a payment for this order is in progress")
+        return InFlight("a payment for this order is in progress")
     if isinstance(exc, orders_db.Expired):
         return Conflict("the order has expired")
     if isinstance(exc, payments_db.AmountMismatch):
@@ -307,7 +247,7 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
     if row["status"] == "succeeded":
         ctx.metrics.order_transition("pending", "paid")
     if row["refund_due"]:
-        await _refund(ctx, payment_id, row["provider_ref"])
+        await _refund_unpayable(ctx, row)
     return payment_json(row)
 
 
@@ -321,24 +261,41 @@ async def _emit_outcome(conn: asyncpg.Connection, payment: asyncpg.Record) -> No
         await emit(conn, "order.paid", order_json(order))
 
 
-async def _refund(ctx: Context, payment_id: int, provider_ref: str) -> None:
+async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
+    """Give back a charge that succeeded for an order that could no longer be paid."""
+    request = RefundRequest(
+        idempotency_key=f"refund_{payment['id']}",
+        charge_ref=payment["provider_ref"],
+        amount=payment["amount"],
+        currency=payment["currency"],
+        reference=str(payment["id"]),
+    )
     try:
-        refund_ref = await ctx.provider.refund(provider_ref, idempotency_key=f"refund_{payment_id}")
+        async with asyncio.timeout(ctx.config.payment_provider_timeout_ms / 1000):
+            result = await ctx.provider.refund(request)
     except (TimeoutError, ProviderUnavailable):
-        log.warning("refund failed; it will be retried", extra={"payment_id": payment_id})
+        log.warning("refund failed; it will be retried", extra={"payment_id": payment["id"]})
         return
-    await payments_db.set_refunded(ctx.db, payment_id, refund_ref)
-    log.warning("charge refunded: the order could no longer be paid", extra={"payment_id": payment_id})
+    if result.status != "succeeded":
+        # The same key gives the same answer: this charge needs an operator.
+        log.error("the provider refused to refund a charge kept for no order", extra={"payment_id": payment["id"]})
+        return
+    await payments_db.set_refunded(ctx.db, payment["id"], result.provider_ref)
+    log.warning("charge refunded: the order could no longer be paid", extra={"payment_id": payment["id"]})
 
 
 async def reconcile(ctx: Context) -> int:
-    """Settle pending payments whose lease ran out, by asking the provider; retry
-    refunds that are due. Returns how many payments were settled."""
+    """Settle pending payments whose process is gone or whose lease ran out, by
+    asking the provider; retry refunds that are due. Returns how many payments
+    were settled."""
     settled = 0
-    for payment in await payments_db.claim_stale(ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx)):
+    claimed = await payments_db.claim_stale(
+        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), owner=ctx.liveness.owner
+    )
+    for payment in claimed:
         settled += await _reconcile_one(ctx, payment)
     for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH):
-        await _refund(ctx, due["id"], due["provider_ref"])
+        await _refund_unpayable(ctx, due)
     return settled
 
 

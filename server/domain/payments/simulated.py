@@ -1,15 +1,16 @@
 """The built-in simulated provider (the default).
 
 Test cards: `tok_visa` succeeds, `tok_chargeDeclined` is declined as card_declined,
-any other token is declined as invalid_token. Each call takes
-PAYMENT_PROVIDER_LATENCY_MS, half before the charge is recorded and half after (the
-answer travelling back), so that a process killed mid-call may leave a charge the
-provider made but the service never heard of: what reconciliation is for.
+`tok_refundFail` succeeds but every refund of it fails (refund_failed), any other
+token is declined as invalid_token. Each call takes PAYMENT_PROVIDER_LATENCY_MS,
+half before the charge (or refund) is recorded and half after (the answer
+travelling back), so that a process killed mid-call may leave a charge the provider
+made but the service never heard of: what reconciliation is for.
 
-The ledger is a table of its own in the database, written through a pool of its
-own: it stands for the gateway's records, which a crash of the service cannot
-erase. Fault modes (PAYMENT_PROVIDER_FAULT, for tests): `error` fails a call before
-anything is charged; `timeout` charges, then never answers.
+The ledger is a pair of tables in the database, written through a pool of its own:
+it stands for the gateway's records, which a crash of the service cannot erase.
+Fault modes (PAYMENT_PROVIDER_FAULT, for tests): `error` fails a call before
+anything is charged or refunded; `timeout` charges (or refunds), then never answers.
 """
 
 from __future__ import annotations
@@ -18,15 +19,38 @@ import asyncio
 import random
 import secrets
 
+import asyncpg
+
 from db import simulated_provider as ledger
 from db.pool import Database
-from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable
+from server.domain.payments.provider import (
+    ChargeRequest,
+    ChargeResult,
+    ProviderUnavailable,
+    RefundRequest,
+    RefundResult,
+)
 
 _DECISIONS: dict[str, tuple[str, str | None]] = {
     "tok_visa": ("succeeded", None),
+    "tok_refundFail": ("succeeded", None),
     "tok_chargeDeclined": ("declined", "card_declined"),
 }
 _UNKNOWN_TOKEN = ("declined", "invalid_token")
+_UNREFUNDABLE = frozenset({"tok_refundFail"})
+
+
+def _charge_result(row: asyncpg.Record) -> ChargeResult:
+    if row["status"] == "voided":
+        # The key was voided by a lookup before this call arrived: nothing charged.
+        return ChargeResult("declined", row["reference"], "voided")
+    return ChargeResult(row["status"], row["reference"], row["failure_reason"])
+
+
+def _refund_result(row: asyncpg.Record) -> RefundResult:
+    if row["status"] == "voided":
+        return RefundResult("failed", row["reference"], "voided")
+    return RefundResult(row["status"], row["reference"], row["failure_reason"])
 
 
 class SimulatedProvider:
@@ -40,7 +64,7 @@ class SimulatedProvider:
         self._random = random.Random()
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
-        fault = self.fault if self.fault != "none" and self._random.random() < self.fault_rate else None
+        fault = self._fault()
         await self._travel()
         if fault == "error":
             raise ProviderUnavailable("simulated provider error")
@@ -53,24 +77,43 @@ class SimulatedProvider:
             currency=request.currency,
             status=status,
             failure_reason=reason,
+            refundable=request.token not in _UNREFUNDABLE,
         )
         if fault == "timeout":
             await asyncio.Event().wait()  # charged, but the answer never comes
         await self._travel()
-        return ChargeResult(row["status"], row["reference"], row["failure_reason"])
+        return _charge_result(row)
 
     async def lookup(self, idempotency_key: str) -> ChargeResult | None:
-        row = await ledger.lookup(self._db, idempotency_key)
-        return None if row is None else ChargeResult(row["status"], row["reference"], row["failure_reason"])
+        row = await ledger.lookup_charge(self._db, idempotency_key)
+        return None if row is None else _charge_result(row)
 
-    async def refund(self, provider_ref: str, idempotency_key: str) -> str:
-        reference = await ledger.refund(self._db, provider_ref, f"sim_re_{secrets.token_hex(8)}")
-        if reference is None:
-            raise ProviderUnavailable(f"no succeeded charge {provider_ref} to refund")
-        return reference
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        fault = self._fault()
+        await self._travel()
+        if fault == "error":
+            raise ProviderUnavailable("simulated provider error")
+        row = await ledger.record_refund(
+            self._db,
+            key=request.idempotency_key,
+            reference=f"sim_re_{secrets.token_hex(8)}",
+            charge_reference=request.charge_ref,
+            amount=request.amount,
+        )
+        if fault == "timeout":
+            await asyncio.Event().wait()
+        await self._travel()
+        return _refund_result(row)
+
+    async def lookup_refund(self, idempotency_key: str) -> RefundResult | None:
+        row = await ledger.lookup_refund(self._db, idempotency_key)
+        return None if row is None else _refund_result(row)
 
     async def close(self) -> None:
         await self._db.close(timeout=5)
+
+    def _fault(self) -> str | None:
+        return self.fault if self.fault != "none" and self._random.random() < self.fault_rate else None
 
     async def _travel(self) -> None:
         if self.latency_ms:

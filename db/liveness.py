@@ -1,0 +1,32 @@
+"""Liveness locks: each worker process holds a session-level advisory lock, keyed by
+a random id of its own, on a connection of its own. PostgreSQL releases the lock the
+moment that session ends (the process died, or its connection was lost), so "is the
+lock of owner N held?" tells whether the process that owns some in-flight work is
+still there."""
+
+from __future__ import annotations
+
+import asyncpg
+
+# The first key of the two-key advisory lock form: names "storefront liveness"
+# among advisory locks (migrations use the one-key form, which never collides).
+NAMESPACE = 0x5354
+
+_TRY_LOCK = f"SELECT pg_try_advisory_lock({NAMESPACE}, $1)"
+
+# The owners whose lock is held right now, in this database: a fragment for queries
+# that look for work whose owner is gone.
+LIVE_OWNERS = f"""
+SELECT l.objid::bigint FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.classid = {NAMESPACE} AND l.objsubid = 2 AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+async def try_lock(conn: asyncpg.Connection, owner: int) -> bool:
+    """Take the liveness lock of `owner` for this session; False if it is held."""
+    return bool(await conn.fetchval(_TRY_LOCK, owner))
+
+
+async def ping(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT 1")
