@@ -11,7 +11,8 @@
 #
 # Requests run as the admin (who may call every operation; as a user it can also
 # order and pay), so that every operation is reachable. One client at one address
-# stands for many here: the per-address login and registration limits are off, and
+# stands for many here: the per-address and per-pair login (and reset) limits and the
+# registration limit are off, and
 # the per-customer pending-order and daily-decline limits so high that they never
 # stop the run (each limit has its own tests in tests/test_abuse.py; their 409 and
 # 429 stay documented and allowed). scripts/fuzz/hooks.py gives
@@ -35,7 +36,7 @@ base="http://127.0.0.1:$port"
 log="$(mktemp)"
 DATABASE_URL="${SERVER_URL%/*}/$db" PORT="$port" WORKERS=1 JWT_SECRET="fuzz-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
   ADMIN_EMAIL=fuzz-admin@example.com ADMIN_PASSWORD=fuzz-admin-password \
-  LOGIN_MAX_FAILURES_PER_IP=0 LOGIN_MAX_FAILURES_PER_EMAIL=0 REGISTER_MAX_PER_IP=0 \
+  LOGIN_MAX_FAILURES_PER_IP=0 LOGIN_MAX_FAILURES_PER_EMAIL=0 LOGIN_MAX_FAILURES_PER_PAIR=1000000 REGISTER_MAX_PER_IP=0 \
   ORDER_MAX_PENDING_PER_USER=1000000 PAYMENT_MAX_DECLINES_PER_USER=1000000 LOG_LEVEL=ERROR \
   "$PY" -m server >"$log" 2>&1 &
 pid=$!

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from server.app import Options, create_app
 from server.domain.context import CONTEXT
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, make_config
-from tests.helpers import Api, ServerProcess, session, unique_email
+from tests.helpers import Api, unique_email
 
 REAL_HASHING = [{"password_hash_time_cost": 2, "password_hash_memory_kib": 32768, "password_hash_parallelism": 1}]
 
@@ -45,28 +44,17 @@ async def test_a_burst_of_wrong_passwords_gets_at_most_the_limit_of_401s(api: Ap
 
 
 @pytest.fixture
-def two_servers(clean_db: str) -> Iterator[list[ServerProcess]]:
+def server_env() -> dict[str, str]:
     # Connections opened at start: the burst measures the throttle, not how fast a
     # busy machine opens 16 more connections per process.
-    servers = [ServerProcess(clean_db, env={"DB_POOL_MIN_SIZE": "20"}) for _ in range(2)]
-    try:
-        for server in servers:
-            server.start()
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
+    return {"DB_POOL_MIN_SIZE": "20"}
 
 
-async def test_a_burst_of_wrong_passwords_on_two_processes_gets_at_most_the_limit_of_401s(
-    two_servers: list[ServerProcess],
-) -> None:
+async def test_a_burst_of_wrong_passwords_on_two_processes_gets_at_most_the_limit_of_401s(apis: list[Api]) -> None:
     email = unique_email()
-    async with session(two_servers[0].url) as first, session(two_servers[1].url) as second:
-        apis = [Api(first), Api(second)]
-        assert (await apis[0].register(email, "password-123")).status == 201
-        burst = [_login(apis[i % 2], email, "wrong-pass") for i in range(40)]
-        statuses = collections.Counter(await asyncio.gather(*burst))
+    assert (await apis[0].register(email, "password-123")).status == 201
+    burst = [_login(apis[i % 2], email, "wrong-pass") for i in range(40)]
+    statuses = collections.Counter(await asyncio.gather(*burst))
     assert statuses[401] <= 5, statuses
     assert statuses[401] + statuses[429] == 40, statuses
 

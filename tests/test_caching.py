@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.domain.context import CONTEXT
-from tests.helpers import Api, ServerProcess, session
+from tests.helpers import Api
 
 # The in-process tests poll slowly: a change must be seen at once by the process
 # that made it, without the help of the poll.
@@ -373,22 +372,10 @@ async def test_a_killed_watch_connection_stops_stale_reads(api: Api, client: Any
 # --- across processes -------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def two_servers(clean_db: str) -> AsyncIterator[tuple[Api, Api]]:
-    servers = [ServerProcess(clean_db) for _ in range(2)]
-    await asyncio.gather(*(asyncio.to_thread(s.start) for s in servers))
-    try:
-        async with session(servers[0].url) as first, session(servers[1].url) as second:
-            yield Api(first), Api(second)
-    finally:
-        for server in servers:
-            server.stop()
-
-
 async def test_a_change_through_one_process_is_seen_through_another_within_one_second(
-    two_servers: tuple[Api, Api],
+    apis: list[Api],
 ) -> None:
-    writer, reader = two_servers
+    writer, reader = apis
     product = await writer.product(price=100, stock=10)
     user = await writer.customer()
     admin = await writer.admin_user()

@@ -9,19 +9,16 @@ import hashlib
 import json
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import jwt
 import pytest
 
 from db import sessions as sessions_db
 from db.pool import Database
-from tests.helpers import Api, Reply, ServerProcess, User, session, unique_email
+from tests.helpers import Api, Reply, ServerProcess, User, unique_email
 
 REFRESH = "/api/users/token/refresh"
 LOGOUT = "/api/users/logout"
@@ -383,24 +380,9 @@ async def test_metrics_count_refreshes_reuse_and_resets(api: Api, db: asyncpg.Co
 
 
 @pytest.fixture
-def two_servers(clean_db: str, tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    env = {"LOG_LEVEL": "DEBUG", "ACCESS_LOG": "true"}
-    servers = [ServerProcess(clean_db, env=env, log_path=tmp_path / f"server-{i}.log").start() for i in range(2)]
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-
-
-@pytest.fixture
-async def apis(two_servers: list[ServerProcess]) -> AsyncIterator[list[Api]]:
-    sessions = [session(s.url, connector=aiohttp.TCPConnector(limit=100)) for s in two_servers]
-    try:
-        yield [Api(http) for http in sessions]
-    finally:
-        for http in sessions:
-            await http.close()
+def server_env() -> dict[str, str]:
+    # Everything a process may log: the token test below reads it all.
+    return {"LOG_LEVEL": "DEBUG", "ACCESS_LOG": "true"}
 
 
 async def test_10_simultaneous_refreshes_with_one_token_on_two_processes_give_exactly_one_200(

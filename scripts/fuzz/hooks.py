@@ -41,9 +41,17 @@ def before_load_schema(context: Any, raw_schema: dict[str, Any]) -> None:
     link["requestBody"] = {**link["requestBody"], "payment_method": TEST_CARD}
 
 
+# Refusals (other than 422) that depend on stored data or secrets, by problem type.
+DATA_DEPENDENT_PROBLEMS = (
+    "https://storefront.example/problems/invalid-reset-token",  # only tokens the service mailed
+)
+
+
 def _data_dependent(response: Any) -> bool:
     if response.status_code == 402:
-        return True  # a declined card: the documented answer to a well-formed payment
+        return True  # a declined card (or refund): the documented answer to a well-formed request
+    if response.status_code == 400:
+        return response.json().get("type") in DATA_DEPENDENT_PROBLEMS
     if response.status_code != 422:
         return False
     errors = response.json().get("errors") or []
