@@ -428,12 +428,11 @@ class PaymentOut(Out):
 
 
 class RefundCreateIn(Body):
-    amount: Annotated[int, Field(ge=1, le=MAX_ID)] | None = Field(
-        None,
-        description="Default: what is left to refund (the amount minus what was refunded or is being refunded). "
-        "More than that: 409.",
+    amount: Annotated[int, Field(ge=1, le=MAX_ID), Integral] = absent(
+        "Default: what is left to refund (the amount minus what was refunded or is being refunded). "
+        "More than that: 409."
     )
-    reason: Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)] | None = None
+    reason: Annotated[str, StringConstraints(max_length=500), *NoNul] = absent()
     restock: bool = Field(
         False,
         description="Return every unit of the order to stock. Only on the refund that completes the whole "

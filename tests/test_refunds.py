@@ -147,6 +147,14 @@ async def test_invalid_refund_bodies_are_422(api: Api, db: asyncpg.Connection, b
     assert await _provider_refunds(db) == []
 
 
+async def test_an_amount_written_as_a_whole_number_with_a_fraction_part_is_an_integer(api: Api) -> None:
+    # JSON Schema counts 100.0 as an integer, so clients generated from the document may send it.
+    _, _, payment = await _paid(api)
+    reply = await _refund(api, payment["id"], amount=100.0)
+    assert reply.status == 201, reply
+    assert reply.json["amount"] == 100
+
+
 async def test_a_reason_of_500_characters_is_kept(api: Api) -> None:
     _, _, payment = await _paid(api)
     reply = await _refund(api, payment["id"], amount=1, reason="r" * 500)
