@@ -243,3 +243,37 @@ async def invariant_violations(dsn: str, *, settled: bool = False) -> list[str]:
 
 def session(base_url: str, **kwargs: Any) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(base_url=base_url, **kwargs)
+
+
+@dataclass
+class ProviderWatch:
+    """While a provider method runs (held 50 ms), how many calls were in flight at once
+    and what the pool looked like: (idle, size) at each call."""
+
+    most_in_flight: int = 0
+    pool_seen: list[tuple[int, int]] = field(default_factory=list)
+
+    def holds_no_connection(self, max_pool: int) -> bool:
+        """More calls at once than the pool has connections, the pool never grew, and
+        in most samples a connection was idle: no call held one."""
+        idle_in_most = sum(1 for idle, _ in self.pool_seen if idle >= 1) > len(self.pool_seen) // 2
+        never_grew = all(size <= max_pool for _, size in self.pool_seen)
+        return self.most_in_flight > max_pool and never_grew and idle_in_most
+
+
+def watch_provider(provider: Any, method: str, pool: Any) -> ProviderWatch:
+    """Replace `provider.<method>` with one that records a ProviderWatch around it."""
+    real, watch, in_flight = getattr(provider, method), ProviderWatch(), [0]
+
+    async def observed(request: Any) -> Any:
+        in_flight[0] += 1
+        watch.most_in_flight = max(watch.most_in_flight, in_flight[0])
+        try:
+            await asyncio.sleep(0.05)
+            watch.pool_seen.append((pool.get_idle_size(), pool.get_size()))
+            return await real(request)
+        finally:
+            in_flight[0] -= 1
+
+    setattr(provider, method, observed)
+    return watch

@@ -13,7 +13,7 @@ from db import idempotency as idempotency_db
 from server.app import Options, create_app
 from server.domain.context import CONTEXT
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, User, invariant_violations
+from tests.helpers import Api, User, invariant_violations, watch_provider
 
 PAYMENT_FIELDS = {
     "id",
@@ -332,28 +332,10 @@ async def test_no_pooled_connection_is_held_while_the_provider_is_called(api: Ap
     ctx = app[CONTEXT]
     customers = [await api.customer() for _ in range(4)]
     orders = [(await _pending_order(api, customers[i % 4]))[1] for i in range(40)]
-    provider = ctx.provider
-    real_charge = provider.charge
-    in_flight, most_in_flight, idle_seen = 0, 0, []
-
-    async def observed_charge(request: Any) -> Any:
-        nonlocal in_flight, most_in_flight
-        in_flight += 1
-        most_in_flight = max(most_in_flight, in_flight)
-        try:
-            await asyncio.sleep(0.05)
-            idle_seen.append((ctx.db.pool.get_idle_size(), ctx.db.pool.get_size()))
-            return await real_charge(request)
-        finally:
-            in_flight -= 1
-
-    provider.charge = observed_charge  # type: ignore[method-assign]
+    watch = watch_provider(ctx.provider, "charge", ctx.db.pool)
     replies = await asyncio.gather(*(api.pay(customers[i % 4], order["id"]) for i, order in enumerate(orders)))
     assert [r.status for r in replies] == [201] * 40
-    assert most_in_flight > 2  # more provider calls at once than the pool has connections
-    assert all(size <= 2 for _, size in idle_seen)
-    assert max(idle for idle, _ in idle_seen) >= 1
-    assert sum(1 for idle, _ in idle_seen if idle >= 1) > len(idle_seen) // 2
+    assert watch.holds_no_connection(max_pool=2), watch
 
 
 async def test_charge_invariants_hold_after_normal_payments(api: Api, clean_db: str) -> None:

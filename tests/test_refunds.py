@@ -13,7 +13,7 @@ from aiohttp import web
 from server.app import Options, create_app
 from server.domain.context import CONTEXT
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, Reply, User, invariant_violations
+from tests.helpers import Api, Reply, User, invariant_violations, watch_provider
 
 REFUND_FIELDS = {
     "id",
@@ -575,24 +575,7 @@ async def test_a_refund_whose_process_is_gone_is_settled_at_once(
 async def test_no_pooled_connection_is_held_while_the_provider_refunds(api: Api, app: web.Application) -> None:
     ctx = app[CONTEXT]
     payments = [(await _paid(api, quantity=1))[2] for _ in range(20)]
-    provider = ctx.provider
-    real_refund = provider.refund
-    in_flight, most_in_flight, idle_seen = 0, 0, []
-
-    async def observed_refund(request: Any) -> Any:
-        nonlocal in_flight, most_in_flight
-        in_flight += 1
-        most_in_flight = max(most_in_flight, in_flight)
-        try:
-            await asyncio.sleep(0.05)
-            idle_seen.append((ctx.db.pool.get_idle_size(), ctx.db.pool.get_size()))
-            return await real_refund(request)
-        finally:
-            in_flight -= 1
-
-    provider.refund = observed_refund  # type: ignore[method-assign]
+    watch = watch_provider(ctx.provider, "refund", ctx.db.pool)
     replies = await asyncio.gather(*(_refund(api, p["id"]) for p in payments))
     assert [r.status for r in replies] == [201] * 20
-    assert most_in_flight > 2  # more provider calls at once than the pool has connections
-    assert all(size <= 2 for _, size in idle_seen)
-    assert sum(1 for idle, _ in idle_seen if idle >= 1) > len(idle_seen) // 2
+    assert watch.holds_no_connection(max_pool=2), watch
