@@ -211,6 +211,20 @@ async def test_trusted_proxies_are_skipped_from_the_right_and_the_rest_not_belie
 # --- 6: sign-up floods, the hashing queue, and lockouts by strangers -----------------------
 
 
+@pytest.mark.parametrize(
+    "config_overrides",
+    [{"trust_forwarded_for": True, "login_max_failures_per_pair": 2, "login_max_failures_per_email": 5}],
+)
+async def test_attempts_the_pair_refuses_do_not_use_up_the_emails_ceiling(api: Api) -> None:
+    email = unique_email()
+    await api.register(email, "password-123")
+    # A stranger at one address: two guesses, then the pair refuses every further one.
+    guesses = [await _login(api, email, "wrong-pass", "203.0.113.50") for _ in range(12)]
+    assert guesses[:2] == [401, 401] and set(guesses[2:]) == {429}
+    # Those refusals counted on no key: the owner, elsewhere, is not locked out.
+    assert await _login(api, email, "password-123", "198.51.100.7") == 200
+
+
 @pytest.mark.parametrize("config_overrides", [{"register_max_per_ip": 3}])
 async def test_registrations_past_the_per_address_limit_are_429_with_retry_after(api: Api) -> None:
     assert [(await api.register()).status for _ in range(3)] == [201] * 3

@@ -188,6 +188,19 @@ async def test_drain_finishes_queued_commands_then_refuses_new_ones() -> None:
         await supervisor.ask(1, lambda a: work(a, 9))
 
 
+async def test_a_command_cut_short_by_a_drain_past_its_grace_answers_503() -> None:
+    supervisor = make_supervisor(idle_seconds=30)
+
+    async def endless(actor: OrderActor) -> None:
+        await asyncio.sleep(60)
+
+    caller = asyncio.create_task(supervisor.ask(1, endless))
+    await asyncio.sleep(0.05)
+    await supervisor.drain(0.2)  # the grace runs out: the actor is cancelled mid-command
+    with pytest.raises(ServiceUnavailable):
+        await asyncio.wait_for(caller, 2)
+
+
 # --- through HTTP ---------------------------------------------------------------------------
 
 

@@ -97,6 +97,11 @@ class Actor(Generic[K]):
                     _reply_error(envelope.reply, exc)
                     if not is_outage(exc):
                         raise
+                except BaseException:
+                    # Cancelled (a drain past its grace, or the command's own task):
+                    # its caller is answered all the same, never left waiting.
+                    _reply_error(envelope.reply, ServiceUnavailable("the command was interrupted; retry shortly"))
+                    raise
                 else:
                     if not envelope.reply.done():
                         envelope.reply.set_result(result)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -57,10 +59,11 @@ async def register(ctx: Context, email: str, password: str, name: str, client_ip
 async def login(ctx: Context, email: str, password: str, client_ip: str) -> sessions.Grant:
     """A new session's tokens for these credentials; 401 when wrong, 429 when throttled."""
     attempt = await _password_attempt(ctx, email, client_ip)
-    credentials = await users_db.get_credentials(ctx.db, email)
-    # Unknown emails are verified against a dummy hash: same work, same time, same answer.
-    password_hash = credentials["password_hash"] if credentials is not None else None
-    verified = await ctx.passwords.verify(password_hash, password)
+    async with attempt.checking():
+        credentials = await users_db.get_credentials(ctx.db, email)
+        # Unknown emails are verified against a dummy hash: same work, same time, same answer.
+        password_hash = credentials["password_hash"] if credentials is not None else None
+        verified = await ctx.passwords.verify(password_hash, password)
     if credentials is None or not verified:
         log.info("login failed", extra={"client_ip": client_ip})
         raise InvalidCredentials()
@@ -78,6 +81,18 @@ class _PasswordAttempt:
     async def succeeded(self) -> None:
         """The right password: the attempt was no failure, and the pair starts over."""
         await rate_limits.undo(self._ctx.db, [limit.key for limit in self._limits], self._pair)
+
+    @contextlib.asynccontextmanager
+    async def checking(self) -> AsyncIterator[None]:
+        """Around the password check: when it cannot be made (the hashing queue is full,
+        the database is down), the attempt is taken back, since no password was tried;
+        a busy service must not throttle its users."""
+        try:
+            yield
+        except Exception:
+            with contextlib.suppress(Exception):  # the database may be what failed
+                await rate_limits.undo(self._ctx.db, [limit.key for limit in self._limits], None)
+            raise
 
 
 async def _password_attempt(ctx: Context, email: str, client_ip: str) -> _PasswordAttempt:
@@ -121,8 +136,10 @@ async def update_profile(ctx: Context, principal: Principal, changes: dict[str, 
         if current_password is None:
             raise ValidationFailed.field("current_password", "required to change email or password")
         attempt = await _password_attempt(ctx, principal.user["email"], client_ip)
-        stored = await users_db.get_password_hash(ctx.db, principal.id)
-        if stored is None or not await ctx.passwords.verify(stored, current_password):
+        async with attempt.checking():
+            stored = await users_db.get_password_hash(ctx.db, principal.id)
+            verified = stored is not None and await ctx.passwords.verify(stored, current_password)
+        if not verified:
             raise ValidationFailed.field("current_password", "is not the current password")
         await attempt.succeeded()
     new_hash = await ctx.passwords.hash(changes["password"]) if "password" in changes else None

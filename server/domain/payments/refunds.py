@@ -98,6 +98,9 @@ def decide(payment: asyncpg.Record, requested: int | None, restock: bool) -> int
     API error that refuses it. What is left is the amount minus what succeeded and
     what is in flight; `restock` goes only with the refund that completes the whole
     amount."""
+    if payment["status"] == "pending":
+        # Transient: the payment may yet succeed, so the key must stay free for a retry.
+        raise InFlight("the payment is still pending; retry once it has settled")
     if payment["status"] != "succeeded":
         raise Conflict(f"the payment is {payment['status']}; only a succeeded payment can be refunded")
     in_flight = payment["amount_refund_pending"]
