@@ -11,9 +11,10 @@
 #
 # Every setting in the environment (JWT_SECRET, ADMIN_EMAIL, ADMIN_PASSWORD,
 # ORDER_TTL_SECONDS, WORKERS, ...) reaches the replicas; JWT_SECRET defaults to one random
-# secret shared by all of them. Stack knobs: API_REPLICAS (2), STACK_DIR (.stack),
-# STACK_HTTP_PORT, STACK_PRIMARY_PORT, STACK_STANDBY_PORT, STACK_PGBOUNCER_PORT (free ports
-# by default), PGBOUNCER_POOL_SIZE (20).
+# secret shared by all of them. Stack knobs: API_REPLICAS (2), STACK_READ_FROM_STANDBY (1:
+# anonymous catalog reads go to the standby), STACK_DIR (.stack), STACK_HTTP_PORT,
+# STACK_PRIMARY_PORT, STACK_STANDBY_PORT, STACK_PGBOUNCER_PORT (free ports by default),
+# PGBOUNCER_POOL_SIZE (20).
 # It never touches another PostgreSQL: its clusters live in STACK_DIR on their own ports.
 set -Eeuo pipefail
 
@@ -181,9 +182,12 @@ stop_pgbouncer() {
 
 # Each replica runs under scripts/stack_replica.py, which restarts it when it dies.
 # Its liveness lock is a session lock: straight to the primary, never through PgBouncer.
+# Anonymous catalog reads go to the standby (STACK_READ_FROM_STANDBY=0: all to the primary).
 start_replica() {  # start_replica N
-    local n="$1" port_var="API_PORT_$1"
+    local n="$1" port_var="API_PORT_$1" read_url="$STANDBY_URL"
+    [ "${STACK_READ_FROM_STANDBY:-1}" = 1 ] || read_url=""
     PORT="${!port_var}" HOST=127.0.0.1 DATABASE_URL="$PGBOUNCER_URL" LIVENESS_DATABASE_URL="$PRIMARY_URL" \
+        DATABASE_READ_URL="$read_url" \
         PIDFILE="$RUN/api-$n.pid" \
         setsid "$PYTHON" "$ROOT/scripts/stack_replica.py" >>"$LOG/api-$n.log" 2>&1 </dev/null &
     echo $! >"$RUN/api-$n.loop.pid"

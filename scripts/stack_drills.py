@@ -10,6 +10,12 @@ while shoppers order, pay (some cards declined) and read products through nginx:
   standby-outage     the streaming standby stopped for 3 s, then started
   restart-primary    the PostgreSQL primary restarted (fast shutdown)
 
+Before the drills, with no other load, the read routing is checked (`read-routing`):
+a change made through nginx is visible to anonymous reads through nginx within 1 s
+(the standby in the path), anonymous reads that miss the cache go to the standby, go
+to the primary while the standby is stopped (all still answered), and come back to
+the standby once it has caught up again.
+
 After each: pending payments are left to settle, `python -m server check-invariants
 --settled` runs against the primary, and every order and payment the clients were told
 succeeded is looked up there (none may be lost, none charged twice). Printed per drill:
@@ -287,7 +293,92 @@ async def streaming_caught_up(stack: Stack, timeout: float) -> float:
     raise RuntimeError("the standby did not catch up")
 
 
-async def run(args: argparse.Namespace, stack: Stack) -> list[Drill]:
+async def catalog_reads(stack: Stack) -> dict[str, float]:
+    """Catalog reads made on each database so far, summed over the API replicas (each
+    replica's /metrics adds up its workers)."""
+    totals: Counter[str] = Counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for key, port in stack.settings.items():
+            if not key.startswith("API_PORT_"):
+                continue
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                for line in (await response.text()).splitlines():
+                    if line.startswith("catalog_reads_total{"):
+                        target = line.split('target="', 1)[1].split('"', 1)[0]
+                        totals[target] += float(line.rsplit(" ", 1)[1])
+    return dict(totals)
+
+
+async def read_routing(stack: Stack, rounds: int) -> dict[str, Any]:
+    """Freshness through nginx with the standby in the path, then where reads go while
+    the standby is up, stopped, and back."""
+    async with aiohttp.ClientSession(base_url=stack.url, timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+        async def call(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with http.request(method, path, json=body, headers=headers) as response:
+                assert response.status < 300, (method, path, response.status, await response.text())
+                return await response.json()
+
+        login = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        admin = (await call("POST", "/api/users/login", login))["access_token"]
+
+        async def new_products(count: int) -> list[int]:
+            made = [
+                await call("POST", "/api/products", {"name": "Read", "price": 100, "stock": 5}, admin)
+                for _ in range(count)
+            ]
+            await asyncio.sleep(1.2)  # past every bound: the standby has them, no process remembers the change
+            return [p["id"] for p in made]
+
+        async def read_each(product_ids: list[int]) -> dict[str, float]:
+            before = await catalog_reads(stack)
+            for product_id in product_ids:
+                await call("GET", f"/api/products/{product_id}")  # anonymous, and a miss: first read of each
+            after = await catalog_reads(stack)
+            return {target: after.get(target, 0) - before.get(target, 0) for target in ("primary", "standby")}
+
+        async def prices(product_id: int) -> set[int]:
+            """The price as 8 anonymous reads at once through nginx see it (spread over the
+            replicas and their workers)."""
+            reads = [call("GET", f"/api/products/{product_id}") for _ in range(8)]
+            return {product["price"] for product in await asyncio.gather(*reads)}
+
+        # A change through nginx, then anonymous reads through nginx until all show it.
+        # Every worker's cache holds the old version when the change is made.
+        (product_id,) = await new_products(1)
+        delays = []
+        for price in range(200, 200 + rounds):
+            for _ in range(4):
+                await prices(product_id)
+            await call("PUT", f"/api/products/{product_id}", {"price": price}, admin)
+            changed = time.monotonic()
+            while await prices(product_id) != {price}:
+                assert time.monotonic() - changed < 5, "a change was not visible through nginx after 5 s"
+                await asyncio.sleep(0.01)
+            delays.append(time.monotonic() - changed)
+        standby_up = await read_each(await new_products(20))
+        fresh = await new_products(40)
+        await asyncio.to_thread(stack.run, "stop", "standby")
+        standby_down = await read_each(fresh[:20])
+        await asyncio.to_thread(stack.run, "start", "standby")
+        caught_up = await streaming_caught_up(stack, 60)
+        await asyncio.sleep(1.0)  # the monitors sample again
+        standby_back = await read_each(fresh[20:])
+    return {
+        "change_visible_max_s": round(max(delays), 3),
+        "change_visible_median_s": round(sorted(delays)[len(delays) // 2], 3),
+        "changes": rounds,
+        "reads_standby_up": standby_up,
+        "reads_standby_stopped": standby_down,
+        "reads_standby_back": standby_back,
+        "standby_caught_up_s": round(caught_up, 2),
+    }
+
+
+async def run(args: argparse.Namespace, stack: Stack) -> tuple[dict[str, Any], list[Drill]]:
+    routing = await read_routing(stack, args.freshness_rounds)
+    print(json.dumps({"read-routing": routing}), flush=True)
     shop = await setup_shop(stack.url, args.clients)
 
     async def kill_replica() -> dict[str, Any]:
@@ -317,7 +408,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> list[Drill]:
         result = await drill(stack, name, faults[name], shop, args.window)
         print(json.dumps(asdict(result)), flush=True)
         results.append(result)
-    return results
+    return routing, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--drills", nargs="+", default=["kill-replica", "restart-pgbouncer", "standby-outage", "restart-primary"]
     )
+    parser.add_argument("--freshness-rounds", type=int, default=10, help="changes timed through nginx")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--logs", type=Path, help="copy the stack's logs (replicas, PgBouncer, PostgreSQL) here")
     args = parser.parse_args(argv)
@@ -358,20 +450,33 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return CANNOT_INSTALL if exc.returncode == CANNOT_INSTALL else 1
     try:
-        results = asyncio.run(run(args, stack))
+        routing, results = asyncio.run(run(args, stack))
     finally:
         if args.logs:
             shutil.copytree(stack.folder / "log", args.logs, dirs_exist_ok=True)
         stack.run("down")
         shutil.rmtree(folder, ignore_errors=True)
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+        args.json.write_text(json.dumps({"read_routing": routing, "drills": [asdict(r) for r in results]}, indent=2))
+    print(f"{'read-routing':18} {routing}")
     for r in results:
         print(
             f"{r.name:18} requests {r.requests:6}  failed {r.failed:5} ({r.failed_share:.2%})  "
             f"recovered in {r.recovery_s:5.2f} s  {r.invariants}  lost {len(r.lost)}  {r.extra}"
         )
-    return 0 if all(r.passed for r in results) else 1
+    return 0 if all(r.passed for r in results) and read_routing_passed(routing) else 1
+
+
+def read_routing_passed(routing: dict[str, Any]) -> bool:
+    """Changes visible within 1 s; reads on the standby while it is up, none while it
+    is stopped, and on it again once it is back."""
+    return (
+        routing["change_visible_max_s"] < 1.0
+        and routing["reads_standby_up"]["standby"] > 0
+        and routing["reads_standby_stopped"]["standby"] == 0
+        and routing["reads_standby_stopped"]["primary"] > 0
+        and routing["reads_standby_back"]["standby"] > 0
+    )
 
 
 if __name__ == "__main__":

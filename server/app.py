@@ -3,11 +3,12 @@
 `create_app` builds the aiohttp application for one worker. Each resource has a
 cleanup context of its own, in the order they depend on each other: the catalog
 cache (which the pool tells of changes), the database pool, the catalog searches'
-pool, the payment provider, the liveness lock, the password hasher, the actors'
-scheduler, the order actors, the shared Context, the webhook deliverer, the periodic
-jobs. aiohttp starts them in that order and stops them in reverse, after in-flight
-requests have finished (so queued order commands finish before the scheduler, the
-provider, the liveness lock and the pool close).
+pool, the standby's pools and monitor (with DATABASE_READ_URL), the payment
+provider, the liveness lock, the password hasher, the actors' scheduler, the order
+actors, the shared Context, the webhook deliverer, the periodic jobs. aiohttp
+starts them in that order and stops them in reverse, after in-flight requests have
+finished (so queued order commands finish before the scheduler, the provider, the
+liveness lock and the pool close).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
 from server.runtime.middleware import make_middleware
 from server.runtime.periodic import Periodic
+from server.runtime.standby import Coverage, ReadTarget, Standby
 from server.runtime.tracing import TracedCalls, Tracing
 from server.runtime.tracing import start as start_tracing
 
@@ -56,6 +58,7 @@ _STATISTICS_SECONDS = 5.0
 _CATALOG_CACHE: web.AppKey[CatalogCache] = web.AppKey("catalog_cache", CatalogCache)
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _CATALOG_DATABASE: web.AppKey[Database] = web.AppKey("catalog_database", Database)
+_STANDBY: web.AppKey[Standby | None] = web.AppKey("standby")
 _PROVIDER: web.AppKey[PaymentProvider] = web.AppKey("provider", PaymentProvider)
 _LIVENESS: web.AppKey[Liveness] = web.AppKey("liveness", Liveness)
 _PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords", Passwords)
@@ -102,6 +105,7 @@ def create_app(config: Config, options: Options) -> web.Application:
             _catalog_cache(config, options, metrics),
             _database(config, options, metrics, tracer),
             _catalog_database(config, options),
+            _standby(config, options, metrics),
             _provider(config, options),
             _liveness(config, options),
             _passwords(config),
@@ -142,8 +146,11 @@ def _catalog_cache(config: Config, options: Options, metrics: Metrics) -> Resour
 def _database(config: Config, options: Options, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def database(app: web.Application) -> AsyncIterator[None]:
         cache = app[_CATALOG_CACHE]
-        # The pool tells the cache of the changes its own sessions make (at once).
-        db = await create_database(pool_settings(config, options.dsn), watcher=cache if cache.enabled else None)
+        # The pool tells the cache of the changes its own sessions make (at once); with
+        # a standby the cache's record of when they were made also keeps reads of them
+        # off the standby until it has them.
+        watcher = cache if cache.enabled or config.database_read_url else None
+        db = await create_database(pool_settings(config, options.dsn), watcher=watcher)
         db.on_wait = metrics.pool_wait.observe
         if tracer is not None:
             db.trace_with(tracer)
@@ -168,6 +175,32 @@ def _catalog_database(config: Config, options: Options) -> Resource:
         await db.close(timeout=config.shutdown_grace_seconds)
 
     return catalog_database
+
+
+def _standby(config: Config, options: Options, metrics: Metrics) -> Resource:
+    """The standby's pools, sized like the primary's but opened only when used (the
+    service starts, and serves from the primary, while the standby is down), and the
+    monitor that measures its lag."""
+
+    async def standby(app: web.Application) -> AsyncIterator[None]:
+        if config.database_read_url is None:
+            app[_STANDBY] = None
+            yield
+            return
+        settings = dataclasses.replace(pool_settings(config, config.database_read_url), min_size=0)
+        replica = Standby(
+            await create_database(settings),
+            await create_database(dataclasses.replace(settings, max_size=config.catalog_search_connections)),
+            Coverage(),
+            metrics,
+            config.database_read_max_lag_seconds,
+        )
+        replica.start(options.dsn, config.database_read_url, config.db_connect_timeout)
+        app[_STANDBY] = replica
+        yield
+        await replica.close(config.shutdown_grace_seconds)
+
+    return standby
 
 
 def _provider(config: Config, options: Options) -> Resource:
@@ -252,7 +285,8 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
         ctx = Context(
             config=config,
             db=app[_DATABASE],
-            catalog_db=app[_CATALOG_DATABASE],
+            primary_reads=ReadTarget("primary", app[_DATABASE], app[_CATALOG_DATABASE]),
+            standby=app[_STANDBY],
             passwords=app[_PASSWORDS],
             tokens=Tokens(options.jwt_secret, config.jwt_ttl_seconds),
             cursors=CursorCodec(options.jwt_secret),

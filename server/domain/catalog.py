@@ -4,19 +4,30 @@ ETags, answered from the in-process cache when it may (server/domain/catalog_cac
 ETags are versions, not hashes of bodies: a product's is its id and the transaction
 id of its current row version (`xmin`), which changes with every change of the row;
 a page's is a digest of its query and the ids and versions of its rows. A body is
-the same bytes for the same versions, so the ETags are strong.
+the same bytes for the same versions, so the ETags are strong. (A standby replays
+the primary's row versions, xmin included: the same version has the same ETag on
+both.)
+
+Anonymous reads that miss the cache go to the standby when DATABASE_READ_URL names
+one and it is fresh enough for them (`_read`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from db import products as products_db
+from db.pool import is_outage
 from server.domain import products
 from server.domain.catalog_cache import Representation
 from server.domain.context import Context
 from server.domain.products import product_json
 from server.runtime.jsonio import dumps
+from server.runtime.standby import ReadTarget
+
+T = TypeVar("T")
 
 # Part of every ETag: bump it when the representation's format changes, so that
 # clients holding tags of the old format get the new one.
@@ -31,7 +42,7 @@ async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
         if hit is not None:
             return hit
     epoch = cache.epoch
-    row = await products.get(ctx, product_id)
+    row = await _read(ctx, fresh, cache.product_changed_at(product_id), lambda reads: products.get(reads, product_id))
     entry = Representation(f'"{_FORMAT}.{product_id}.{row["version"]}"', dumps(product_json(row)))
     cache.put(product_id, entry, epoch)
     return entry
@@ -53,7 +64,9 @@ async def page(
         if hit is not None:
             return hit
     epoch = cache.epoch
-    rows, next_cursor = await products.list_page(ctx, sort, filters, cursor, limit)
+    rows, next_cursor = await _read(
+        ctx, fresh, cache.list_changed_at(), lambda reads: products.list_page(ctx, reads, sort, filters, cursor, limit)
+    )
     digest = hashlib.blake2b(repr(key).encode(), digest_size=12)
     for row in rows:
         digest.update(f"|{row['id']}.{row['version']}".encode())
@@ -62,3 +75,25 @@ async def page(
     entry = Representation(f'"{_FORMAT}.l.{digest.hexdigest()}"', body)
     cache.put(key, entry, epoch, is_list=True)
     return entry
+
+
+async def _read(ctx: Context, fresh: bool, changed_at: float, read: Callable[[ReadTarget], Awaitable[T]]) -> T:
+    """`read` on the standby when there is one that covers `changed_at` (the last
+    change of what is read that this process knows of, its own included) within its
+    lag bound, else on the primary. A fresh read (a reload, or an authenticated
+    one) always goes to the primary. A standby that fails is given up until its
+    monitor sees it again, and the read is made on the primary."""
+    standby = ctx.standby
+    if standby is not None and not fresh and standby.covers(changed_at):
+        try:
+            result = await read(standby.reads)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            standby.lost(exc)
+        else:
+            ctx.metrics.catalog_reads.labels("standby").inc()
+            return result
+    result = await read(ctx.primary_reads)
+    ctx.metrics.catalog_reads.labels("primary").inc()
+    return result

@@ -24,6 +24,12 @@ old version behind.
 A read that misses notes the cache's `epoch` before asking the database and stores
 its answer only if nothing was invalidated meanwhile: a change that committed after
 the read's snapshot may already have been dropped, and must not come back.
+
+The cache also remembers, for CHANGE_MEMORY_SECONDS, when it learned of each
+product's last change (its own process's at the commit, others' when the watch saw
+them): a read from a standby (server/runtime/standby.py) must show at least those,
+or it could serve, and store, a version older than one already dropped, or older
+than this process's own last write.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -50,6 +57,10 @@ _RETRY_SECONDS = 0.5
 _PURGE_SECONDS = 10.0
 # Memory an entry costs beyond its body and ETag (the entry, its key, the dict slot).
 _ENTRY_OVERHEAD = 200
+# How long the time of a change is remembered. A standby read is only ever allowed
+# within DATABASE_READ_MAX_LAG_SECONDS of now, which config caps at this: an older
+# change is certainly on any standby that may be read.
+CHANGE_MEMORY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,10 @@ class CatalogCache:
         self._bytes = 0
         self._serve_until = 0.0
         self._pending: dict[object, set[int] | None] = {}
+        self._changed_at: dict[int, float] = {}
+        self._any_changed_at = -math.inf  # a change of any product (list pages)
+        self._all_changed_at = -math.inf  # a change of every product (or of an unknown set)
+        self._forgotten_at = 0.0
         self._metrics = metrics
         self._hit = {kind: metrics.catalog_cache_hits.labels(kind).inc for kind in ("product", "list")}
         self._miss = {kind: metrics.catalog_cache_misses.labels(kind).inc for kind in ("product", "list")}
@@ -119,16 +134,37 @@ class CatalogCache:
         if product_ids is None:
             self.clear()
             return
+        now = time.monotonic()
+        changed_at = self._changed_at
         for product_id in product_ids:
             self._drop(product_id)
+            changed_at[product_id] = now
+        self._any_changed_at = now
         for key in self._lists.copy():
             self._drop(key)
+        if now - self._forgotten_at >= CHANGE_MEMORY_SECONDS:
+            self._forget_changes_before(now - CHANGE_MEMORY_SECONDS)
+            self._forgotten_at = now
 
     def clear(self) -> None:
         self.epoch += 1
         self._entries.clear()
         self._lists.clear()
         self._bytes = 0
+        self._all_changed_at = time.monotonic()
+        self._changed_at.clear()
+
+    def product_changed_at(self, product_id: int) -> float:
+        """When this process last learned of a change of the product (-inf: not
+        within CHANGE_MEMORY_SECONDS)."""
+        return max(self._all_changed_at, self._changed_at.get(product_id, -math.inf))
+
+    def list_changed_at(self) -> float:
+        """When this process last learned of a change of any product."""
+        return max(self._all_changed_at, self._any_changed_at)
+
+    def _forget_changes_before(self, moment: float) -> None:
+        self._changed_at = {pid: at for pid, at in self._changed_at.items() if at >= moment}
 
     def _drop(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)

@@ -15,16 +15,19 @@ from server.domain.payments.provider import PaymentProvider
 from server.runtime.config import Config
 from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
+from server.runtime.standby import ReadTarget, Standby
 
 
 @dataclass
 class Context:
     config: Config
     db: Database
-    # Filtered catalog lists (searches) run here: a few connections of their own, so
-    # that however many arrive they cannot take the connections (or the database
-    # time) every other request needs.
-    catalog_db: Database
+    # Catalog reads on the primary: `db`, and for filtered lists (searches) a few
+    # connections of their own, so that however many arrive they cannot take the
+    # connections (or the database time) every other request needs.
+    primary_reads: ReadTarget
+    # The streaming standby anonymous catalog reads may use (DATABASE_READ_URL).
+    standby: Standby | None
     passwords: Passwords
     tokens: Tokens
     cursors: CursorCodec

@@ -11,6 +11,7 @@ from db import products as products_db
 from server.domain.context import Context
 from server.domain.events import emit
 from server.runtime.problems import Conflict, NotFound, ServiceUnavailable
+from server.runtime.standby import ReadTarget
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -31,8 +32,8 @@ async def create(ctx: Context, fields: dict[str, Any]) -> asyncpg.Record:
     return row
 
 
-async def get(ctx: Context, product_id: int) -> asyncpg.Record:
-    row = await products_db.get(ctx.db, product_id)
+async def get(reads: ReadTarget, product_id: int) -> asyncpg.Record:
+    row = await products_db.get(reads.db, product_id)
     if row is None:
         raise NotFound("no such product")
     return row
@@ -76,7 +77,12 @@ def _decode_key(sort: products_db.Sort, value: Any) -> Any:
 
 
 async def list_page(
-    ctx: Context, sort_name: str, filters: products_db.ListFilters, cursor: str | None, limit: int
+    ctx: Context,
+    reads: ReadTarget,
+    sort_name: str,
+    filters: products_db.ListFilters,
+    cursor: str | None,
+    limit: int,
 ) -> tuple[list[asyncpg.Record], str | None]:
     sort = products_db.SORTS[sort_name]
     # The cursor is bound to the sort and the filters: reusing it with others is a 422.
@@ -85,14 +91,14 @@ async def list_page(
     if cursor is not None:
         key, last_id = ctx.cursors.decode(scope, cursor)
         after = (_decode_key(sort, key), last_id)
-    # A filtered list may have to look at much of the catalog: it runs on the catalog
+    # A filtered list may have to look at much of the catalog: it runs on the search
     # connections, bounded in number and in time; the plain keyset walk never does.
     try:
         if filters.any:
             timeout = ctx.config.catalog_statement_timeout_ms
-            rows = await products_db.list_page(ctx.catalog_db, sort, filters, after, limit, timeout)
+            rows = await products_db.list_page(reads.search_db, sort, filters, after, limit, timeout)
         else:
-            rows = await products_db.list_page(ctx.db, sort, filters, after, limit)
+            rows = await products_db.list_page(reads.db, sort, filters, after, limit)
     except products_db.QueryTooSlow:
         raise ServiceUnavailable("this search takes too long; narrow it down", retry_after=1) from None
     next_cursor = None

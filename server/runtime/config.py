@@ -101,6 +101,23 @@ class Config(BaseModel):
         description="A direct (session) connection for each worker's liveness lock. Default: DATABASE_URL. "
         "Behind PgBouncer in transaction pooling mode, point it at PostgreSQL itself.",
     )
+    database_read_url: str | None = Field(
+        None,
+        alias="DATABASE_READ_URL",
+        description="A streaming standby of DATABASE_URL's PostgreSQL for anonymous catalog reads that "
+        "miss the cache. A read goes there only while the standby lags by at most "
+        "DATABASE_READ_MAX_LAG_SECONDS and shows this worker's own last change of what is read; "
+        "otherwise, and whenever it is down, reads go to the primary.",
+    )
+    database_read_max_lag_seconds: float = Field(
+        0.5,
+        alias="DATABASE_READ_MAX_LAG_SECONDS",
+        gt=0,
+        # The catalog cache remembers changes this long (CHANGE_MEMORY_SECONDS), and the
+        # contract promises a change is visible within 1 s.
+        le=1.0,
+        description="The most a standby may lag behind the primary for reads to go to it (seconds).",
+    )
     embedded_pg_dir: str = Field(
         ".data/postgres",
         alias="EMBEDDED_PG_DIR",

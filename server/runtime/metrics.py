@@ -132,6 +132,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.catalog_reads = Counter(
+            "catalog_reads",
+            "Catalog reads made on a database (cache misses and fresh reads), by target: "
+            "primary or standby (DATABASE_READ_URL).",
+            ["target"],
+            registry=r,
+        )
+        self.standby_lag = Gauge(
+            "standby_lag_seconds",
+            "How far behind the primary the standby was last seen (+Inf: unreachable or not a standby; "
+            "the largest over live workers).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.refreshes = Counter(
             "session_refreshes",
             "Refresh-token exchanges by outcome (rotated, reuse_detected, rejected).",
