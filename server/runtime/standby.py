@@ -129,7 +129,7 @@ class Standby:
             try:
                 primary = await replication.connect(primary_dsn, connect_timeout)
                 standby = await replication.connect(standby_dsn, connect_timeout)
-                await self._watch(primary, standby)
+                await self._watch(primary, standby, connect_timeout)
             except Exception as exc:
                 # Logged once per outage (the retries go on quietly).
                 if self._up:
@@ -143,8 +143,11 @@ class Standby:
                         conn.terminate()
             await asyncio.sleep(_RETRY_SECONDS)
 
-    async def _watch(self, primary: asyncpg.Connection, standby: asyncpg.Connection) -> None:
-        coverage, timeout = self._coverage, max(self.max_lag, CHECK_SECONDS)
+    async def _watch(self, primary: asyncpg.Connection, standby: asyncpg.Connection, timeout: float) -> None:
+        # `timeout` only bounds a connection that hangs: a slow answer is already a
+        # sample that covers less, and a short timeout would drop the standby exactly
+        # when a busy primary needs it most.
+        coverage = self._coverage
         while True:
             at = time.monotonic()
             coverage.primary_at(at, await replication.inserted(primary, timeout))
