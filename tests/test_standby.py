@@ -125,7 +125,9 @@ async def wait_for_monitor(client: TestClient[Any, Any]) -> None:
     assert client.server.app[CONTEXT].standby is not None
 
 
-@pytest.mark.parametrize("config_overrides", [{"database_read_url": f"postgresql://postgres@127.0.0.1:{free_port()}/x"}])
+@pytest.mark.parametrize(
+    "config_overrides", [{"database_read_url": f"postgresql://postgres@127.0.0.1:{free_port()}/x"}]
+)
 async def test_with_the_standby_down_every_read_goes_to_the_primary(api: Api, client: Any) -> None:
     await wait_for_monitor(client)
     product = await api.product()
