@@ -27,7 +27,9 @@ MAX_QUANTITY = 1000
 
 def order_json(row: asyncpg.Record, items: Sequence[asyncpg.Record] | None = None) -> dict[str, Any]:
     """An order as the API shows it: `row` has the order's columns and, unless
-    `items` are given, its lines as `items` (order_line records, read by name)."""
+    `items` are given, its lines as `items` (order_line records, read by name).
+    sql/017_order_created_event.sql's order_json builds the same in SQL for the
+    order.created event: keep the two in step (tests/test_events.py compares them)."""
     lines = row["items"] if items is None else items
     return {
         "id": row["id"],
