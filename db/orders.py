@@ -122,15 +122,17 @@ async def list_page(
 # One call, so one round trip: the function (sql/016_order_limits.sql) checks the
 # customer's hold limits, then create_order (sql/015_order_lines.sql) prices the lines
 # with price_order_lines, the one authority on the line rules, before it writes
-# anything.
+# anything; when it places the order it also writes the order's order.created event
+# (sql/017_order_created_event.sql). One statement is its own transaction, so the
+# caller may pass the pool.
 _CREATE = "SELECT placed, lines, refusal FROM create_order_within_limits($1, $2, $3, $4, $5, $6)"
 
 
 async def create(
     db: Executor, user_id: int, lines: Sequence[Line], ttl_seconds: int, limits: HoldLimits
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
-    """Reserve every line and write the order, or change nothing; returns the order
-    and its lines (order_line records).
+    """Reserve every line and write the order with its order.created event, or
+    change nothing; returns the order and its lines (order_line records).
 
     `lines` must name each product once. Raises TooManyPending or TooManyHeld (the
     customer's limits), UnknownProducts, MixedCurrencies or StockShort (for the

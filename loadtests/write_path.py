@@ -1,7 +1,8 @@
 """The write path against the database's own limit: PostgreSQL CPU per order when
 orders come through the service (wrk, scenario order_create) against PostgreSQL CPU
-per transaction when pgbench runs the very transaction POST /api/orders runs (the
-same SQL as db/orders.py, one random product, a random customer), back to back on
+per transaction when pgbench runs the very statement POST /api/orders runs (the
+same SQL as db/orders.py, which writes the order.created event too; one random
+product, a random customer, the service's TTL and hold limits), back to back on
 one database, alternating, so that the machine's drift hits both alike.
 
     python3 dev.py tools python -m loadtests.write_path --rounds 2 --duration 10
@@ -31,6 +32,7 @@ import asyncpg
 
 from db import orders as orders_db
 from loadtests import bench
+from server.runtime.config import Config, load
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -56,11 +58,20 @@ async def _sample(conn: asyncpg.Connection, db: str, applications: list[str]) ->
     return sum(_cpu_seconds(r["pid"]) for r in pids), int(orders)
 
 
-def pgbench_script() -> str:
-    """db/orders.py's order creation, its parameters as pgbench variables."""
+def pgbench_script(config: Config) -> str:
+    """db/orders.py's order creation, the whole of POST /api/orders' database work
+    (one statement, which writes the order.created event too): the customer and the
+    product as pgbench variables, the order TTL and hold limits as `config` (the
+    service's settings) has them."""
     sql = " ".join(orders_db._CREATE.split())
-    for n, value in enumerate(("{uid}", "ARRAY[:pid]::bigint[]", "ARRAY[1]::integer[]", "900"), start=1):
+    values = (
+        "{uid}", "ARRAY[:pid]::bigint[]", "ARRAY[1]::integer[]", str(config.order_ttl_seconds),
+        str(config.order_max_pending_per_user), str(config.order_max_held_units_per_product),
+    )  # fmt: skip
+    for n, value in enumerate(values, start=1):
         sql = sql.replace(f"${n}", value)
+    # A parameter left unfilled would make every pgbench transaction fail.
+    assert "$" not in sql, sql
     return "\\set pid random(:first_product, :last_product)\n\\set uid random(:first_user, :last_user)\n" + (
         sql.replace("{uid}", ":uid") + ";\n"
     )
@@ -132,7 +143,7 @@ async def run(options: bench.Options) -> list[dict[str, float]]:
     server = bench.Server(options, options.pool_sizes[0], 1, options.env_variants[0], db, bench.ROOT)
     data_dir = Path(tempfile.mkdtemp(prefix="storefront-writepath-"))
     script = data_dir / "create_order.sql"
-    script.write_text(pgbench_script())
+    script.write_text(pgbench_script(load(environ=server.env)))
     results = []
     try:
         server.start()

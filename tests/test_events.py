@@ -4,11 +4,15 @@ returned it) in the same transaction, and GET /api/events lists them in order.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
+from server.runtime.jsonio import dumps
+from tests.conftest import STOREFRONT_URL
 from tests.helpers import Api, User
 
 
@@ -102,6 +106,76 @@ async def test_a_refused_change_emits_nothing(api: Api, clean_db: str) -> None:
         )
     ).status == 409
     assert [e["type"] for e in await all_events(api, clean_db)] == ["product.created", "product.created"]
+
+
+@pytest.fixture
+async def database_timezone(request: pytest.FixtureRequest, clean_db: str) -> AsyncIterator[str]:
+    """The TimeZone the service's sessions get (the pool sets none, so the database's
+    default applies): set before the app opens its pool, reset afterwards."""
+    if STOREFRONT_URL:
+        pytest.skip("a running deployment's sessions are open already")
+    zone: str = request.param
+    conn = await asyncpg.connect(clean_db)
+    try:
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"ALTER DATABASE \"{database}\" SET timezone = '{zone}'")
+        try:
+            yield zone
+        finally:
+            await conn.execute(f'ALTER DATABASE "{database}" RESET timezone')
+    finally:
+        await conn.close()
+
+
+# Asia/Kolkata: an offset of +05:30, which to_jsonb(timestamptz) would write out.
+@pytest.mark.parametrize("database_timezone", ["UTC", "Asia/Kolkata"], indirect=True)
+async def test_order_created_carries_the_order_exactly_as_the_api_returns_it(
+    database_timezone: str, api: Api, clean_db: str
+) -> None:
+    # The event is built in SQL (sql/017_order_created_event.sql), the API's body by
+    # orjson: the two must agree field for field, timestamps as the same JSON text.
+    lamp, bulb = await api.product(name="Lamp", price=2500), await api.product(name='Bulb "E27"', price=199)
+    user = await api.customer()
+    created = await api.order(user, (bulb["id"], 3), (lamp["id"], 1))
+    assert created.status == 201, created
+    shown = await api.call("GET", f"/api/orders/{created.json['id']}", token=user.token)
+    (event,) = await all_events(api, clean_db, "?type=order.created")
+    assert event["data"] == created.json == shown.json
+    for name in ("created_at", "updated_at", "expires_at"):
+        assert dumps(event["data"][name]) in created.body, name  # the very bytes of the 201 body
+
+
+async def test_event_timestamps_are_written_as_orjson_writes_them(db: asyncpg.Connection) -> None:
+    # Edge cases an HTTP test meets only by chance: whole seconds (orjson writes no
+    # fraction), trailing zeros (it keeps all six digits), and a session TimeZone
+    # other than UTC.
+    await db.execute("SET timezone = 'America/St_Johns'")
+    for microsecond in (0, 1, 120000, 999999):
+        at = datetime(2024, 2, 29, 23, 59, 59, microsecond, tzinfo=UTC)
+        assert await db.fetchval("SELECT to_jsonb(api_timestamp($1))::text", at) == dumps(at).decode()
+
+
+@pytest.mark.parametrize("config_overrides", [{"order_max_pending_per_user": 1, "order_max_held_units_per_product": 3}])
+async def test_a_refused_order_writes_no_event(api: Api, clean_db: str) -> None:
+    # Every refusal of order creation, from the limits (sql/016) and the line rules
+    # (sql/015), returns before the order and its event are written.
+    dollars, euros = await api.product(stock=1), await api.product(currency="EUR")
+    holder, other = await api.customer(), await api.customer()
+    placed = await api.order(holder, (dollars["id"], 1))
+    assert placed.status == 201, placed
+    refusals = [
+        (holder, [(euros["id"], 1)], 409, "ORDER_MAX_PENDING_PER_USER"),
+        (other, [(euros["id"], 4)], 409, "ORDER_MAX_HELD_UNITS_PER_PRODUCT"),
+        (other, [(dollars["id"], 1)], 409, None),  # short stock
+        (other, [(10**9, 1)], 422, None),  # unknown product
+        (other, [(dollars["id"], 1), (euros["id"], 1)], 422, None),  # mixed currencies
+    ]
+    for user, lines, status, limit in refusals:
+        refused = await api.order(user, *lines)
+        assert (refused.status, refused.json.get("limit")) == (status, limit), refused
+    events = await all_events(api, clean_db)
+    assert [e["type"] for e in events] == ["product.created", "product.created", "order.created"]
+    assert events[2]["data"] == placed.json
 
 
 async def _wait_for_type(api: Api, clean_db: str, event_type: str) -> list[dict[str, Any]]:

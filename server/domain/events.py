@@ -1,7 +1,10 @@
 """Events: what happened, for the shop's other systems (the feed and webhooks).
 
 `emit` is called inside the transaction of the change it reports (see db/events.py
-and sql/009_events.sql), with the object as the API returns it at that moment.
+and sql/009_events.sql), with the object as the API returns it at that moment. Not
+for order.created: create_order writes that one in SQL, in the statement that places
+the order (sql/017_order_created_event.sql), so that creating an order is one round
+trip.
 """
 
 from __future__ import annotations

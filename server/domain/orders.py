@@ -27,7 +27,9 @@ MAX_QUANTITY = 1000
 
 def order_json(row: asyncpg.Record, items: Sequence[asyncpg.Record] | None = None) -> dict[str, Any]:
     """An order as the API shows it: `row` has the order's columns and, unless
-    `items` are given, its lines as `items` (order_line records, read by name)."""
+    `items` are given, its lines as `items` (order_line records, read by name).
+    sql/017_order_created_event.sql's order_json builds the same in SQL for the
+    order.created event: keep the two in step (tests/test_events.py compares them)."""
     lines = row["items"] if items is None else items
     return {
         "id": row["id"],
@@ -117,13 +119,14 @@ def _order_errors(first_index: dict[int, int] | None = None) -> Iterator[None]:
 async def create(
     ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
-    """A new pending order holding its stock; returns the order and its lines."""
+    """A new pending order holding its stock, and its order.created event; returns
+    the order and its lines."""
     lines, first_index = merge_lines(items)
     limits = orders_db.HoldLimits(ctx.config.order_max_pending_per_user, ctx.config.order_max_held_units_per_product)
+    # One statement, so its own transaction and one round trip: it writes the
+    # order.created event too (sql/017_order_created_event.sql).
     with _order_errors(first_index):
-        async with ctx.db.transaction() as conn:
-            order, order_items = await orders_db.create(conn, principal.id, lines, ctx.config.order_ttl_seconds, limits)
-            await emit(conn, "order.created", order_json(order, order_items))
+        order, order_items = await orders_db.create(ctx.db, principal.id, lines, ctx.config.order_ttl_seconds, limits)
     ctx.metrics.order_transition("new", "pending")
     return order, order_items
 
