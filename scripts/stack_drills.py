@@ -332,9 +332,11 @@ async def read_routing(stack: Stack, rounds: int) -> dict[str, Any]:
             return [p["id"] for p in made]
 
         async def read_each(product_ids: list[int]) -> dict[str, float]:
+            """Each product once, then one search naming them: anonymous, and misses."""
             before = await catalog_reads(stack)
             for product_id in product_ids:
-                await call("GET", f"/api/products/{product_id}")  # anonymous, and a miss: first read of each
+                await call("GET", f"/api/products/{product_id}")
+            await call("GET", f"/api/products?q=Read&min_price=100&limit={len(product_ids)}")
             after = await catalog_reads(stack)
             return {target: after.get(target, 0) - before.get(target, 0) for target in ("primary", "standby")}
 

@@ -49,6 +49,6 @@ def test_short_failure_drills_lose_nothing_and_recover(tmp_path: Path) -> None:
     routing = recorded["read_routing"]
     assert routing["change_visible_max_s"] < 1.0, routing  # through nginx, the standby in the path
     assert routing["reads_standby_up"]["standby"] > 0, routing
-    assert routing["reads_standby_stopped"] == {"primary": 20, "standby": 0}, routing
+    assert routing["reads_standby_stopped"] == {"primary": 21, "standby": 0}, routing  # 20 products, a search
     assert routing["reads_standby_back"]["standby"] > 0, routing
     assert done.returncode == 0, done.stderr[-3000:]
