@@ -6,6 +6,7 @@ and sql/009_events.sql), with the object as the API returns it at that moment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -40,6 +41,12 @@ _START = (0, 0)
 
 async def emit(conn: Executor, event_type: str, data: dict[str, Any]) -> None:
     await events_db.append(conn, event_type, dumps(data).decode())
+
+
+async def emit_all(conn: Executor, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """`emit` for several events of one change, in the order they happened, in one
+    round trip."""
+    await events_db.append_all(conn, [(event_type, dumps(data).decode()) for event_type, data in events])
 
 
 def resource_of(event_type: str, data: dict[str, Any]) -> str:

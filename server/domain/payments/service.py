@@ -38,7 +38,7 @@ from db import orders as orders_db
 from db import payments as payments_db
 from db.pool import Executor
 from server.domain.context import Context
-from server.domain.events import emit
+from server.domain.events import emit_all
 from server.domain.order_actors import OrderActor
 from server.domain.orders import notify_status, order_json
 from server.domain.payments.idempotency import InFlight, Resource, Result, replay_known, result_for, start_once
@@ -250,11 +250,10 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
 async def _emit_outcome(conn: asyncpg.Connection, payment: asyncpg.Record) -> None:
     """payment.succeeded (with order.paid: the same statement paid the order) or
     payment.failed, in the transaction that settled the payment."""
-    await emit(conn, f"payment.{payment['status']}", payment_json(payment))
+    events = [(f"payment.{payment['status']}", payment_json(payment))]
     if payment["status"] == "succeeded":
-        order = await orders_db.get(conn, payment["order_id"], None)
-        assert order is not None
-        await emit(conn, "order.paid", order_json(order))
+        events.append(("order.paid", order_json(payment["paid_order"], payment["paid_items"])))
+    await emit_all(conn, events)
 
 
 async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
