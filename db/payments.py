@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from db.liveness import LIVE_OWNERS
-from db.orders import Expired, OrderNotFound, PaymentInFlight, WrongStatus
+from db.orders import ITEMS_COLUMN, Expired, OrderNotFound, PaymentInFlight, WrongStatus
 from db.pool import Database, Executor
 
 PAYMENT_COLUMNS = (
@@ -20,26 +20,21 @@ class AmountMismatch(Exception):
     total: int
 
 
-# Step 1: lock the order, check it can be paid (and the amount), and record a pending
-# payment, in one statement. The partial unique index on pending payments makes a
+@dataclass
+class TooManyDeclinesForOrder(Exception):
+    declines: int
+
+
+@dataclass
+class TooManyDeclines(Exception):
+    retry_after: int
+
+
+# Step 1 in one statement (sql/018_begin_payment.sql): under the customer's lock, the
+# decline limits (card testing), then the order's lock, its checks (and the amount's),
+# and the pending payment. The partial unique index on pending payments makes a
 # second one for the same order fail, whichever process tries.
-_BEGIN = f"""
-WITH o AS (
-    SELECT id, status, total, currency, expires_at > now() AS open
-    FROM orders
-    WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
-    FOR UPDATE
-)
-INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until, owner)
-SELECT o.id, $2, o.total, o.currency, $3, $4, now() + make_interval(secs => $5), $7
-FROM o
-WHERE o.status = 'pending' AND o.open AND ($6::bigint IS NULL OR o.total = $6)
-RETURNING {PAYMENT_COLUMNS}, provider_key
-"""
-_WHY_NOT_PAYABLE = """
-SELECT status, total, expires_at > now() AS open
-FROM orders WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
-"""
+_BEGIN = "SELECT payment, refusal, order_status, number FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
 async def begin(
@@ -52,72 +47,61 @@ async def begin(
     provider_key: str,
     lease_seconds: float,
     owner: int | None,
+    max_declines_per_order: int,
+    max_declines_per_user: int,
 ) -> asyncpg.Record:
-    """Record a pending payment for the user's order, or raise why it cannot be
-    paid: OrderNotFound, WrongStatus, Expired, AmountMismatch or PaymentInFlight.
-    `owner`: the liveness lock id of the process that will call the provider."""
+    """Record a pending payment for the user's order (the payments row, with its
+    provider_key), or raise why it cannot be paid: TooManyDeclinesForOrder,
+    TooManyDeclines, OrderNotFound, WrongStatus, Expired, AmountMismatch or
+    PaymentInFlight. `owner`: the liveness lock id of the process that will call the
+    provider. One statement: on a Database it is a transaction of its own."""
     try:
-        row = await db.fetchrow(_BEGIN, order_id, user_id, provider, provider_key, lease_seconds, amount, owner)
+        row = await db.fetchrow(
+            _BEGIN,
+            order_id,
+            user_id,
+            amount,
+            provider,
+            provider_key,
+            lease_seconds,
+            owner,
+            max_declines_per_order,
+            max_declines_per_user,
+        )
     except asyncpg.UniqueViolationError:
         raise PaymentInFlight() from None
-    if row is not None:
-        return row
-    order = await db.fetchrow(_WHY_NOT_PAYABLE, order_id, user_id)
-    if order is None:
-        raise OrderNotFound()
-    if order["status"] != "pending":
-        raise WrongStatus(order["status"])
-    if not order["open"]:
-        raise Expired()
-    raise AmountMismatch(order["total"])
-
-
-@dataclass
-class TooManyDeclinesForOrder(Exception):
-    declines: int
-
-
-@dataclass
-class TooManyDeclines(Exception):
-    retry_after: int
-
-
-# Declines by the provider (not failures of ours: a charge never made, or refunded).
-_DECLINED = "status = 'failed' AND failure_reason NOT IN ('not_charged', 'order_not_payable')"
-# A customer's payments still in flight count as possible declines: they cannot all
-# start at the limit's edge and all be declined.
-_DECLINES = f"""
-SELECT (SELECT count(*) FROM payments WHERE order_id = $1 AND {_DECLINED}) AS order_declines,
-       count(*) AS user_declines,
-       ceil(extract(epoch FROM min(created_at) + interval '24 hours' - now()))::int AS oldest_expires_in
-FROM payments
-WHERE user_id = $2 AND created_at > now() - interval '24 hours' AND (status = 'pending' OR {_DECLINED})
-"""
-
-
-async def check_declines(conn: Executor, order_id: int, user_id: int, max_per_order: int, max_per_user: int) -> None:
-    """Refuse a payment once the order or the customer has been declined too often
-    (card testing). Run under the customer's lock, in the transaction that records the
-    pending payment, so that concurrent payments of one customer count each other."""
-    row = await conn.fetchrow(_DECLINES, order_id, user_id)
     assert row is not None
-    if row["order_declines"] >= max_per_order:
-        raise TooManyDeclinesForOrder(row["order_declines"])
-    if row["user_declines"] >= max_per_user:
-        raise TooManyDeclines(max(1, row["oldest_expires_in"]))
+    refusal = row["refusal"]
+    if refusal is None:
+        payment: asyncpg.Record = row["payment"]
+        return payment
+    if refusal == "too_many_order_declines":
+        raise TooManyDeclinesForOrder(row["number"])
+    if refusal == "too_many_declines":
+        raise TooManyDeclines(row["number"])
+    if refusal == "not_found":
+        raise OrderNotFound()
+    if refusal == "wrong_status":
+        raise WrongStatus(row["order_status"])
+    if refusal == "expired":
+        raise Expired()
+    assert refusal == "amount_mismatch", refusal
+    raise AmountMismatch(row["number"])
 
 
 # Step 3: record the provider's answer and, on success, mark the order paid, in one
-# statement. A charge that succeeded for an order that can no longer be paid is
-# recorded as failed with `order_not_payable` and must be refunded (refund_due).
-_FINISH = """
+# statement, which also returns the order as paid (paid_order, paid_items: NULL
+# unless it was), for its event. A charge that succeeded for an order that can no
+# longer be paid is recorded as failed with `order_not_payable` and must be refunded
+# (refund_due).
+_FINISH = f"""
 WITH pay AS (
     SELECT id, order_id FROM payments WHERE id = $1 AND status = 'pending' FOR UPDATE
 ), paid AS (
     UPDATE orders o SET status = 'paid', expires_at = NULL, updated_at = now()
     FROM pay
     WHERE $2::text = 'succeeded' AND o.id = pay.order_id AND o.status = 'pending' AND o.deleted_at IS NULL
-    RETURNING o.id
+    RETURNING o AS paid_order, {ITEMS_COLUMN}
 ), outcome AS (
     SELECT CASE WHEN $2::text = 'succeeded' AND NOT EXISTS (SELECT 1 FROM paid)
                 THEN 'order_not_payable' END AS unpayable
@@ -131,7 +115,8 @@ UPDATE payments p SET
     updated_at = now()
 FROM pay, outcome
 WHERE p.id = pay.id
-RETURNING p.*, outcome.unpayable IS NOT NULL AS refund_due
+RETURNING p.*, outcome.unpayable IS NOT NULL AS refund_due,
+          (SELECT paid_order FROM paid) AS paid_order, (SELECT items FROM paid) AS paid_items
 """
 
 
@@ -139,7 +124,7 @@ async def finish(
     db: Executor, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
 ) -> asyncpg.Record | None:
     """Settle a pending payment ('succeeded' or 'failed'); None if it was no longer
-    pending (someone settled it first)."""
+    pending (someone settled it first). With the order as paid, when it was."""
     return await db.fetchrow(_FINISH, payment_id, status, provider_ref, failure_reason)
 
 

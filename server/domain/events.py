@@ -9,6 +9,7 @@ trip.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -43,6 +44,12 @@ _START = (0, 0)
 
 async def emit(conn: Executor, event_type: str, data: dict[str, Any]) -> None:
     await events_db.append(conn, event_type, dumps(data).decode())
+
+
+async def emit_all(conn: Executor, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """`emit` for several events of one change, in the order they happened, in one
+    round trip."""
+    await events_db.append_all(conn, [(event_type, dumps(data).decode()) for event_type, data in events])
 
 
 def resource_of(event_type: str, data: dict[str, Any]) -> str:

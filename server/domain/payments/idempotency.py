@@ -27,6 +27,7 @@ import orjson
 
 from db import idempotency as idempotency_db
 from db.idempotency import Kind
+from db.pool import Executor
 from server.domain.context import Context
 from server.runtime.jsonio import dumps
 from server.runtime.problems import ApiError, Conflict, ReplayedProblem, TooManyRequests, ValidationFailed
@@ -105,17 +106,24 @@ async def start_once(
     key: str | None,
     fingerprint: bytes,
     resource: Resource,
-    start: Callable[[asyncpg.Connection], Awaitable[asyncpg.Record]],
+    start: Callable[[Executor], Awaitable[asyncpg.Record]],
     refusal: Callable[[Exception], ApiError],
+    *,
+    one_statement: bool = False,
 ) -> asyncpg.Record | Result:
     """Step 1 of a payment or refund, once per key: `start` records the pending
     payment or refund in the transaction that claims the key. Returns what `start`
     recorded, or the result to replay. When `start` raises, `refusal` turns the
     exception into the API error (or raises it again when it is no refusal); unless
     transient, the error is stored as the key's answer; it is raised once the
-    transaction is over, with the original exception as its __cause__."""
+    transaction is over, with the original exception as its __cause__.
+    `one_statement`: `start` is a single statement, so without a key it runs on the
+    pool with no transaction around it (a statement is a transaction of its own: the
+    BEGIN and COMMIT would be two round trips for nothing)."""
     if key is None:
         try:
+            if one_statement:
+                return await start(ctx.db)
             async with ctx.db.transaction() as conn:
                 return await start(conn)
         except Exception as exc:

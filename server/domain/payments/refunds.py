@@ -37,6 +37,7 @@ import orjson
 
 from db import payments as payments_db
 from db import refunds as refunds_db
+from db.pool import Executor
 from server.domain import order_status
 from server.domain.auth import Principal
 from server.domain.context import Context
@@ -172,7 +173,7 @@ async def _refund_in_actor(
     return result_for(await _settle(ctx, started["id"], result))
 
 
-async def _begin(ctx: Context, admin_id: int, request: NewRefund, conn: asyncpg.Connection) -> asyncpg.Record:
+async def _begin(ctx: Context, admin_id: int, request: NewRefund, conn: Executor) -> asyncpg.Record:
     """Step 1, inside the transaction `start_once` opened."""
     payment = await refunds_db.lock_payment(conn, request.payment_id)
     if payment is None:

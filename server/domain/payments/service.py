@@ -36,9 +36,9 @@ import orjson
 
 from db import orders as orders_db
 from db import payments as payments_db
-from db import users as users_db
+from db.pool import Executor
 from server.domain.context import Context
-from server.domain.events import emit
+from server.domain.events import emit_all
 from server.domain.order_actors import OrderActor
 from server.domain.orders import notify_status, order_json
 from server.domain.payments.idempotency import InFlight, Resource, Result, replay_known, result_for, start_once
@@ -138,19 +138,11 @@ async def _begin(
     expired on the way, once step 1's transaction is over)."""
     config = ctx.config
 
-    async def begin(conn: asyncpg.Connection) -> asyncpg.Record:
-        # Under the customer's lock, so that concurrent payments of one customer
-        # count each other against the decline limits.
-        await users_db.lock(conn, user_id)
-        await payments_db.check_declines(
-            conn,
-            request.order_id,
-            user_id,
-            config.payment_max_declines_per_order,
-            config.payment_max_declines_per_user,
-        )
+    async def begin(db: Executor) -> asyncpg.Record:
+        # The decline limits are checked under the customer's lock, so that
+        # concurrent payments of one customer count each other (one statement).
         return await payments_db.begin(
-            conn,
+            db,
             order_id=request.order_id,
             user_id=user_id,
             amount=request.amount,
@@ -158,10 +150,14 @@ async def _begin(
             provider_key=f"pay_{secrets.token_hex(12)}",
             lease_seconds=lease_seconds(ctx),
             owner=ctx.liveness.owner,
+            max_declines_per_order=config.payment_max_declines_per_order,
+            max_declines_per_user=config.payment_max_declines_per_user,
         )
 
     try:
-        return await start_once(ctx, user_id, idempotency_key, fingerprint, PAYMENT, begin, _refusal)
+        return await start_once(
+            ctx, user_id, idempotency_key, fingerprint, PAYMENT, begin, _refusal, one_statement=True
+        )
     except ApiError as error:
         if isinstance(error.__cause__, orders_db.Expired) and await orders_db.expire_one(
             ctx.db, request.order_id, notify_status
@@ -254,11 +250,10 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
 async def _emit_outcome(conn: asyncpg.Connection, payment: asyncpg.Record) -> None:
     """payment.succeeded (with order.paid: the same statement paid the order) or
     payment.failed, in the transaction that settled the payment."""
-    await emit(conn, f"payment.{payment['status']}", payment_json(payment))
+    events = [(f"payment.{payment['status']}", payment_json(payment))]
     if payment["status"] == "succeeded":
-        order = await orders_db.get(conn, payment["order_id"], None)
-        assert order is not None
-        await emit(conn, "order.paid", order_json(order))
+        events.append(("order.paid", order_json(payment["paid_order"], payment["paid_items"])))
+    await emit_all(conn, events)
 
 
 async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
