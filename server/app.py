@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 _GAUGE_REFRESH_SECONDS = 5.0
 _PURGE_SECONDS = 3600.0
 _STATISTICS_SECONDS = 5.0
+_STANDBY_ACQUIRE_SECONDS = 1.0
+_STANDBY_COMMAND_SECONDS = 2.0
 
 _CATALOG_CACHE: web.AppKey[CatalogCache] = web.AppKey("catalog_cache", CatalogCache)
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
@@ -149,7 +151,7 @@ def _database(config: Config, options: Options, metrics: Metrics, tracer: Tracer
         # The pool tells the cache of the changes its own sessions make (at once); with
         # a standby the cache's record of when they were made also keeps reads of them
         # off the standby until it has them.
-        watcher = cache if cache.enabled or config.database_read_url else None
+        watcher = cache if cache.enabled or config.database_read_url is not None else None
         db = await create_database(pool_settings(config, options.dsn), watcher=watcher)
         db.on_wait = metrics.pool_wait.observe
         if tracer is not None:
@@ -187,7 +189,14 @@ def _standby(config: Config, options: Options, metrics: Metrics) -> Resource:
             app[_STANDBY] = None
             yield
             return
-        settings = dataclasses.replace(pool_settings(config, config.database_read_url), min_size=0)
+        # A standby that does not answer soon is given up for the primary: its pools
+        # wait at most 1 s for a connection and 2 s for a statement.
+        settings = dataclasses.replace(
+            pool_settings(config, config.database_read_url),
+            min_size=0,
+            acquire_timeout=min(config.db_pool_acquire_timeout, _STANDBY_ACQUIRE_SECONDS),
+            command_timeout=min(config.db_command_timeout, _STANDBY_COMMAND_SECONDS),
+        )
         replica = Standby(
             await create_database(settings),
             await create_database(dataclasses.replace(settings, max_size=config.catalog_search_connections)),
@@ -195,7 +204,10 @@ def _standby(config: Config, options: Options, metrics: Metrics) -> Resource:
             metrics,
             config.database_read_max_lag_seconds,
         )
-        replica.start(options.dsn, config.database_read_url, config.db_connect_timeout)
+        # The primary is sampled on a direct connection where there is one: through
+        # PgBouncer's queue a busy moment would look like standby lag.
+        primary = config.liveness_database_url or options.dsn
+        replica.start(primary, config.database_read_url, config.db_connect_timeout)
         app[_STANDBY] = replica
         yield
         await replica.close(config.shutdown_grace_seconds)

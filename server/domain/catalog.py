@@ -9,12 +9,14 @@ the primary's row versions, xmin included: the same version has the same ETag on
 both.)
 
 Anonymous reads that miss the cache go to the standby when DATABASE_READ_URL names
-one and it is fresh enough for them (`_read`).
+one and it is fresh enough for them (`_read`); what they find is cached only when the
+standby showed every change this process knows of.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -42,9 +44,11 @@ async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
         if hit is not None:
             return hit
     epoch = cache.epoch
-    row = await _read(ctx, fresh, cache.product_changed_at(product_id), lambda reads: products.get(reads, product_id))
+    own_change = cache.own_changes.of_product(product_id)
+    row, covered = await _read(ctx, fresh, own_change, lambda reads: products.get(reads, product_id))
     entry = Representation(f'"{_FORMAT}.{product_id}.{row["version"]}"', dumps(product_json(row)))
-    cache.put(product_id, entry, epoch)
+    if covered > cache.known_changes.of_product(product_id):
+        cache.put(product_id, entry, epoch)
     return entry
 
 
@@ -64,8 +68,11 @@ async def page(
         if hit is not None:
             return hit
     epoch = cache.epoch
-    rows, next_cursor = await _read(
-        ctx, fresh, cache.list_changed_at(), lambda reads: products.list_page(ctx, reads, sort, filters, cursor, limit)
+    (rows, next_cursor), covered = await _read(
+        ctx,
+        fresh,
+        cache.own_changes.of_any(),
+        lambda reads: products.list_page(ctx, reads, sort, filters, cursor, limit),
     )
     digest = hashlib.blake2b(repr(key).encode(), digest_size=12)
     for row in rows:
@@ -73,18 +80,23 @@ async def page(
     digest.update(b"|more" if next_cursor else b"|end")
     body = dumps({"items": [product_json(row) for row in rows], "next_cursor": next_cursor})
     entry = Representation(f'"{_FORMAT}.l.{digest.hexdigest()}"', body)
-    cache.put(key, entry, epoch, is_list=True)
+    if covered > cache.known_changes.of_any():
+        cache.put(key, entry, epoch, is_list=True)
     return entry
 
 
-async def _read(ctx: Context, fresh: bool, changed_at: float, read: Callable[[ReadTarget], Awaitable[T]]) -> T:
-    """`read` on the standby when there is one that covers `changed_at` (the last
-    change of what is read that this process knows of, its own included) within its
-    lag bound, else on the primary. A fresh read (a reload, or an authenticated
-    one) always goes to the primary. A standby that fails is given up until its
-    monitor sees it again, and the read is made on the primary."""
+async def _read(
+    ctx: Context, fresh: bool, own_change: float, read: Callable[[ReadTarget], Awaitable[T]]
+) -> tuple[T, float]:
+    """`read` on the standby when there is one within its lag bound that shows
+    `own_change` (this process's last write of what is read), else on the primary;
+    with the moment before which every commit shows in what was read (+inf: the
+    primary), for the caller to decide whether the cache may keep it. A fresh read (a
+    reload, or an authenticated one) always goes to the primary. A standby that fails
+    is given up until its monitor sees it again, and the read is made on the primary."""
     standby = ctx.standby
-    if standby is not None and not fresh and standby.covers(changed_at):
+    if standby is not None and not fresh and standby.covers(own_change):
+        covered = standby.covered_at  # before the read: what its snapshot shows at least
         try:
             result = await read(standby.reads)
         except Exception as exc:
@@ -92,8 +104,8 @@ async def _read(ctx: Context, fresh: bool, changed_at: float, read: Callable[[Re
                 raise
             standby.lost(exc)
         else:
-            ctx.metrics.catalog_reads.labels("standby").inc()
-            return result
+            ctx.metrics.count_catalog_read["standby"]()
+            return result, covered
     result = await read(ctx.primary_reads)
-    ctx.metrics.catalog_reads.labels("primary").inc()
-    return result
+    ctx.metrics.count_catalog_read["primary"]()
+    return result, math.inf

@@ -26,10 +26,12 @@ its answer only if nothing was invalidated meanwhile: a change that committed af
 the read's snapshot may already have been dropped, and must not come back.
 
 The cache also remembers, for CHANGE_MEMORY_SECONDS, when it learned of each
-product's last change (its own process's at the commit, others' when the watch saw
-them): a read from a standby (server/runtime/standby.py) must show at least those,
-or it could serve, and store, a version older than one already dropped, or older
-than this process's own last write.
+product's last change, in two records: `own_changes`, this process's own writes (at
+the commit), and `known_changes`, those and other writers' changes the watch saw. A
+read from a standby (server/runtime/standby.py) must show this process's own last
+write of what it reads, or it is made on the primary; and it is stored only if it
+shows every change known, or the cache would keep a version older than one it has
+already dropped until the next change.
 """
 
 from __future__ import annotations
@@ -69,6 +71,42 @@ class Representation:
     body: bytes
 
 
+class ChangeTimes:
+    """When changes of products became known, on the monotonic clock, remembered for
+    CHANGE_MEMORY_SECONDS (an older one is on any standby that may be read)."""
+
+    __slots__ = ("_all", "_any", "_by_product", "_forgotten_at")
+
+    def __init__(self) -> None:
+        self._by_product: dict[int, float] = {}
+        self._any = -math.inf  # a change of any product (what list pages may show)
+        self._all = -math.inf  # a change of every product, or of products unknown
+        self._forgotten_at = 0.0
+
+    def record(self, product_ids: Iterable[int] | None, now: float) -> None:
+        """These products changed (None: every product)."""
+        if product_ids is None:
+            self._all = now
+            self._by_product.clear()  # every entry is older than `_all`
+            return
+        by_product = self._by_product
+        for product_id in product_ids:
+            by_product[product_id] = now
+        self._any = now
+        if now - self._forgotten_at >= CHANGE_MEMORY_SECONDS:
+            moment = now - CHANGE_MEMORY_SECONDS
+            self._by_product = {pid: at for pid, at in by_product.items() if at >= moment}
+            self._forgotten_at = now
+
+    def of_product(self, product_id: int) -> float:
+        """When the product last changed (-inf: not within CHANGE_MEMORY_SECONDS)."""
+        return max(self._all, self._by_product.get(product_id, -math.inf))
+
+    def of_any(self) -> float:
+        """When any product last changed."""
+        return max(self._all, self._any)
+
+
 class CatalogCache:
     """Products by id (int keys) and list pages (tuple keys), least recently used
     first out. Not thread-safe: one per event loop."""
@@ -81,10 +119,8 @@ class CatalogCache:
         self._bytes = 0
         self._serve_until = 0.0
         self._pending: dict[object, set[int] | None] = {}
-        self._changed_at: dict[int, float] = {}
-        self._any_changed_at = -math.inf  # a change of any product (list pages)
-        self._all_changed_at = -math.inf  # a change of every product (or of an unknown set)
-        self._forgotten_at = 0.0
+        self.own_changes = ChangeTimes()
+        self.known_changes = ChangeTimes()
         self._metrics = metrics
         self._hit = {kind: metrics.catalog_cache_hits.labels(kind).inc for kind in ("product", "list")}
         self._miss = {kind: metrics.catalog_cache_misses.labels(kind).inc for kind in ("product", "list")}
@@ -128,43 +164,28 @@ class CatalogCache:
             self._drop(oldest)
             self._metrics.catalog_cache_evictions.inc()
 
-    def invalidate(self, product_ids: Iterable[int] | None) -> None:
-        """Drop these products and every list page (None: drop everything)."""
+    def invalidate(self, product_ids: Iterable[int] | None, own: bool = False) -> None:
+        """Drop these products and every list page (None: drop everything). `own`:
+        the change is this process's own write."""
         self.epoch += 1
+        now = time.monotonic()
+        if own:
+            self.own_changes.record(product_ids, now)
         if product_ids is None:
             self.clear()
             return
-        now = time.monotonic()
-        changed_at = self._changed_at
+        self.known_changes.record(product_ids, now)
         for product_id in product_ids:
             self._drop(product_id)
-            changed_at[product_id] = now
-        self._any_changed_at = now
         for key in self._lists.copy():
             self._drop(key)
-        if now - self._forgotten_at >= CHANGE_MEMORY_SECONDS:
-            self._forget_changes_before(now - CHANGE_MEMORY_SECONDS)
-            self._forgotten_at = now
 
     def clear(self) -> None:
         self.epoch += 1
         self._entries.clear()
         self._lists.clear()
         self._bytes = 0
-        self._all_changed_at = time.monotonic()
-        self._changed_at.clear()
-
-    def product_changed_at(self, product_id: int) -> float:
-        """When this process last learned of a change of the product (-inf: not
-        within CHANGE_MEMORY_SECONDS)."""
-        return max(self._all_changed_at, self._changed_at.get(product_id, -math.inf))
-
-    def list_changed_at(self) -> float:
-        """When this process last learned of a change of any product."""
-        return max(self._all_changed_at, self._any_changed_at)
-
-    def _forget_changes_before(self, moment: float) -> None:
-        self._changed_at = {pid: at for pid, at in self._changed_at.items() if at >= moment}
+        self.known_changes.record(None, time.monotonic())
 
     def _drop(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)
@@ -191,7 +212,7 @@ class CatalogCache:
         if not catalog_changes.is_change_notice(message.message):
             return
         ids = catalog_changes.notice_ids(message.message)
-        self.invalidate(ids)
+        self.invalidate(ids, own=True)
         if ids is None:
             self._pending[conn] = None
             return
@@ -202,7 +223,8 @@ class CatalogCache:
 
     def released(self, conn: object) -> None:
         if conn in self._pending:
-            self.invalidate(self._pending.pop(conn))
+            # After the commit: from now on the change is on the primary.
+            self.invalidate(self._pending.pop(conn), own=True)
 
 
 class CatalogWatch:

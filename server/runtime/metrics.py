@@ -139,6 +139,7 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.count_catalog_read = {target: self.catalog_reads.labels(target).inc for target in ("primary", "standby")}
         self.standby_lag = Gauge(
             "standby_lag_seconds",
             "How far behind the primary the standby was last seen (+Inf: unreachable or not a standby; "

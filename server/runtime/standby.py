@@ -38,6 +38,14 @@ log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 0.1
 _RETRY_SECONDS = 0.5
+# A standby read failing again and again (its pool full, recovery conflicts) is logged
+# at most this often.
+_LOST_LOG_SECONDS = 30.0
+# WAL pages (XLOG_BLCKSZ) and the sizes of their headers (short; long, at a segment's
+# start). An insert position just past a page header means nothing was written after
+# the header: a standby that has replayed up to the page's start has all of it.
+_WAL_PAGE = 8192
+_PAGE_HEADERS = (24, 40)
 # Samples the standby has not reached yet; beyond this the oldest go (the standby is
 # far behind anyway, and a later sample will do once it catches up).
 _MAX_SAMPLES = 1000
@@ -67,19 +75,29 @@ class Coverage:
 
     def standby_replayed(self, position: int) -> None:
         samples = self._samples
-        while samples and samples[0][1] <= position:
+        while samples and _reached(samples[0][1], position):
             at, _ = samples.popleft()
             self.covered_at = max(self.covered_at, at)
 
     def covers(self, changed_at: float, max_lag: float, now: float) -> bool:
         """Whether the standby shows everything committed before `changed_at`, and
-        lags by no more than `max_lag` at `now`."""
-        return self.covered_at >= changed_at and now - self.covered_at <= max_lag
+        lags by no more than `max_lag` at `now`. (Strictly after: a sample and a
+        change read at the same clock value are not known to be in that order.)"""
+        return self.covered_at > changed_at and now - self.covered_at <= max_lag
 
     def lost(self) -> None:
         """The standby cannot be trusted to show anything (down, or not a standby)."""
         self.covered_at = -math.inf
         self._samples.clear()
+
+
+def _reached(inserted: int, replayed: int) -> bool:
+    """Whether a standby that has replayed up to `replayed` has everything the
+    primary had inserted up to `inserted`."""
+    if replayed >= inserted:
+        return True
+    offset = inserted % _WAL_PAGE
+    return offset in _PAGE_HEADERS and replayed >= inserted - offset
 
 
 class Standby:
@@ -93,6 +111,12 @@ class Standby:
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._up = True  # so that a failure to start is logged
+        self._lost_logged_at = -math.inf
+
+    @property
+    def covered_at(self) -> float:
+        """The moment before which every commit on the primary shows on the standby."""
+        return self._coverage.covered_at
 
     @property
     def lag(self) -> float:
@@ -107,8 +131,10 @@ class Standby:
     def lost(self, exc: BaseException) -> None:
         """A read failed on the standby: send reads to the primary until the monitor
         sees it again."""
-        if self._coverage.covered_at != -math.inf:
+        now = time.monotonic()
+        if now - self._lost_logged_at >= _LOST_LOG_SECONDS:
             log.warning("standby read failed; catalog reads go to the primary", extra={"error": repr(exc)})
+            self._lost_logged_at = now
         self._coverage.lost()
 
     def start(self, primary_dsn: str, standby_dsn: str, connect_timeout: float) -> None:
