@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import asyncpg
 
 from db.pool import Executor
@@ -15,21 +13,6 @@ async def append(conn: Executor, event_type: str, data_json: str) -> None:
     """Record an event (its data already JSON). Call it on the connection of the
     transaction that makes the change, so the event commits, or rolls back, with it."""
     await conn.execute(_APPEND, event_type, data_json)
-
-
-# Several events of one change in one round trip. Their ids follow the list's order
-# (the rows are inserted in `n` order), and webhook queues deliver one resource's
-# events in id order: list them as they happened.
-_APPEND_ALL = """
-INSERT INTO events (type, data)
-SELECT e.type, e.data FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS e (type, data, n)
-ORDER BY e.n
-"""
-
-
-async def append_all(conn: Executor, events: Sequence[tuple[str, str]]) -> None:
-    """`append` for several events (type, data already JSON), in this order."""
-    await conn.execute(_APPEND_ALL, [t for t, _ in events], [d for _, d in events])
 
 
 # Only events of transactions older than every transaction still in flight (see

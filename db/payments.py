@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from db.liveness import LIVE_OWNERS
-from db.orders import ITEMS_COLUMN, Expired, OrderNotFound, PaymentInFlight, WrongStatus
+from db.orders import Expired, OrderNotFound, PaymentInFlight, WrongStatus
 from db.pool import Database, Executor
 
 PAYMENT_COLUMNS = (
@@ -89,42 +89,21 @@ async def begin(
     raise AmountMismatch(row["number"])
 
 
-# Step 3: record the provider's answer and, on success, mark the order paid, in one
-# statement, which also returns the order as paid (paid_order, paid_items: NULL
-# unless it was), for its event. A charge that succeeded for an order that can no
-# longer be paid is recorded as failed with `order_not_payable` and must be refunded
-# (refund_due).
-_FINISH = f"""
-WITH pay AS (
-    SELECT id, order_id FROM payments WHERE id = $1 AND status = 'pending' FOR UPDATE
-), paid AS (
-    UPDATE orders o SET status = 'paid', expires_at = NULL, updated_at = now()
-    FROM pay
-    WHERE $2::text = 'succeeded' AND o.id = pay.order_id AND o.status = 'pending' AND o.deleted_at IS NULL
-    RETURNING o AS paid_order, {ITEMS_COLUMN}
-), outcome AS (
-    SELECT CASE WHEN $2::text = 'succeeded' AND NOT EXISTS (SELECT 1 FROM paid)
-                THEN 'order_not_payable' END AS unpayable
-)
-UPDATE payments p SET
-    status = CASE WHEN outcome.unpayable IS NULL THEN $2::text ELSE 'failed' END,
-    failure_reason = coalesce(outcome.unpayable, $4::text),
-    provider_ref = $3,
-    lease_until = NULL,
-    owner = NULL,
-    updated_at = now()
-FROM pay, outcome
-WHERE p.id = pay.id
-RETURNING p.*, outcome.unpayable IS NOT NULL AS refund_due,
-          (SELECT paid_order FROM paid) AS paid_order, (SELECT items FROM paid) AS paid_items
-"""
+# Step 3 in one statement (sql/019_settle_payment.sql): record the provider's answer
+# and, on success, mark the order paid, and write payment.<status> (then order.paid,
+# when the order was paid) in the same statement, so the events commit with the
+# change. A charge that succeeded for an order that can no longer be paid is recorded
+# as failed with `order_not_payable` and must be refunded (refund_due).
+_FINISH = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4) AS s"
 
 
 async def finish(
     db: Executor, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
 ) -> asyncpg.Record | None:
-    """Settle a pending payment ('succeeded' or 'failed'); None if it was no longer
-    pending (someone settled it first). With the order as paid, when it was."""
+    """Settle a pending payment ('succeeded' or 'failed') and write its events: the
+    payments row with refund_due, or None if it was no longer pending (someone
+    settled it first: nothing written). One statement: on a Database it is a
+    transaction of its own."""
     return await db.fetchrow(_FINISH, payment_id, status, provider_ref, failure_reason)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from server.runtime.jsonio import dumps
 from tests.conftest import STOREFRONT_URL
-from tests.helpers import Api, User
+from tests.helpers import Api, Reply, User
 
 
 async def feed(api: Api, query: str = "") -> dict[str, Any]:
@@ -127,6 +127,15 @@ async def database_timezone(request: pytest.FixtureRequest, clean_db: str) -> As
         await conn.close()
 
 
+async def _two_line_order(api: Api) -> tuple[User, Reply]:
+    """An order of two lines, one product's name with quotes to escape, and its 201."""
+    lamp, bulb = await api.product(name="Lamp", price=2500), await api.product(name='Bulb "E27"', price=199)
+    user = await api.customer()
+    created = await api.order(user, (bulb["id"], 3), (lamp["id"], 1))
+    assert created.status == 201, created
+    return user, created
+
+
 # Asia/Kolkata: an offset of +05:30, which to_jsonb(timestamptz) would write out.
 @pytest.mark.parametrize("database_timezone", ["UTC", "Asia/Kolkata"], indirect=True)
 async def test_order_created_carries_the_order_exactly_as_the_api_returns_it(
@@ -134,15 +143,82 @@ async def test_order_created_carries_the_order_exactly_as_the_api_returns_it(
 ) -> None:
     # The event is built in SQL (sql/017_order_created_event.sql), the API's body by
     # orjson: the two must agree field for field, timestamps as the same JSON text.
-    lamp, bulb = await api.product(name="Lamp", price=2500), await api.product(name='Bulb "E27"', price=199)
-    user = await api.customer()
-    created = await api.order(user, (bulb["id"], 3), (lamp["id"], 1))
-    assert created.status == 201, created
+    user, created = await _two_line_order(api)
     shown = await api.call("GET", f"/api/orders/{created.json['id']}", token=user.token)
     (event,) = await all_events(api, clean_db, "?type=order.created")
     assert event["data"] == created.json == shown.json
     for name in ("created_at", "updated_at", "expires_at"):
         assert dumps(event["data"][name]) in created.body, name  # the very bytes of the 201 body
+
+
+def keyed_like(value: Any, model: Any) -> Any:
+    """`value` with the keys of its objects in `model`'s order: jsonb stores an event's
+    data with its keys in an order of its own, which JSON does not mean anything by."""
+    if isinstance(model, dict):
+        return {key: keyed_like(value[key], model[key]) for key in model}
+    if isinstance(model, list):
+        return [keyed_like(v, m) for v, m in zip(value, model, strict=True)]
+    return value
+
+
+def assert_same_json(data: dict[str, Any], reply: Reply) -> None:
+    """An event's data is the API's body: the same fields and, written out by the API's
+    encoder in the body's key order, the very bytes of the body."""
+    assert data == reply.json
+    assert dumps(keyed_like(data, reply.json)) == reply.body
+
+
+@pytest.mark.parametrize("database_timezone", ["UTC", "Asia/Kolkata"], indirect=True)
+async def test_payment_succeeded_and_order_paid_carry_them_exactly_as_the_api_returns_them(
+    database_timezone: str, api: Api, clean_db: str
+) -> None:
+    # Both are built in SQL (sql/019_settle_payment.sql), the API's bodies by orjson.
+    user, created = await _two_line_order(api)
+    order = created.json
+    paid = await api.pay(user, order["id"])
+    assert paid.status == 201, paid
+    shown = await api.call("GET", f"/api/payments/{paid.json['id']}", token=user.token)
+    order_shown = await api.call("GET", f"/api/orders/{order['id']}", token=user.token)
+    assert order_shown.json["status"] == "paid"
+    events = await all_events(api, clean_db, "?type=payment.succeeded,order.paid")
+    assert [e["type"] for e in events] == ["payment.succeeded", "order.paid"]
+    succeeded, order_paid = events
+    # Webhook queues deliver one resource's events in id order.
+    assert succeeded["id"] < order_paid["id"]
+    assert_same_json(succeeded["data"], paid)
+    assert_same_json(succeeded["data"], shown)
+    assert_same_json(order_paid["data"], order_shown)
+
+
+async def test_a_declined_payment_writes_payment_failed_only(api: Api, clean_db: str) -> None:
+    product = await api.product()
+    user = await api.customer()
+    order = (await api.order(user, (product["id"], 1))).json
+    declined = await api.pay(user, order["id"], card="tok_chargeDeclined")
+    assert declined.status == 402, declined
+    events = await all_events(api, clean_db)
+    assert [e["type"] for e in events] == ["product.created", "order.created", "payment.failed"]
+    assert_same_json(events[2]["data"], declined)
+    assert (await api.call("GET", f"/api/orders/{order['id']}", token=user.token)).json["status"] == "pending"
+
+
+@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 600}])
+async def test_a_charge_for_an_order_that_can_no_longer_be_paid_writes_payment_failed_only(
+    api: Api, clean_db: str, db: asyncpg.Connection
+) -> None:
+    product = await api.product()
+    user = await api.customer()
+    order = (await api.order(user, (product["id"], 1))).json
+    paying = asyncio.create_task(api.pay(user, order["id"]))
+    await asyncio.sleep(0.2)
+    # Ended outside the rules mid-payment (as in tests/test_payments.py): the charge
+    # succeeds, the order is not paid, the payment is recorded failed (and refunded).
+    await db.execute("UPDATE orders SET status = 'cancelled', expires_at = NULL WHERE id = $1", order["id"])
+    refused = await paying
+    assert (refused.status, refused.json["failure_reason"]) == (402, "order_not_payable"), refused
+    events = await all_events(api, clean_db)
+    assert [e["type"] for e in events] == ["product.created", "order.created", "payment.failed"]
+    assert_same_json(events[2]["data"], refused)
 
 
 async def test_event_timestamps_are_written_as_orjson_writes_them(db: asyncpg.Connection) -> None:

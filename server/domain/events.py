@@ -4,12 +4,12 @@
 and sql/009_events.sql), with the object as the API returns it at that moment. Not
 for order.created: create_order writes that one in SQL, in the statement that places
 the order (sql/017_order_created_event.sql), so that creating an order is one round
-trip.
+trip; nor for payment.succeeded, payment.failed and order.paid: settle_payment writes
+those, in the statement that settles the payment (sql/019_settle_payment.sql).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -44,12 +44,6 @@ _START = (0, 0)
 
 async def emit(conn: Executor, event_type: str, data: dict[str, Any]) -> None:
     await events_db.append(conn, event_type, dumps(data).decode())
-
-
-async def emit_all(conn: Executor, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """`emit` for several events of one change, in the order they happened, in one
-    round trip."""
-    await events_db.append_all(conn, [(event_type, dumps(data).decode()) for event_type, data in events])
 
 
 def resource_of(event_type: str, data: dict[str, Any]) -> str:

@@ -8,7 +8,9 @@ while the provider is called:
    claims the request's Idempotency-Key, if any);
 2. the provider call, bounded by PAYMENT_PROVIDER_TIMEOUT_MS; when its answer is
    lost, the provider is asked with the idempotency key;
-3. one short transaction records the outcome and, on success, marks the order paid.
+3. one statement (its own transaction) records the outcome, on success marks the
+   order paid, and writes the events (payment.succeeded and order.paid, or
+   payment.failed).
 
 A payment whose outcome stays unknown keeps its `pending` row until the reconciler
 asks the provider and settles it: at once when the process that made it is gone
@@ -38,9 +40,8 @@ from db import orders as orders_db
 from db import payments as payments_db
 from db.pool import Executor
 from server.domain.context import Context
-from server.domain.events import emit_all
 from server.domain.order_actors import OrderActor
-from server.domain.orders import notify_status, order_json
+from server.domain.orders import notify_status
 from server.domain.payments.idempotency import InFlight, Resource, Result, replay_known, result_for, start_once
 from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable, RefundRequest
 from server.runtime.problems import ApiError, Conflict, NotFound, TooManyRequests, ValidationFailed
@@ -65,6 +66,10 @@ class PaymentRequest:
 
 
 def payment_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A payment as the API shows it, from the payments columns by name.
+    sql/019_settle_payment.sql's payment_json builds the same in SQL for the
+    payment.succeeded and payment.failed events: keep the two in step
+    (tests/test_events.py compares them)."""
     return {
         "id": row["id"],
         "order_id": row["order_id"],
@@ -227,12 +232,9 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
         status, provider_ref, reason = "succeeded", result.provider_ref, None
     else:
         status, provider_ref, reason = "failed", result.provider_ref, result.failure_reason
-    async with ctx.db.transaction() as conn:
-        row = await payments_db.finish(
-            conn, payment_id, status=status, provider_ref=provider_ref, failure_reason=reason
-        )
-        if row is not None:
-            await _emit_outcome(conn, row)
+    # One statement on the pool, its own transaction: it settles the payment, pays the
+    # order and writes the events (sql/019_settle_payment.sql).
+    row = await payments_db.finish(ctx.db, payment_id, status=status, provider_ref=provider_ref, failure_reason=reason)
     if row is None:
         # Settled by someone else meanwhile (a reconciler): report what it recorded.
         current = await payments_db.get(ctx.db, payment_id, None)
@@ -245,15 +247,6 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
     if row["refund_due"]:
         await _refund_unpayable(ctx, row)
     return payment_json(row)
-
-
-async def _emit_outcome(conn: asyncpg.Connection, payment: asyncpg.Record) -> None:
-    """payment.succeeded (with order.paid: the same statement paid the order) or
-    payment.failed, in the transaction that settled the payment."""
-    events = [(f"payment.{payment['status']}", payment_json(payment))]
-    if payment["status"] == "succeeded":
-        events.append(("order.paid", order_json(payment["paid_order"], payment["paid_items"])))
-    await emit_all(conn, events)
 
 
 async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
