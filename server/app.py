@@ -297,7 +297,7 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
         ctx = Context(
             config=config,
             db=app[_DATABASE],
-            primary_reads=ReadTarget("primary", app[_DATABASE], app[_CATALOG_DATABASE]),
+            primary_reads=ReadTarget(app[_DATABASE], app[_CATALOG_DATABASE]),
             standby=app[_STANDBY],
             passwords=app[_PASSWORDS],
             tokens=Tokens(options.jwt_secret, config.jwt_ttl_seconds),

@@ -7,7 +7,7 @@ standby how far it has replayed. Once the standby has replayed past a position
 sampled at time t, it shows every transaction that committed on the primary
 before t: `covered_at` is the latest such t. A read may go to the standby when
 `covered_at` is recent enough for it (`Standby.covers`, asked by the catalog with
-its own bound: the last change of what it reads that this process knows of).
+its own bound: this process's own last write of what it reads).
 Times are this process's monotonic clock, so no clock needs to agree with another
 machine's; the primary is asked by the same process that measures.
 
@@ -56,7 +56,6 @@ class ReadTarget:
     """Where catalog reads run: a server's pool for plain reads and its small pool
     for searches (so that searches cannot take every connection)."""
 
-    name: str  # "primary" or "standby", as the metrics say
     db: Database
     search_db: Database
 
@@ -105,7 +104,7 @@ class Standby:
     the primary's) and its monitor."""
 
     def __init__(self, db: Database, search_db: Database, coverage: Coverage, metrics: Metrics, max_lag: float) -> None:
-        self.reads = ReadTarget("standby", db, search_db)
+        self.reads = ReadTarget(db, search_db)
         self.max_lag = max_lag
         self._coverage = coverage
         self._metrics = metrics
