@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -101,20 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visitors", type=int, default=16, help="anonymous readers of the whole catalog")
     parser.add_argument("--products", type=int, default=200, help="the catalog the visitors read")
     args = parser.parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="storefront-reads-"))
-    folder.chmod(0o755)  # PostgreSQL and PgBouncer run as `postgres` when this runs as root
-    env = {
-        **os.environ,
-        "STACK_DIR": str(folder / "stack"),
-        "API_REPLICAS": os.environ.get("API_REPLICAS", "2"),
-        "WORKERS": os.environ.get("WORKERS", "1"),
-        "ADMIN_EMAIL": stack_drills.ADMIN_EMAIL,
-        "ADMIN_PASSWORD": stack_drills.ADMIN_PASSWORD,
-        "LOG_LEVEL": "WARNING",
-        "PAYMENT_PROVIDER_LATENCY_MS": "50",
-        "ORDER_MAX_PENDING_PER_USER": "1000000",
-    }
-    stack = stack_drills.Stack(folder / "stack", env)
+    stack = stack_drills.temporary_stack(
+        "storefront-reads-",
+        {"LOG_LEVEL": "WARNING", "PAYMENT_PROVIDER_LATENCY_MS": "50", "ORDER_MAX_PENDING_PER_USER": "1000000"},
+    )
+    folder = stack.folder.parent
     try:
         stack.up()
         result = asyncio.run(run(args, stack))

@@ -413,6 +413,24 @@ async def run(args: argparse.Namespace, stack: Stack) -> tuple[dict[str, Any], l
     return routing, results
 
 
+def temporary_stack(prefix: str, settings: dict[str, str]) -> Stack:
+    """A stack (not yet up) in a new temporary folder, whose replicas get `settings`
+    besides the environment: two replicas of one worker unless API_REPLICAS and
+    WORKERS say otherwise, and the drills' admin."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)  # PostgreSQL and PgBouncer run as `postgres` when this runs as root
+    env = {
+        **os.environ,
+        "STACK_DIR": str(folder / "stack"),
+        "API_REPLICAS": os.environ.get("API_REPLICAS", "2"),
+        "WORKERS": os.environ.get("WORKERS", "1"),
+        "ADMIN_EMAIL": ADMIN_EMAIL,
+        "ADMIN_PASSWORD": ADMIN_PASSWORD,
+        **settings,
+    }
+    return Stack(folder / "stack", env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--window", type=float, default=12.0, help="seconds of load after each fault begins")
@@ -424,27 +442,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--logs", type=Path, help="copy the stack's logs (replicas, PgBouncer, PostgreSQL) here")
     args = parser.parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="storefront-drills-"))
-    folder.chmod(0o755)  # PostgreSQL and PgBouncer run as `postgres` when this runs as root
-    env = {
-        **os.environ,
-        "STACK_DIR": str(folder / "stack"),
-        "API_REPLICAS": os.environ.get("API_REPLICAS", "2"),
-        "WORKERS": os.environ.get("WORKERS", "1"),
-        "ADMIN_EMAIL": ADMIN_EMAIL,
-        "ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        # Payments cut by a fault are settled within the drill, not minutes later.
-        "PAYMENT_RECONCILE_INTERVAL_SECONDS": "1",
-        "PAYMENT_PROVIDER_LATENCY_MS": os.environ.get("PAYMENT_PROVIDER_LATENCY_MS", "50"),
-        # A handful of shoppers stand for many: the per-customer abuse limits (pending
-        # orders, declines) would otherwise stop them ordering before the last drill
-        # (each limit has its own tests in tests/test_abuse.py).
-        "ORDER_MAX_PENDING_PER_USER": "1000000",
-        "PAYMENT_MAX_DECLINES_PER_ORDER": "1000000",
-        "PAYMENT_MAX_DECLINES_PER_USER": "1000000",
-    }
-    stack = Stack(folder / "stack", env)
+    stack = temporary_stack(
+        "storefront-drills-",
+        {
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+            # Payments cut by a fault are settled within the drill, not minutes later.
+            "PAYMENT_RECONCILE_INTERVAL_SECONDS": "1",
+            "PAYMENT_PROVIDER_LATENCY_MS": os.environ.get("PAYMENT_PROVIDER_LATENCY_MS", "50"),
+            # A handful of shoppers stand for many: the per-customer abuse limits (pending
+            # orders, declines) would otherwise stop them ordering before the last drill
+            # (each limit has its own tests in tests/test_abuse.py).
+            "ORDER_MAX_PENDING_PER_USER": "1000000",
+            "PAYMENT_MAX_DECLINES_PER_ORDER": "1000000",
+            "PAYMENT_MAX_DECLINES_PER_USER": "1000000",
+        },
+    )
+    folder = stack.folder.parent
     try:
         stack.up()
     except StackError as exc:
