@@ -358,7 +358,6 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
     async def reconcile() -> None:
         await payments.reconcile(ctx)
         await refunds.reconcile(ctx)
-        await refunds.reconcile(ctx)
 
     async def purge_idempotency_keys() -> None:
         purged = await idempotency.purge(ctx.db, config.idempotency_key_ttl_seconds)
