@@ -23,6 +23,25 @@ WHERE l.locktype = 'advisory' AND l.classid = {NAMESPACE} AND l.objsubid = 2 AND
 """
 
 
+def claim_stale_sql(table: str, returning: str) -> str:
+    """The statement that claims pending rows of `table` (payments, refunds) whose
+    owner's process is gone or whose lease ran out, for the calling process: $1 the
+    batch, $2 the new lease in seconds, $3 the new owner. Rows another process is
+    claiming are skipped, not waited for."""
+    return f"""
+UPDATE {table} SET lease_until = now() + make_interval(secs => $2), owner = $3
+WHERE id IN (
+    SELECT id FROM {table}
+    WHERE status = 'pending'
+      AND (lease_until < now() OR (owner IS NOT NULL AND owner NOT IN ({LIVE_OWNERS})))
+    ORDER BY lease_until
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {returning}
+"""
+
+
 async def try_lock(conn: asyncpg.Connection, owner: int) -> bool:
     """Take the liveness lock of `owner` for this session; False if it is held."""
     return bool(await conn.fetchval(_TRY_LOCK, owner))

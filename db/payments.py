@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from db.liveness import LIVE_OWNERS
+from db.liveness import claim_stale_sql
 from db.orders import Expired, OrderNotFound, PaymentInFlight, WrongStatus
 from db.pool import Database, Executor
 
@@ -118,18 +118,7 @@ async def get(db: Executor, payment_id: int, owner_id: int | None) -> asyncpg.Re
 # ran out (the outcome stayed unknown, or the process lost its lock): claimed for a
 # new lease, owned by the claiming process, so that one reconciler at a time
 # handles each (and another takes over if that one dies too).
-_CLAIM_STALE = f"""
-UPDATE payments SET lease_until = now() + make_interval(secs => $2), owner = $3
-WHERE id IN (
-    SELECT id FROM payments
-    WHERE status = 'pending'
-      AND (lease_until < now() OR (owner IS NOT NULL AND owner NOT IN ({LIVE_OWNERS})))
-    ORDER BY lease_until
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id, order_id, amount, currency, provider_key
-"""
+_CLAIM_STALE = claim_stale_sql("payments", "id, order_id, amount, currency, provider_key")
 
 
 async def claim_stale(db: Database, *, batch: int, lease_seconds: float, owner: int | None) -> list[asyncpg.Record]:

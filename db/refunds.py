@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from db.liveness import LIVE_OWNERS
+from db.liveness import claim_stale_sql
 from db.orders import ITEMS_COLUMN, ORDER_COLUMNS, return_stock
 from db.pool import Database, Executor
 
@@ -170,18 +170,7 @@ async def list_page(db: Database, payment_id: int, *, after_id: int, limit: int)
 
 # As for payments (db/payments.py): pending refunds whose process is gone or whose
 # lease ran out, claimed by this process.
-_CLAIM_STALE = f"""
-UPDATE refunds SET lease_until = now() + make_interval(secs => $2), owner = $3
-WHERE id IN (
-    SELECT id FROM refunds
-    WHERE status = 'pending'
-      AND (lease_until < now() OR (owner IS NOT NULL AND owner NOT IN ({LIVE_OWNERS})))
-    ORDER BY lease_until
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id, order_id, provider_key
-"""
+_CLAIM_STALE = claim_stale_sql("refunds", "id, order_id, provider_key")
 
 
 async def claim_stale(db: Database, *, batch: int, lease_seconds: float, owner: int | None) -> list[asyncpg.Record]:

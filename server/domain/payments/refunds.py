@@ -46,7 +46,7 @@ from server.domain.order_actors import OrderActor
 from server.domain.orders import notify_status
 from server.domain.payments.idempotency import InFlight, Resource, Result, replay_known, result_for, start_once
 from server.domain.payments.provider import ProviderUnavailable, RefundRequest, RefundResult
-from server.domain.payments.service import lease_seconds
+from server.domain.payments.service import lease_seconds, reconcile_in_actor
 from server.runtime.problems import ApiError, Conflict, NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -271,20 +271,4 @@ async def reconcile(ctx: Context) -> int:
 
 
 async def _reconcile_one(ctx: Context, refund_row: asyncpg.Record) -> int:
-    timeout = ctx.config.payment_provider_timeout_ms / 1000
-
-    async def command(actor: OrderActor) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                result = await ctx.provider.lookup_refund(refund_row["provider_key"])
-        except (TimeoutError, ProviderUnavailable):
-            log.warning("provider unreachable; reconciliation retried later", extra={"refund_id": refund_row["id"]})
-            return
-        settled = await _settle(ctx, refund_row["id"], result)
-        log.info("refund reconciled", extra={"refund_id": refund_row["id"], "status": settled["status"]})
-
-    try:
-        await ctx.supervisor.ask(refund_row["order_id"], command)
-    except ApiError:
-        return 0  # the actor is busy or we are shutting down: the lease brings it back
-    return 1
+    return await reconcile_in_actor(ctx, "refund", refund_row, ctx.provider.lookup_refund, _settle)

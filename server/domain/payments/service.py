@@ -30,8 +30,9 @@ import asyncio
 import hashlib
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -49,6 +50,7 @@ from server.runtime.problems import ApiError, Conflict, NotFound, TooManyRequest
 log = logging.getLogger(__name__)
 
 _RECONCILE_BATCH = 100
+R = TypeVar("R")  # what the provider's lookup answers (a charge's or a refund's result)
 
 
 @dataclass(frozen=True)
@@ -288,23 +290,35 @@ async def reconcile(ctx: Context) -> int:
 
 
 async def _reconcile_one(ctx: Context, payment: asyncpg.Record) -> int:
+    return await reconcile_in_actor(ctx, "payment", payment, ctx.provider.lookup, _settle)
+
+
+async def reconcile_in_actor(
+    ctx: Context,
+    kind: str,
+    row: asyncpg.Record,
+    lookup: Callable[[str], Awaitable[R]],
+    settle: Callable[[Context, int, R], Awaitable[dict[str, Any]]],
+) -> int:
+    """Ask the provider what became of one pending payment or refund (`kind`, its
+    claimed `row`) and settle it, in its order's actor. Returns 1 once the command ran
+    (a provider still unreachable leaves the row for a later round), 0 when the actor
+    could not take it (busy, or shutting down: the lease brings the row back)."""
     timeout = ctx.config.payment_provider_timeout_ms / 1000
+    ids = {f"{kind}_id": row["id"], "order_id": row["order_id"]}
 
     async def command(actor: OrderActor) -> None:
         try:
             async with asyncio.timeout(timeout):
-                result = await ctx.provider.lookup(payment["provider_key"])
+                result = await lookup(row["provider_key"])
         except (TimeoutError, ProviderUnavailable):
-            log.warning("provider unreachable; reconciliation retried later", extra={"payment_id": payment["id"]})
+            log.warning("provider unreachable; reconciliation retried later", extra=ids)
             return
-        settled = await _settle(ctx, payment["id"], result)
-        log.info(
-            "payment reconciled",
-            extra={"payment_id": payment["id"], "order_id": payment["order_id"], "status": settled["status"]},
-        )
+        settled = await settle(ctx, row["id"], result)
+        log.info(f"{kind} reconciled", extra={**ids, "status": settled["status"]})
 
     try:
-        await ctx.supervisor.ask(payment["order_id"], command)
+        await ctx.supervisor.ask(row["order_id"], command)
     except ApiError:
-        return 0  # the actor is busy or we are shutting down: the lease brings it back
+        return 0
     return 1
