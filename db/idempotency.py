@@ -65,7 +65,7 @@ async def store_response(db: Executor, user_id: int, key: str, status: int, body
 _PURGE = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
 
 
-async def purge(db: Database, ttl_seconds: int) -> int:
+async def purge(db: Database, ttl_seconds: float) -> int:
     """Delete records older than the TTL; returns how many."""
     status = await db.execute(_PURGE, ttl_seconds)
     return int(status.split()[-1])

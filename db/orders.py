@@ -129,7 +129,7 @@ _CREATE = "SELECT placed, lines, refusal FROM create_order_within_limits($1, $2,
 
 
 async def create(
-    db: Executor, user_id: int, lines: Sequence[Line], ttl_seconds: int, limits: HoldLimits
+    db: Executor, user_id: int, lines: Sequence[Line], ttl_seconds: float, limits: HoldLimits
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """Reserve every line and write the order with its order.created event, or
     change nothing; returns the order and its lines (order_line records).

@@ -20,7 +20,7 @@ RETURNING user_id, expires_at
 """
 
 
-async def store(conn: Executor, email: str, token_hash: bytes, ttl_seconds: int) -> asyncpg.Record:
+async def store(conn: Executor, email: str, token_hash: bytes, ttl_seconds: float) -> asyncpg.Record:
     """Store the token for this email; `user_id` is NULL when nobody has the email."""
     row = await conn.fetchrow(_STORE, email, token_hash, ttl_seconds)
     assert row is not None

@@ -20,7 +20,8 @@ def cache_control(config: Config) -> str:
     the middleware instead; errors send none)."""
     if config.catalog_max_age_seconds == 0:
         return "no-cache"
-    return f"public, max-age={config.catalog_max_age_seconds}"
+    # max-age is whole seconds (RFC 9111): a fraction is rounded down.
+    return f"public, max-age={int(config.catalog_max_age_seconds)}"
 
 
 def wants_fresh(request: web.Request) -> bool:

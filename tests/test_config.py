@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
 from server.runtime.config import ConfigError, env_names, load
-from tests.helpers import ROOT
+from tests.helpers import ROOT, ServerProcess
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -57,3 +58,23 @@ def test_every_variable_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.MULTILINE))
     assert set(env_names()) <= documented, set(env_names()) - documented
+
+
+def test_every_seconds_setting_takes_a_fraction() -> None:
+    seconds = [name for name in env_names() if name.endswith("_SECONDS")]
+    fractions = {name: "86400.5" if name == "IDEMPOTENCY_KEY_TTL_SECONDS" else "0.5" for name in seconds}
+    config = load(environ=fractions)
+    for name in seconds:
+        field = next(f for f, info in type(config).model_fields.items() if info.alias == name)
+        assert getattr(config, field) == float(fractions[name]), name
+
+
+def test_the_service_starts_with_short_reset_and_session_lifetimes(clean_db: str) -> None:
+    """The contract's settings take any value it allows: a drill may use seconds."""
+    env = {"PASSWORD_RESET_TTL_SECONDS": "4", "REFRESH_TTL_SECONDS": "0.5", "JWT_TTL_SECONDS": "0.5"}
+    server = ServerProcess(clean_db, env=env).start()
+    try:
+        with urllib.request.urlopen(f"{server.url}/readyz", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        assert server.stop() == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -117,9 +118,11 @@ class Tokens:
     never remembered before they verify.
     """
 
-    def __init__(self, secret: str, ttl_seconds: int, leeway_seconds: int = _LEEWAY_SECONDS) -> None:
+    def __init__(self, secret: str, ttl_seconds: float, leeway_seconds: int = _LEEWAY_SECONDS) -> None:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
+        # What a login answers as `expires_in`: whole seconds, never less than the lifetime.
+        self.expires_in = math.ceil(ttl_seconds)
         self._leeway = leeway_seconds
         self._verified: dict[str, tuple[TokenClaims, int]] = {}
 

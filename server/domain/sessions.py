@@ -36,7 +36,7 @@ async def start(ctx: Context, user_id: int, token_version: int) -> Grant:
     refresh_token, token_hash = new_secret()
     session = await sessions_db.start(ctx.db, user_id, token_version, ctx.config.refresh_ttl_seconds, token_hash)
     access_token = ctx.tokens.issue(user_id, token_version, session["id"])
-    return Grant(access_token, ctx.tokens.ttl_seconds, refresh_token, session["seconds_left"])
+    return Grant(access_token, ctx.tokens.expires_in, refresh_token, session["seconds_left"])
 
 
 async def refresh(ctx: Context, refresh_token: str) -> Grant:
@@ -59,7 +59,7 @@ async def refresh(ctx: Context, refresh_token: str) -> Grant:
         raise Unauthorized("refresh token is invalid or its session has ended")
     ctx.metrics.refreshes.labels("rotated").inc()
     access_token = ctx.tokens.issue(rotation.user_id, rotation.token_version, rotation.session_id)
-    return Grant(access_token, ctx.tokens.ttl_seconds, next_token, rotation.seconds_left)
+    return Grant(access_token, ctx.tokens.expires_in, next_token, rotation.seconds_left)
 
 
 async def logout(ctx: Context, principal: Principal, everywhere: bool) -> None:

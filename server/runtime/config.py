@@ -196,7 +196,7 @@ class Config(BaseModel):
         description="HS256 signing key for access tokens (at least 32 characters). Unset: a "
         "random one per start, with a warning; tokens then die with the process.",
     )
-    jwt_ttl_seconds: int = Field(3600, alias="JWT_TTL_SECONDS", ge=60, description="Access-token lifetime.")
+    jwt_ttl_seconds: float = Field(3600.0, alias="JWT_TTL_SECONDS", gt=0, description="Access-token lifetime.")
     admin_email: str | None = Field(
         None, alias="ADMIN_EMAIL", description="With ADMIN_PASSWORD: an admin ensured at start."
     )
@@ -239,10 +239,10 @@ class Config(BaseModel):
         ge=0,
         description="Password attempts from one client address within the window before 429 (0: off).",
     )
-    login_throttle_window_seconds: int = Field(
-        300,
+    login_throttle_window_seconds: float = Field(
+        300.0,
         alias="LOGIN_THROTTLE_WINDOW_SECONDS",
-        ge=1,
+        gt=0,
         description="Window of the password-attempt counters, and the longest Retry-After. "
         "Successful attempts are taken back.",
     )
@@ -252,22 +252,24 @@ class Config(BaseModel):
         ge=0,
         description="Registrations from one client address per hour before 429 (0: off).",
     )
-    refresh_ttl_seconds: int = Field(
-        2_592_000,
+    refresh_ttl_seconds: float = Field(
+        2_592_000.0,
         alias="REFRESH_TTL_SECONDS",
-        ge=60,
+        gt=0,
         description="Lifetime of a session and its refresh tokens, counted from the login "
         "(refreshing does not extend it).",
     )
-    password_reset_ttl_seconds: int = Field(
-        1800,
+    password_reset_ttl_seconds: float = Field(
+        1800.0,
         alias="PASSWORD_RESET_TTL_SECONDS",
-        ge=60,
+        gt=0,
         description="How long a password-reset token can be used.",
     )
 
     # --- orders --------------------------------------------------------------------
-    order_ttl_seconds: int = Field(900, alias="ORDER_TTL_SECONDS", ge=1, description="Unpaid orders expire after this.")
+    order_ttl_seconds: float = Field(
+        900.0, alias="ORDER_TTL_SECONDS", gt=0, description="Unpaid orders expire after this."
+    )
     order_sweep_interval_seconds: float = Field(
         5.0,
         alias="ORDER_SWEEP_INTERVAL_SECONDS",
@@ -324,8 +326,8 @@ class Config(BaseModel):
     )
 
     # --- catalog -----------------------------------------------------------------
-    catalog_max_age_seconds: int = Field(
-        5,
+    catalog_max_age_seconds: float = Field(
+        5.0,
         alias="CATALOG_MAX_AGE_SECONDS",
         ge=0,
         description="max-age of `Cache-Control: public` on anonymous product reads (0 sends no-cache).",
@@ -394,8 +396,8 @@ class Config(BaseModel):
         ge=1,
         description="Declined payments of one customer per 24 hours after which payments get 429.",
     )
-    idempotency_key_ttl_seconds: int = Field(
-        172_800,
+    idempotency_key_ttl_seconds: float = Field(
+        172_800.0,
         alias="IDEMPOTENCY_KEY_TTL_SECONDS",
         ge=86_400,
         description="How long Idempotency-Key records are kept (at least 24 h).",
