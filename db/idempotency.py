@@ -1,5 +1,6 @@
 """Idempotency-Key records (per user) for the requests that move money: payments
-(POST /api/payments) and refunds (POST /api/payments/{id}/refunds)."""
+(POST /api/payments) and refunds (POST /api/payments/{id}/refunds). A record exists
+only for a request that was carried out: it names the payment or refund it started."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ async def claim(db: Executor, user_id: int, key: str, request_hash: bytes) -> bo
 # `payment` and `refund` are those rows as one record each, read by column name
 # (NULL when none).
 _FIND = """
-SELECT k.request_hash, k.response_status, k.response_body, p AS payment, r AS refund
+SELECT k.request_hash, p AS payment, r AS refund
 FROM idempotency_keys k
 LEFT JOIN payments p ON p.id = k.payment_id
 LEFT JOIN refunds r ON r.id = k.refund_id
@@ -51,15 +52,6 @@ _ATTACH: dict[Kind, str] = {
 async def attach(db: Executor, user_id: int, key: str, kind: Kind, resource_id: int) -> None:
     """Name the payment or refund that the key's request started."""
     await db.execute(_ATTACH[kind], user_id, key, resource_id)
-
-
-_STORE_RESPONSE = """
-UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE user_id = $1 AND key = $2
-"""
-
-
-async def store_response(db: Executor, user_id: int, key: str, status: int, body: bytes) -> None:
-    await db.execute(_STORE_RESPONSE, user_id, key, status, body)
 
 
 _PURGE = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"

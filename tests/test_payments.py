@@ -174,13 +174,28 @@ async def test_a_replayed_decline_is_the_same_402(api: Api) -> None:
     assert again.json["id"] == first.json["id"]
 
 
-async def test_a_replayed_refusal_is_the_same_problem(api: Api) -> None:
+async def test_a_refused_payment_stores_no_key_and_is_judged_again(api: Api, db: asyncpg.Connection) -> None:
     user = await api.customer()
     first = await api.pay(user, 999999, key="missing-order")
     again = await api.pay(user, 999999, key="missing-order")
     assert first.status == again.status == 404
     assert again.json == first.json
-    assert again.content_type == "application/problem+json"
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+
+
+async def test_paying_a_paid_order_with_fresh_keys_stores_no_records(api: Api, db: asyncpg.Connection) -> None:
+    """The second audit stored 500 records (1.1 KB each) this way in 1.7 s."""
+    user, order = await _pending_order(api)
+    assert (await api.pay(user, order["id"], key="paid")).status == 201
+    for attempt in range(5):
+        assert (await api.pay(user, order["id"], key=f"again-{attempt}")).status == 409
+    assert [r["key"] for r in await db.fetch("SELECT key FROM idempotency_keys")] == ["paid"]
+
+
+async def test_a_key_refused_once_can_start_the_payment_once_the_refusal_no_longer_holds(api: Api) -> None:
+    user, order = await _pending_order(api)
+    assert (await api.pay(user, order["id"], amount=order["total"] + 1, key="retry-me")).status == 422
+    assert (await api.pay(user, order["id"], key="retry-me")).status == 201
 
 
 async def test_same_key_with_another_body_is_422(api: Api, db: asyncpg.Connection) -> None:

@@ -370,13 +370,15 @@ async def test_same_key_with_another_body_is_422(api: Api, db: asyncpg.Connectio
     assert len(await _provider_refunds(db)) == 1
 
 
-async def test_a_replayed_refusal_and_a_replayed_402_are_the_same_answers(api: Api) -> None:
+async def test_a_refused_refund_stores_no_key_and_a_replayed_402_is_the_same_answer(
+    api: Api, db: asyncpg.Connection
+) -> None:
     _, _, payment = await _paid(api)
     first = await _refund(api, payment["id"], key="too-much", amount=5000)
     again = await _refund(api, payment["id"], key="too-much", amount=5000)
     assert first.status == again.status == 409
     assert again.json == first.json
-    assert again.content_type == "application/problem+json"
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'too-much'") == 0
     _, _, unrefundable = await _paid(api, card="tok_refundFail")
     failed = await _refund(api, unrefundable["id"], key="fails")
     replayed = await _refund(api, unrefundable["id"], key="fails")

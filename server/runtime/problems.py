@@ -5,8 +5,8 @@ RFC 9457 problem response. Anything else is a bug or an outage and is answered 5
 (or 503 for a database outage) without internals.
 
 Every problem document the service sends is built here, by `problem` (the body) and
-`problem_response` (the response): ApiErrors, the middleware's own answers, the HTTP
-parser's rejections and refusals replayed for an Idempotency-Key alike.
+`problem_response` (the response): ApiErrors, the middleware's own answers and the HTTP
+parser's rejections alike.
 """
 
 from __future__ import annotations
@@ -189,18 +189,6 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
-
-
-class ReplayedProblem(ApiError):
-    """A refusal stored for an Idempotency-Key, answered again exactly as it was
-    first sent (its status is the stored document's)."""
-
-    def __init__(self, stored: dict[str, Any]) -> None:
-        super().__init__(stored["detail"])
-        self.stored = stored
-
-    def body(self) -> dict[str, Any]:
-        return self.stored
 
 
 def _summary(errors: list[dict[str, str]]) -> str:

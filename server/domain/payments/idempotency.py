@@ -4,9 +4,9 @@ one implementation, so both behave alike.
 - The same key and the same request: the first answer again (the same outcome, the
   same payment or refund, in its current state), and nothing moves again.
 - The same key with another request: 422. While the first is in flight: 409.
-- A refusal is stored as the answer too (the same problem document again, raised as
-  `ReplayedProblem`), except a transient one (`InFlight`, `TooManyRequests`), which
-  leaves the key free for a retry.
+- A refusal (the order is not the caller's, not pending, the amount is wrong, ...)
+  starts nothing and stores nothing: the claim of the key rolls back with it, so a
+  repeat is judged afresh and refused requests cost no storage.
 
 The key is claimed in the transaction of step 1 (which records the pending payment
 or refund), so the claim and the work it names commit, or roll back, together.
@@ -23,14 +23,12 @@ from enum import Enum
 from typing import Any
 
 import asyncpg
-import orjson
 
 from db import idempotency as idempotency_db
 from db.idempotency import Kind
 from db.pool import Executor
 from server.domain.context import Context
-from server.runtime.jsonio import dumps
-from server.runtime.problems import ApiError, Conflict, ReplayedProblem, TooManyRequests, ValidationFailed
+from server.runtime.problems import ApiError, Conflict, ValidationFailed
 
 
 class Outcome(Enum):
@@ -60,12 +58,7 @@ def result_for(resource: dict[str, Any]) -> Result:
 
 
 class InFlight(Conflict):
-    """Other work on the same payment or order is in flight: transient, so never
-    stored as the answer to an Idempotency-Key (the key stays free for a retry)."""
-
-
-# Refusals that may not hold on a retry: never stored as a key's answer.
-_TRANSIENT = (InFlight, TooManyRequests)
+    """Other work on the same payment or order is in flight: retry once it is settled."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +74,7 @@ async def replay_known(
 ) -> Result | None:
     """The result to replay for a key already used, or None. Called before queueing
     behind the order's actor: a repeat of a request still in flight gets 409 at
-    once, a finished one its first answer (a stored refusal is raised again as
-    ReplayedProblem)."""
+    once, a finished one its first answer."""
     if key is None:
         return None
     record = await idempotency_db.find(ctx.db, user_id, key)
@@ -92,9 +84,9 @@ async def replay_known(
 def _replay(record: asyncpg.Record, fingerprint: bytes, resource: Resource) -> Result:
     if record["request_hash"] != fingerprint:
         raise ValidationFailed.field("Idempotency-Key", "this key was used with a different request body")
+    # The same fingerprint is the same kind of request (a refund's never equals a payment's).
     started = record[resource.kind]
-    if started is None:
-        raise ReplayedProblem(orjson.loads(record["response_body"]))
+    assert started is not None
     if started["status"] == "pending":
         raise Conflict("a request with this Idempotency-Key is still in flight")
     return result_for(resource.to_json(started))
@@ -114,38 +106,26 @@ async def start_once(
     """Step 1 of a payment or refund, once per key: `start` records the pending
     payment or refund in the transaction that claims the key. Returns what `start`
     recorded, or the result to replay. When `start` raises, `refusal` turns the
-    exception into the API error (or raises it again when it is no refusal); unless
-    transient, the error is stored as the key's answer; it is raised once the
-    transaction is over, with the original exception as its __cause__.
+    exception into the API error (or raises it again when it is no refusal), raised
+    with the original exception as its __cause__ once the claim has rolled back.
     `one_statement`: `start` is a single statement, so without a key it runs on the
     pool with no transaction around it (a statement is a transaction of its own: the
     BEGIN and COMMIT would be two round trips for nothing)."""
-    if key is None:
-        try:
+    try:
+        if key is None:
             if one_statement:
                 return await start(ctx.db)
             async with ctx.db.transaction() as conn:
                 return await start(conn)
-        except Exception as exc:
-            raise refusal(exc) from exc
-    refused: tuple[ApiError, Exception] | None = None
-    async with ctx.db.transaction() as conn:
-        if not await idempotency_db.claim(conn, user_id, key, fingerprint):
-            record = await idempotency_db.find(conn, user_id, key)
-            assert record is not None
-            return _replay(record, fingerprint, resource)
-        try:
+        async with ctx.db.transaction() as conn:
+            if not await idempotency_db.claim(conn, user_id, key, fingerprint):
+                record = await idempotency_db.find(conn, user_id, key)
+                assert record is not None
+                return _replay(record, fingerprint, resource)
             started = await start(conn)
-        except Exception as exc:
-            error = refusal(exc)
-            if isinstance(error, _TRANSIENT):
-                raise error from exc  # rolls the claim back: the key stays free
-            body = error.body()
-            await idempotency_db.store_response(conn, user_id, key, body["status"], dumps(body))
-            refused = (error, exc)
-        else:
             await idempotency_db.attach(conn, user_id, key, resource.kind, started["id"])
-    if refused is not None:
-        error, cause = refused
-        raise error from cause
-    return started
+            return started
+    except ApiError:
+        raise
+    except Exception as exc:
+        raise refusal(exc) from exc

@@ -123,8 +123,7 @@ def decide(payment: asyncpg.Record, requested: int | None, restock: bool) -> int
 
 async def refund(ctx: Context, admin_id: int, request: NewRefund, idempotency_key: str | None) -> Result:
     """Refund the payment (admins only: the route says so). A refusal raises its
-    ApiError (a stored one, for a repeated Idempotency-Key, is raised again as
-    ReplayedProblem)."""
+    ApiError (and stores nothing for an Idempotency-Key)."""
     fingerprint = request.fingerprint()
     # Answered without queueing behind the order's actor, as for payments.
     replay = await replay_known(ctx, admin_id, idempotency_key, fingerprint, REFUND)

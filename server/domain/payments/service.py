@@ -103,8 +103,8 @@ async def get(ctx: Context, payment_id: int, user_id: int, is_admin: bool) -> di
 
 
 async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> Result:
-    """Pay the order once. A refusal raises its ApiError (a stored one, for a
-    repeated Idempotency-Key, is raised again as ReplayedProblem)."""
+    """Pay the order once. A refusal raises its ApiError (and stores nothing for an
+    Idempotency-Key)."""
     fingerprint = request.fingerprint()
     # Answered without queueing behind the order's actor: a repeat of a request
     # still in flight gets 409 at once, a finished one its first answer.
