@@ -22,7 +22,9 @@ SELECT id, floor(extract(epoch FROM expires_at - now()))::int AS seconds_left FR
 """
 
 
-async def start(db: Database, user_id: int, token_version: int, ttl_seconds: float, token_hash: bytes) -> asyncpg.Record:
+async def start(
+    db: Database, user_id: int, token_version: int, ttl_seconds: float, token_hash: bytes
+) -> asyncpg.Record:
     """A new session (`id`, `seconds_left`) whose first refresh token has this hash."""
     row = await db.fetchrow(_START, user_id, token_version, ttl_seconds, token_hash)
     assert row is not None
