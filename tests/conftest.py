@@ -44,10 +44,10 @@ ADMIN_PASSWORD = "admin-password-1"
 # Cheap hashing: the tests check behaviour, not argon2's cost.
 FAST_HASHING = {"password_hash_time_cost": 1, "password_hash_memory_kib": 1024, "password_hash_parallelism": 1}
 STOREFRONT_URL = os.environ.get("STOREFRONT_URL")
-# Every table but the migrations' own record: a table a migration adds is emptied too.
+# Every table but the schema's own records: a table a migration adds is emptied too.
 _TABLES = """
 SELECT string_agg(format('%I', tablename), ', ') FROM pg_tables
-WHERE schemaname = 'public' AND tablename <> 'schema_migrations'
+WHERE schemaname = 'public' AND tablename NOT IN ('schema_migrations', 'schema_functions')
 """
 
 
@@ -83,6 +83,17 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         asyncio.run(migrations.apply_pending(dsn))
         yield dsn
+    finally:
+        run_sql(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database(pg_server: str) -> Iterator[str]:
+    """A new database with nothing in it, dropped afterwards."""
+    name = f"storefront_empty_{secrets.token_hex(4)}"
+    run_sql(pg_server, f'CREATE DATABASE "{name}"')
+    try:
+        yield dsn_with_database(pg_server, name)
     finally:
         run_sql(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from db.migrations import discover
-from tests.helpers import ROOT, Api, ServerProcess, dsn_with_database, free_port, run_sql, session
-
-
-@pytest.fixture
-def empty_database(pg_server: str) -> Iterator[str]:
-    name = f"storefront_empty_{secrets.token_hex(4)}"
-    run_sql(pg_server, f'CREATE DATABASE "{name}"')
-    try:
-        yield dsn_with_database(pg_server, name)
-    finally:
-        run_sql(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from tests.helpers import ROOT, Api, ServerProcess, free_port, session
 
 
 @pytest.fixture
