@@ -1,19 +1,11 @@
-"""The events table: the outbox that the feed and webhook deliveries read."""
+"""The events table: the outbox that the feed and webhook deliveries read (events are
+written by the stored functions that make the changes: sql/functions/events.sql)."""
 
 from __future__ import annotations
 
 import asyncpg
 
 from db.pool import Executor
-
-_APPEND = "INSERT INTO events (type, data) VALUES ($1, $2::jsonb)"
-
-
-async def append(conn: Executor, event_type: str, data_json: str) -> None:
-    """Record an event (its data already JSON). Call it on the connection of the
-    transaction that makes the change, so the event commits, or rolls back, with it."""
-    await conn.execute(_APPEND, event_type, data_json)
-
 
 # Only events of transactions older than every transaction still in flight (see
 # sql/009_events.sql): whatever commits later sorts after the last one shown. The

@@ -1,8 +1,8 @@
 """Liveness locks: each worker process holds a session-level advisory lock, keyed by
-a random id of its own, on a connection of its own. PostgreSQL releases the lock the
-moment that session ends (the process died, or its connection was lost), so "is the
-lock of owner N held?" tells whether the process that owns some in-flight work is
-still there."""
+a random id of its own (the worker id), on a connection of its own. PostgreSQL
+releases the lock the moment that session ends (the process died, or its connection
+was lost), so "is the lock of worker N held?" tells whether the worker that has some
+work in flight (a payment's or refund's `worker`) is still there."""
 
 from __future__ import annotations
 
@@ -14,37 +14,37 @@ NAMESPACE = 0x5354
 
 _TRY_LOCK = f"SELECT pg_try_advisory_lock({NAMESPACE}, $1)"
 
-# The owners whose lock is held right now, in this database: a fragment for queries
-# that look for work whose owner is gone.
-LIVE_OWNERS = f"""
+# The workers whose lock is held right now, in this database: a fragment for queries
+# that look for work whose worker is gone.
+LIVE_WORKERS = f"""
 SELECT l.objid::bigint FROM pg_locks l
 WHERE l.locktype = 'advisory' AND l.classid = {NAMESPACE} AND l.objsubid = 2 AND l.granted
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
-def claim_stale_sql(table: str, returning: str) -> str:
+def claim_stale_sql(table: str) -> str:
     """The statement that claims pending rows of `table` (payments, refunds) whose
-    owner's process is gone or whose lease ran out, for the calling process: $1 the
-    batch, $2 the new lease in seconds, $3 the new owner. Rows another process is
-    claiming are skipped, not waited for."""
+    worker is gone or whose lease ran out, for the calling worker: $1 the batch, $2
+    the new lease in seconds, $3 the new worker. Rows another worker is claiming are
+    skipped, not waited for."""
     return f"""
-UPDATE {table} SET lease_until = now() + make_interval(secs => $2), owner = $3
+UPDATE {table} SET lease_until = now() + make_interval(secs => $2), worker = $3
 WHERE id IN (
     SELECT id FROM {table}
     WHERE status = 'pending'
-      AND (lease_until < now() OR (owner IS NOT NULL AND owner NOT IN ({LIVE_OWNERS})))
+      AND (lease_until < now() OR (worker IS NOT NULL AND worker NOT IN ({LIVE_WORKERS})))
     ORDER BY lease_until
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING {returning}
+RETURNING *
 """
 
 
-async def try_lock(conn: asyncpg.Connection, owner: int) -> bool:
-    """Take the liveness lock of `owner` for this session; False if it is held."""
-    return bool(await conn.fetchval(_TRY_LOCK, owner))
+async def try_lock(conn: asyncpg.Connection, worker: int) -> bool:
+    """Take the liveness lock of `worker` for this session; False if it is held."""
+    return bool(await conn.fetchval(_TRY_LOCK, worker))
 
 
 async def ping(conn: asyncpg.Connection) -> None:

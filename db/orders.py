@@ -1,80 +1,22 @@
-"""Orders, their lines, and the stock they hold.
+"""Orders and their items: reads, and every change as one call of its stored function
+(sql/functions/orders.sql), which locks, checks, changes and writes the change's event
+in one round trip, its own transaction.
 
-Every function that changes an order is one transaction, and each follows the same
-lock order so that concurrent transactions can wait for each other but never
-deadlock: first the customer's row (when hold limits are checked), then the order
-row(s), then the product rows in ascending id order.
-Statuses are checked on the locked rows, so a decision is never made on stale data,
-whatever other process changed the order a moment before.
+A row of an order is the `orders` row with its `items` (order_item records), read by
+column name; a refusal is raised as the Refusal the function answered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from db import users as users_db
 from db.pool import Database, Executor
+from db.refusals import refused
 
-ORDER_COLUMNS = (
-    "o.id, o.user_id, o.status, o.total, o.amount_refunded, o.currency, o.created_at, o.updated_at, o.expires_at"
-)
-# The lines of order `o`, as order_line records (sql/015_order_lines.sql): asyncpg
-# returns them with their field names.
-ITEMS_COLUMN = (
-    "ARRAY(SELECT ROW(i.product_id, i.name, i.unit_price, i.quantity, i.line_total)::order_line "
-    "FROM order_items i WHERE i.order_id = o.id ORDER BY i.line_no) AS items"
-)
-Line = tuple[int, int]  # (product_id, quantity)
-# Told of every status change inside the transaction that makes it, with the order
-# row (ORDER_COLUMNS and ITEMS_COLUMN) as changed: the caller records the event.
-Notify = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
-
-
-class OrderNotFound(Exception):
-    pass
-
-
-@dataclass
-class StockShort(Exception):
-    product_id: int
-    name: str
-    available: int
-
-
-@dataclass
-class UnknownProducts(Exception):
-    product_ids: list[int]
-
-
-class MixedCurrencies(Exception):
-    pass
-
-
-@dataclass
-class WrongStatus(Exception):
-    status: str
-
-
-class PaymentInFlight(Exception):
-    pass
-
-
-class Expired(Exception):
-    """The order was pending past its expires_at: it has been expired now."""
-
-
-class TooManyPending(Exception):
-    """The customer holds ORDER_MAX_PENDING_PER_USER pending orders already."""
-
-
-@dataclass
-class TooManyHeld(Exception):
-    """The customer's pending orders would hold more units of this product than allowed."""
-
-    product_id: int
+Item = tuple[int, int]  # (product_id, quantity)
 
 
 @dataclass(frozen=True)
@@ -87,222 +29,46 @@ class HoldLimits:
 
 # --- reading ----------------------------------------------------------------------------
 
-_GET = f"""
-SELECT {ORDER_COLUMNS}, {ITEMS_COLUMN}
+_GET = """
+SELECT o.*, order_items_of(o.id) AS items
 FROM orders o
 WHERE o.id = $1 AND o.deleted_at IS NULL AND ($2::bigint IS NULL OR o.user_id = $2)
 """
 
 
-async def get(db: Executor, order_id: int, owner_id: int | None) -> asyncpg.Record | None:
-    """An order with its lines; `owner_id` limits it to that user's orders (None: any)."""
-    return await db.fetchrow(_GET, order_id, owner_id)
+async def get(db: Executor, order_id: int, user_id: int | None) -> asyncpg.Record | None:
+    """An order with its items; `user_id` limits it to that user's orders (None: any)."""
+    return await db.fetchrow(_GET, order_id, user_id)
 
 
-async def list_page(
+# Static statements, one per scope, each an index walk from the cursor down (the keyset
+# order is the id): a customer's orders ((user_id, id) index), or everyone's.
+_CUSTOMER_PAGE = """
+SELECT o.*, order_items_of(o.id) AS items
+FROM orders o
+WHERE o.user_id = $1 AND o.deleted_at IS NULL AND o.id < coalesce($2::bigint, 9223372036854775807)
+  AND ($3::text IS NULL OR o.status = $3)
+ORDER BY o.id DESC
+LIMIT $4
+"""
+_EVERYONES_PAGE = """
+SELECT o.*, order_items_of(o.id) AS items
+FROM orders o
+WHERE o.deleted_at IS NULL AND o.id < coalesce($1::bigint, 9223372036854775807)
+  AND ($2::text IS NULL OR o.status = $2)
+ORDER BY o.id DESC
+LIMIT $3
+"""
+
+
+async def page(
     db: Database, *, user_id: int | None, status: str | None, before_id: int | None, limit: int
 ) -> list[asyncpg.Record]:
-    """Newest first, up to `limit` + 1 rows (the extra one tells a next page exists)."""
-    conditions = ["o.deleted_at IS NULL"]
-    args: list[object] = []
-    for condition, value in (("o.user_id = ${}", user_id), ("o.status = ${}", status), ("o.id < ${}", before_id)):
-        if value is not None:
-            args.append(value)
-            conditions.append(condition.format(len(args)))
-    args.append(limit + 1)
-    query = (
-        f"SELECT {ORDER_COLUMNS}, {ITEMS_COLUMN} FROM orders o WHERE {' AND '.join(conditions)} "
-        f"ORDER BY o.id DESC LIMIT ${len(args)}"
-    )
-    return await db.fetch(query, *args)
-
-
-# --- creating ---------------------------------------------------------------------------
-
-# One call, so one round trip: the function (sql/016_order_limits.sql) checks the
-# customer's hold limits, then create_order (sql/015_order_lines.sql) prices the lines
-# with price_order_lines, the one authority on the line rules, before it writes
-# anything; when it places the order it also writes the order's order.created event
-# (sql/017_order_created_event.sql). One statement is its own transaction, so the
-# caller may pass the pool.
-_CREATE = "SELECT placed, lines, refusal FROM create_order_within_limits($1, $2, $3, $4, $5, $6)"
-
-
-async def create(
-    db: Executor, user_id: int, lines: Sequence[Line], ttl_seconds: float, limits: HoldLimits
-) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
-    """Reserve every line and write the order with its order.created event, or
-    change nothing; returns the order and its lines (order_line records).
-
-    `lines` must name each product once. Raises TooManyPending or TooManyHeld (the
-    customer's limits), UnknownProducts, MixedCurrencies or StockShort (for the
-    first line that cannot be covered).
-    """
-    row = await db.fetchrow(
-        _CREATE,
-        user_id,
-        [pid for pid, _ in lines],
-        [qty for _, qty in lines],
-        ttl_seconds,
-        limits.max_pending,
-        limits.max_units_per_product,
-    )
-    assert row is not None
-    return _placed(row)
-
-
-def _placed(row: asyncpg.Record) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
-    """The order and lines an order_lines function placed, or the error its named
-    refusal stands for."""
-    refusal = row["refusal"]
-    if refusal is not None:
-        raise _REFUSALS[refusal["reason"]](refusal)
-    return row["placed"], row["lines"]
-
-
-_REFUSALS: dict[str, Callable[[asyncpg.Record], Exception]] = {
-    "unknown_products": lambda r: UnknownProducts(list(r["product_ids"])),
-    "mixed_currencies": lambda r: MixedCurrencies(),
-    "short_stock": lambda r: StockShort(r["product_ids"][0], r["product_name"], r["available"]),
-    "too_many_pending": lambda r: TooManyPending(),
-    "too_many_held": lambda r: TooManyHeld(r["product_ids"][0]),
-}
-
-
-# --- changing ---------------------------------------------------------------------------
-
-_LOCK_ORDER = """
-SELECT id, user_id, status, expires_at <= now() AS overdue
-FROM orders
-WHERE id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR user_id = $2)
-FOR UPDATE
-"""
-# A separate statement after the lock, so that (under READ COMMITTED) it sees a
-# payment committed by whoever held the lock before us.
-_PAYMENT_IN_FLIGHT = "SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1 AND status = 'pending')"
-
-_LOCK_ORDER_PRODUCTS = """
-SELECT id FROM products
-WHERE id IN (SELECT product_id FROM order_items WHERE order_id = ANY($1::bigint[]))
-ORDER BY id
-FOR UPDATE
-"""
-# `p.id = ANY($2)` (the locked products) lets the plan find the rows by primary key.
-_RETURN_STOCK = """
-UPDATE products p SET stock = p.stock + held.quantity, updated_at = now()
-FROM (
-    SELECT product_id, sum(quantity) AS quantity FROM order_items
-    WHERE order_id = ANY($1::bigint[]) GROUP BY product_id
-) held
-WHERE p.id = ANY($2::bigint[]) AND p.id = held.product_id
-"""
-_SET_STATUS = f"""
-UPDATE orders o SET status = $2, expires_at = NULL, updated_at = now()
-WHERE o.id = $1
-RETURNING {ORDER_COLUMNS}, {ITEMS_COLUMN}
-"""
-
-
-async def _lock_pending(conn: asyncpg.Connection, order_id: int, owner_id: int | None) -> asyncpg.Record:
-    """Lock an order that must be pending with no payment in flight."""
-    order = await conn.fetchrow(_LOCK_ORDER, order_id, owner_id)
-    if order is None:
-        raise OrderNotFound()
-    if order["status"] != "pending":
-        raise WrongStatus(order["status"])
-    if await conn.fetchval(_PAYMENT_IN_FLIGHT, order_id):
-        raise PaymentInFlight()
-    return order
-
-
-async def return_stock(conn: asyncpg.Connection, order_ids: list[int]) -> None:
-    """Put every unit of these orders back in stock (inside the caller's transaction,
-    which holds the orders' locks): products locked in id order, as everywhere."""
-    product_ids = [r["id"] for r in await conn.fetch(_LOCK_ORDER_PRODUCTS, order_ids)]
-    await conn.execute(_RETURN_STOCK, order_ids, product_ids)
-
-
-async def _end_pending(conn: asyncpg.Connection, order_id: int, status: str, notify: Notify) -> asyncpg.Record:
-    await return_stock(conn, [order_id])
-    row = await conn.fetchrow(_SET_STATUS, order_id, status)
-    assert row is not None
-    await notify(conn, row)
-    return row
-
-
-async def cancel(db: Database, order_id: int, owner_id: int | None, notify: Notify) -> asyncpg.Record:
-    """pending -> cancelled, returning the stock. An order found past its expiry is
-    expired instead (and Expired raised)."""
-    async with db.transaction() as conn:
-        order = await _lock_pending(conn, order_id, owner_id)
-        if not order["overdue"]:
-            return await _end_pending(conn, order_id, "cancelled", notify)
-        await _end_pending(conn, order_id, "expired", notify)
-    raise Expired()
-
-
-async def advance(db: Database, order_id: int, from_status: str, to_status: str, notify: Notify) -> asyncpg.Record:
-    """A fulfilment step (paid -> shipped, shipped -> delivered)."""
-    async with db.transaction() as conn:
-        order = await conn.fetchrow(_LOCK_ORDER, order_id, None)
-        if order is None:
-            raise OrderNotFound()
-        if order["status"] != from_status:
-            raise WrongStatus(order["status"])
-        row = await conn.fetchrow(_SET_STATUS, order_id, to_status)
-        assert row is not None
-        await notify(conn, row)
-    return row
-
-
-_REPLACE = "SELECT placed, lines, refusal FROM replace_order_lines($1, $2, $3)"
-
-
-_HELD_UNITS_OVER = "SELECT held_units_over($1, $2, $3, $4, $5)"
-
-
-async def replace_lines(
-    db: Database, order_id: int, owner_id: int, lines: Sequence[Line], max_units_per_product: int, notify: Notify
-) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
-    """Swap a pending order's lines, re-reserving atomically (price_order_lines counts
-    what the order held as available to it); on a refusal (or TooManyHeld) nothing
-    changes."""
-    async with db.transaction() as conn:
-        await users_db.lock(conn, owner_id)  # hold limits are checked under it
-        order = await _lock_pending(conn, order_id, owner_id)
-        if not order["overdue"]:
-            product_ids, quantities = [pid for pid, _ in lines], [qty for _, qty in lines]
-            over = await conn.fetchval(
-                _HELD_UNITS_OVER, owner_id, order_id, product_ids, quantities, max_units_per_product
-            )
-            if over is not None:
-                raise TooManyHeld(over)
-            row = await conn.fetchrow(_REPLACE, order_id, product_ids, quantities)
-            assert row is not None
-            return _placed(row)
-        await _end_pending(conn, order_id, "expired", notify)
-    raise Expired()
-
-
-_SOFT_DELETE = "UPDATE orders SET deleted_at = now(), updated_at = now() WHERE id = $1"
-
-
-async def delete(db: Database, order_id: int, owner_id: int | None, deletable: frozenset[str], notify: Notify) -> str:
-    """Hide an order whose status is `deletable` (a pending one is cancelled first,
-    returning its stock). Returns the status it had."""
-    async with db.transaction() as conn:
-        order = await conn.fetchrow(_LOCK_ORDER, order_id, owner_id)
-        if order is None:
-            raise OrderNotFound()
-        status: str = order["status"]
-        if status not in deletable:
-            raise WrongStatus(status)
-        if status == "pending":
-            if await conn.fetchval(_PAYMENT_IN_FLIGHT, order_id):
-                raise PaymentInFlight()
-            await _end_pending(conn, order_id, "cancelled", notify)
-        await conn.execute(_SOFT_DELETE, order_id)
-    return status
+    """Newest first, `limit` rows at most, before `before_id` (the keyset cursor);
+    `user_id`: that user's orders (None: everyone's)."""
+    if user_id is None:
+        return await db.fetch(_EVERYONES_PAGE, before_id, status, limit)
+    return await db.fetch(_CUSTOMER_PAGE, user_id, before_id, status, limit)
 
 
 _OWNER = "SELECT user_id FROM orders WHERE id = $1 AND deleted_at IS NULL"
@@ -315,56 +81,96 @@ async def owner(db: Database, order_id: int) -> int | None:
     return value
 
 
+# --- changing ---------------------------------------------------------------------------
+
+_CREATE = "SELECT (r.changed).*, r.items, r.refusal FROM create_order($1, $2, $3, $4, $5, $6) r"
+
+
+async def create(
+    db: Executor, user_id: int, items: Sequence[Item], ttl_seconds: float, limits: HoldLimits
+) -> asyncpg.Record:
+    """Reserve every item and write the order with its order.created event, or change
+    nothing and raise the refusal (the customer's limits, then the item rules).
+    `items` must name each product once."""
+    row = await db.fetchrow(
+        _CREATE,
+        user_id,
+        [pid for pid, _ in items],
+        [qty for _, qty in items],
+        ttl_seconds,
+        limits.max_pending,
+        limits.max_units_per_product,
+    )
+    assert row is not None
+    return refused(row)
+
+
+_REPLACE_ITEMS = "SELECT (r.changed).*, r.items, r.refusal FROM replace_order_items($1, $2, $3, $4, $5) r"
+
+
+async def replace_items(
+    db: Database, order_id: int, user_id: int, items: Sequence[Item], max_units_per_product: int
+) -> asyncpg.Record:
+    """Swap a pending order's items (the user's own), re-reserving atomically; on a
+    refusal nothing changes (but an order found past its expiry is expired)."""
+    row = await db.fetchrow(
+        _REPLACE_ITEMS, order_id, user_id, [pid for pid, _ in items], [qty for _, qty in items], max_units_per_product
+    )
+    assert row is not None
+    return refused(row)
+
+
+_CANCEL = "SELECT (r.changed).*, r.items, r.refusal FROM cancel_order($1, $2) r"
+
+
+async def cancel(db: Database, order_id: int, user_id: int | None) -> asyncpg.Record:
+    """pending -> cancelled, returning the stock (`user_id`: only that user's order)."""
+    row = await db.fetchrow(_CANCEL, order_id, user_id)
+    assert row is not None
+    return refused(row)
+
+
+_ADVANCE = "SELECT (r.changed).*, r.items, r.refusal FROM advance_order($1, $2, $3) r"
+
+
+async def advance(db: Database, order_id: int, from_status: str, to_status: str) -> asyncpg.Record:
+    """A fulfilment step (paid -> shipped, shipped -> delivered)."""
+    row = await db.fetchrow(_ADVANCE, order_id, from_status, to_status)
+    assert row is not None
+    return refused(row)
+
+
+_DELETE = "SELECT previous_status, refusal FROM delete_order($1, $2, $3)"
+
+
+async def delete(db: Database, order_id: int, user_id: int | None, deletable: Collection[str]) -> str:
+    """Hide an order whose status is `deletable` (a pending one is cancelled first,
+    returning its stock). Returns the status it had."""
+    row = await db.fetchrow(_DELETE, order_id, user_id, list(deletable))
+    assert row is not None
+    status: str = refused(row)["previous_status"]
+    return status
+
+
 # --- expiry -----------------------------------------------------------------------------
 
-# Orders past their expiry, oldest first, skipping those another transaction holds
-# (it is deciding about them already) and those a live actor here is timing.
-_LOCK_DUE = """
-SELECT id FROM orders o
-WHERE status = 'pending' AND expires_at <= now() AND id <> ALL($1::bigint[])
-  AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'pending')
-ORDER BY expires_at
-LIMIT $2
-FOR UPDATE SKIP LOCKED
-"""
-_PAYING = "SELECT DISTINCT order_id FROM payments WHERE order_id = ANY($1::bigint[]) AND status = 'pending'"
-_MARK_EXPIRED = f"""
-UPDATE orders o SET status = 'expired', expires_at = NULL, updated_at = now()
-WHERE o.id = ANY($1::bigint[]) AND o.status = 'pending'
-RETURNING {ORDER_COLUMNS}, {ITEMS_COLUMN}
-"""
+_EXPIRE = "SELECT expire_order($1)"
 
 
-async def expire_due(db: Database, *, exclude: Sequence[int], batch: int, notify: Notify) -> list[int]:
-    """Expire up to `batch` due orders and return their stock; returns their ids.
-
-    Safe to run in every process at once: each order is expired exactly once.
-    """
-    async with db.transaction() as conn:
-        due = [r["id"] for r in await conn.fetch(_LOCK_DUE, list(exclude), batch)]
-        if not due:
-            return []
-        paying = {r["order_id"] for r in await conn.fetch(_PAYING, due)}
-        due = [order_id for order_id in due if order_id not in paying]
-        if not due:
-            return []
-        await return_stock(conn, due)
-        expired = await conn.fetch(_MARK_EXPIRED, due)
-        for row in expired:
-            await notify(conn, row)
-        return [r["id"] for r in expired]
+async def expire(db: Executor, order_id: int) -> bool:
+    """Expire this order if it is due (an actor's timer, or a payment that found it
+    overdue); False if it was not."""
+    expired: bool = await db.fetchval(_EXPIRE, order_id)
+    return expired
 
 
-async def expire_one(db: Database, order_id: int, notify: Notify) -> bool:
-    """Expire this order if it is due (an actor's timer); False if it was not."""
-    async with db.transaction() as conn:
-        order = await conn.fetchrow(_LOCK_ORDER, order_id, None)
-        if order is None or order["status"] != "pending" or not order["overdue"]:
-            return False
-        if await conn.fetchval(_PAYMENT_IN_FLIGHT, order_id):
-            return False
-        await _end_pending(conn, order_id, "expired", notify)
-        return True
+_EXPIRE_DUE = "SELECT expire_due_orders($1, $2) AS id"
+
+
+async def expire_due(db: Database, *, exclude: Sequence[int], batch: int) -> list[int]:
+    """Expire up to `batch` due orders and return their stock; returns their ids. Safe
+    to run in every process at once: each order is expired exactly once."""
+    return [r["id"] for r in await db.fetch(_EXPIRE_DUE, list(exclude), batch)]
 
 
 # --- invariants -------------------------------------------------------------------------

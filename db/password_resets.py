@@ -1,30 +1,17 @@
-"""Password-reset tokens (sql/012_sessions.sql)."""
+"""Password-reset tokens (the table: sql/012_sessions.sql)."""
 
 from __future__ import annotations
 
-import asyncpg
-
 from db.pool import Database, Executor
 
-# One row per requested email, whether or not a user has it (same work either way);
-# a newer request replaces the token.
-_STORE = """
-INSERT INTO password_resets (email, user_id, token_hash, expires_at)
-VALUES ($1, (SELECT id FROM users WHERE email = $1), $2, now() + make_interval(secs => $3))
-ON CONFLICT (email) DO UPDATE SET
-    user_id = excluded.user_id,
-    token_hash = excluded.token_hash,
-    created_at = now(),
-    expires_at = excluded.expires_at
-RETURNING user_id, expires_at
-"""
+# The token stored and the user.password_reset_requested event written, in one call
+# (sql/functions/users.sql): the same work whether or not a user has the email.
+_REQUEST = "SELECT request_password_reset($1, $2, $3, $4)"
 
 
-async def store(conn: Executor, email: str, token_hash: bytes, ttl_seconds: float) -> asyncpg.Record:
-    """Store the token for this email; `user_id` is NULL when nobody has the email."""
-    row = await conn.fetchrow(_STORE, email, token_hash, ttl_seconds)
-    assert row is not None
-    return row
+async def request(db: Executor, email: str, token: str, token_hash: bytes, ttl_seconds: float) -> None:
+    """Store the token for this email and, when a user has it, its event."""
+    await db.execute(_REQUEST, email, token, token_hash, ttl_seconds)
 
 
 _IS_VALID = """

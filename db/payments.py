@@ -1,40 +1,18 @@
-"""Payments: the three steps of a charge, reconciliation, and the charge invariants."""
+"""Payments: the three steps of a charge (steps 1 and 3 are one call each of their
+stored functions, sql/functions/payments.sql), reconciliation, and the charge
+invariants."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
 
 import asyncpg
 
 from db.liveness import claim_stale_sql
-from db.orders import Expired, OrderNotFound, PaymentInFlight, WrongStatus
 from db.pool import Database, Executor
+from db.refusals import Refusal, refused
 
-PAYMENT_COLUMNS = (
-    "id, order_id, amount, amount_refunded, currency, status, failure_reason, provider, provider_ref, created_at"
-)
-
-
-@dataclass
-class AmountMismatch(Exception):
-    total: int
-
-
-@dataclass
-class TooManyDeclinesForOrder(Exception):
-    declines: int
-
-
-@dataclass
-class TooManyDeclines(Exception):
-    retry_after: int
-
-
-# Step 1 in one statement (sql/018_begin_payment.sql): under the customer's lock, the
-# decline limits (card testing), then the order's lock, its checks (and the amount's),
-# and the pending payment. The partial unique index on pending payments makes a
-# second one for the same order fail, whichever process tries.
-_BEGIN = "SELECT payment, refusal, order_status, number FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9) r"
 
 
 async def begin(
@@ -46,15 +24,14 @@ async def begin(
     provider: str,
     provider_key: str,
     lease_seconds: float,
-    owner: int | None,
+    worker: int | None,
     max_declines_per_order: int,
     max_declines_per_user: int,
 ) -> asyncpg.Record:
-    """Record a pending payment for the user's order (the payments row, with its
-    provider_key), or raise why it cannot be paid: TooManyDeclinesForOrder,
-    TooManyDeclines, OrderNotFound, WrongStatus, Expired, AmountMismatch or
-    PaymentInFlight. `owner`: the liveness lock id of the process that will call the
-    provider. One statement: on a Database it is a transaction of its own."""
+    """Step 1: record a pending payment for the user's order (the payments row, with
+    its provider_key), or raise the refusal (the decline limits, the order's checks, or
+    'payment_in_flight'). `worker`: the liveness lock id of the process that will call
+    the provider. One statement: on a Database it is a transaction of its own."""
     try:
         row = await db.fetchrow(
             _BEGIN,
@@ -64,69 +41,51 @@ async def begin(
             provider,
             provider_key,
             lease_seconds,
-            owner,
+            worker,
             max_declines_per_order,
             max_declines_per_user,
         )
     except asyncpg.UniqueViolationError:
-        raise PaymentInFlight() from None
+        # The partial unique index on pending payments: another one is in flight.
+        raise Refusal("payment_in_flight") from None
     assert row is not None
-    refusal = row["refusal"]
-    if refusal is None:
-        payment: asyncpg.Record = row["payment"]
-        return payment
-    if refusal == "too_many_order_declines":
-        raise TooManyDeclinesForOrder(row["number"])
-    if refusal == "too_many_declines":
-        raise TooManyDeclines(row["number"])
-    if refusal == "not_found":
-        raise OrderNotFound()
-    if refusal == "wrong_status":
-        raise WrongStatus(row["order_status"])
-    if refusal == "expired":
-        raise Expired()
-    assert refusal == "amount_mismatch", refusal
-    raise AmountMismatch(row["number"])
+    return refused(row)
 
 
-# Step 3 in one statement (sql/019_settle_payment.sql): record the provider's answer
-# and, on success, mark the order paid, and write payment.<status> (then order.paid,
-# when the order was paid) in the same statement, so the events commit with the
-# change. A charge that succeeded for an order that can no longer be paid is recorded
-# as failed with `order_not_payable` and must be refunded (refund_due).
-_FINISH = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4) AS s"
+_SETTLE = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4) AS s"
 
 
-async def finish(
+async def settle(
     db: Executor, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
 ) -> asyncpg.Record | None:
-    """Settle a pending payment ('succeeded' or 'failed') and write its events: the
-    payments row with refund_due, or None if it was no longer pending (someone
+    """Step 3: settle a pending payment ('succeeded' or 'failed') and write its events:
+    the payments row with refund_due, or None if it was no longer pending (someone
     settled it first: nothing written). One statement: on a Database it is a
     transaction of its own."""
-    return await db.fetchrow(_FINISH, payment_id, status, provider_ref, failure_reason)
+    return await db.fetchrow(_SETTLE, payment_id, status, provider_ref, failure_reason)
 
 
-_GET = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)"
+_GET = "SELECT * FROM payments WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)"
 
 
-async def get(db: Executor, payment_id: int, owner_id: int | None) -> asyncpg.Record | None:
-    return await db.fetchrow(_GET, payment_id, owner_id)
+async def get(db: Executor, payment_id: int, user_id: int | None) -> asyncpg.Record | None:
+    """A payment; `user_id` limits it to that user's payments (None: any)."""
+    return await db.fetchrow(_GET, payment_id, user_id)
 
 
-# Pending payments whose process is gone (its liveness lock is free) or whose lease
-# ran out (the outcome stayed unknown, or the process lost its lock): claimed for a
-# new lease, owned by the claiming process, so that one reconciler at a time
-# handles each (and another takes over if that one dies too).
-_CLAIM_STALE = claim_stale_sql("payments", "id, order_id, amount, currency, provider_key")
+# Pending payments whose worker is gone (its liveness lock is free) or whose lease ran
+# out (the outcome stayed unknown, or the worker lost its lock): claimed for a new
+# lease by this worker, so that one reconciler at a time handles each (and another
+# takes over if that one dies too).
+_CLAIM_STALE = claim_stale_sql("payments")
 
 
-async def claim_stale(db: Database, *, batch: int, lease_seconds: float, owner: int | None) -> list[asyncpg.Record]:
-    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, owner)
+async def claim_stale(db: Database, *, batch: int, lease_seconds: float, worker: int | None) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker)
 
 
 _REFUNDS_DUE = """
-SELECT id, order_id, amount, currency, provider_key, provider_ref FROM payments
+SELECT * FROM payments
 WHERE status = 'failed' AND failure_reason = 'order_not_payable' AND refund_ref IS NULL
 ORDER BY id
 LIMIT $1
@@ -148,7 +107,7 @@ _CHARGE_VIOLATIONS = """
 SELECT 'order ' || o.id || ' is ' || o.status || ' with ' || count(p.id) || ' succeeded payments' AS problem
 FROM orders o LEFT JOIN payments p ON p.order_id = o.id AND p.status = 'succeeded'
 GROUP BY o.id
-HAVING (o.status IN ('paid', 'shipped', 'delivered', 'refunded')) <> (count(p.id) = 1) OR count(p.id) > 1
+HAVING (o.status = ANY($1::text[])) <> (count(p.id) = 1) OR count(p.id) > 1
 UNION ALL
 SELECT 'charge ' || c.reference || ' (' || c.idempotency_key || ') kept without a succeeded payment'
 FROM simulated_provider_charges c
@@ -171,13 +130,13 @@ WHERE p.status = 'succeeded' AND p.provider = 'simulated' AND NOT EXISTS (
 """
 
 
-async def charge_violations(db: Database) -> list[str]:
-    """Breaches of "exactly one charge per paid order": paid (or refunded) orders
-    without exactly one succeeded payment, succeeded payments of unpaid orders, money
+async def charge_violations(db: Database, paid_statuses: Collection[str]) -> list[str]:
+    """Breaches of "exactly one charge per paid order": orders in a `paid_statuses`
+    status without exactly one succeeded payment, succeeded payments of unpaid orders, money
     the provider kept (not refunded) for no succeeded payment, succeeded payments the
     provider has no charge for. Payments still pending are not judged (they are not
     settled yet). Refunds are judged by db.refunds.refund_violations."""
-    return [r["problem"] for r in await db.fetch(_CHARGE_VIOLATIONS)]
+    return [r["problem"] for r in await db.fetch(_CHARGE_VIOLATIONS, list(paid_statuses))]
 
 
 _PENDING_COUNT = "SELECT count(*) FROM payments WHERE status = 'pending'"

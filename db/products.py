@@ -9,43 +9,35 @@ from typing import Any
 import asyncpg
 
 from db.pool import Database, Executor
+from db.refusals import Refusal
 
-PRODUCT_FIELDS = ("id", "name", "description", "price", "currency", "stock", "sku", "created_at", "updated_at")
-PRODUCT_COLUMNS = ", ".join(PRODUCT_FIELDS)
 # The catalog reads also select the row version's transaction id: it changes with
 # every change of the row, so it makes a cheap ETag (server/domain/catalog.py).
-VERSIONED_COLUMNS = f"{PRODUCT_COLUMNS}, xmin::text AS version"
+VERSIONED = "*, xmin::text AS version"
 
 
-class SkuTaken(Exception):
-    pass
-
-
-def _raise_if_sku_taken(exc: asyncpg.UniqueViolationError) -> None:
+def _sku_taken(exc: asyncpg.UniqueViolationError) -> Refusal:
     if exc.constraint_name == "products_sku_live_key":
-        raise SkuTaken() from None
+        return Refusal("sku_taken")
+    raise exc
 
 
-_INSERT = f"""
-INSERT INTO products (name, description, price, currency, stock, stock_received, sku)
-VALUES ($1, $2, $3, $4, $5::int, $5::int, $6)
-RETURNING {PRODUCT_COLUMNS}
-"""
+_CREATE = "SELECT * FROM create_product($1, $2, $3, $4, $5, $6)"
 
 
 async def create(
     db: Executor, *, name: str, description: str, price: int, currency: str, stock: int, sku: str | None
 ) -> asyncpg.Record:
+    """A new product, with its product.created event; raises 'sku_taken'."""
     try:
-        row = await db.fetchrow(_INSERT, name, description, price, currency, stock, sku)
+        row = await db.fetchrow(_CREATE, name, description, price, currency, stock, sku)
     except asyncpg.UniqueViolationError as exc:
-        _raise_if_sku_taken(exc)
-        raise
+        raise _sku_taken(exc) from None
     assert row is not None
     return row
 
 
-_GET = f"SELECT {VERSIONED_COLUMNS} FROM products WHERE id = $1 AND deleted_at IS NULL"
+_GET = f"SELECT {VERSIONED} FROM products WHERE id = $1 AND deleted_at IS NULL"
 
 
 async def get(db: Database, product_id: int) -> asyncpg.Record | None:
@@ -53,39 +45,35 @@ async def get(db: Database, product_id: int) -> asyncpg.Record | None:
     return await db.fetchrow(_GET, product_id)
 
 
-# Only the columns the request names change; a change of stock also counts as stock
-# received (or removed), which keeps the stock invariant true across restocking.
-_UPDATABLE = ("name", "description", "price", "currency", "stock", "sku")
+_UPDATE = "SELECT * FROM update_product($1, $2, $3, $4, $5, $6, $7, $8)"
 
 
 async def update(db: Executor, product_id: int, changes: dict[str, Any]) -> asyncpg.Record | None:
-    assignments = ["updated_at = now()"]
-    args: list[Any] = [product_id]
-    for column in _UPDATABLE:
-        if column in changes:
-            args.append(changes[column])
-            if column == "stock":
-                assignments.append(f"stock_received = stock_received + (${len(args)} - stock)")
-            assignments.append(f"{column} = ${len(args)}")
-    query = (
-        f"UPDATE products SET {', '.join(assignments)} WHERE id = $1 AND deleted_at IS NULL RETURNING {PRODUCT_COLUMNS}"
-    )
+    """Change the named fields of a live product, with its product.updated event; None
+    when there is no such product; raises 'sku_taken'."""
     try:
-        return await db.fetchrow(query, *args)
+        return await db.fetchrow(
+            _UPDATE,
+            product_id,
+            list(changes),
+            changes.get("name"),
+            changes.get("description"),
+            changes.get("price"),
+            changes.get("currency"),
+            changes.get("stock"),
+            changes.get("sku"),
+        )
     except asyncpg.UniqueViolationError as exc:
-        _raise_if_sku_taken(exc)
-        raise
+        raise _sku_taken(exc) from None
 
 
-_SOFT_DELETE = f"""
-UPDATE products SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL
-RETURNING {PRODUCT_COLUMNS}
-"""
+_DELETE = "SELECT * FROM delete_product($1)"
 
 
-async def soft_delete(db: Executor, product_id: int) -> asyncpg.Record | None:
-    """The product as it was deleted; None if there was no such live product."""
-    return await db.fetchrow(_SOFT_DELETE, product_id)
+async def delete(db: Executor, product_id: int) -> asyncpg.Record | None:
+    """The product as it was deleted, with its product.deleted event; None if there
+    was no such live product."""
+    return await db.fetchrow(_DELETE, product_id)
 
 
 @dataclass(frozen=True)
@@ -152,17 +140,13 @@ def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, li
         conditions.append(f"({sort.column}, id) {op} ({arg(after[0])}, {arg(after[1])})")
     direction = "DESC" if sort.descending else "ASC"
     query = (
-        f"SELECT {VERSIONED_COLUMNS} FROM products WHERE {' AND '.join(conditions)} "
+        f"SELECT {VERSIONED} FROM products WHERE {' AND '.join(conditions)} "
         f"ORDER BY {sort.column} {direction}, id {direction} LIMIT {arg(limit)}"
     )
     return query, args
 
 
-class QueryTooSlow(Exception):
-    """The database cancelled the list at its statement timeout."""
-
-
-async def list_page(
+async def page(
     db: Database,
     sort: Sort,
     filters: ListFilters,
@@ -170,11 +154,10 @@ async def list_page(
     limit: int,
     timeout_ms: int | None = None,
 ) -> list[asyncpg.Record]:
-    """Up to `limit` + 1 rows, with their `version` (the extra one tells that a next
-    page exists). With `timeout_ms` the database cancels the query after that long
-    (QueryTooSlow): a setting local to its transaction, which also holds behind
-    PgBouncer."""
-    query, args = list_query(sort, filters, after, limit + 1)
+    """`limit` rows at most, after the keyset position `after`, with their `version`.
+    With `timeout_ms` the database cancels the query after that long ('search_too_slow'):
+    a setting local to its transaction, which also holds behind PgBouncer."""
+    query, args = list_query(sort, filters, after, limit)
     if timeout_ms is None:
         return await db.fetch(query, *args)
     try:
@@ -182,7 +165,7 @@ async def list_page(
             await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
             return await conn.fetch(query, *args)
     except asyncpg.QueryCanceledError:
-        raise QueryTooSlow() from None
+        raise Refusal("search_too_slow") from None
 
 
 async def seed(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:

@@ -1,180 +1,93 @@
-"""Refunds: the three steps of a refund, its reads, reconciliation, and the refund
-invariants.
-
-Lock order, as for charges: the payment row, then the refund, then the order, then
-the products in id order (db/orders.py).
-"""
+"""Refunds: the three steps of a refund (steps 1 and 3 are one call each of their
+stored functions, sql/functions/refunds.sql), its reads, reconciliation, and the
+refund invariants."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection
 
 import asyncpg
 
 from db.liveness import claim_stale_sql
-from db.orders import ITEMS_COLUMN, ORDER_COLUMNS, return_stock
 from db.pool import Database, Executor
+from db.refusals import refused
 
-REFUND_COLUMNS = (
-    "id, payment_id, order_id, amount, currency, status, reason, restock, failure_reason, provider_ref, created_at"
-)
-
-
-# --- step 1 -------------------------------------------------------------------------------
-
-# The payment, locked: its refund counters are read and changed under this lock, so
-# two transactions (in any processes) never both take the same part of it.
-_LOCK_PAYMENT = """
-SELECT id, order_id, status, amount, amount_refunded, amount_refund_pending, currency, provider_ref
-FROM payments WHERE id = $1
-FOR UPDATE
-"""
-
-
-async def lock_payment(conn: Executor, payment_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow(_LOCK_PAYMENT, payment_id)
-
-
-# Reserve the amount on the payment (its CHECK constraint is the ceiling's last
-# guard) and record the pending refund, in one statement.
-_BEGIN = f"""
-WITH reserved AS (
-    UPDATE payments SET amount_refund_pending = amount_refund_pending + $2, updated_at = now()
-    WHERE id = $1
-    RETURNING id, order_id, currency
-)
-INSERT INTO refunds
-    (payment_id, order_id, requested_by, amount, currency, reason, restock, provider_key, owner, lease_until)
-SELECT id, order_id, $3, $2, currency, $4, $5, $6, $7, now() + make_interval(secs => $8)
-FROM reserved
-RETURNING {REFUND_COLUMNS}, provider_key
-"""
+_BEGIN = "SELECT (r.refund).*, r.refusal FROM begin_refund($1, $2, $3, $4, $5, $6, $7, $8) r"
 
 
 async def begin(
-    conn: Executor,
+    db: Executor,
     *,
     payment_id: int,
-    amount: int,
     requested_by: int,
+    amount: int | None,
     reason: str | None,
     restock: bool,
     provider_key: str,
-    owner: int | None,
+    worker: int | None,
     lease_seconds: float,
 ) -> asyncpg.Record:
-    """Record a pending refund of a payment locked by `lock_payment` in this transaction."""
-    row = await conn.fetchrow(
-        _BEGIN, payment_id, amount, requested_by, reason, restock, provider_key, owner, lease_seconds
+    """Step 1: reserve the amount (None: what is left) on the payment and record a
+    pending refund, or raise the refusal (the refund rules, in refund_refusal). One
+    statement: on a Database it is a transaction of its own."""
+    row = await db.fetchrow(
+        _BEGIN, payment_id, requested_by, amount, reason, restock, provider_key, worker, lease_seconds
     )
     assert row is not None
-    return row
+    return refused(row)
 
 
-# --- step 3 -------------------------------------------------------------------------------
-
-_LOCK_PAYMENT_OF = """
-SELECT p.id FROM payments p JOIN refunds r ON r.payment_id = p.id
-WHERE r.id = $1
-FOR UPDATE OF p
-"""
-_FINISH_REFUND = f"""
-UPDATE refunds SET status = $2, provider_ref = $3, failure_reason = $4,
-                   owner = NULL, lease_until = NULL, updated_at = now()
-WHERE id = $1 AND status = 'pending'
-RETURNING {REFUND_COLUMNS}
-"""
-_SETTLE_PAYMENT = """
-UPDATE payments SET amount_refund_pending = amount_refund_pending - $2,
-                    amount_refunded = amount_refunded + CASE WHEN $3 THEN $2 ELSE 0 END,
-                    updated_at = now()
-WHERE id = $1
-RETURNING amount, amount_refunded
-"""
-# The order follows its payment: amount_refunded, and `refunded` once the whole
-# amount is back (from one of the statuses the caller names).
-_SETTLE_ORDER = f"""
-UPDATE orders o SET amount_refunded = $2,
-                    status = CASE WHEN $3 AND prev.status = ANY($4::text[]) THEN 'refunded' ELSE prev.status END,
-                    updated_at = now()
-FROM (SELECT id, status FROM orders WHERE id = $1 FOR UPDATE) prev
-WHERE o.id = prev.id
-RETURNING {ORDER_COLUMNS}, {ITEMS_COLUMN}, prev.status AS previous_status
+_SETTLE = """
+SELECT (s.refund).*, s.previous_status, s.became_refunded FROM settle_refund($1, $2, $3, $4, $5) AS s
 """
 
 
-@dataclass(frozen=True)
-class Settled:
-    refund: asyncpg.Record
-    # The order after a succeeded refund (None after a failed one).
-    order: asyncpg.Record | None
-
-
-async def finish(
-    conn: asyncpg.Connection,
+async def settle(
+    db: Executor,
     refund_id: int,
     *,
     status: str,
     provider_ref: str | None,
     failure_reason: str | None,
-    refundable_statuses: Iterable[str],
-) -> Settled | None:
-    """Settle a pending refund ('succeeded' or 'failed') inside the caller's
-    transaction; None if it was no longer pending (someone settled it first). A
-    success that completes the whole amount marks the order refunded and, for a
-    restocking refund, returns every unit of the order to stock."""
-    await conn.fetchrow(_LOCK_PAYMENT_OF, refund_id)
-    refund = await conn.fetchrow(_FINISH_REFUND, refund_id, status, provider_ref, failure_reason)
-    if refund is None:
-        return None
-    succeeded = status == "succeeded"
-    payment = await conn.fetchrow(_SETTLE_PAYMENT, refund["payment_id"], refund["amount"], succeeded)
-    assert payment is not None
-    if not succeeded:
-        return Settled(refund, None)
-    complete = payment["amount_refunded"] == payment["amount"]
-    order = await conn.fetchrow(
-        _SETTLE_ORDER, refund["order_id"], payment["amount_refunded"], complete, list(refundable_statuses)
-    )
-    assert order is not None
-    if complete and refund["restock"]:
-        await return_stock(conn, [refund["order_id"]])
-    return Settled(refund, order)
+    refundable_statuses: Collection[str],
+) -> asyncpg.Record | None:
+    """Step 3: settle a pending refund ('succeeded' or 'failed') with its events: the
+    refunds row with the order's previous_status and whether it became_refunded; None
+    if it was no longer pending (someone settled it first: nothing written)."""
+    return await db.fetchrow(_SETTLE, refund_id, status, provider_ref, failure_reason, list(refundable_statuses))
 
 
 # --- reads --------------------------------------------------------------------------------
 
-_GET = f"SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1"
+_GET = "SELECT * FROM refunds WHERE id = $1"
 
 
 async def get(db: Executor, refund_id: int) -> asyncpg.Record | None:
     return await db.fetchrow(_GET, refund_id)
 
 
-_LIST = f"""
-SELECT {REFUND_COLUMNS} FROM refunds
-WHERE payment_id = $1 AND id > $2
+_PAGE = """
+SELECT * FROM refunds
+WHERE payment_id = $1 AND id > coalesce($2::bigint, 0)
 ORDER BY id
 LIMIT $3
 """
 
 
-async def list_page(db: Database, payment_id: int, *, after_id: int, limit: int) -> list[asyncpg.Record]:
-    """A payment's refunds oldest first, up to `limit` + 1 (the extra one tells a
-    next page exists)."""
-    return await db.fetch(_LIST, payment_id, after_id, limit + 1)
+async def page(db: Database, payment_id: int, *, after_id: int | None, limit: int) -> list[asyncpg.Record]:
+    """A payment's refunds oldest first, `limit` at most, after `after_id`."""
+    return await db.fetch(_PAGE, payment_id, after_id, limit)
 
 
 # --- reconciliation -----------------------------------------------------------------------
 
-# As for payments (db/payments.py): pending refunds whose process is gone or whose
-# lease ran out, claimed by this process.
-_CLAIM_STALE = claim_stale_sql("refunds", "id, order_id, provider_key")
+# As for payments (db/payments.py): pending refunds whose worker is gone or whose lease
+# ran out, claimed by this worker.
+_CLAIM_STALE = claim_stale_sql("refunds")
 
 
-async def claim_stale(db: Database, *, batch: int, lease_seconds: float, owner: int | None) -> list[asyncpg.Record]:
-    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, owner)
+async def claim_stale(db: Database, *, batch: int, lease_seconds: float, worker: int | None) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker)
 
 
 _PENDING_COUNT = "SELECT count(*) FROM refunds WHERE status = 'pending'"

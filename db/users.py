@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncpg
 
-from db.pool import Database, Executor
+from db.pool import Database
+from db.refusals import Refusal
 
+# What may leave the table: every column but password_hash (which no answer carries).
 USER_COLUMNS = "id, email, name, role, created_at, updated_at"
-
-
-class EmailTaken(Exception):
-    pass
 
 
 _INSERT = f"""
@@ -24,7 +22,7 @@ async def create(db: Database, email: str, name: str, password_hash: str, role: 
     try:
         row = await db.fetchrow(_INSERT, email, name, password_hash, role)
     except asyncpg.UniqueViolationError:
-        raise EmailTaken(email) from None
+        raise Refusal("email_taken") from None
     assert row is not None
     return row
 
@@ -62,16 +60,6 @@ async def get_password_hash(db: Database, user_id: int) -> str | None:
     return value
 
 
-# Serializes one customer's limited actions (new orders, line changes, payments)
-# across processes; taken before any order or product lock. NO KEY UPDATE: rows
-# that reference the user (orders, payments) can still be inserted meanwhile.
-_LOCK = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE"
-
-
-async def lock(conn: Executor, user_id: int) -> None:
-    await conn.execute(_LOCK, user_id)
-
-
 # A password change bumps token_version, which revokes every token issued before it,
 # and ends every session of the user (so no refresh token outlives it either).
 _UPDATE_PROFILE = f"""
@@ -101,7 +89,7 @@ async def update_profile(
     try:
         return await db.fetchrow(_UPDATE_PROFILE, user_id, name, email, password_hash)
     except asyncpg.UniqueViolationError:
-        raise EmailTaken(email or "") from None
+        raise Refusal("email_taken") from None
 
 
 _PROMOTE = "UPDATE users SET role = 'admin', updated_at = now() WHERE email = $1 AND role <> 'admin'"

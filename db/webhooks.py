@@ -14,6 +14,8 @@ import asyncpg
 from db import events as events_db
 from db.pool import Database
 
+# What may leave the table through the API: every column but the secret (and the
+# internal active_since).
 WEBHOOK_COLUMNS = "id, url, events, description, enabled, created_at, updated_at"
 
 _INSERT = f"""
@@ -35,32 +37,40 @@ async def get(db: Database, webhook_id: int) -> asyncpg.Record | None:
     return await db.fetchrow(_GET, webhook_id)
 
 
-_LIST = f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE ($1::bigint IS NULL OR id > $1) ORDER BY id LIMIT $2"
+_PAGE = f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id > coalesce($1::bigint, 0) ORDER BY id LIMIT $2"
 
 
-async def list_page(db: Database, after_id: int | None, limit: int) -> list[asyncpg.Record]:
-    """Oldest first, up to `limit` + 1 rows (the extra one tells a next page exists)."""
-    return await db.fetch(_LIST, after_id, limit + 1)
+async def page(db: Database, after_id: int | None, limit: int) -> list[asyncpg.Record]:
+    """Oldest first, `limit` rows at most, after `after_id`."""
+    return await db.fetch(_PAGE, after_id, limit)
 
 
-_UPDATABLE = ("url", "events", "description", "enabled")
+# Only the fields named in $2 change. Enabling a disabled webhook restarts its delivery
+# from now: what happened while it was disabled is not sent.
+_UPDATE = f"""
+UPDATE webhooks SET
+    url = CASE WHEN 'url' = ANY ($2::text[]) THEN $3 ELSE url END,
+    events = CASE WHEN 'events' = ANY ($2::text[]) THEN $4 ELSE events END,
+    description = CASE WHEN 'description' = ANY ($2::text[]) THEN $5 ELSE description END,
+    active_since = CASE WHEN 'enabled' = ANY ($2::text[]) AND $6 AND NOT enabled THEN now() ELSE active_since END,
+    enabled = CASE WHEN 'enabled' = ANY ($2::text[]) THEN $6 ELSE enabled END,
+    updated_at = now()
+WHERE id = $1
+RETURNING {WEBHOOK_COLUMNS}
+"""
 
 
 async def update(db: Database, webhook_id: int, changes: dict[str, Any]) -> asyncpg.Record | None:
-    """Change the named columns. Enabling a disabled webhook restarts its delivery
-    from now: what happened while it was disabled is not sent."""
-    assignments = ["updated_at = now()"]
-    args: list[Any] = [webhook_id]
-    for column in _UPDATABLE:
-        if column in changes:
-            args.append(changes[column])
-            if column == "enabled":
-                assignments.append(
-                    f"active_since = CASE WHEN ${len(args)} AND NOT enabled THEN now() ELSE active_since END"
-                )
-            assignments.append(f"{column} = ${len(args)}")
-    query = f"UPDATE webhooks SET {', '.join(assignments)} WHERE id = $1 RETURNING {WEBHOOK_COLUMNS}"
-    return await db.fetchrow(query, *args)
+    """Change the named fields; None when there is no such webhook."""
+    return await db.fetchrow(
+        _UPDATE,
+        webhook_id,
+        list(changes),
+        changes.get("url"),
+        changes.get("events"),
+        changes.get("description"),
+        changes.get("enabled"),
+    )
 
 
 _DELETE = "DELETE FROM webhooks WHERE id = $1"
@@ -72,17 +82,16 @@ async def delete(db: Database, webhook_id: int) -> bool:
 
 
 _ATTEMPTS = """
-SELECT id, event_id, event_type, attempt, status, response_status, error, created_at, next_attempt_at
-FROM webhook_attempts
-WHERE webhook_id = $1 AND ($2::bigint IS NULL OR id < $2)
+SELECT * FROM webhook_attempts
+WHERE webhook_id = $1 AND id < coalesce($2::bigint, 9223372036854775807)
 ORDER BY id DESC
 LIMIT $3
 """
 
 
 async def attempts_page(db: Database, webhook_id: int, before_id: int | None, limit: int) -> list[asyncpg.Record]:
-    """The delivery log, newest first, up to `limit` + 1 rows."""
-    return await db.fetch(_ATTEMPTS, webhook_id, before_id, limit + 1)
+    """The delivery log, newest first, `limit` rows at most, before `before_id`."""
+    return await db.fetch(_ATTEMPTS, webhook_id, before_id, limit)
 
 
 # --- fan-out: outbox events -> deliveries ----------------------------------------------

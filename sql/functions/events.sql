@@ -1,0 +1,14 @@
+-- Writing an event: the one way, for every write path (the table and the feed's
+-- order: sql/009_events.sql).
+--
+-- An event is written by the statement or function that makes the change it reports,
+-- in its transaction, so a rolled-back change reports nothing and a committed one is
+-- never lost. Its data is the changed resource as its row (to_jsonb of the row, an
+-- order with its items): the API's shape of it (server/domain/shapes.py) is applied
+-- when the event is read, by the feed and by webhook deliveries, with the same
+-- declaration the API's answers use. So no JSON shape is declared in SQL, and writing
+-- an event costs one row-to-jsonb conversion.
+CREATE OR REPLACE FUNCTION emit_event(p_type text, p_data jsonb) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO events (type, data) VALUES (p_type, p_data)
+$$;
