@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import TypeVar
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from handlers.routing import PRINCIPAL
+from handlers.routing import CONTEXT, PRINCIPAL
 from handlers.schemas import MAX_ID
 from server.domain.auth import Principal
-from server.domain.context import CONTEXT, Context
+from server.domain.context import Context
+from server.domain.shapes import Row, Shape, render
 from server.runtime import jsonio
 from server.runtime.config import Config, networks
 from server.runtime.problems import (
@@ -65,6 +68,20 @@ def _is_proxy(address: str, proxies: tuple[IPv4Network | IPv6Network, ...]) -> b
     except ValueError:
         return False
     return any(parsed in network for network in proxies)
+
+
+def page_response(shape: type[Shape], page: tuple[Sequence[asyncpg.Record], str | None]) -> web.Response:
+    """A page of a list: its rows in the resource's shape, and the next page's cursor."""
+    rows, next_cursor = page
+    return jsonio.json_response({"items": [render(shape, row) for row in rows], "next_cursor": next_cursor})
+
+
+def created(request: web.Request, handler_name: str, shape: type[Shape], row: Row) -> web.Response:
+    """201 with the new resource in its shape, and its `Location`: the URL of the named
+    route, with the resource's id (when the route takes one)."""
+    parts = {"id": str(row["id"])} if "{id}" in request.app.router[handler_name].canonical else {}
+    headers = {"Location": str(request.app.router[handler_name].url_for(**parts))}
+    return jsonio.json_response(render(shape, row), status=201, headers=headers)
 
 
 def location(request: web.Request, handler_name: str, resource_id: int | None = None) -> dict[str, str]:

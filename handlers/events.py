@@ -8,7 +8,8 @@ from handlers.common import context, parse_query
 from handlers.routing import Response, Route
 from handlers.schemas import EventPage, EventsQuery
 from server.domain import events
-from server.domain.events import EVENT_TYPES, event_json
+from server.domain.events import EVENT_TYPES
+from server.domain.shapes import event_json
 from server.runtime.jsonio import json_response
 from server.runtime.problems import ValidationFailed
 
@@ -25,7 +26,8 @@ def _types(request: web.Request) -> list[str] | None:
 async def list_events(request: web.Request) -> web.Response:
     query = parse_query(request, EventsQuery)
     rows, next_cursor = await events.feed(context(request), query.after, _types(request), query.limit)
-    return json_response({"items": [event_json(row) for row in rows], "next_cursor": next_cursor})
+    items = [event_json(row["id"], row["type"], row["created_at"], row["data"]) for row in rows]
+    return json_response({"items": items, "next_cursor": next_cursor})
 
 
 ROUTES = [

@@ -1,53 +1,50 @@
-"""Orders: create, read, list, change (lines or status) and delete."""
+"""Orders: create, read, list, change (items or status) and delete."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.common import context, location, parse_query, path_id, principal, read_json
+from handlers.common import context, created, page_response, parse_query, path_id, principal, read_json
 from handlers.routing import Link, Response, Route, id_links
-from handlers.schemas import OrderCreateIn, OrderItemIn, OrderListQuery, OrderOut, OrderUpdateIn, Page
+from handlers.schemas import OrderCreateIn, OrderItemIn, OrderListQuery, OrderUpdateIn, Page
 from server.domain import orders
-from server.domain.orders import order_json
+from server.domain.shapes import OrderOut, render
 from server.runtime.jsonio import json_response
 
 
-def _lines(items: list[OrderItemIn]) -> list[tuple[int, int]]:
+def _items(items: list[OrderItemIn]) -> list[tuple[int, int]]:
     return [(item.product_id, item.quantity) for item in items]
 
 
 async def create_order(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
-    body = await read_json(request, OrderCreateIn)
-    row, items = await orders.create(ctx, caller, _lines(body.items))
-    return json_response(order_json(row, items), status=201, headers=location(request, "get_order", row["id"]))
+    items = _items((await read_json(request, OrderCreateIn)).items)
+    return created(request, "get_order", OrderOut, await orders.create(ctx, caller, items))
 
 
 async def get_order(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
-    row = await orders.get(ctx, caller, path_id(request))
-    return json_response(order_json(row))
+    return json_response(render(OrderOut, await orders.get(ctx, caller, path_id(request))))
 
 
 async def list_orders(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
     query = parse_query(request, OrderListQuery)
-    rows, next_cursor = await orders.list_page(
+    page = await orders.page(
         ctx, caller, user_id=query.user_id, status=query.status, cursor=query.cursor, limit=query.limit
     )
-    return json_response({"items": [order_json(r) for r in rows], "next_cursor": next_cursor})
+    return page_response(OrderOut, page)
 
 
 async def update_order(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
     order_id = path_id(request)
     body = await read_json(request, OrderUpdateIn)
-    if body.items is not None:
-        row, items = await orders.replace_lines(ctx, caller, order_id, _lines(body.items))
-        return json_response(order_json(row, items))
-    assert body.status is not None
-    row = await orders.change_status(ctx, caller, order_id, body.status)
-    return json_response(order_json(row))
+    if body.status is None:
+        order = await orders.replace_items(ctx, caller, order_id, _items(body.items))
+    else:
+        order = await orders.change_status(ctx, caller, order_id, body.status)
+    return json_response(render(OrderOut, order))
 
 
 async def delete_order(request: web.Request) -> web.Response:
@@ -95,12 +92,12 @@ ROUTES = [
         },
     ),
     Route(
-        "PUT", "/api/orders/{id}", update_order, "Replace the lines of a pending order, or change its status", "orders",
+        "PUT", "/api/orders/{id}", update_order, "Replace the items of a pending order, or change its status", "orders",
         auth="user",
         body=OrderUpdateIn,
         responses={200: Response("The updated order", OrderOut)},
         problems={
-            403: "The change needs another role (ship/deliver: admin; lines: the owner)",
+            403: "The change needs another role (ship/deliver: admin; items: the owner)",
             404: "No such order, or not the caller's",
             409: "Not allowed from the current status, payment in progress, not enough stock, or past "
             "ORDER_MAX_HELD_UNITS_PER_PRODUCT (named in `limit`)",

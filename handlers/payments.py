@@ -6,20 +6,13 @@ import re
 
 from aiohttp import web
 
-from handlers.common import context, location, parse_query, path_id, principal, read_json
+from handlers.common import context, location, page_response, parse_query, path_id, principal, read_json
 from handlers.routing import RequestHeader, Response, Route, id_links
-from handlers.schemas import (
-    IDEMPOTENCY_KEY_PATTERN,
-    Page,
-    PageQuery,
-    PaymentCreateIn,
-    PaymentOut,
-    RefundCreateIn,
-    RefundOut,
-)
+from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, Page, PageQuery, PaymentCreateIn, RefundCreateIn
 from server.domain.payments import refunds
 from server.domain.payments import service as payments
 from server.domain.payments.idempotency import Outcome, Result
+from server.domain.shapes import PaymentOut, RefundOut, Shape, render
 from server.runtime.jsonio import json_response
 from server.runtime.problems import ValidationFailed
 
@@ -47,18 +40,17 @@ async def create_payment(request: web.Request) -> web.Response:
     result = await payments.pay(ctx, caller.id, payment_request, key)
     headers = None
     if result.outcome is not Outcome.FAILED:
-        headers = location(request, "get_payment", result.resource["id"])
-    return _answer(result, headers)
+        headers = location(request, "get_payment", result.row["id"])
+    return _answer(PaymentOut, result, headers)
 
 
-def _answer(result: Result, headers: dict[str, str] | None = None) -> web.Response:
-    return json_response(result.resource, status=_STATUS[result.outcome], headers=headers)
+def _answer(shape: type[Shape], result: Result, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(render(shape, result.row), status=_STATUS[result.outcome], headers=headers)
 
 
 async def get_payment(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
-    payment = await payments.get(ctx, path_id(request), caller.id, caller.is_admin)
-    return json_response(payment)
+    return json_response(render(PaymentOut, await payments.get(ctx, caller, path_id(request))))
 
 
 async def create_refund(request: web.Request) -> web.Response:
@@ -67,15 +59,14 @@ async def create_refund(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body = await read_json(request, RefundCreateIn)
     new_refund = refunds.NewRefund(payment_id, body.amount, body.reason, body.restock)
-    return _answer(await refunds.refund(ctx, caller.id, new_refund, key))
+    return _answer(RefundOut, await refunds.refund(ctx, caller.id, new_refund, key))
 
 
 async def list_refunds(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
     payment_id = path_id(request)
     query = parse_query(request, PageQuery)
-    items, next_cursor = await refunds.list_page(ctx, caller, payment_id, cursor=query.cursor, limit=query.limit)
-    return json_response({"items": items, "next_cursor": next_cursor})
+    return page_response(RefundOut, await refunds.page(ctx, caller, payment_id, cursor=query.cursor, limit=query.limit))
 
 
 _IDEMPOTENCY_KEY = {

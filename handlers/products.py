@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from db.products import ListFilters
-from handlers.common import context, location, parse_query, path_id, read_json
+from handlers.common import context, created, parse_query, path_id, read_json
 from handlers.conditional import CACHING_HEADERS, cache_control, respond, wants_fresh
 from handlers.routing import Response, Route, id_links
-from handlers.schemas import Page, ProductCreateIn, ProductListQuery, ProductOut, ProductUpdateIn
+from handlers.schemas import Page, ProductCreateIn, ProductListQuery, ProductUpdateIn
 from server.domain import catalog, products
-from server.domain.products import product_json
+from server.domain.shapes import ProductOut, render
 from server.runtime.jsonio import json_response
 
 
 async def list_products(request: web.Request) -> web.Response:
     ctx = context(request)
     query = parse_query(request, ProductListQuery)
-    filters = ListFilters(query.q, query.min_price, query.max_price, query.in_stock)
+    filters = products.ListFilters(query.q, query.min_price, query.max_price, query.in_stock)
     entry = await catalog.page(ctx, query.sort, filters, query.cursor, query.limit, wants_fresh(request))
     return respond(request, entry, cache_control(ctx.config))
 
@@ -32,7 +31,7 @@ async def create_product(request: web.Request) -> web.Response:
     ctx = context(request)
     body = await read_json(request, ProductCreateIn)
     row = await products.create(ctx, body.model_dump())
-    return json_response(product_json(row), status=201, headers=location(request, "get_product", row["id"]))
+    return created(request, "get_product", ProductOut, row)
 
 
 async def update_product(request: web.Request) -> web.Response:
@@ -40,7 +39,7 @@ async def update_product(request: web.Request) -> web.Response:
     product_id = path_id(request)
     body = await read_json(request, ProductUpdateIn)
     row = await products.update(ctx, product_id, body.changes())
-    return json_response(product_json(row))
+    return json_response(render(ProductOut, row))
 
 
 async def delete_product(request: web.Request) -> web.Response:
@@ -92,7 +91,7 @@ ROUTES = [
     Route(
         "DELETE", "/api/products/{id}", delete_product, "Remove a product from the catalog", "products",
         auth="admin",
-        responses={204: Response("Deleted; orders that contain it keep their lines")},
+        responses={204: Response("Deleted; orders that contain it keep their items")},
         problems={404: "No such product"},
     ),
 ]  # fmt: skip

@@ -13,8 +13,10 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
+from db.refusals import Refusal
+from handlers.refusals import problem_for
 from server.domain.auth import Principal, bearer_token
-from server.domain.context import CONTEXT
+from server.domain.context import Context
 from server.domain.users import authenticate
 from server.runtime.problems import Forbidden, Unauthorized
 
@@ -22,6 +24,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # "metrics": the METRICS_TOKEN bearer token, when one is configured (else open).
 Auth = Literal["none", "user", "admin", "metrics"]
 
+# What a worker's handlers share, set on the app by the composition root (server/app.py).
+CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)
 # The caller of a route whose auth is "user" or "admin", set by the routing layer.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
@@ -93,6 +97,20 @@ def register(app: web.Application, routes: list[Route]) -> None:
 
 
 def guarded(route: Route) -> Handler:
+    """The route's handler behind its declared check, with every refusal of the
+    domain answered as its problem document (handlers/refusals.py)."""
+    handler = _authorized(route)
+
+    async def answering(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Refusal as refusal:
+            raise problem_for(refusal) from None
+
+    return answering
+
+
+def _authorized(route: Route) -> Handler:
     """The route's handler behind its declared check: "user" needs a valid access
     token (401 otherwise), "admin" an admin's (403 for anyone else), "metrics" the
     METRICS_TOKEN when set. The handler finds its caller under PRINCIPAL and never

@@ -1,10 +1,11 @@
 """Request and response definitions: what the handlers validate with, and what the
-OpenAPI document is generated from (one source for both)."""
+OpenAPI document is generated from (one source for both). The resources' shapes are
+declared in the domain (server/domain/shapes.py), which renders the answers and the
+events from them; the route table names them for the document."""
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -25,12 +26,13 @@ from server.domain.cursors import MAX_CURSOR_LENGTH
 from server.domain.events import EVENT_TYPES
 from server.domain.order_status import Status
 from server.domain.orders import MAX_QUANTITY
+from server.domain.shapes import EventOut
 
 # Integer ranges of the columns the values land in: out of range is a 422, never a
 # database error.
 MAX_INT32 = 2**31 - 1
 MAX_ID = 2**63 - 1
-# Prices are capped so that 100 lines x MAX_QUANTITY units can never overflow a bigint total.
+# Prices are capped so that 100 items x MAX_QUANTITY units can never overflow a bigint total.
 MAX_PRICE = 10**12
 
 # The Idempotency-Key header: 1..255 printable ASCII characters. One pattern for the
@@ -164,7 +166,7 @@ class Query(BaseModel):
 
 
 class Out(BaseModel):
-    """A response body (documents what handlers send; tests check they match)."""
+    """A response body that is no resource (a page, a token grant, a health answer)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -255,15 +257,6 @@ class ProfileUpdateIn(Body):
         return self
 
 
-class UserOut(Out):
-    id: int
-    email: str
-    name: str
-    role: Literal["customer", "admin"]
-    created_at: datetime
-    updated_at: datetime
-
-
 class TokenOut(Out):
     access_token: str
     token_type: Literal["Bearer"]
@@ -319,18 +312,6 @@ class ProductUpdateIn(Body):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
-class ProductOut(Out):
-    id: int
-    name: str
-    description: str
-    price: int
-    currency: str
-    stock: int
-    sku: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
 class ProductListQuery(PageQuery):
     q: Annotated[
         str,
@@ -358,7 +339,7 @@ class OrderCreateIn(Body):
 
 
 class OrderUpdateIn(Body):
-    """Either `items` (replace the lines of a pending order) or `status`."""
+    """Either `items` (replace the items of a pending order) or `status`."""
 
     # Exactly one of the two: neither may be null, so with no other property allowed
     # one property means one of them (a oneOf would say the same but trips up generators).
@@ -372,27 +353,6 @@ class OrderUpdateIn(Body):
         if len(self.model_fields_set) != 1:
             raise ValueError("give either items or status")
         return self
-
-
-class OrderItemOut(Out):
-    product_id: int
-    name: str
-    unit_price: int
-    quantity: int
-    line_total: int
-
-
-class OrderOut(Out):
-    id: int
-    user_id: int
-    status: OrderStatus
-    items: list[OrderItemOut]
-    total: int
-    amount_refunded: int = Field(description="What refunds of the order's payment gave back (0 until one succeeds).")
-    currency: str
-    created_at: datetime
-    updated_at: datetime
-    expires_at: datetime | None = Field(description="Set while pending.")
 
 
 class OrderListQuery(PageQuery):
@@ -414,19 +374,6 @@ class PaymentCreateIn(Body):
     amount: Price | None = Field(None, description="If given, must equal the order total.")
 
 
-class PaymentOut(Out):
-    id: int
-    order_id: int
-    amount: int
-    amount_refunded: int = Field(description="The sum of its succeeded refunds (0 until one succeeds).")
-    currency: str
-    status: Literal["pending", "succeeded", "failed"]
-    failure_reason: str | None
-    provider: str
-    provider_ref: str | None
-    created_at: datetime
-
-
 class RefundCreateIn(Body):
     amount: Annotated[int, Field(ge=1, le=MAX_ID), Integral] = absent(
         "Default: what is left to refund (the amount minus what was refunded or is being refunded). "
@@ -438,20 +385,6 @@ class RefundCreateIn(Body):
         description="Return every unit of the order to stock. Only on the refund that completes the whole "
         "amount (else 422).",
     )
-
-
-class RefundOut(Out):
-    id: int
-    payment_id: int
-    order_id: int
-    amount: int
-    currency: str
-    status: Literal["pending", "succeeded", "failed"]
-    reason: str | None
-    restock: bool
-    failure_reason: str | None
-    provider_ref: str | None
-    created_at: datetime
 
 
 # --- events and webhooks --------------------------------------------------------------
@@ -504,13 +437,6 @@ class EventsQuery(Query):
     limit: int = Field(100, ge=1, le=100)
 
 
-class EventOut(Out):
-    id: int
-    type: str
-    created_at: datetime
-    data: dict[str, object] = Field(description="The object as the API returned it when the event happened.")
-
-
 class EventPage(Out):
     items: list[EventOut]
     next_cursor: str = Field(
@@ -535,34 +461,6 @@ class WebhookUpdateIn(Body):
 
     def changes(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.model_fields_set}
-
-
-class WebhookOut(Out):
-    id: int
-    url: str
-    events: list[str]
-    description: str
-    enabled: bool
-    created_at: datetime
-    updated_at: datetime
-
-
-class WebhookCreatedOut(WebhookOut):
-    secret: str = Field(description="whsec_ + base64 of the signing key. Shown in this answer only.")
-
-
-class DeliveryAttemptOut(Out):
-    id: int
-    event_id: int
-    event_type: str
-    attempt: int
-    status: Literal["succeeded", "failed", "pending"] = Field(
-        description="pending: this attempt failed and the delivery is retried at next_attempt_at."
-    )
-    response_status: int | None
-    error: str | None
-    created_at: datetime
-    next_attempt_at: datetime | None
 
 
 # --- operations -----------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.common import client_ip, context, location, principal, read_json
+from handlers.common import client_ip, context, created, principal, read_json
 from handlers.routing import Response, Route
 from handlers.schemas import (
     LoginIn,
@@ -15,10 +15,9 @@ from handlers.schemas import (
     RefreshIn,
     RegisterIn,
     TokenOut,
-    UserOut,
 )
 from server.domain import sessions, users
-from server.domain.users import user_json
+from server.domain.shapes import UserOut, render
 from server.runtime.jsonio import json_response
 
 
@@ -26,7 +25,7 @@ async def register(request: web.Request) -> web.Response:
     body = await read_json(request, RegisterIn)
     ctx = context(request)
     row = await users.register(ctx, body.email, body.password, body.name, client_ip(request, ctx.config))
-    return json_response(user_json(row), status=201, headers=location(request, "get_profile"))
+    return created(request, "get_profile", UserOut, row)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -74,7 +73,7 @@ async def confirm_password_reset(request: web.Request) -> web.Response:
 
 
 async def get_profile(request: web.Request) -> web.Response:
-    return json_response(user_json(principal(request).user))
+    return json_response(render(UserOut, principal(request).user))
 
 
 async def update_profile(request: web.Request) -> web.Response:
@@ -82,7 +81,7 @@ async def update_profile(request: web.Request) -> web.Response:
     body = await read_json(request, ProfileUpdateIn)
     changes = body.model_dump(exclude_none=True)
     row = await users.update_profile(ctx, principal(request), changes, client_ip(request, ctx.config))
-    return json_response(user_json(row))
+    return json_response(render(UserOut, row))
 
 
 ROUTES = [

@@ -4,43 +4,34 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.common import context, location, parse_query, path_id, read_json
+from handlers.common import context, created, page_response, parse_query, path_id, read_json
 from handlers.routing import Response, Route, id_links
-from handlers.schemas import (
-    DeliveryAttemptOut,
-    Page,
-    PageQuery,
-    WebhookCreatedOut,
-    WebhookCreateIn,
-    WebhookOut,
-    WebhookUpdateIn,
-)
+from handlers.schemas import Page, PageQuery, WebhookCreateIn, WebhookUpdateIn
 from server.domain import webhooks
-from server.domain.webhooks import attempt_json, webhook_json
+from server.domain.shapes import DeliveryAttemptOut, WebhookCreatedOut, WebhookOut, render
 from server.runtime.jsonio import json_response
 
 
 async def create_webhook(request: web.Request) -> web.Response:
     body = await read_json(request, WebhookCreateIn)
-    created = await webhooks.create(context(request), body.url, body.events, body.description)
-    return json_response(created, status=201, headers=location(request, "get_webhook", created["id"]))
+    row, secret = await webhooks.create(context(request), body.url, body.events, body.description)
+    return created(request, "get_webhook", WebhookCreatedOut, {**row, "secret": secret})
 
 
 async def list_webhooks(request: web.Request) -> web.Response:
     query = parse_query(request, PageQuery)
-    rows, next_cursor = await webhooks.list_page(context(request), query.cursor, query.limit)
-    return json_response({"items": [webhook_json(r) for r in rows], "next_cursor": next_cursor})
+    return page_response(WebhookOut, await webhooks.page(context(request), query.cursor, query.limit))
 
 
 async def get_webhook(request: web.Request) -> web.Response:
-    return json_response(webhook_json(await webhooks.get(context(request), path_id(request))))
+    return json_response(render(WebhookOut, await webhooks.get(context(request), path_id(request))))
 
 
 async def update_webhook(request: web.Request) -> web.Response:
     webhook_id = path_id(request)
     body = await read_json(request, WebhookUpdateIn)
     row = await webhooks.update(context(request), webhook_id, body.changes())
-    return json_response(webhook_json(row))
+    return json_response(render(WebhookOut, row))
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
@@ -51,8 +42,8 @@ async def delete_webhook(request: web.Request) -> web.Response:
 async def list_webhook_deliveries(request: web.Request) -> web.Response:
     webhook_id = path_id(request)
     query = parse_query(request, PageQuery)
-    rows, next_cursor = await webhooks.attempts_page(context(request), webhook_id, query.cursor, query.limit)
-    return json_response({"items": [attempt_json(r) for r in rows], "next_cursor": next_cursor})
+    page = await webhooks.attempts_page(context(request), webhook_id, query.cursor, query.limit)
+    return page_response(DeliveryAttemptOut, page)
 
 
 _URL_REFUSED = "Not an http(s) URL, or its host resolves to a loopback, private or link-local address"

@@ -28,17 +28,18 @@ from opentelemetry.trace import Tracer
 from db import idempotency, maintenance, password_resets, rate_limits, sessions
 from db.pool import Database, create_database
 from handlers import api, openapi
-from handlers.routing import register
+from handlers.routing import CONTEXT, register
 from server.domain import orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
 from server.domain.catalog_cache import CatalogCache, CatalogWatch
-from server.domain.context import CONTEXT, Context
+from server.domain.context import Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor, Supervisor
 from server.domain.payments import refunds
 from server.domain.payments import service as payments
 from server.domain.payments.provider import PaymentProvider
-from server.domain.payments.simulated import SimulatedProvider
+from server.gateways.simulated_provider import SimulatedProvider
+from server.gateways.webhook_sender import HttpSender
 from server.runtime.config import Config, pool_settings
 from server.runtime.jsonio import dumps
 from server.runtime.liveness import Liveness
@@ -323,7 +324,7 @@ def _traced(provider: PaymentProvider, tracer: Tracer) -> PaymentProvider:
 
 def _webhooks(config: Config, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def deliveries(app: web.Application) -> AsyncIterator[None]:
-        deliverer = webhooks.Deliverer.start(
+        deliverer = webhooks.Deliverer(
             app[CONTEXT],
             Supervisor[webhooks.QueueKey](
                 scheduler=aiojobs.Scheduler(limit=None, close_timeout=config.shutdown_grace_seconds),
@@ -333,7 +334,8 @@ def _webhooks(config: Config, metrics: Metrics, tracer: Tracer | None) -> Resour
                 idle_seconds=config.actor_idle_seconds,
                 kind="webhook",
             ),
-            tracer,
+            HttpSender(config),
+            tracer=tracer,
         )
         app[_DELIVERER] = deliverer
         yield

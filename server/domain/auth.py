@@ -19,7 +19,7 @@ import jwt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.runtime.problems import ServiceUnavailable, Unauthorized
+from db.refusals import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def scope(self) -> int | None:
+        """Whose orders, payments and refunds this caller may see: the one rule of
+        visibility. None for an admin (everyone's); the caller's own id otherwise."""
+        return None if self.is_admin else self.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +86,7 @@ class Passwords:
 
     async def _run(self, work: Callable[..., T], *args: str) -> T:
         if self._in_flight >= self._capacity:
-            raise ServiceUnavailable("too many passwords are being checked; retry shortly", retry_after=1)
+            raise Refusal("passwords_busy")
         self._in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
@@ -138,7 +144,7 @@ class Tokens:
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
     def decode(self, token: str) -> TokenClaims:
-        """Verify signature, algorithm and lifetime; raises Unauthorized otherwise."""
+        """Verify signature, algorithm and lifetime; refuses ('token_expired', 'token_invalid') otherwise."""
         remembered = self._verified.get(token)
         if remembered is not None:
             claims, expires = remembered
@@ -146,7 +152,7 @@ class Tokens:
                 return claims
             del self._verified[token]
         if len(token) > _MAX_TOKEN_LENGTH:
-            raise Unauthorized("access token is invalid")
+            raise Refusal("token_invalid")
         verified = self._verify(token)
         if len(self._verified) >= _REMEMBERED_TOKENS:
             del self._verified[next(iter(self._verified))]  # the oldest entry
@@ -163,14 +169,14 @@ class Tokens:
                 leeway=self._leeway,
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("access token has expired") from None
+            raise Refusal("token_expired") from None
         except jwt.PyJWTError:
-            raise Unauthorized("access token is invalid") from None
+            raise Refusal("token_invalid") from None
         sub, ver, sid, expires = claims["sub"], claims["ver"], claims["sid"], claims["exp"]
         if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and len(sub) <= 18 and type(ver) is int):
-            raise Unauthorized("access token is invalid")
+            raise Refusal("token_invalid")
         if not (type(sid) is int and 0 < sid < 2**63):
-            raise Unauthorized("access token is invalid")
+            raise Refusal("token_invalid")
         return TokenClaims(int(sub), ver, sid), int(expires)
 
 
@@ -188,10 +194,11 @@ def secret_hash(token: str) -> bytes:
 
 
 def bearer_token(authorization: str | None) -> str:
-    """The token of an `Authorization: Bearer <token>` header, or Unauthorized."""
+    """The token of an `Authorization: Bearer <token>` header; refuses
+    ('token_missing', 'not_bearer') otherwise."""
     if not authorization:
-        raise Unauthorized()
+        raise Refusal("token_missing")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("expected an Authorization: Bearer <token> header")
+        raise Refusal("not_bearer")
     return token.strip()

@@ -25,7 +25,7 @@ from db.pool import is_outage
 from server.domain import products
 from server.domain.catalog_cache import Representation
 from server.domain.context import Context
-from server.domain.products import product_json
+from server.domain.shapes import ProductOut, render
 from server.runtime.jsonio import dumps
 from server.runtime.standby import ReadTarget
 
@@ -46,7 +46,7 @@ async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
     epoch = cache.epoch
     own_change = cache.own_changes.of_product(product_id)
     row, covered = await _read(ctx, fresh, own_change, lambda reads: products.get(reads, product_id))
-    entry = Representation(f'"{_FORMAT}.{product_id}.{row["version"]}"', dumps(product_json(row)))
+    entry = Representation(f'"{_FORMAT}.{product_id}.{row["version"]}"', dumps(render(ProductOut, row)))
     if covered > cache.known_changes.of_product(product_id):
         cache.put(product_id, entry, epoch)
     return entry
@@ -72,13 +72,13 @@ async def page(
         ctx,
         fresh,
         cache.own_changes.of_any(),
-        lambda reads: products.list_page(ctx, reads, sort, filters, cursor, limit),
+        lambda reads: products.page(ctx, reads, sort, filters, cursor, limit),
     )
     digest = hashlib.blake2b(repr(key).encode(), digest_size=12)
     for row in rows:
         digest.update(f"|{row['id']}.{row['version']}".encode())
     digest.update(b"|more" if next_cursor else b"|end")
-    body = dumps({"items": [product_json(row) for row in rows], "next_cursor": next_cursor})
+    body = dumps({"items": [render(ProductOut, row) for row in rows], "next_cursor": next_cursor})
     entry = Representation(f'"{_FORMAT}.l.{digest.hexdigest()}"', body)
     if covered > cache.known_changes.of_any():
         cache.put(key, entry, epoch, is_list=True)

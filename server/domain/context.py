@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from db.pool import Database
 from server.domain.auth import Passwords, Tokens
 from server.domain.catalog_cache import CatalogCache
@@ -35,7 +33,7 @@ class Context:
     supervisor: OrderSupervisor
     provider: PaymentProvider
     catalog: CatalogCache
-    # This process's liveness lock: in-flight payments and refunds name its owner id.
+    # This process's liveness lock: in-flight payments and refunds name its worker id.
     liveness: Liveness
 
     def refresh_gauges(self) -> None:
@@ -50,6 +48,3 @@ class Context:
         metrics.mailbox_depth.set(self.supervisor.queued_count)
         metrics.catalog_cache_bytes.set(self.catalog.size_bytes)
         metrics.catalog_cache_serving.set(1 if self.catalog.serving else 0)
-
-
-CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)

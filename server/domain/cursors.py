@@ -3,7 +3,7 @@
 A cursor carries the sort key and id of the last row of a page, signed together with
 the query it belongs to (the list, its sort and its filters). A cursor that was
 altered, or that comes from another query, fails the signature check and is
-rejected with 422, never trusted.
+refused ('cursor_invalid'), never trusted.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from server.runtime.problems import ValidationFailed
+from db.refusals import Refusal
 
 _MAC_BYTES = 16
 MAX_CURSOR_LENGTH = 1024
@@ -53,5 +53,5 @@ class CursorCodec:
         return hashlib.blake2b(scope.encode() + b"\0" + payload, key=self._key, digest_size=_MAC_BYTES).digest()
 
 
-def _invalid() -> ValidationFailed:
-    return ValidationFailed.field("cursor", "cursor is invalid or belongs to another query")
+def _invalid() -> Refusal:
+    return Refusal("cursor_invalid", field="cursor")

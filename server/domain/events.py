@@ -1,11 +1,9 @@
 """Events: what happened, for the shop's other systems (the feed and webhooks).
 
-`emit` is called inside the transaction of the change it reports (see db/events.py
-and sql/009_events.sql), with the object as the API returns it at that moment. Not
-for order.created: create_order writes that one in SQL, in the statement that places
-the order (sql/017_order_created_event.sql), so that creating an order is one round
-trip; nor for payment.succeeded, payment.failed and order.paid: settle_payment writes
-those, in the statement that settles the payment (sql/019_settle_payment.sql).
+Events are written by the stored functions that make the changes, in their
+transactions (`emit_event`, sql/functions/events.sql), with the changed resource as its
+row; the feed and webhook deliveries show each one's data rendered with the shape of
+its type (server/domain/shapes.py), as the API shows that resource.
 """
 
 from __future__ import annotations
@@ -13,13 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-import orjson
 
 from db import events as events_db
-from db.pool import Executor
+from db.refusals import Refusal
 from server.domain.context import Context
-from server.runtime.jsonio import dumps
-from server.runtime.problems import ValidationFailed
 
 # Every type the contract names (webhooks subscribe to these, or to "*").
 EVENT_TYPES = (
@@ -42,10 +37,6 @@ EVENT_TYPES = (
 _START = (0, 0)
 
 
-async def emit(conn: Executor, event_type: str, data: dict[str, Any]) -> None:
-    await events_db.append(conn, event_type, dumps(data).decode())
-
-
 def resource_of(event_type: str, data: dict[str, Any]) -> str:
     """The resource an event is about, which orders its deliveries: events of one
     resource reach a webhook in the order they happened. Payments and refunds belong
@@ -54,11 +45,6 @@ def resource_of(event_type: str, data: dict[str, Any]) -> str:
         return f"order:{data['order_id']}"
     kind = event_type.split(".", 1)[0]
     return f"{kind}:{data.get('id', data.get('user_id', ''))}"
-
-
-def event_json(row: asyncpg.Record) -> dict[str, Any]:
-    """An event as the feed and webhooks show it; `data` goes out as stored."""
-    return {"id": row["id"], "type": row["type"], "created_at": row["created_at"], "data": orjson.Fragment(row["data"])}
 
 
 async def feed(
@@ -70,8 +56,8 @@ async def feed(
     if cursor is not None:
         try:
             txid, event_id = ctx.cursors.decode("events", cursor)
-        except ValidationFailed:
-            raise ValidationFailed.field("after", "cursor is invalid or belongs to another query") from None
+        except Refusal:
+            raise Refusal("cursor_invalid", field="after") from None
         position = (int(txid), int(event_id))
     rows = await events_db.feed(ctx.db, position, types, limit)
     if rows:

@@ -31,7 +31,7 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
             db, order_status.HOLDS_STOCK, order_status.SOLD, order_status.SOLD_UNLESS_RESTOCKED
         )
     ]
-    problems += await payments_db.charge_violations(db)
+    problems += await payments_db.charge_violations(db, order_status.SOLD | order_status.SOLD_UNLESS_RESTOCKED)
     problems += await refunds_db.refund_violations(db)
     problems += [
         f"order {r['id']} in status {r['status']}" for r in await orders_db.unknown_statuses(db, order_status.STATUSES)

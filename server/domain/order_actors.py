@@ -1,6 +1,6 @@
 """Per-order actors: the in-process half of the orders design.
 
-Every command on an existing order (change its lines or status, delete it, pay it,
+Every command on an existing order (change its items or status, delete it, pay it,
 expire it) is sent to that order's actor: an aiojobs job with a bounded mailbox that
 runs one command at a time. So work on one order never races with itself inside a
 worker, a slow payment provider holds up only the order being paid, and the actor
@@ -36,8 +36,8 @@ import aiojobs
 from opentelemetry.trace import Tracer
 
 from db.pool import is_outage, mark_work_started
+from db.refusals import Refusal
 from server.runtime.metrics import Metrics
-from server.runtime.problems import ApiError, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,12 @@ class _Envelope:
 class Actor(Generic[K]):
     """One order's (or queue's) mailbox and the task that works through it."""
 
-    __slots__ = ("_expiry_deadline", "_supervisor", "mailbox", "order_id")
+    __slots__ = ("_expiry_deadline", "_supervisor", "key", "mailbox")
 
-    def __init__(self, order_id: K, supervisor: Supervisor[K], mailbox: asyncio.Queue[_Envelope | None]) -> None:
-        self.order_id = order_id
+    def __init__(self, key: K, supervisor: Supervisor[K], mailbox: asyncio.Queue[_Envelope | None]) -> None:
+        # The order's id (order actors), or what else the supervisor's actors serve one
+        # at a time (a webhook's queue of deliveries about one resource).
+        self.key = key
         self.mailbox = mailbox
         self._expiry_deadline: float | None = None
         self._supervisor = supervisor
@@ -91,7 +93,7 @@ class Actor(Generic[K]):
                 envelope.started = True
                 try:
                     result = await asyncio.create_task(self._perform(envelope), context=envelope.context)
-                except ApiError as exc:
+                except Refusal as exc:
                     _reply_error(envelope.reply, exc)
                 except Exception as exc:
                     _reply_error(envelope.reply, exc)
@@ -100,13 +102,13 @@ class Actor(Generic[K]):
                 except BaseException:
                     # Cancelled (a drain past its grace, or the command's own task):
                     # its caller is answered all the same, never left waiting.
-                    _reply_error(envelope.reply, ServiceUnavailable("the command was interrupted; retry shortly"))
+                    _reply_error(envelope.reply, Refusal("command_interrupted"))
                     raise
                 else:
                     if not envelope.reply.done():
                         envelope.reply.set_result(result)
         except Exception:
-            log.exception(f"{supervisor.kind} actor crashed", extra={"order_id": self.order_id})
+            log.exception(f"{supervisor.kind} actor crashed", extra={"key": str(self.key)})
             supervisor.metrics.actor_crashes.inc()
         finally:
             supervisor._retire(self)
@@ -154,11 +156,9 @@ class Actor(Generic[K]):
         expire = self._supervisor.expire
         assert expire is not None, "only commands of a supervisor that can expire note an expiry"
         try:
-            await expire(self.order_id)
+            await expire(self.key)
         except Exception:
-            log.warning(
-                "actor could not expire its order; the sweeper will", exc_info=True, extra={"order_id": self.order_id}
-            )
+            log.warning("actor could not expire its order; the sweeper will", exc_info=True, extra={"key": self.key})
 
 
 def _reply_error(reply: asyncio.Future[Any], exc: BaseException) -> None:
@@ -206,33 +206,34 @@ class Supervisor(Generic[K]):
             return False
         return True
 
-    async def ask(self, order_id: K, command: Command[T], user_id: int | None = None) -> T:
-        """Run `command` in the order's actor, after the commands queued before it.
-        `user_id`: the (already authorized) user it is for, held to `max_per_user`."""
+    async def ask(self, key: K, command: Command[T], user_id: int | None = None) -> T:
+        """Run `command` in the actor of `key` (an order), after the commands queued
+        before it. `user_id`: the (already authorized) user it is for, held to
+        `max_per_user`. Refused when the command cannot be queued or waits too long."""
         if self.draining:
-            raise ServiceUnavailable("the service is shutting down", retry_after=2)
+            raise Refusal("shutting_down")
         if user_id is None:
-            return await self._ask(order_id, command)
+            return await self._ask(key, command)
         in_flight = self._per_user.get(user_id, 0)
         if in_flight >= self.max_per_user:
             self.metrics.mailbox_rejections.labels("user").inc()
-            raise TooManyRequests("too many of your requests are in progress; retry shortly", retry_after=1)
+            raise Refusal("too_many_in_progress")
         self._per_user[user_id] = in_flight + 1
         try:
-            return await self._ask(order_id, command)
+            return await self._ask(key, command)
         finally:
             if (left := self._per_user[user_id] - 1) > 0:
                 self._per_user[user_id] = left
             else:
                 del self._per_user[user_id]
 
-    async def _ask(self, order_id: K, command: Command[T]) -> T:
-        actor = self._actors.get(order_id)
+    async def _ask(self, key: K, command: Command[T]) -> T:
+        actor = self._actors.get(key)
         if actor is None:
             if len(self._actors) >= self.max_live:
                 self.metrics.mailbox_rejections.labels("actors").inc()
-                raise ServiceUnavailable("too many orders are being worked on; retry shortly")
-            actor = await self._start(order_id, asyncio.Queue(self.mailbox_size))
+                raise Refusal("too_many_actors")
+            actor = await self._start(key, asyncio.Queue(self.mailbox_size))
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[T] = loop.create_future()
         envelope = _Envelope(command, reply, contextvars.copy_context(), time.time_ns())
@@ -240,7 +241,7 @@ class Supervisor(Generic[K]):
             actor.mailbox.put_nowait(envelope)
         except asyncio.QueueFull:
             self.metrics.mailbox_rejections.labels("mailbox").inc()
-            raise ServiceUnavailable("too many requests queued for this order; retry shortly") from None
+            raise Refusal("mailbox_full") from None
         # The wait before the command starts is bounded (the overload bound): past it
         # the caller gets 503 at once and the actor skips the command.
         timer = loop.call_later(self.queue_timeout, self._give_up, envelope)
@@ -252,14 +253,14 @@ class Supervisor(Generic[K]):
     def _give_up(self, envelope: _Envelope) -> None:
         if not envelope.started and not envelope.reply.done():
             self.metrics.mailbox_rejections.labels("queue_timeout").inc()
-            envelope.reply.set_exception(ServiceUnavailable("the order is busy; retry shortly"))
+            envelope.reply.set_exception(Refusal("queue_timeout"))
 
-    async def _start(self, order_id: K, mailbox: asyncio.Queue[_Envelope | None]) -> Actor[K]:
-        actor = Actor(order_id, self, mailbox)
+    async def _start(self, key: K, mailbox: asyncio.Queue[_Envelope | None]) -> Actor[K]:
+        actor = Actor(key, self, mailbox)
         # Registered before spawn: the scheduler has no limit, so spawn never waits and
         # no other command can slip in between.
-        self._actors[order_id] = actor
-        await self.scheduler.spawn(actor.run(), name=f"{self.kind}-{order_id}")
+        self._actors[key] = actor
+        await self.scheduler.spawn(actor.run(), name=f"{self.kind}-{key}")
         return actor
 
     def _spawn(self, key: K, mailbox: asyncio.Queue[_Envelope | None]) -> Actor[K]:
@@ -272,15 +273,15 @@ class Supervisor(Generic[K]):
         return actor
 
     def _retire(self, actor: Actor[K]) -> None:
-        if self._actors.get(actor.order_id) is actor:
-            del self._actors[actor.order_id]
+        if self._actors.get(actor.key) is actor:
+            del self._actors[actor.key]
         if not actor.mailbox.empty() and not self.scheduler.closed:
             # A crash left commands behind: hand them to a fresh actor.
-            self._spawn(actor.order_id, actor.mailbox)
+            self._spawn(actor.key, actor.mailbox)
 
     def live_order_ids(self) -> list[K]:
         """Orders whose expiry a live actor here is timing (the sweeper leaves them)."""
-        return [order_id for order_id, actor in self._actors.items() if actor.keeps_expiry_timer]
+        return [key for key, actor in self._actors.items() if actor.keeps_expiry_timer]
 
     @property
     def live_count(self) -> int:

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 
 from db import sessions as sessions_db
+from db.refusals import Refusal
 from server.domain.auth import Principal, new_secret, secret_hash
 from server.domain.context import Context
-from server.runtime.problems import Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,11 @@ async def start(ctx: Context, user_id: int, token_version: int) -> Grant:
 
 
 async def refresh(ctx: Context, refresh_token: str) -> Grant:
-    """The next access and refresh tokens of the session; 401 for a token that is
+    """The next access and refresh tokens of the session; refused for a token that is
     unknown, spent (which also revokes the session) or of an ended session."""
     if not refresh_token or len(refresh_token) > MAX_TOKEN_LENGTH:
         ctx.metrics.refreshes.labels("rejected").inc()
-        raise Unauthorized("refresh token is invalid")
+        raise Refusal("refresh_token_invalid")
     next_token, next_hash = new_secret()
     rotation = await sessions_db.rotate(ctx.db, secret_hash(refresh_token), next_hash)
     if rotation.outcome == "reused":
@@ -53,10 +53,10 @@ async def refresh(ctx: Context, refresh_token: str) -> Grant:
             "refresh token replayed: session revoked",
             extra={"session_id": rotation.session_id, "user_id": rotation.user_id},
         )
-        raise Unauthorized("refresh token was already used; the session has been ended")
+        raise Refusal("refresh_token_reused")
     if rotation.outcome != "rotated":
         ctx.metrics.refreshes.labels("rejected").inc()
-        raise Unauthorized("refresh token is invalid or its session has ended")
+        raise Refusal("refresh_token_invalid")
     ctx.metrics.refreshes.labels("rotated").inc()
     access_token = ctx.tokens.issue(rotation.user_id, rotation.token_version, rotation.session_id)
     return Grant(access_token, ctx.tokens.expires_in, next_token, rotation.seconds_left)

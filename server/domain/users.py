@@ -13,31 +13,12 @@ from db import password_resets as password_resets_db
 from db import rate_limits
 from db import users as users_db
 from db.rate_limits import Limit
-from server.domain import events, sessions
+from db.refusals import Refusal
+from server.domain import sessions
 from server.domain.auth import Principal, bearer_token, new_secret, secret_hash
 from server.domain.context import Context
-from server.runtime.problems import (
-    Conflict,
-    InvalidCredentials,
-    InvalidResetToken,
-    TooManyRequests,
-    Unauthorized,
-    ValidationFailed,
-)
 
 log = logging.getLogger(__name__)
-
-
-def user_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "email": row["email"],
-        "name": row["name"],
-        "role": row["role"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-    }
-
 
 REGISTER_WINDOW_SECONDS = 3600
 
@@ -48,16 +29,13 @@ async def register(ctx: Context, email: str, password: str, name: str, client_ip
         limit = Limit(f"register:{client_ip}", ctx.config.register_max_per_ip, REGISTER_WINDOW_SECONDS)
         wait = await rate_limits.hit(ctx.db, [limit])
         if wait is not None:
-            raise TooManyRequests("too many registrations from this address; try again later", retry_after=wait)
+            raise Refusal("too_many_registrations", retry_after=wait)
     password_hash = await ctx.passwords.hash(password)
-    try:
-        return await users_db.create(ctx.db, email, name, password_hash)
-    except users_db.EmailTaken:
-        raise Conflict("a user with this email already exists") from None
+    return await users_db.create(ctx.db, email, name, password_hash)
 
 
 async def login(ctx: Context, email: str, password: str, client_ip: str) -> sessions.Grant:
-    """A new session's tokens for these credentials; 401 when wrong, 429 when throttled."""
+    """A new session's tokens for these credentials; refused when wrong or throttled."""
     attempt = await _password_attempt(ctx, email, client_ip)
     async with attempt.checking():
         credentials = await users_db.get_credentials(ctx.db, email)
@@ -66,7 +44,7 @@ async def login(ctx: Context, email: str, password: str, client_ip: str) -> sess
         verified = await ctx.passwords.verify(password_hash, password)
     if credentials is None or not verified:
         log.info("login failed", extra={"client_ip": client_ip})
-        raise InvalidCredentials()
+        raise Refusal("invalid_credentials")
     await attempt.succeeded()
     return await sessions.start(ctx, credentials["id"], credentials["token_version"])
 
@@ -96,7 +74,7 @@ class _PasswordAttempt:
 
 
 async def _password_attempt(ctx: Context, email: str, client_ip: str) -> _PasswordAttempt:
-    """Count a password attempt for this email from this address, or 429.
+    """Count a password attempt for this email from this address, or refuse it.
 
     The (email, address) pair gets a few attempts, then growing delays; the email and
     the address alone have ceilings high enough that a stranger guessing from one
@@ -111,12 +89,12 @@ async def _password_attempt(ctx: Context, email: str, client_ip: str) -> _Passwo
         limits.append(Limit(f"ip:{client_ip}", config.login_max_failures_per_ip, window))
     wait = await rate_limits.hit(ctx.db, limits)
     if wait is not None:
-        raise TooManyRequests("too many password attempts; try again later", retry_after=wait)
+        raise Refusal("too_many_password_attempts", retry_after=wait)
     return _PasswordAttempt(ctx, limits, pair)
 
 
 async def authenticate(ctx: Context, authorization: str | None) -> Principal:
-    """The caller of a request with this Authorization header, or 401: the one token
+    """The caller of a request with this Authorization header, or refused: the one token
     check of the service. The signature, lifetime and claims are checked without a
     query; the user's existence and token version with one, which also reads the
     profile that `GET /api/users/profile` answers with, and the token's session: a
@@ -124,7 +102,7 @@ async def authenticate(ctx: Context, authorization: str | None) -> Principal:
     claims = ctx.tokens.decode(bearer_token(authorization))
     row = await users_db.get(ctx.db, claims.user_id, claims.session_id)
     if row is None or row["token_version"] != claims.token_version or row["session_live"] is not True:
-        raise Unauthorized("access token is no longer valid")
+        raise Refusal("token_revoked")
     return Principal(claims.user_id, row["role"], row, claims.session_id)
 
 
@@ -134,23 +112,20 @@ async def update_profile(ctx: Context, principal: Principal, changes: dict[str, 
     current_password = changes.pop("current_password", None)
     if "email" in changes or "password" in changes:
         if current_password is None:
-            raise ValidationFailed.field("current_password", "required to change email or password")
+            raise Refusal("current_password_required")
         attempt = await _password_attempt(ctx, principal.user["email"], client_ip)
         async with attempt.checking():
             stored = await users_db.get_password_hash(ctx.db, principal.id)
             verified = stored is not None and await ctx.passwords.verify(stored, current_password)
         if not verified:
-            raise ValidationFailed.field("current_password", "is not the current password")
+            raise Refusal("current_password_wrong")
         await attempt.succeeded()
     new_hash = await ctx.passwords.hash(changes["password"]) if "password" in changes else None
-    try:
-        row = await users_db.update_profile(
-            ctx.db, principal.id, name=changes.get("name"), email=changes.get("email"), password_hash=new_hash
-        )
-    except users_db.EmailTaken:
-        raise Conflict("a user with this email already exists") from None
+    row = await users_db.update_profile(
+        ctx.db, principal.id, name=changes.get("name"), email=changes.get("email"), password_hash=new_hash
+    )
     if row is None:
-        raise Unauthorized("access token is no longer valid")
+        raise Refusal("token_revoked")
     return row
 
 
@@ -163,31 +138,15 @@ async def request_password_reset(ctx: Context, email: str, client_ip: str) -> No
     # burst cannot get past the limit.
     wait = await rate_limits.hit(ctx.db, _reset_limits(ctx, email, client_ip))
     if wait is not None:
-        raise TooManyRequests("too many password-reset requests; try again later", retry_after=wait)
+        raise Refusal("too_many_reset_requests", retry_after=wait)
     token, token_hash = new_secret()
-    async with ctx.db.transaction() as conn:
-        row = await password_resets_db.store(conn, email, token_hash, ctx.config.password_reset_ttl_seconds)
-        data = {"user_id": row["user_id"], "email": email, "token": token, "expires_at": row["expires_at"]}
-        try:
-            async with conn.transaction():  # a savepoint
-                await events.emit(conn, "user.password_reset_requested", data)
-                if row["user_id"] is None:
-                    # Nobody has this email: the event is written and rolled back, so
-                    # that both cases run the same statements and take the same time
-                    # (skipping the insert made them measurably apart: docs/reliability.md).
-                    raise _NoSuchUser
-        except _NoSuchUser:
-            pass
+    await password_resets_db.request(ctx.db, email, token, token_hash, ctx.config.password_reset_ttl_seconds)
     ctx.metrics.password_resets.labels("requested").inc()
-
-
-class _NoSuchUser(Exception):
-    """Rolls back the reset event of an email that nobody has."""
 
 
 async def confirm_password_reset(ctx: Context, token: str, password: str) -> None:
     """Set the password of the token's user, spend the token and end every session
-    of the user; 400 for a token that is unknown, used or expired."""
+    of the user; refused for a token that is unknown, used or expired."""
     token_hash = secret_hash(token)
     if len(token) <= sessions.MAX_TOKEN_LENGTH and await password_resets_db.is_valid(ctx.db, token_hash):
         password_hash = await ctx.passwords.hash(password)
@@ -197,7 +156,7 @@ async def confirm_password_reset(ctx: Context, token: str, password: str) -> Non
             log.info("password reset", extra={"user_id": user_id})
             return
     ctx.metrics.password_resets.labels("rejected").inc()
-    raise InvalidResetToken()
+    raise Refusal("invalid_reset_token")
 
 
 def _reset_limits(ctx: Context, email: str, client_ip: str) -> list[Limit]:

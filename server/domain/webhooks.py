@@ -26,65 +26,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import errno
-import hashlib
-import hmac
 import ipaddress
 import logging
 import random
 import secrets
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
 import asyncpg
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from yarl import URL
 
 from db import webhooks as webhooks_db
+from db.refusals import Refusal
 from server.domain.context import Context
 from server.domain.events import resource_of
 from server.domain.order_actors import Actor, Supervisor
+from server.domain.pages import keyset_page
+from server.domain.shapes import event_json
 from server.runtime.jsonio import dumps
-from server.runtime.problems import NotFound, ValidationFailed
 
 log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
 _SECRET_BYTES = 32
 _FAN_OUT_BATCH = 500
-# Receivers' answers are read up to this much (kept in the log as a hint), no more.
-_BODY_LIMIT = 1024
-_ERROR_CHARS = 300
 
 
-def webhook_json(row: asyncpg.Record) -> dict[str, Any]:
-    """A webhook as the API shows it (never its secret: the query does not select it)."""
-    return dict(row.items())
-
-
-def attempt_json(row: asyncpg.Record) -> dict[str, Any]:
-    return dict(row.items())
-
-
-# --- secrets and signatures ------------------------------------------------------------
+# --- secrets ------------------------------------------------------------------------------
 
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(_SECRET_BYTES)).decode()
-
-
-def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
-    """The Standard Webhooks `webhook-signature`: HMAC-SHA256 over
-    "{id}.{timestamp}.{body}", keyed with the secret's base64-decoded bytes."""
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-    mac = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
 
 
 # --- targets ------------------------------------------------------------------------------
@@ -103,14 +79,14 @@ def _parse_target(url: str) -> URL:
     try:
         target = URL(url)
     except ValueError:
-        raise ValidationFailed.field("url", "must be an http or https URL") from None
+        raise Refusal("webhook_url_invalid") from None
     if target.scheme not in ("http", "https") or not target.host or not target.is_absolute():
-        raise ValidationFailed.field("url", "must be an http or https URL")
+        raise Refusal("webhook_url_invalid")
     return target
 
 
 async def check_target(ctx: Context, url: str) -> None:
-    """422 unless `url` is http(s) and (unless private targets are allowed) its host
+    """Refused unless `url` is http(s) and (unless private targets are allowed) its host
     resolves to public addresses only. Checked again at every send (DNS rebinding)."""
     target = _parse_target(url)
     if ctx.config.webhook_allow_private_targets:
@@ -119,57 +95,36 @@ async def check_target(ctx: Context, url: str) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise ValidationFailed.field("url", "the host does not resolve") from None
+        raise Refusal("webhook_host_unresolved") from None
     if not infos or not all(address_allowed(str(info[4][0])) for info in infos):
-        raise ValidationFailed.field("url", "the host resolves to a loopback, private or link-local address")
-
-
-class _PublicOnlyResolver(AbstractResolver):
-    """The address actually connected to is checked at send time: a name that
-    resolved to a public address when the webhook was saved may not point at an
-    internal one now."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        refused = [r["host"] for r in results if not address_allowed(r["host"])]
-        if refused:
-            # errno and strerror: aiohttp's connection error shows the strerror.
-            raise OSError(errno.EACCES, f"{host} resolves to a non-public address ({', '.join(refused)})")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
+        raise Refusal("webhook_host_private")
 
 
 # --- admin --------------------------------------------------------------------------------
 
 
-async def create(ctx: Context, url: str, events: list[str], description: str) -> dict[str, Any]:
+async def create(ctx: Context, url: str, events: list[str], description: str) -> tuple[asyncpg.Record, str]:
+    """A new webhook and its signing secret (shown in this answer only)."""
     await check_target(ctx, url)
     secret = new_secret()
     row = await webhooks_db.create(ctx.db, url=url, events=events, description=description, secret=secret)
-    return {**webhook_json(row), "secret": secret}
+    return row, secret
 
 
 async def get(ctx: Context, webhook_id: int) -> asyncpg.Record:
     row = await webhooks_db.get(ctx.db, webhook_id)
     if row is None:
-        raise NotFound("no such webhook")
+        raise Refusal("webhook_not_found")
     return row
 
 
-async def list_page(ctx: Context, cursor: str | None, limit: int) -> tuple[list[asyncpg.Record], str | None]:
-    after_id = None
-    if cursor is not None:
-        (after_id,) = ctx.cursors.decode("webhooks", cursor)
-    rows = await webhooks_db.list_page(ctx.db, after_id, limit)
-    next_cursor = ctx.cursors.encode("webhooks", [rows[limit - 1]["id"]]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+async def page(ctx: Context, cursor: str | None, limit: int) -> tuple[list[asyncpg.Record], str | None]:
+    """Webhooks, oldest first."""
+
+    async def fetch(after: list[int] | None, limit: int) -> list[asyncpg.Record]:
+        return await webhooks_db.page(ctx.db, None if after is None else after[0], limit)
+
+    return await keyset_page(ctx, "webhooks", cursor, limit, fetch)
 
 
 async def update(ctx: Context, webhook_id: int, changes: dict[str, Any]) -> asyncpg.Record:
@@ -177,26 +132,25 @@ async def update(ctx: Context, webhook_id: int, changes: dict[str, Any]) -> asyn
         await check_target(ctx, changes["url"])
     row = await webhooks_db.update(ctx.db, webhook_id, changes)
     if row is None:
-        raise NotFound("no such webhook")
+        raise Refusal("webhook_not_found")
     return row
 
 
 async def delete(ctx: Context, webhook_id: int) -> None:
     if not await webhooks_db.delete(ctx.db, webhook_id):
-        raise NotFound("no such webhook")
+        raise Refusal("webhook_not_found")
 
 
 async def attempts_page(
     ctx: Context, webhook_id: int, cursor: str | None, limit: int
 ) -> tuple[list[asyncpg.Record], str | None]:
+    """A webhook's delivery attempts, newest first."""
     await get(ctx, webhook_id)
-    scope = f"webhook-deliveries:{webhook_id}"
-    before_id = None
-    if cursor is not None:
-        (before_id,) = ctx.cursors.decode(scope, cursor)
-    rows = await webhooks_db.attempts_page(ctx.db, webhook_id, before_id, limit)
-    next_cursor = ctx.cursors.encode(scope, [rows[limit - 1]["id"]]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+
+    async def fetch(after: list[int] | None, limit: int) -> list[asyncpg.Record]:
+        return await webhooks_db.attempts_page(ctx.db, webhook_id, None if after is None else after[0], limit)
+
+    return await keyset_page(ctx, f"webhook-deliveries:{webhook_id}", cursor, limit, fetch)
 
 
 # --- delivery -----------------------------------------------------------------------------
@@ -226,8 +180,10 @@ def retry_delay(base: float, attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-@dataclass
-class _Outcome:
+@dataclass(frozen=True)
+class Sent:
+    """What became of one attempt: the receiver's status, or why there is none."""
+
     response_status: int | None
     error: str | None
 
@@ -236,36 +192,29 @@ class _Outcome:
         return self.response_status is not None and 200 <= self.response_status < 300
 
 
+class Sender(Protocol):
+    """How a delivery reaches its receiver (server/gateways/webhook_sender.py): one
+    signed POST of the event's JSON, bounded by WEBHOOK_TIMEOUT_SECONDS."""
+
+    async def send(self, url: str, secret: str, event_id: int, body: bytes) -> Sent: ...
+
+    async def close(self) -> None: ...
+
+
 QueueKey = tuple[int, str]  # (webhook id, resource)
 
 
 @dataclass
 class Deliverer:
     """A worker's half of webhook delivery: the fan-out and claim turn, the queue
-    actors, and the HTTP client they share."""
+    actors, and the sender they share."""
 
     ctx: Context
     supervisor: Supervisor[QueueKey]
-    session: aiohttp.ClientSession
+    sender: Sender
     busy: collections.Counter[int] = field(default_factory=collections.Counter)
     # Set when tracing is on: each send is a client span of its own.
     tracer: Tracer | None = None
-
-    @classmethod
-    def start(cls, ctx: Context, supervisor: Supervisor[QueueKey], tracer: Tracer | None = None) -> Deliverer:
-        config = ctx.config
-        connector = aiohttp.TCPConnector(
-            limit=config.webhook_max_in_flight,
-            limit_per_host=config.webhook_max_in_flight_per_webhook,
-            resolver=None if config.webhook_allow_private_targets else _PublicOnlyResolver(),
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=config.webhook_timeout_seconds),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": "storefront-webhooks"},
-        )
-        return cls(ctx, supervisor, session, tracer=tracer)
 
     @property
     def lease_seconds(self) -> float:
@@ -336,7 +285,7 @@ class Deliverer:
         or failed for good) and its queue may go on."""
         config, metrics = self.ctx.config, self.ctx.metrics
         if delivery["data"] is None:
-            outcome = _Outcome(None, "the event no longer exists")
+            outcome = Sent(None, "the event no longer exists")
         else:
             outcome = await self._post(delivery)
         attempt = delivery["attempts"] + 1
@@ -361,7 +310,7 @@ class Deliverer:
         metrics.webhook_deliveries.labels({"pending": "retried"}.get(status, status)).inc()
         return status != "pending"
 
-    async def _post(self, delivery: asyncpg.Record) -> _Outcome:
+    async def _post(self, delivery: asyncpg.Record) -> Sent:
         if self.tracer is None:
             return await self._send(delivery)
         attributes = {"webhook.event_id": delivery["event_id"], "webhook.event_type": delivery["event_type"]}
@@ -373,55 +322,13 @@ class Deliverer:
                 span.set_status(StatusCode.ERROR, outcome.error)
             return outcome
 
-    async def _send(self, delivery: asyncpg.Record) -> _Outcome:
-        body = dumps(
-            {
-                "id": delivery["event_id"],
-                "type": delivery["event_type"],
-                "created_at": delivery["event_created_at"],
-                "data": orjson.Fragment(delivery["data"]),
-            }
-        )
-        message_id, timestamp = str(delivery["event_id"]), int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(delivery["secret"], message_id, timestamp, body),
-        }
-        timeout = self.ctx.config.webhook_timeout_seconds
-        try:
-            _check_literal_host(delivery["url"], self.ctx.config.webhook_allow_private_targets)
-            async with (
-                asyncio.timeout(timeout),
-                self.session.post(delivery["url"], data=body, headers=headers, allow_redirects=False) as response,
-            ):
-                answer = await response.content.read(_BODY_LIMIT)
-        except TimeoutError:
-            return _Outcome(None, f"no answer within {timeout:g} s")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return _Outcome(None, f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS])
-        if 200 <= response.status < 300:
-            return _Outcome(response.status, None)
-        text = answer.decode("utf-8", "replace")
-        return _Outcome(response.status, f"HTTP {response.status}: {text}"[:_ERROR_CHARS])
+    async def _send(self, delivery: asyncpg.Record) -> Sent:
+        event = event_json(delivery["event_id"], delivery["event_type"], delivery["event_created_at"], delivery["data"])
+        return await self.sender.send(delivery["url"], delivery["secret"], delivery["event_id"], dumps(event))
 
     async def close(self, timeout: float) -> None:
         await self.supervisor.drain(timeout)
-        await self.session.close()
-
-
-def _check_literal_host(url: str, allow_private: bool) -> None:
-    """An address written in the URL never goes through the resolver: check it here."""
-    if allow_private:
-        return
-    host = URL(url).raw_host or ""
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return  # a name: the resolver checks what it resolves to
-    if not address_allowed(host):
-        raise OSError(f"{host} is not a public address")
+        await self.sender.close()
 
 
 async def refresh_gauges(ctx: Context, deliverer: Deliverer) -> None:

@@ -1,14 +1,14 @@
 """This process's liveness lock (see db/liveness.py).
 
-Work a process starts and may not finish (a charge or a refund whose provider call
-is in flight) records `owner`, this process's id, while the lock is held. The
-reconciler of any process treats pending work whose owner's lock is free as
+Work a worker process starts and may not finish (a charge or a refund whose provider
+call is in flight) records `worker`, this process's id, while the lock is held. The
+reconciler of any process treats pending work whose worker's lock is free as
 abandoned and settles it at once, instead of waiting for its lease to run out; a
 slow process that is still alive keeps its lock, and so its work.
 
 The lock lives on a dedicated connection (never a pooled one, whose session is
 shared). A keeper checks it every second and takes the lock again after the
-connection was lost; meanwhile `owner` is None, and new work relies on its lease.
+connection was lost; meanwhile `worker` is None, and new work relies on its lease.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from db.pool import is_outage
 log = logging.getLogger(__name__)
 
 _CHECK_SECONDS = 1.0
-_MAX_OWNER = 2**31 - 1
+_MAX_ID = 2**31 - 1
 
 
 class Liveness:
@@ -34,11 +34,11 @@ class Liveness:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         self._conn: asyncpg.Connection | None = None
-        self._id = 1 + secrets.randbelow(_MAX_OWNER)
+        self._id = 1 + secrets.randbelow(_MAX_ID)
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def owner(self) -> int | None:
+    def worker(self) -> int | None:
         """This process's id while its lock is held, else None."""
         conn = self._conn
         return self._id if conn is not None and not conn.is_closed() else None
@@ -68,7 +68,7 @@ class Liveness:
             while not await liveness_db.try_lock(conn, self._id):
                 # Another session holds this id: our own earlier session, not yet
                 # gone on the server, or (rarely) another process. Take a new one.
-                self._id = 1 + secrets.randbelow(_MAX_OWNER)
+                self._id = 1 + secrets.randbelow(_MAX_ID)
         except BaseException:
             conn.terminate()
             raise

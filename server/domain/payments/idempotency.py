@@ -3,7 +3,8 @@ one implementation, so both behave alike.
 
 - The same key and the same request: the first answer again (the same outcome, the
   same payment or refund, in its current state), and nothing moves again.
-- The same key with another request: 422. While the first is in flight: 409.
+- The same key with another request: refused ('key_reused'). While the first is in
+  flight: refused ('key_in_flight').
 - A refusal (the order is not the caller's, not pending, the amount is wrong, ...)
   starts nothing and stores nothing: the claim of the key rolls back with it, so a
   repeat is judged afresh and refused requests cost no storage.
@@ -11,8 +12,8 @@ one implementation, so both behave alike.
 The key is claimed in the transaction of step 1 (which records the pending payment
 or refund), so the claim and the work it names commit, or roll back, together.
 
-The domain answers with a `Result` (what became of the request, and the resource);
-the handler maps outcomes to HTTP statuses.
+The domain answers with a `Result` (what became of the request, and the payment or
+refund); the handler maps outcomes to HTTP statuses.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 import asyncpg
 
 from db import idempotency as idempotency_db
 from db.idempotency import Kind
 from db.pool import Executor
+from db.refusals import Refusal
 from server.domain.context import Context
-from server.runtime.problems import ApiError, Conflict, ValidationFailed
 
 
 class Outcome(Enum):
@@ -45,87 +45,59 @@ class Outcome(Enum):
 @dataclass(frozen=True)
 class Result:
     outcome: Outcome
-    # The payment or refund, as the API shows it.
-    resource: dict[str, Any]
+    # The payment or refund (its row).
+    row: asyncpg.Record
 
 
 _OUTCOMES = {"succeeded": Outcome.SUCCEEDED, "failed": Outcome.FAILED, "pending": Outcome.UNKNOWN}
 
 
-def result_for(resource: dict[str, Any]) -> Result:
+def result_for(row: asyncpg.Record) -> Result:
     """The result a payment or refund in this state answers."""
-    return Result(_OUTCOMES[resource["status"]], resource)
+    return Result(_OUTCOMES[row["status"]], row)
 
 
-class InFlight(Conflict):
-    """Other work on the same payment or order is in flight: retry once it is settled."""
-
-
-@dataclass(frozen=True)
-class Resource:
-    """What a kind of request starts: its name in the records, and its representation."""
-
-    kind: Kind
-    to_json: Callable[[asyncpg.Record], dict[str, Any]]
-
-
-async def replay_known(
-    ctx: Context, user_id: int, key: str | None, fingerprint: bytes, resource: Resource
-) -> Result | None:
+async def replay_known(ctx: Context, user_id: int, key: str | None, fingerprint: bytes, kind: Kind) -> Result | None:
     """The result to replay for a key already used, or None. Called before queueing
-    behind the order's actor: a repeat of a request still in flight gets 409 at
-    once, a finished one its first answer."""
+    behind the order's actor: a repeat of a request still in flight is refused at
+    once, a finished one gets its first answer."""
     if key is None:
         return None
     record = await idempotency_db.find(ctx.db, user_id, key)
-    return None if record is None else _replay(record, fingerprint, resource)
+    return None if record is None else _replay(record, fingerprint, kind)
 
 
-def _replay(record: asyncpg.Record, fingerprint: bytes, resource: Resource) -> Result:
+def _replay(record: asyncpg.Record, fingerprint: bytes, kind: Kind) -> Result:
     if record["request_hash"] != fingerprint:
-        raise ValidationFailed.field("Idempotency-Key", "this key was used with a different request body")
+        raise Refusal("key_reused")
     # The same fingerprint is the same kind of request (a refund's never equals a payment's).
-    started = record[resource.kind]
-    assert started is not None
+    started: asyncpg.Record = record[kind]
     if started["status"] == "pending":
-        raise Conflict("a request with this Idempotency-Key is still in flight")
-    return result_for(resource.to_json(started))
+        raise Refusal("key_in_flight")
+    return result_for(started)
 
 
-async def start_once(
+async def begin_once(
     ctx: Context,
     user_id: int,
     key: str | None,
     fingerprint: bytes,
-    resource: Resource,
-    start: Callable[[Executor], Awaitable[asyncpg.Record]],
-    refusal: Callable[[Exception], ApiError],
-    *,
-    one_statement: bool = False,
+    kind: Kind,
+    begin: Callable[[Executor], Awaitable[asyncpg.Record]],
 ) -> asyncpg.Record | Result:
-    """Step 1 of a payment or refund, once per key: `start` records the pending
-    payment or refund in the transaction that claims the key. Returns what `start`
-    recorded, or the result to replay. When `start` raises, `refusal` turns the
-    exception into the API error (or raises it again when it is no refusal), raised
-    with the original exception as its __cause__ once the claim has rolled back.
-    `one_statement`: `start` is a single statement, so without a key it runs on the
-    pool with no transaction around it (a statement is a transaction of its own: the
-    BEGIN and COMMIT would be two round trips for nothing)."""
-    try:
-        if key is None:
-            if one_statement:
-                return await start(ctx.db)
-            async with ctx.db.transaction() as conn:
-                return await start(conn)
-        async with ctx.db.transaction() as conn:
-            if not await idempotency_db.claim(conn, user_id, key, fingerprint):
-                record = await idempotency_db.find(conn, user_id, key)
-                assert record is not None
-                return _replay(record, fingerprint, resource)
-            started = await start(conn)
-            await idempotency_db.attach(conn, user_id, key, resource.kind, started["id"])
-            return started
-    except ApiError:
-        raise
-    except Exception as exc:
-        raise refusal(exc) from exc
+    """Step 1 of a payment or refund, once per key: `begin` (one statement) records the
+    pending payment or refund, in the transaction that claims the key. Returns what
+    `begin` recorded, or the result to replay. A refusal rolls the claim back with
+    everything else. Without a key, `begin` runs on the pool: one statement is a
+    transaction of its own (a BEGIN and COMMIT around it would be two round trips for
+    nothing)."""
+    if key is None:
+        return await begin(ctx.db)
+    async with ctx.db.transaction() as conn:
+        if not await idempotency_db.claim(conn, user_id, key, fingerprint):
+            record = await idempotency_db.find(conn, user_id, key)
+            assert record is not None
+            return _replay(record, fingerprint, kind)
+        started = await begin(conn)
+        await idempotency_db.attach(conn, user_id, key, kind, started["id"])
+        return started

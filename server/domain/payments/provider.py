@@ -14,8 +14,15 @@ payment or refund as soon as it knows its process is gone.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +81,27 @@ class PaymentProvider(Protocol):
         it (and now never will)."""
 
     async def close(self) -> None: ...
+
+
+async def bounded(timeout: float, call: Callable[[], Awaitable[R]]) -> tuple[bool, R | None]:
+    """`call` of the provider within `timeout` seconds: (True, its answer), or (False,
+    None) when it failed or did not answer in time (the outcome is unknown)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return True, await call()
+    except (TimeoutError, ProviderUnavailable):
+        return False, None
+
+
+async def call_or_look_up(
+    timeout: float, call: Callable[[], Awaitable[R]], look_up: Callable[[], Awaitable[R | None]], about: dict[str, Any]
+) -> R | None:
+    """The provider's answer to `call` (a charge or a refund, with its idempotency key)
+    or, when that answer is lost, to `look_up` of the same key; None when it stays
+    unknown for now (or the provider never made it: the reconciler settles it)."""
+    answered, result = await bounded(timeout, call)
+    if answered:
+        return result
+    log.warning("provider call failed; looking it up", extra=about)
+    _, found = await bounded(timeout, look_up)
+    return found

@@ -3,36 +3,35 @@
 `pay` runs in the order's actor, in three steps, and holds no pooled connection
 while the provider is called:
 
-1. one short transaction locks the order, checks it is pending (and the amount),
-   and records a `pending` payment with a fresh provider-side idempotency key (and
-   claims the request's Idempotency-Key, if any);
+1. `begin_payment` (one statement) locks the customer and the order, checks the
+   decline limits, that the order is pending (and the amount), and records a
+   `pending` payment with a fresh provider-side idempotency key (claiming the
+   request's Idempotency-Key in the same transaction, if any);
 2. the provider call, bounded by PAYMENT_PROVIDER_TIMEOUT_MS; when its answer is
-   lost, the provider is asked with the idempotency key;
-3. one statement (its own transaction) records the outcome, on success marks the
-   order paid, and writes the events (payment.succeeded and order.paid, or
-   payment.failed).
+   lost, the provider is asked with the idempotency key (provider.call_or_look_up);
+3. `settle_payment` (one statement) records the outcome, on success marks the order
+   paid, and writes the events (payment.succeeded and order.paid, or payment.failed).
 
 A payment whose outcome stays unknown keeps its `pending` row until the reconciler
-asks the provider and settles it: at once when the process that made it is gone
+asks the provider and settles it: at once when the worker that made it is gone
 (its liveness lock is free, see server/runtime/liveness.py), else when its lease
-runs out (the provider did not answer, or the process lost its lock). Meanwhile
+runs out (the provider did not answer, or the worker lost its lock). Meanwhile
 the pending row blocks any other payment of the order (a partial unique index), as
 well as cancelling, changing, deleting and expiring it.
 
-Idempotency-Key handling is shared with refunds (idempotency.py); `pay` answers
-with a `Result` (SUCCEEDED: charged, FAILED: declined, UNKNOWN: left to
-reconciliation), which the handler maps to a status.
+Refunds (refunds.py) take the same three steps; both share the Idempotency-Key
+handling (idempotency.py), the provider's call discipline (provider.py) and
+reconciliation (`reconcile_in_actor`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -40,12 +39,13 @@ import orjson
 from db import orders as orders_db
 from db import payments as payments_db
 from db.pool import Executor
+from db.refusals import Refusal
+from server.domain import orders
+from server.domain.auth import Principal
 from server.domain.context import Context
 from server.domain.order_actors import OrderActor
-from server.domain.orders import notify_status
-from server.domain.payments.idempotency import InFlight, Resource, Result, replay_known, result_for, start_once
-from server.domain.payments.provider import ChargeRequest, ChargeResult, ProviderUnavailable, RefundRequest
-from server.runtime.problems import ApiError, Conflict, NotFound, TooManyRequests, ValidationFailed
+from server.domain.payments.idempotency import Result, begin_once, replay_known, result_for
+from server.domain.payments.provider import ChargeRequest, ChargeResult, RefundRequest, bounded, call_or_look_up
 
 log = logging.getLogger(__name__)
 
@@ -67,54 +67,37 @@ class PaymentRequest:
         return hashlib.sha256(canonical).digest()
 
 
-def payment_json(row: asyncpg.Record) -> dict[str, Any]:
-    """A payment as the API shows it, from the payments columns by name.
-    sql/019_settle_payment.sql's payment_json builds the same in SQL for the
-    payment.succeeded and payment.failed events: keep the two in step
-    (tests/test_events.py compares them)."""
-    return {
-        "id": row["id"],
-        "order_id": row["order_id"],
-        "amount": row["amount"],
-        "amount_refunded": row["amount_refunded"],
-        "currency": row["currency"],
-        "status": row["status"],
-        "failure_reason": row["failure_reason"],
-        "provider": row["provider"],
-        "provider_ref": row["provider_ref"],
-        "created_at": row["created_at"],
-    }
-
-
-PAYMENT = Resource("payment", payment_json)
+def provider_timeout(ctx: Context) -> float:
+    return ctx.config.payment_provider_timeout_ms / 1000
 
 
 def lease_seconds(ctx: Context) -> float:
-    """How long a payment's own process may take to settle it (the charge and one
-    lookup, each bounded by the provider timeout) before the reconciler may."""
-    return 2 * ctx.config.payment_provider_timeout_ms / 1000 + 5
+    """How long a payment's (or refund's) own worker may take to settle it (the call
+    and one lookup, each bounded by the provider timeout) before the reconciler may."""
+    return 2 * provider_timeout(ctx) + 5
 
 
-async def get(ctx: Context, payment_id: int, user_id: int, is_admin: bool) -> dict[str, Any]:
-    row = await payments_db.get(ctx.db, payment_id, None if is_admin else user_id)
+async def get(ctx: Context, principal: Principal, payment_id: int) -> asyncpg.Record:
+    """A payment the caller may see (its owner, or an admin)."""
+    row = await payments_db.get(ctx.db, payment_id, principal.scope)
     if row is None:
-        raise NotFound("no such payment")
-    return payment_json(row)
+        raise Refusal("payment_not_found")
+    return row
 
 
 async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> Result:
-    """Pay the order once. A refusal raises its ApiError (and stores nothing for an
+    """Pay the order once. A refusal is raised (and stores nothing for an
     Idempotency-Key)."""
     fingerprint = request.fingerprint()
     # Answered without queueing behind the order's actor: a repeat of a request
-    # still in flight gets 409 at once, a finished one its first answer.
-    replay = await replay_known(ctx, user_id, idempotency_key, fingerprint, PAYMENT)
+    # still in flight is refused at once, a finished one gets its first answer.
+    replay = await replay_known(ctx, user_id, idempotency_key, fingerprint, "payment")
     if replay is not None:
         return replay
     # Before any key is claimed or the order's actor is asked: someone else's order
-    # (or none) is a 404 that stores nothing and waits in no queue.
+    # (or none) is refused, stores nothing and waits in no queue.
     if await orders_db.owner(ctx.db, request.order_id) != user_id:
-        raise NotFound("no such order")
+        raise Refusal("order_not_found")
 
     async def command(actor: OrderActor) -> Result:
         return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint)
@@ -129,11 +112,23 @@ async def _pay_in_actor(
     if isinstance(started, Result):
         return started
     payment = started
-    result = await _charge(ctx, payment, request.token)
+    charge = ChargeRequest(
+        idempotency_key=payment["provider_key"],
+        amount=payment["amount"],
+        currency=payment["currency"],
+        token=request.token,
+        reference=str(payment["id"]),
+    )
+    result = await call_or_look_up(
+        provider_timeout(ctx),
+        lambda: ctx.provider.charge(charge),
+        lambda: ctx.provider.lookup(charge.idempotency_key),
+        {"payment_id": payment["id"]},
+    )
     if result is None:
         ctx.metrics.payments.labels("unknown").inc()
         log.warning("payment outcome unknown; left to reconciliation", extra={"payment_id": payment["id"]})
-        return result_for(payment_json(payment))
+        return result_for(payment)
     return result_for(await _settle(ctx, payment["id"], result))
 
 
@@ -141,92 +136,34 @@ async def _begin(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
 ) -> asyncpg.Record | Result:
     """Step 1. Returns the pending payment, or the result to replay; raises the
-    API error when the order cannot be paid (an order found past its expiry is
-    expired on the way, once step 1's transaction is over)."""
-    config = ctx.config
+    refusal when the order cannot be paid (an order found past its expiry is expired
+    on the way, once step 1's transaction is over)."""
+    config, worker, lease = ctx.config, ctx.liveness.worker, lease_seconds(ctx)
+    provider_key = f"pay_{secrets.token_hex(12)}"
 
     async def begin(db: Executor) -> asyncpg.Record:
-        # The decline limits are checked under the customer's lock, so that
-        # concurrent payments of one customer count each other (one statement).
         return await payments_db.begin(
             db,
             order_id=request.order_id,
             user_id=user_id,
             amount=request.amount,
             provider=ctx.provider.name,
-            provider_key=f"pay_{secrets.token_hex(12)}",
-            lease_seconds=lease_seconds(ctx),
-            owner=ctx.liveness.owner,
+            provider_key=provider_key,
+            lease_seconds=lease,
+            worker=worker,
             max_declines_per_order=config.payment_max_declines_per_order,
             max_declines_per_user=config.payment_max_declines_per_user,
         )
 
     try:
-        return await start_once(
-            ctx, user_id, idempotency_key, fingerprint, PAYMENT, begin, _refusal, one_statement=True
-        )
-    except ApiError as error:
-        if isinstance(error.__cause__, orders_db.Expired) and await orders_db.expire_one(
-            ctx.db, request.order_id, notify_status
-        ):
-            ctx.metrics.order_transition("pending", "expired")
+        return await begin_once(ctx, user_id, idempotency_key, fingerprint, "payment", begin)
+    except Refusal as refusal:
+        if refusal.code == "order_expired":
+            await orders.expire(ctx.db, ctx.metrics, request.order_id)
         raise
 
 
-def _refusal(exc: Exception) -> ApiError:
-    """Why an order cannot be paid, as an API error (other exceptions propagate)."""
-    if isinstance(exc, orders_db.OrderNotFound):
-        return NotFound("no such order")
-    if isinstance(exc, orders_db.WrongStatus):
-        return Conflict(f"the order is {exc.status}; only pending orders can be paid")
-    if isinstance(exc, orders_db.PaymentInFlight):
-        return InFlight("a payment for this order is in progress")
-    if isinstance(exc, orders_db.Expired):
-        return Conflict("the order has expired")
-    if isinstance(exc, payments_db.AmountMismatch):
-        return ValidationFailed.field("amount", f"must equal the order total ({exc.total})")
-    if isinstance(exc, payments_db.TooManyDeclinesForOrder):
-        return Conflict(
-            f"this order's payments were declined {exc.declines} times (PAYMENT_MAX_DECLINES_PER_ORDER); "
-            "it takes no more",
-            extra={"limit": "PAYMENT_MAX_DECLINES_PER_ORDER"},
-        )
-    if isinstance(exc, payments_db.TooManyDeclines):
-        return TooManyRequests(
-            "too many declined payments in 24 hours (PAYMENT_MAX_DECLINES_PER_USER)", retry_after=exc.retry_after
-        )
-    raise exc
-
-
-async def _charge(ctx: Context, payment: asyncpg.Record, token: str) -> ChargeResult | None:
-    """Step 2: the provider's answer, or None when it stays unknown for now."""
-    timeout = ctx.config.payment_provider_timeout_ms / 1000
-    request = ChargeRequest(
-        idempotency_key=payment["provider_key"],
-        amount=payment["amount"],
-        currency=payment["currency"],
-        token=token,
-        reference=str(payment["id"]),
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            return await ctx.provider.charge(request)
-    except (TimeoutError, ProviderUnavailable) as exc:
-        log.warning(
-            "provider call failed; looking the charge up", extra={"payment_id": payment["id"], "error": repr(exc)}
-        )
-    return await _lookup(ctx, payment["provider_key"], timeout)
-
-
-async def _lookup(ctx: Context, provider_key: str, timeout: float) -> ChargeResult | None:
-    try:
-        async with asyncio.timeout(timeout):
-            return await ctx.provider.lookup(provider_key)
-    except (TimeoutError, ProviderUnavailable):
-        return None
-
-
-async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> dict[str, Any]:
+async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> asyncpg.Record:
     """Step 3: record the outcome (None: the provider never made the charge)."""
     if result is None:
         status, provider_ref, reason = "failed", None, "not_charged"
@@ -234,21 +171,19 @@ async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) ->
         status, provider_ref, reason = "succeeded", result.provider_ref, None
     else:
         status, provider_ref, reason = "failed", result.provider_ref, result.failure_reason
-    # One statement on the pool, its own transaction: it settles the payment, pays the
-    # order and writes the events (sql/019_settle_payment.sql).
-    row = await payments_db.finish(ctx.db, payment_id, status=status, provider_ref=provider_ref, failure_reason=reason)
+    row = await payments_db.settle(ctx.db, payment_id, status=status, provider_ref=provider_ref, failure_reason=reason)
     if row is None:
         # Settled by someone else meanwhile (a reconciler): report what it recorded.
         current = await payments_db.get(ctx.db, payment_id, None)
         assert current is not None
-        return payment_json(current)
+        return current
     outcome = "refunded" if row["refund_due"] else ("succeeded" if row["status"] == "succeeded" else "declined")
     ctx.metrics.payments.labels(outcome).inc()
     if row["status"] == "succeeded":
         ctx.metrics.order_transition("pending", "paid")
     if row["refund_due"]:
         await _refund_unpayable(ctx, row)
-    return payment_json(row)
+    return row
 
 
 async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
@@ -260,10 +195,8 @@ async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
         currency=payment["currency"],
         reference=str(payment["id"]),
     )
-    try:
-        async with asyncio.timeout(ctx.config.payment_provider_timeout_ms / 1000):
-            result = await ctx.provider.refund(request)
-    except (TimeoutError, ProviderUnavailable):
+    answered, result = await bounded(provider_timeout(ctx), lambda: ctx.provider.refund(request))
+    if not answered or result is None:
         log.warning("refund failed; it will be retried", extra={"payment_id": payment["id"]})
         return
     if result.status != "succeeded":
@@ -275,43 +208,35 @@ async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
 
 
 async def reconcile(ctx: Context) -> int:
-    """Settle pending payments whose process is gone or whose lease ran out, by
-    asking the provider; retry refunds that are due. Returns how many payments
-    were settled."""
+    """Settle pending payments whose worker is gone or whose lease ran out, by asking
+    the provider; retry refunds that are due. Returns how many payments were settled."""
     settled = 0
     claimed = await payments_db.claim_stale(
-        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), owner=ctx.liveness.owner
+        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), worker=ctx.liveness.worker
     )
     for payment in claimed:
-        settled += await _reconcile_one(ctx, payment)
+        settled += await reconcile_in_actor(ctx, "payment", payment, ctx.provider.lookup, _settle)
     for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH):
         await _refund_unpayable(ctx, due)
     return settled
-
-
-async def _reconcile_one(ctx: Context, payment: asyncpg.Record) -> int:
-    return await reconcile_in_actor(ctx, "payment", payment, ctx.provider.lookup, _settle)
 
 
 async def reconcile_in_actor(
     ctx: Context,
     kind: str,
     row: asyncpg.Record,
-    lookup: Callable[[str], Awaitable[R]],
-    settle: Callable[[Context, int, R], Awaitable[dict[str, Any]]],
+    lookup: Callable[[str], Awaitable[R | None]],
+    settle: Callable[[Context, int, R | None], Awaitable[asyncpg.Record]],
 ) -> int:
     """Ask the provider what became of one pending payment or refund (`kind`, its
     claimed `row`) and settle it, in its order's actor. Returns 1 once the command ran
     (a provider still unreachable leaves the row for a later round), 0 when the actor
     could not take it (busy, or shutting down: the lease brings the row back)."""
-    timeout = ctx.config.payment_provider_timeout_ms / 1000
     ids = {f"{kind}_id": row["id"], "order_id": row["order_id"]}
 
     async def command(actor: OrderActor) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                result = await lookup(row["provider_key"])
-        except (TimeoutError, ProviderUnavailable):
+        answered, result = await bounded(provider_timeout(ctx), lambda: lookup(row["provider_key"]))
+        if not answered:
             log.warning("provider unreachable; reconciliation retried later", extra=ids)
             return
         settled = await settle(ctx, row["id"], result)
@@ -319,6 +244,6 @@ async def reconcile_in_actor(
 
     try:
         await ctx.supervisor.ask(row["order_id"], command)
-    except ApiError:
+    except Refusal:
         return 0
     return 1
