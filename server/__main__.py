@@ -1,5 +1,5 @@
 import sys
 
-from server.runtime.cli import main
+from server.entry.cli import main
 
 sys.exit(main())

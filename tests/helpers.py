@@ -277,3 +277,32 @@ def watch_provider(provider: Any, method: str, pool: Any) -> ProviderWatch:
 
     setattr(provider, method, observed)
     return watch
+
+
+async def feed(api: Api, query: str = "") -> dict[str, Any]:
+    admin = await api.admin_user()
+    reply = await api.call("GET", f"/api/events{query}", token=admin.token)
+    assert reply.status == 200, reply
+    page: dict[str, Any] = reply.json
+    return page
+
+
+async def all_events(api: Api, dsn: str, query: str = "") -> list[dict[str, Any]]:
+    """The feed once it shows every committed event. An event is shown once every
+    transaction older than it has ended, on the whole PostgreSQL server (which other
+    test runs share), so it may take a moment to appear."""
+    admin = await api.admin_user()
+    conn = await asyncpg.connect(dsn)
+    try:
+        total = await conn.fetchval("SELECT count(*) FROM events")
+    finally:
+        await conn.close()
+    for _ in range(400):
+        shown = await api.call("GET", "/api/events?limit=100", token=admin.token)
+        if len(shown.json["items"]) >= total:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the feed did not show all {total} events")
+    page = await feed(api, query)
+    return list(page["items"])

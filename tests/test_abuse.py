@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from handlers.routing import CONTEXT
 from server.app import Options, create_app
-from server.domain.context import CONTEXT
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, make_config
 from tests.helpers import Api, unique_email
 

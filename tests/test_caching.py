@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.domain.context import CONTEXT
+from handlers.routing import CONTEXT
 from tests.helpers import Api
 
 # The in-process tests poll slowly: a change must be seen at once by the process

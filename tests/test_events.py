@@ -9,40 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
+from server.domain.shapes import ProductOut, render
 from server.runtime.jsonio import dumps
 from tests.conftest import STOREFRONT_URL
-from tests.helpers import Api, Reply, User
-
-
-async def feed(api: Api, query: str = "") -> dict[str, Any]:
-    admin = await api.admin_user()
-    reply = await api.call("GET", f"/api/events{query}", token=admin.token)
-    assert reply.status == 200, reply
-    page: dict[str, Any] = reply.json
-    return page
-
-
-async def all_events(api: Api, dsn: str, query: str = "") -> list[dict[str, Any]]:
-    """The feed once it shows every committed event. An event is shown once every
-    transaction older than it has ended, on the whole PostgreSQL server (which other
-    test runs share), so it may take a moment to appear."""
-    admin = await api.admin_user()
-    conn = await asyncpg.connect(dsn)
-    try:
-        total = await conn.fetchval("SELECT count(*) FROM events")
-    finally:
-        await conn.close()
-    for _ in range(400):
-        shown = await api.call("GET", "/api/events?limit=100", token=admin.token)
-        if len(shown.json["items"]) >= total:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError(f"the feed did not show all {total} events")
-    page = await feed(api, query)
-    return list(page["items"])
+from tests.helpers import Api, Reply, User, all_events, feed
 
 
 async def test_events_come_oldest_first_with_the_data_the_api_returned(api: Api, clean_db: str) -> None:
@@ -141,8 +114,8 @@ async def _two_line_order(api: Api) -> tuple[User, Reply]:
 async def test_order_created_carries_the_order_exactly_as_the_api_returns_it(
     database_timezone: str, api: Api, clean_db: str
 ) -> None:
-    # The event is built in SQL (sql/017_order_created_event.sql), the API's body by
-    # orjson: the two must agree field for field, timestamps as the same JSON text.
+    # The event stores the order's row as the writing session saw it (its timestamps
+    # in that session's time zone); the feed renders it with the order's one shape.
     user, created = await _two_line_order(api)
     shown = await api.call("GET", f"/api/orders/{created.json['id']}", token=user.token)
     (event,) = await all_events(api, clean_db, "?type=order.created")
@@ -172,7 +145,6 @@ def assert_same_json(data: dict[str, Any], reply: Reply) -> None:
 async def test_payment_succeeded_and_order_paid_carry_them_exactly_as_the_api_returns_them(
     database_timezone: str, api: Api, clean_db: str
 ) -> None:
-    # Both are built in SQL (sql/019_settle_payment.sql), the API's bodies by orjson.
     user, created = await _two_line_order(api)
     order = created.json
     paid = await api.pay(user, order["id"])
@@ -221,20 +193,24 @@ async def test_a_charge_for_an_order_that_can_no_longer_be_paid_writes_payment_f
     assert_same_json(events[2]["data"], refused)
 
 
-async def test_event_timestamps_are_written_as_orjson_writes_them(db: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("timezone", ["UTC", "America/St_Johns"])
+async def test_a_stored_timestamp_is_rendered_as_the_api_writes_it(db: asyncpg.Connection, timezone: str) -> None:
     # Edge cases an HTTP test meets only by chance: whole seconds (orjson writes no
     # fraction), trailing zeros (it keeps all six digits), and a session TimeZone
-    # other than UTC.
-    await db.execute("SET timezone = 'America/St_Johns'")
+    # (-03:30 here) other than UTC, in which an event's stored row is written.
+    await db.execute(f"SET timezone = '{timezone}'")
     for microsecond in (0, 1, 120000, 999999):
         at = datetime(2024, 2, 29, 23, 59, 59, microsecond, tzinfo=UTC)
-        assert await db.fetchval("SELECT to_jsonb(api_timestamp($1))::text", at) == dumps(at).decode()
+        stored = orjson.loads(await db.fetchval("SELECT to_jsonb($1::timestamptz)::text", at))
+        row = {"id": 1, "name": "n", "description": "", "price": 1, "currency": "USD", "stock": 1, "sku": None}
+        rendered = render(ProductOut, {**row, "created_at": stored, "updated_at": at})
+        assert dumps(rendered["created_at"]) == dumps(rendered["updated_at"]) == dumps(at), stored
 
 
 @pytest.mark.parametrize("config_overrides", [{"order_max_pending_per_user": 1, "order_max_held_units_per_product": 3}])
 async def test_a_refused_order_writes_no_event(api: Api, clean_db: str) -> None:
-    # Every refusal of order creation, from the limits (sql/016) and the line rules
-    # (sql/015), returns before the order and its event are written.
+    # Every refusal of order creation, from the limits and the item rules
+    # (sql/functions/orders.sql), returns before the order and its event are written.
     dollars, euros = await api.product(stock=1), await api.product(currency="EUR")
     holder, other = await api.customer(), await api.customer()
     placed = await api.order(holder, (dollars["id"], 1))

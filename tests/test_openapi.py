@@ -11,17 +11,8 @@ import pytest
 from aiohttp import web
 from pydantic import BaseModel
 
-from handlers.schemas import (
-    IDEMPOTENCY_KEY_PATTERN,
-    OrderOut,
-    Page,
-    PaymentOut,
-    Problem,
-    ProductOut,
-    RefundOut,
-    TokenOut,
-    UserOut,
-)
+from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, Page, Problem, TokenOut
+from server.domain.shapes import OrderOut, PaymentOut, ProductOut, RefundOut, UserOut
 from tests.helpers import Api, unique_email
 
 CONTRACT_OPERATIONS = {

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from db import idempotency as idempotency_db
+from handlers.routing import CONTEXT
 from server.app import Options, create_app
-from server.domain.context import CONTEXT
 from tests.conftest import JWT_SECRET, make_config
 from tests.helpers import Api, User, invariant_violations, watch_provider
 
@@ -375,7 +375,7 @@ async def test_a_payment_whose_process_is_gone_is_settled_at_once(
     paying = asyncio.create_task(api.pay(user, order["id"]))
     await asyncio.sleep(0.3)
     # Nobody holds liveness lock 1 (ids are random): as if the process had died.
-    assert await db.execute("UPDATE payments SET owner = 1 WHERE status = 'pending'") == "UPDATE 1"
+    assert await db.execute("UPDATE payments SET worker = 1 WHERE status = 'pending'") == "UPDATE 1"
     for _ in range(30):
         if await db.fetchval("SELECT status FROM payments") != "pending":
             break

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 
 from db.pool import Database, new_request
+from db.refusals import Refusal
+from handlers.routing import CONTEXT
 from server.domain.auth import Tokens
-from server.domain.context import CONTEXT
-from server.runtime.problems import Unauthorized
 from tests.helpers import Api
 
 
@@ -166,7 +166,7 @@ def test_a_remembered_token_is_refused_once_it_expires() -> None:
     assert tokens.decode(token).user_id == 7
     assert tokens.decode(token).user_id == 7  # from memory
     time.sleep(2.05)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Refusal, match="token_expired"):
         tokens.decode(token)
 
 

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from db.refusals import Refusal
 from server.domain import order_status
 from server.domain.order_status import Event
-from server.domain.orders import MAX_QUANTITY, merge_lines
-from server.runtime.problems import ValidationFailed
+from server.domain.orders import MAX_QUANTITY, merge_items
 from tests.helpers import ServerProcess, unique_email
 
 TERMINAL = {"cancelled", "expired", "refunded"}
@@ -73,15 +73,15 @@ def test_only_pending_orders_hold_stock_and_paid_ones_stay_sold() -> None:
 
 @settings(max_examples=500)
 @given(st.lists(st.tuples(st.integers(1, 8), st.integers(1, 1000)), min_size=1, max_size=30))
-def test_merging_lines_keeps_every_unit_once(items: list[tuple[int, int]]) -> None:
+def test_merging_items_keeps_every_unit_once(items: list[tuple[int, int]]) -> None:
     totals: dict[int, int] = {}
     for pid, qty in items:
         totals[pid] = totals.get(pid, 0) + qty
     try:
-        merged, first_index = merge_lines(items)
-    except ValidationFailed as refused:
+        merged, first_index = merge_items(items)
+    except Refusal as refused:
         assert any(q > MAX_QUANTITY for q in totals.values())
-        assert refused.errors
+        assert refused.about["fields"]
         return
     assert dict(merged) == totals
     assert [pid for pid, _ in merged] == list(dict.fromkeys(pid for pid, _ in items))

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from handlers.routing import CONTEXT
 from server.app import Options, create_app
-from server.domain.context import CONTEXT
 from tests.conftest import JWT_SECRET, make_config
 from tests.helpers import Api, Reply, User, invariant_violations, watch_provider
 
@@ -551,7 +551,7 @@ async def test_a_refund_whose_process_is_gone_is_settled_at_once(
     refunding = asyncio.create_task(_refund(api, payment["id"]))
     await asyncio.sleep(0.3)
     # Nobody holds liveness lock 1 (ids are random): as if the process had died.
-    assert await db.execute("UPDATE refunds SET owner = 1 WHERE status = 'pending'") == "UPDATE 1"
+    assert await db.execute("UPDATE refunds SET worker = 1 WHERE status = 'pending'") == "UPDATE 1"
     settled = await _wait_settled(api, payment["id"])
     assert (settled["status"], settled["failure_reason"]) == ("failed", "not_refunded")
     reply = await refunding

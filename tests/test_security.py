@@ -251,7 +251,7 @@ async def test_a_huge_array_is_refused_without_a_500(api: Api, world: World) -> 
     assert await api.stock(world.product["id"]) == 1000
 
 
-# The HTTP parser's limits are those of the real server (server/runtime/serving.py), so these
+# The HTTP parser's limits are those of the real server (server/entry/serving.py), so these
 # talk to a `python -m server` process.
 # (The `live_server` fixture: tests/conftest.py.)
 

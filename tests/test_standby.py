@@ -24,8 +24,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from db.pool import create_database
+from handlers.routing import CONTEXT
 from server.domain.catalog_cache import CHANGE_MEMORY_SECONDS, CatalogCache
-from server.domain.context import CONTEXT
 from server.runtime.config import Config, pool_settings
 from server.runtime.metrics import Metrics
 from server.runtime.standby import Coverage, Standby

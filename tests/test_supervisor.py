@@ -10,10 +10,11 @@ import pytest
 from aiohttp import web
 
 from db import orders as orders_db
-from server.domain.context import CONTEXT
+from db.refusals import Refusal
+from handlers.refusals import problem_for
+from handlers.routing import CONTEXT
 from server.domain.order_actors import OrderActor, OrderSupervisor
 from server.runtime.metrics import Metrics
-from server.runtime.problems import ServiceUnavailable
 from tests.helpers import Api
 
 
@@ -113,9 +114,9 @@ async def test_a_full_mailbox_refuses_with_503() -> None:
     await asyncio.sleep(0.01)
     queued = asyncio.create_task(supervisor.ask(1, block))
     await asyncio.sleep(0.01)
-    with pytest.raises(ServiceUnavailable) as refused:
+    with pytest.raises(Refusal) as refused:
         await supervisor.ask(1, block)
-    assert refused.value.headers["Retry-After"]
+    assert problem_for(refused.value).headers["Retry-After"]
     release.set()
     await asyncio.gather(busy, queued)
     await supervisor.drain(1)
@@ -134,9 +135,9 @@ async def test_a_command_that_waits_past_the_queue_timeout_gets_503_and_never_ru
 
     busy = asyncio.create_task(supervisor.ask(1, block))
     await asyncio.sleep(0.01)
-    with pytest.raises(ServiceUnavailable) as refused:
+    with pytest.raises(Refusal) as refused:
         await supervisor.ask(1, late)
-    assert refused.value.headers["Retry-After"]
+    assert problem_for(refused.value).headers["Retry-After"]
     release.set()
     await busy
     await supervisor.ask(1, lambda actor: asyncio.sleep(0))  # the mailbox has been worked through
@@ -164,7 +165,7 @@ async def test_the_number_of_live_actors_is_bounded() -> None:
 
     tasks = [asyncio.create_task(supervisor.ask(i, block)) for i in (1, 2)]
     await asyncio.sleep(0.01)
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(Refusal):
         await supervisor.ask(3, block)
     release.set()
     await asyncio.gather(*tasks)
@@ -184,7 +185,7 @@ async def test_drain_finishes_queued_commands_then_refuses_new_ones() -> None:
     await supervisor.drain(5)
     await asyncio.gather(*tasks)
     assert done == [0, 1, 2]
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(Refusal):
         await supervisor.ask(1, lambda a: work(a, 9))
 
 
@@ -197,7 +198,7 @@ async def test_a_command_cut_short_by_a_drain_past_its_grace_answers_503() -> No
     caller = asyncio.create_task(supervisor.ask(1, endless))
     await asyncio.sleep(0.05)
     await supervisor.drain(0.2)  # the grace runs out: the actor is cancelled mid-command
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(Refusal):
         await asyncio.wait_for(caller, 2)
 
 

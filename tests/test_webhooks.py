@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from handlers.routing import CONTEXT
 from server.domain import webhooks
-from server.domain.context import CONTEXT
 from tests.helpers import Api
 from tests.webhook_receiver import Received, Receiver
 

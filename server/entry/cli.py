@@ -45,7 +45,7 @@ def database(config: Config) -> Iterator[str]:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from server.runtime import processes
+    from server.entry import processes
 
     with database(config) as dsn:
         uvloop.run(migrations.apply_pending(dsn))
@@ -53,7 +53,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _worker(config: Config, args: argparse.Namespace) -> int:
-    from server.runtime import processes
+    from server.entry import processes
 
     assert config.database_url, "workers are started with DATABASE_URL set"
     return processes.run_worker(config, config.database_url)
@@ -62,7 +62,7 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
 def _migrate(config: Config, args: argparse.Namespace) -> int:
     with database(config) as dsn:
         applied = uvloop.run(migrations.apply_pending(dsn))
-    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    print(f"applied: {', '.join(applied) or 'nothing pending'}")
     return 0
 
 

@@ -47,7 +47,7 @@ def run_worker(config: Config, dsn: str) -> int:
 
 
 async def _serve(config: Config, options: Options, *, reuse_port: bool) -> None:
-    from server.runtime.serving import serve
+    from server.entry.serving import serve
 
     await serve(config, options, reuse_port=reuse_port)
 
