@@ -92,27 +92,27 @@ async def update_profile(
         raise Refusal("email_taken") from None
 
 
-_PROMOTE = "UPDATE users SET role = 'admin', updated_at = now() WHERE email = $1 AND role <> 'admin'"
-_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)"
+_ROLE = "SELECT role FROM users WHERE email = $1"
 
 
-async def promote_to_admin(db: Database, email: str) -> bool:
-    """Make the user with this email an admin (its password untouched); False when
-    there is no such user."""
-    if await db.execute(_PROMOTE, email) == "UPDATE 1":
-        return True
-    return bool(await db.fetchval(_EXISTS, email))
+async def role_of(db: Database, email: str) -> str | None:
+    """The role of the user with this email (None: nobody has it)."""
+    role: str | None = await db.fetchval(_ROLE, email)
+    return role
 
 
-# Another process may create it first: then that one stands (and is an admin).
+# Only when nobody has the email: whoever has it (another process's admin, or a
+# customer who registered it) stands as is.
 _CREATE_ADMIN = """
 INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, 'admin')
-ON CONFLICT (email) DO UPDATE SET role = 'admin'
+ON CONFLICT (email) DO NOTHING
+RETURNING true
 """
 
 
-async def create_admin(db: Database, email: str, name: str, password_hash: str) -> None:
-    await db.execute(_CREATE_ADMIN, email, name, password_hash)
+async def create_admin(db: Database, email: str, name: str, password_hash: str) -> bool:
+    """Make an admin with this email; False when a user has it already."""
+    return bool(await db.fetchval(_CREATE_ADMIN, email, name, password_hash))
 
 
 _UPSERT_ADMIN = """

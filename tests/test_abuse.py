@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import logging
 from typing import Any
 from urllib.parse import urlencode
 
@@ -327,16 +328,39 @@ async def test_an_admin_password_changed_through_the_api_survives_a_restart(
     assert (await restarted.login(ADMIN_EMAIL, "changed-admin-password")).status == 200
 
 
-async def test_the_env_admin_promotes_an_existing_user_keeping_its_password(aiohttp_client: Any, clean_db: str) -> None:
+async def test_the_env_admin_never_promotes_an_existing_customer(
+    aiohttp_client: Any, clean_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
     email = unique_email("owner")
     first = Api(await aiohttp_client(create_app(make_config(clean_db), Options(clean_db, JWT_SECRET))))
     await first.register(email, "own-password-1")
     config = make_config(clean_db, admin_email=email, admin_password="env-password-1")
-    second = Api(await aiohttp_client(create_app(config, Options(clean_db, JWT_SECRET))))
+    with caplog.at_level(logging.WARNING, logger="server.domain.users"):
+        second = Api(await aiohttp_client(create_app(config, Options(clean_db, JWT_SECRET))))
     assert (await second.login(email, "env-password-1")).status == 401
     login = await second.login(email, "own-password-1")
     profile = await second.call("GET", "/api/users/profile", token=login.json["access_token"])
-    assert profile.json["role"] == "admin"
+    assert profile.json["role"] == "customer"
+    assert [r.variable for r in caplog.records] == ["ADMIN_EMAIL"]  # type: ignore[attr-defined]
+
+
+async def test_an_admins_old_email_registered_by_a_stranger_is_no_admin_after_restarts(
+    api: Api, aiohttp_client: Any, clean_db: str
+) -> None:
+    """The second audit's takeover: the admin moves to a new email, a stranger
+    registers the old ADMIN_EMAIL, and the service restarts (twice) with it."""
+    admin = await api.admin_user()
+    moved = {"email": unique_email("admin-moved"), "current_password": ADMIN_PASSWORD}
+    assert (await api.call("PUT", "/api/users/profile", json=moved, token=admin.token)).status == 200
+    assert (await api.register(ADMIN_EMAIL, "strangers-password")).status == 201
+    for _ in range(2):
+        restarted = Api(await aiohttp_client(create_app(make_config(clean_db), Options(clean_db, JWT_SECRET))))
+        stranger = (await restarted.login(ADMIN_EMAIL, "strangers-password")).json["access_token"]
+        assert (await restarted.call("GET", "/api/events", token=stranger)).status == 403
+        hook = {"url": "https://example.com/hook", "events": ["*"]}
+        assert (await restarted.call("POST", "/api/webhooks", json=hook, token=stranger)).status == 403
+    admin_again = (await restarted.login(moved["email"], ADMIN_PASSWORD)).json["access_token"]
+    assert (await restarted.call("GET", "/api/events", token=admin_again)).status == 200
 
 
 # --- 10: /metrics --------------------------------------------------------------------------

@@ -173,13 +173,21 @@ def _reset_limits(ctx: Context, email: str, client_ip: str) -> list[Limit]:
 
 
 async def ensure_admin(ctx: Context, email: str, password: str) -> None:
-    """Create the ADMIN_EMAIL admin with ADMIN_PASSWORD when no such user exists, or
-    promote the user with that email. An existing account's password is never
-    changed: one changed through the API survives restarts."""
+    """Create the ADMIN_EMAIL admin with ADMIN_PASSWORD when nobody has that email.
+    An existing account is never promoted (emails are not verified: whoever
+    registered the address would become admin at the next start) and its password is
+    never changed (one changed through the API survives restarts); promoting a user is
+    the operator's act (`python -m server create-admin`)."""
     email = email.strip().lower()
-    if await users_db.promote_to_admin(ctx.db, email):
-        log.info("admin ensured", extra={"email": email})
-        return
-    password_hash = await ctx.passwords.hash(password)
-    await users_db.create_admin(ctx.db, email, "Administrator", password_hash)
-    log.info("admin created", extra={"email": email})
+    role = await users_db.role_of(ctx.db, email)
+    if role is None:
+        if await users_db.create_admin(ctx.db, email, "Administrator", await ctx.passwords.hash(password)):
+            log.info("admin created", extra={"email": email})
+            return
+        role = await users_db.role_of(ctx.db, email)  # made meanwhile: by another process, or a sign-up
+    if role != "admin":
+        log.warning(
+            "ADMIN_EMAIL belongs to a customer: nobody is promoted (an operator promotes a user with "
+            "`python -m server create-admin`)",
+            extra={"variable": "ADMIN_EMAIL"},
+        )

@@ -198,7 +198,7 @@ class Config(BaseModel):
     )
     jwt_ttl_seconds: float = Field(3600.0, alias="JWT_TTL_SECONDS", gt=0, description="Access-token lifetime.")
     admin_email: str | None = Field(
-        None, alias="ADMIN_EMAIL", description="With ADMIN_PASSWORD: an admin ensured at start."
+        None, alias="ADMIN_EMAIL", description="With ADMIN_PASSWORD: the admin created at start when nobody has this email."
     )
     admin_password: str | None = Field(
         None,
