@@ -29,36 +29,21 @@ async def is_valid(db: Database, token_hash: bytes) -> bool:
     return valid
 
 
-# Spend the token and set the password in one statement: of two confirms with one
-# token, the second finds the row gone. The password change bumps token_version and
-# ends every session of the user.
-_CONFIRM = """
-WITH r AS (
-    DELETE FROM password_resets r USING users u
-    WHERE r.token_hash = $1 AND r.expires_at > now() AND u.id = r.user_id AND u.email = r.email
-    RETURNING r.user_id
-), p AS (
-    UPDATE users SET password_hash = $2, token_version = token_version + 1, updated_at = now()
-    WHERE id = (SELECT user_id FROM r)
-    RETURNING id
-), s AS (
-    UPDATE sessions SET revoked_at = now(), revoked_reason = 'password'
-    WHERE user_id = (SELECT user_id FROM r) AND revoked_at IS NULL
-)
-SELECT id FROM p
-"""
+_CONFIRM = "SELECT confirm_password_reset($1, $2)"
 
 
 async def confirm(db: Database, token_hash: bytes, password_hash: str) -> int | None:
-    """Set the password of the token's user and spend the token; None when the token
-    is unknown, used or expired."""
+    """Set the password of the token's user and spend the token (ending every session
+    of the user and forgetting their other resets); None when the token is unknown,
+    used or expired."""
     user_id: int | None = await db.fetchval(_CONFIRM, token_hash, password_hash)
     return user_id
 
 
-_PURGE = "DELETE FROM password_resets WHERE expires_at <= now()"
+_PURGE = "SELECT purge_password_resets()"
 
 
 async def purge(db: Database) -> int:
-    status = await db.execute(_PURGE)
-    return int(status.split()[-1])
+    """Forget expired reset tokens (their rows, and the tokens in stored events)."""
+    purged: int = await db.fetchval(_PURGE)
+    return purged

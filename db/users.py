@@ -60,22 +60,9 @@ async def get_password_hash(db: Database, user_id: int) -> str | None:
     return value
 
 
-# A password change bumps token_version, which revokes every token issued before it,
-# and ends every session of the user (so no refresh token outlives it either).
-_UPDATE_PROFILE = f"""
-WITH ended AS (
-    UPDATE sessions SET revoked_at = now(), revoked_reason = 'password'
-    WHERE user_id = $1 AND $4::text IS NOT NULL AND revoked_at IS NULL
-)
-UPDATE users SET
-    name = coalesce($2, name),
-    email = coalesce($3, email),
-    password_hash = coalesce($4, password_hash),
-    token_version = token_version + CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END,
-    updated_at = now()
-WHERE id = $1
-RETURNING {USER_COLUMNS}, token_version
-"""
+# The change, with what a password change ends (sql/functions/users.sql). Only the
+# columns that may leave the table are selected from its row.
+_UPDATE_PROFILE = f"SELECT {USER_COLUMNS}, token_version FROM update_profile($1, $2, $3, $4)"
 
 
 async def update_profile(

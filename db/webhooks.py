@@ -139,7 +139,7 @@ async def fan_out_batch(db: Database, batch: int, plan: Plan) -> int | None:
 
 _CLAIMED = """
 SELECT c.id, c.webhook_id, c.resource, c.event_id, c.event_type, c.attempts, c.lease_until,
-       w.url, w.secret, e.data::text AS data, e.created_at AS event_created_at
+       w.url, w.secret, w.events AS subscribed, e.data::text AS data, e.created_at AS event_created_at
 FROM claimed c
 JOIN webhooks w ON w.id = c.webhook_id
 LEFT JOIN events e ON e.id = c.event_id

@@ -15,9 +15,12 @@ from typing import Any
 import asyncpg
 import jwt
 import pytest
+from aiohttp import web
 
+from db import password_resets as password_resets_db
 from db import sessions as sessions_db
 from db.pool import Database
+from handlers.routing import CONTEXT
 from tests.helpers import Api, Reply, ServerProcess, User, all_events, unique_email
 
 REFRESH = "/api/users/token/refresh"
@@ -241,17 +244,79 @@ async def test_a_reset_request_is_202_with_an_empty_body_whether_or_not_the_emai
     assert await db.fetchval("SELECT count(*) FROM password_resets") == 2  # the same work for both
 
 
-async def test_a_reset_request_emits_the_token_for_the_mailer(api: Api, db: asyncpg.Connection, clean_db: str) -> None:
+async def test_a_reset_request_emits_its_event_and_the_feed_never_shows_the_token(
+    api: Api, db: asyncpg.Connection, clean_db: str
+) -> None:
     user = await api.customer()
     await api.call("POST", RESET, json={"email": f"  {user.email.upper()} "})
     await api.call("POST", RESET, json={"email": unique_email("nobody")})
     (event,) = await all_events(api, clean_db, f"?type={RESET_EVENT}")
     data = event["data"]
-    assert set(data) == {"user_id", "email", "token", "expires_at"}
+    assert set(data) == {"user_id", "email", "expires_at"}  # the token goes to the mailer's webhook only
     assert (data["user_id"], data["email"]) == (user.id, user.email)
-    assert len(data["token"]) >= 22 and data["expires_at"].endswith("Z")
-    stored = await db.fetchval("SELECT token_hash FROM password_resets WHERE user_id = $1", user.id)
-    assert stored == hashlib.sha256(data["token"].encode()).digest()
+    assert data["expires_at"].endswith("Z")
+    (stored,) = await _reset_tokens(db, user.email)
+    token_hash = await db.fetchval("SELECT token_hash FROM password_resets WHERE user_id = $1", user.id)
+    assert token_hash == hashlib.sha256(stored["token"].encode()).digest()
+
+
+async def test_a_used_reset_token_is_erased_from_the_stored_event(api: Api, db: asyncpg.Connection) -> None:
+    user = await api.customer()
+    token = await _request_reset(api, db, user)
+    assert (await api.call("POST", CONFIRM, json={"token": token, "password": "reset-password-1"})).status == 204
+    assert ["token" in data for data in await _reset_tokens(db, user.email)] == [False]
+
+
+async def test_an_expired_reset_token_is_erased_by_the_purge(
+    api: Api, db: asyncpg.Connection, app: web.Application
+) -> None:
+    user, other = await api.customer(), await api.customer()
+    await _request_reset(api, db, user)
+    await _request_reset(api, db, other)
+    await db.execute("UPDATE password_resets SET expires_at = now() - interval '1 second' WHERE user_id = $1", user.id)
+    await db.execute(
+        "UPDATE events SET data = jsonb_set(data, '{expires_at}', to_jsonb(now() - interval '1 second')) "
+        "WHERE (data->>'user_id')::bigint = $1",
+        user.id,
+    )
+    assert await password_resets_db.purge(app[CONTEXT].db) == 1
+    assert ["token" in data for data in await _reset_tokens(db, user.email)] == [False]
+    assert ["token" in data for data in await _reset_tokens(db, other.email)] == [True]
+
+
+async def test_a_password_change_voids_the_pending_reset_token(api: Api, db: asyncpg.Connection) -> None:
+    """The second audit's row 8: a token asked for before a profile change still worked."""
+    user = await api.customer()
+    token = await _request_reset(api, db, user)
+    grant = await _login(api, user)
+    change = {"password": "changed-password-1", "current_password": user.password}
+    assert (await api.call("PUT", PROFILE, json=change, token=grant["access_token"])).status == 200
+    assert (await api.call("POST", CONFIRM, json={"token": token, "password": "reset-password-1"})).status == 400
+    assert ["token" in data for data in await _reset_tokens(db, user.email)] == [False]
+
+
+@pytest.mark.parametrize("config_overrides", [{"trust_forwarded_for": True}])
+async def test_a_strangers_reset_requests_never_keep_the_owner_from_asking(api: Api, db: asyncpg.Connection) -> None:
+    """The second audit's row 8: a stranger's 5 requests made the owner's own one 429."""
+    user = await api.customer()
+    stranger = {"X-Forwarded-For": "198.51.100.7"}
+    statuses = [(await api.call("POST", RESET, json={"email": user.email}, headers=stranger)).status for _ in range(8)]
+    assert statuses == [202] * 5 + [429] * 3
+    owner = {"X-Forwarded-For": "203.0.113.20"}
+    assert (await api.call("POST", RESET, json={"email": user.email}, headers=owner)).status == 202
+    assert len(await _reset_tokens(db, user.email)) == 6
+
+
+@pytest.mark.parametrize("config_overrides", [{"trust_forwarded_for": True, "password_reset_max_per_email": 7}])
+async def test_reset_requests_for_one_email_from_many_addresses_meet_its_ceiling(api: Api) -> None:
+    user = await api.customer()
+    statuses = [
+        (
+            await api.call("POST", RESET, json={"email": user.email}, headers={"X-Forwarded-For": f"198.51.100.{n}"})
+        ).status
+        for n in range(9)
+    ]
+    assert statuses == [202] * 7 + [429] * 2
 
 
 async def test_confirm_sets_the_password_and_ends_every_session(api: Api, db: asyncpg.Connection) -> None:
@@ -334,10 +399,10 @@ async def test_a_reset_request_for_something_that_is_not_an_email_is_422(api: Ap
     assert (await api.call("POST", RESET, json={"email": email})).status == 422
 
 
-async def test_reset_requests_are_throttled_per_email(api: Api) -> None:
+async def test_reset_requests_are_throttled_per_email_and_address(api: Api) -> None:
     email = unique_email("target")
     statuses = [(await api.call("POST", RESET, json={"email": email})).status for _ in range(6)]
-    assert statuses == [202] * 5 + [429]  # LOGIN_MAX_FAILURES_PER_PAIR (per email for resets)
+    assert statuses == [202] * 5 + [429]  # LOGIN_MAX_FAILURES_PER_PAIR
     refused = await api.call("POST", RESET, json={"email": email})
     assert refused.status == 429 and 1 <= int(refused.headers["Retry-After"]) <= 300
     assert (await api.call("POST", RESET, json={"email": unique_email("other")})).status == 202

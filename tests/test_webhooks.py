@@ -17,6 +17,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from handlers.routing import CONTEXT
 from server.domain import webhooks
+from server.runtime.config import load
 from tests.helpers import Api
 from tests.webhook_receiver import Received, Receiver
 
@@ -154,6 +155,36 @@ async def test_a_delivery_is_signed_per_standard_webhooks(api: Api, receiver: Re
     assert got.headers["Content-Type"] == "application/json"
     with pytest.raises(WebhookVerificationError):
         got.verified("whsec_" + base64.b64encode(b"another secret of 24 bytes!!").decode())
+
+
+async def test_the_reset_token_reaches_only_a_webhook_subscribed_to_it_by_name(api: Api, receiver: Receiver) -> None:
+    """The second audit's row 3: reset tokens went to every `*` webhook (and the feed)."""
+    mailer = await add_webhook(api, receiver.url.replace("/hook", "/mailer"), ["user.password_reset_requested"])
+    everything = await add_webhook(api, receiver.url, ["*"])
+    user = await api.customer()
+    assert (await api.call("POST", "/api/users/password-reset", json={"email": user.email})).status == 202
+    await receiver.wait_for(lambda: len(receiver.events("/mailer")) == 1 and len(receiver.events()) == 1)
+    to_mailer = next(r for r in receiver.received if r.path == "/mailer").verified(mailer["secret"])
+    to_all = next(r for r in receiver.received if r.path == "/hook").verified(everything["secret"])
+    assert set(to_mailer["data"]) == {"user_id", "email", "expires_at", "token"}
+    assert set(to_all["data"]) == {"user_id", "email", "expires_at"}
+
+
+@pytest.mark.parametrize(
+    ("subscribed", "url", "private_allowed", "gets_token"),
+    [
+        (["user.password_reset_requested"], "https://mailer.example.com/hook", False, True),
+        (["user.password_reset_requested"], "http://mailer.example.com/hook", False, False),
+        (["user.password_reset_requested"], "http://127.0.0.1:9000/hook", True, True),
+        (["*"], "https://mailer.example.com/hook", False, False),
+        (["order.created"], "https://mailer.example.com/hook", False, False),
+    ],
+)
+def test_only_a_named_subscription_over_https_is_the_mailer(
+    subscribed: list[str], url: str, private_allowed: bool, gets_token: bool
+) -> None:
+    config = load(environ={}, webhook_allow_private_targets=private_allowed)
+    assert webhooks.is_mailer(subscribed, "user.password_reset_requested", url, config) is gets_token
 
 
 async def test_retries_keep_the_webhook_id_and_deliver(api: Api, receiver: Receiver) -> None:

@@ -107,12 +107,20 @@ class RefundOut(Shape):
 
 
 class PasswordResetRequestedOut(Shape):
-    """The data of a user.password_reset_requested event, for the shop's mailer."""
+    """The data of a user.password_reset_requested event, as the feed and most
+    deliveries show it: without the token."""
 
     user_id: int
     email: str
-    token: str = Field(description="The reset token, for the link the mailer sends.")
     expires_at: datetime
+
+
+class PasswordResetForMailerOut(PasswordResetRequestedOut):
+    """The same data for the shop's mailer: a webhook subscribed to the type by name
+    whose url is https (or any, with WEBHOOK_ALLOW_PRIVATE_TARGETS=true), while the token
+    is live (it is erased from the stored event once used or expired)."""
+
+    token: str | None = Field(description="The reset token, for the link the mailer sends.")
 
 
 class WebhookOut(Shape):
@@ -213,12 +221,19 @@ def event_shape(event_type: str) -> type[Shape]:
     return _EVENT_SHAPES.get(event_type) or _EVENT_SHAPES[event_type.split(".", 1)[0]]
 
 
-def event_json(event_id: int, event_type: str, created_at: datetime, data: str) -> dict[str, Any]:
+# What an event type shows the shop's mailer (see PasswordResetForMailerOut).
+_MAILER_SHAPES: dict[str, type[Shape]] = {"user.password_reset_requested": PasswordResetForMailerOut}
+
+
+def event_json(
+    event_id: int, event_type: str, created_at: datetime, data: str, *, for_mailer: bool = False
+) -> dict[str, Any]:
     """An event as the feed and webhooks show it: its stored row rendered with the
-    shape of its type."""
+    shape of its type (`for_mailer`: the one a mailer gets, secrets included)."""
+    shape = _MAILER_SHAPES.get(event_type) if for_mailer else None
     return {
         "id": event_id,
         "type": event_type,
         "created_at": created_at,
-        "data": render(event_shape(event_type), orjson.loads(data)),
+        "data": render(shape or event_shape(event_type), orjson.loads(data)),
     }

@@ -161,12 +161,16 @@ async def confirm_password_reset(ctx: Context, token: str, password: str) -> Non
 
 def _reset_limits(ctx: Context, email: str, client_ip: str) -> list[Limit]:
     """Reset requests have counters of their own (so they never lock anyone out of
-    logging in): per email as many as a pair of email and address gets password
-    attempts (a mailbox is not flooded with reset mails), per address as many as
-    password attempts from it."""
+    logging in). The pair of email and address first, as many as password attempts:
+    a request refused there counts nowhere else, so a stranger asking for someone's
+    email uses up only their own pair, and the email's ceiling
+    (PASSWORD_RESET_MAX_PER_EMAIL, high enough that a handful of strangers cannot reach
+    it) still lets the owner ask; per address as many as password attempts from it."""
     config = ctx.config
     window = config.login_throttle_window_seconds
-    limits = [Limit(f"reset-email:{email}", config.login_max_failures_per_pair, window)]
+    limits = [Limit(f"reset-pair:{email}|{client_ip}", config.login_max_failures_per_pair, window)]
+    if config.password_reset_max_per_email:
+        limits.append(Limit(f"reset-email:{email}", config.password_reset_max_per_email, window))
     if config.login_max_failures_per_ip:
         limits.append(Limit(f"reset-ip:{client_ip}", config.login_max_failures_per_ip, window))
     return limits

@@ -47,6 +47,7 @@ from server.domain.events import resource_of
 from server.domain.order_actors import Actor, Supervisor
 from server.domain.pages import keyset_page
 from server.domain.shapes import event_json
+from server.runtime.config import Config
 from server.runtime.jsonio import dumps
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,14 @@ async def check_target(ctx: Context, url: str) -> None:
         raise Refusal("webhook_host_unresolved") from None
     if not infos or not all(address_allowed(str(info[4][0])) for info in infos):
         raise Refusal("webhook_host_private")
+
+
+def is_mailer(subscribed: Sequence[str], event_type: str, url: str, config: Config) -> bool:
+    """Whether a webhook gets an event's secrets (a reset request's token): only one
+    that subscribes to the type by name (not through "*"), over https (or any scheme
+    where private targets are allowed, as in development)."""
+    secure = url.lower().startswith("https://") or config.webhook_allow_private_targets
+    return event_type in subscribed and secure
 
 
 # --- admin --------------------------------------------------------------------------------
@@ -323,7 +332,14 @@ class Deliverer:
             return outcome
 
     async def _send(self, delivery: asyncpg.Record) -> Sent:
-        event = event_json(delivery["event_id"], delivery["event_type"], delivery["event_created_at"], delivery["data"])
+        for_mailer = is_mailer(delivery["subscribed"], delivery["event_type"], delivery["url"], self.ctx.config)
+        event = event_json(
+            delivery["event_id"],
+            delivery["event_type"],
+            delivery["event_created_at"],
+            delivery["data"],
+            for_mailer=for_mailer,
+        )
         return await self.sender.send(delivery["url"], delivery["secret"], delivery["event_id"], dumps(event))
 
     async def close(self, timeout: float) -> None:

@@ -198,7 +198,9 @@ class Config(BaseModel):
     )
     jwt_ttl_seconds: float = Field(3600.0, alias="JWT_TTL_SECONDS", gt=0, description="Access-token lifetime.")
     admin_email: str | None = Field(
-        None, alias="ADMIN_EMAIL", description="With ADMIN_PASSWORD: the admin created at start when nobody has this email."
+        None,
+        alias="ADMIN_EMAIL",
+        description="With ADMIN_PASSWORD: the admin created at start when nobody has this email.",
     )
     admin_password: str | None = Field(
         None,
@@ -258,6 +260,13 @@ class Config(BaseModel):
         gt=0,
         description="Lifetime of a session and its refresh tokens, counted from the login "
         "(refreshing does not extend it).",
+    )
+    password_reset_max_per_email: int = Field(
+        20,
+        alias="PASSWORD_RESET_MAX_PER_EMAIL",
+        ge=0,
+        description="Password-reset requests for one email from all addresses within the window before 429 "
+        "(0: off); from one address, LOGIN_MAX_FAILURES_PER_PAIR.",
     )
     password_reset_ttl_seconds: float = Field(
         1800.0,
