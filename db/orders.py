@@ -21,10 +21,12 @@ Item = tuple[int, int]  # (product_id, quantity)
 
 @dataclass(frozen=True)
 class HoldLimits:
-    """What one customer's pending orders may hold (the contract's stock hoarding)."""
+    """What one customer's pending orders may hold, and the pending orders placed from
+    one client address (the contract's stock hoarding; 0 turns the address's off)."""
 
     max_pending: int
     max_units_per_product: int
+    max_units_per_product_at_address: int
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -83,38 +85,46 @@ async def owner(db: Database, order_id: int) -> int | None:
 
 # --- changing ---------------------------------------------------------------------------
 
-_CREATE = "SELECT (r.changed).*, r.items, r.refusal FROM create_order($1, $2, $3, $4, $5, $6) r"
+_CREATE = "SELECT (r.changed).*, r.items, r.refusal FROM create_order($1, $2, $3, $4, $5, $6, $7, $8) r"
 
 
 async def create(
-    db: Executor, user_id: int, items: Sequence[Item], ttl_seconds: float, limits: HoldLimits
+    db: Executor, user_id: int, client_ip: str, items: Sequence[Item], ttl_seconds: float, limits: HoldLimits
 ) -> asyncpg.Record:
-    """Reserve every item and write the order with its order.created event, or change
-    nothing and raise the refusal (the customer's limits, then the item rules).
-    `items` must name each product once."""
+    """Reserve every item and write the order (placed from `client_ip`) with its
+    order.created event, or change nothing and raise the refusal (the customer's
+    limits, the item rules, the address's limit). `items` must name each product once."""
     row = await db.fetchrow(
         _CREATE,
         user_id,
+        client_ip,
         [pid for pid, _ in items],
         [qty for _, qty in items],
         ttl_seconds,
         limits.max_pending,
         limits.max_units_per_product,
+        limits.max_units_per_product_at_address,
     )
     assert row is not None
     return refused(row)
 
 
-_REPLACE_ITEMS = "SELECT (r.changed).*, r.items, r.refusal FROM replace_order_items($1, $2, $3, $4, $5) r"
+_REPLACE_ITEMS = "SELECT (r.changed).*, r.items, r.refusal FROM replace_order_items($1, $2, $3, $4, $5, $6) r"
 
 
 async def replace_items(
-    db: Database, order_id: int, user_id: int, items: Sequence[Item], max_units_per_product: int
+    db: Database, order_id: int, user_id: int, items: Sequence[Item], limits: HoldLimits
 ) -> asyncpg.Record:
     """Swap a pending order's items (the user's own), re-reserving atomically; on a
     refusal nothing changes (but an order found past its expiry is expired)."""
     row = await db.fetchrow(
-        _REPLACE_ITEMS, order_id, user_id, [pid for pid, _ in items], [qty for _, qty in items], max_units_per_product
+        _REPLACE_ITEMS,
+        order_id,
+        user_id,
+        [pid for pid, _ in items],
+        [qty for _, qty in items],
+        limits.max_units_per_product,
+        limits.max_units_per_product_at_address,
     )
     assert row is not None
     return refused(row)

@@ -12,7 +12,7 @@ from db.liveness import claim_stale_sql
 from db.pool import Database, Executor
 from db.refusals import Refusal, refused
 
-_BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9) r"
+_BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) r"
 
 
 async def begin(
@@ -27,11 +27,15 @@ async def begin(
     worker: int | None,
     max_declines_per_order: int,
     max_declines_per_user: int,
+    client_ip: str,
+    max_declines_per_ip: int,
 ) -> asyncpg.Record:
     """Step 1: record a pending payment for the user's order (the payments row, with
     its provider_key), or raise the refusal (the decline limits, the order's checks, or
     'payment_in_flight'). `worker`: the liveness lock id of the process that will call
-    the provider. One statement: on a Database it is a transaction of its own."""
+    the provider; `client_ip`: where the request came from (0 for
+    `max_declines_per_ip` turns that limit off). One statement: on a Database it is a
+    transaction of its own."""
     try:
         row = await db.fetchrow(
             _BEGIN,
@@ -44,6 +48,8 @@ async def begin(
             worker,
             max_declines_per_order,
             max_declines_per_user,
+            client_ip,
+            max_declines_per_ip,
         )
     except asyncpg.UniqueViolationError:
         # The partial unique index on pending payments: another one is in flight.

@@ -20,6 +20,7 @@ from server.domain.shapes import Row, Shape, render
 from server.runtime import jsonio
 from server.runtime.config import Config, networks
 from server.runtime.problems import (
+    MAX_ERRORS,
     BadRequest,
     NotFound,
     PayloadTooLarge,
@@ -110,10 +111,6 @@ async def read_json(request: web.Request, model: type[M]) -> M:
     except jsonio.JSONDecodeError:
         raise BadRequest("the body is not valid JSON") from None
     return validate(model, data)
-
-
-# A validation failure lists at most this many errors (the contract's "Expensive input").
-MAX_ERRORS = 20
 
 
 def validate(model: type[M], data: object) -> M:

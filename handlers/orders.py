@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.common import context, created, page_response, parse_query, path_id, principal, read_json
+from handlers.common import client_ip, context, created, page_response, parse_query, path_id, principal, read_json
 from handlers.routing import Link, Response, Route, id_links
 from handlers.schemas import OrderCreateIn, OrderItemIn, OrderListQuery, OrderUpdateIn, Page
 from server.domain import orders
@@ -19,7 +19,8 @@ def _items(items: list[OrderItemIn]) -> list[tuple[int, int]]:
 async def create_order(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
     items = _items((await read_json(request, OrderCreateIn)).items)
-    return created(request, "get_order", OrderOut, await orders.create(ctx, caller, items))
+    order = await orders.create(ctx, caller, items, client_ip(request, ctx.config))
+    return created(request, "get_order", OrderOut, order)
 
 
 async def get_order(request: web.Request) -> web.Response:

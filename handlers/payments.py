@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from handlers.common import context, location, page_response, parse_query, path_id, principal, read_json
+from handlers.common import client_ip, context, location, page_response, parse_query, path_id, principal, read_json
 from handlers.routing import RequestHeader, Response, Route, id_links
 from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, Page, PageQuery, PaymentCreateIn, RefundCreateIn
 from server.domain.payments import refunds
@@ -37,7 +37,7 @@ async def create_payment(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body = await read_json(request, PaymentCreateIn)
     payment_request = payments.PaymentRequest(body.order_id, body.payment_method.token, body.amount)
-    result = await payments.pay(ctx, caller.id, payment_request, key)
+    result = await payments.pay(ctx, caller.id, payment_request, key, client_ip(request, ctx.config))
     headers = None
     if result.outcome is not Outcome.FAILED:
         headers = location(request, "get_payment", result.row["id"])

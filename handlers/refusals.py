@@ -64,6 +64,13 @@ PROBLEMS: dict[str, Problem] = {
         limit="ORDER_MAX_HELD_UNITS_PER_PRODUCT",
         members=("product_id",),
     ),
+    "too_many_held_at_address": Problem(
+        Conflict,
+        "the pending orders placed from your address would hold more units of product {product_id} than allowed "
+        "(ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP)",
+        limit="ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP",
+        members=("product_id",),
+    ),
     "not_order_owner": Problem(Forbidden, "only the order's owner may change its items"),
     "others_orders": Problem(Forbidden, "only admins may list other users' orders"),
     "status_not_requestable": Problem(Conflict, "an order cannot be set to {status} through the API"),
@@ -78,6 +85,9 @@ PROBLEMS: dict[str, Problem] = {
     ),
     "too_many_declines": Problem(
         TooManyRequests, "too many declined payments in 24 hours (PAYMENT_MAX_DECLINES_PER_USER)"
+    ),
+    "too_many_declines_at_address": Problem(
+        TooManyRequests, "too many declined payments from your address in 24 hours (PAYMENT_MAX_DECLINES_PER_IP)"
     ),
     "key_reused": Problem(ValidationFailed, "this key was used with a different request body", "Idempotency-Key"),
     "key_in_flight": Problem(Conflict, "a request with this Idempotency-Key is still in flight"),

@@ -61,12 +61,13 @@ async def _sample(conn: asyncpg.Connection, db: str, applications: list[str]) ->
 def pgbench_script(config: Config) -> str:
     """db/orders.py's order creation, the whole of POST /api/orders' database work
     (one statement, which writes the order.created event too): the customer and the
-    product as pgbench variables, the order TTL and hold limits as `config` (the
-    service's settings) has them."""
+    product as pgbench variables, the client address the benchmark's, the order TTL and
+    hold limits as `config` (the service's settings) has them."""
     sql = " ".join(orders_db._CREATE.split())
     values = (
-        "{uid}", "ARRAY[:pid]::bigint[]", "ARRAY[1]::integer[]", str(config.order_ttl_seconds),
+        "{uid}", "'127.0.0.1'", "ARRAY[:pid]::bigint[]", "ARRAY[1]::integer[]", str(config.order_ttl_seconds),
         str(config.order_max_pending_per_user), str(config.order_max_held_units_per_product),
+        str(config.order_max_held_units_per_product_per_ip),
     )  # fmt: skip
     for n, value in enumerate(values, start=1):
         sql = sql.replace(f"${n}", value)

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from handlers.routing import CONTEXT
 from server.app import Options, create_app
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, make_config
-from tests.helpers import Api, unique_email
+from tests.helpers import Api, Reply, User, unique_email
 
 REAL_HASHING = [{"password_hash_time_cost": 2, "password_hash_memory_kib": 32768, "password_hash_parallelism": 1}]
 
@@ -130,6 +130,51 @@ async def test_changing_lines_past_the_held_units_limit_is_409_and_changes_nothi
     assert await api.stock(product["id"]) == 94
     items["items"][0]["quantity"] = 6
     assert (await api.call("PUT", f"/api/orders/{second['id']}", json=items, token=user.token)).status == 200
+
+
+async def _order_from(api: Api, user: User, address: str, *items: tuple[int, int]) -> Reply:
+    body = {"items": [{"product_id": pid, "quantity": qty} for pid, qty in items]}
+    return await api.call("POST", "/api/orders", json=body, token=user.token, headers=_from(address))
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"trust_forwarded_for": True, "order_max_held_units_per_product_per_ip": 10}]
+)
+async def test_fresh_accounts_from_one_address_hold_at_most_the_address_limit(api: Api) -> None:
+    """The second audit's row 2: five fresh accounts from one address held all 5,000 units."""
+    product = await api.product(stock=100)
+    accounts = [await api.customer() for _ in range(5)]
+    replies = [await _order_from(api, user, "198.51.100.9", (product["id"], 4)) for user in accounts]
+    assert [r.status for r in replies] == [201, 201, 409, 409, 409]
+    assert replies[2].json["limit"] == "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP"
+    assert replies[2].json["product_id"] == product["id"]
+    assert await api.stock(product["id"]) == 92  # the refused ones reserved nothing
+    assert (await _order_from(api, accounts[4], "203.0.113.9", (product["id"], 4))).status == 201
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"trust_forwarded_for": True, "order_max_held_units_per_product_per_ip": 10}]
+)
+async def test_simultaneous_fresh_accounts_from_one_address_cannot_pass_its_limit_together(api: Api) -> None:
+    product = await api.product(stock=100)
+    accounts = [await api.customer() for _ in range(8)]
+    replies = await asyncio.gather(*(_order_from(api, user, "198.51.100.10", (product["id"], 3)) for user in accounts))
+    assert sorted(r.status for r in replies) == [201] * 3 + [409] * 5
+    assert await api.stock(product["id"]) == 91
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"trust_forwarded_for": True, "order_max_held_units_per_product_per_ip": 10}]
+)
+async def test_changing_items_past_the_address_limit_is_409_and_changes_nothing(api: Api) -> None:
+    product = await api.product(stock=100)
+    first, second = await api.customer(), await api.customer()
+    assert (await _order_from(api, first, "198.51.100.11", (product["id"], 6))).status == 201
+    order = (await _order_from(api, second, "198.51.100.11", (product["id"], 2))).json
+    change = {"items": [{"product_id": product["id"], "quantity": 5}]}
+    refused = await api.call("PUT", f"/api/orders/{order['id']}", json=change, token=second.token)
+    assert (refused.status, refused.json["limit"]) == (409, "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP")
+    assert await api.stock(product["id"]) == 92
 
 
 # --- 4 and 13: ownership before queueing ---------------------------------------------------
@@ -294,6 +339,26 @@ async def test_a_customers_declines_per_day_are_limited_with_429(api: Api) -> No
     assert (await api.pay(other, other_order)).status == 201
 
 
+@pytest.mark.parametrize("config_overrides", [{"trust_forwarded_for": True, "payment_max_declines_per_ip": 3}])
+async def test_declines_of_fresh_accounts_from_one_address_are_limited_with_429(api: Api) -> None:
+    """The second audit's row 2: three fresh accounts tried 60 cards, all 402, never a 429."""
+    product = await api.product(stock=100)
+    statuses = []
+    for attempt in range(5):
+        user = await api.customer()
+        order = (await _order_from(api, user, "198.51.100.12", (product["id"], 1))).json
+        body = {"order_id": order["id"], "payment_method": {"type": "card", "token": f"tok_guess_{attempt}"}}
+        reply = await api.call("POST", "/api/payments", json=body, token=user.token, headers=_from("198.51.100.12"))
+        statuses.append(reply.status)
+    assert statuses == [402, 402, 402, 429, 429]
+    assert 0 < int(reply.headers["Retry-After"]) <= 86_400
+    elsewhere = await api.customer()
+    order = (await _order_from(api, elsewhere, "203.0.113.12", (product["id"], 1))).json
+    body = {"order_id": order["id"], "payment_method": {"type": "card", "token": "tok_visa"}}
+    paid = await api.call("POST", "/api/payments", json=body, token=elsewhere.token, headers=_from("203.0.113.12"))
+    assert paid.status == 201
+
+
 # --- 8: expensive validation ----------------------------------------------------------------
 
 
@@ -304,6 +369,15 @@ async def test_a_body_with_80000_unknown_keys_gets_at_most_20_errors(api: Api) -
     assert reply.status == 422
     assert len(reply.json["errors"]) <= 20
     assert len(reply.body) < 10_000
+
+
+async def test_an_order_of_100_unknown_products_gets_at_most_20_errors(api: Api) -> None:
+    """The black-box run: 100 unknown products answered 100 `errors`."""
+    user = await api.customer()
+    reply = await api.order(user, *((10**9 + n, 1) for n in range(100)))
+    assert reply.status == 422
+    assert len(reply.json["errors"]) == 20
+    assert reply.json["errors"][0] == {"field": "items[0].product_id", "message": "no such product"}
 
 
 async def test_nested_unknown_keys_get_at_most_20_errors(api: Api) -> None:

@@ -58,13 +58,25 @@ def _naming_items(first_index: dict[int, int]) -> Iterator[None]:
         raise
 
 
-async def create(ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]) -> asyncpg.Record:
-    """A new pending order holding its stock (and its order.created event): the order
-    with its items."""
+def _hold_limits(ctx: Context) -> orders_db.HoldLimits:
+    config = ctx.config
+    return orders_db.HoldLimits(
+        config.order_max_pending_per_user,
+        config.order_max_held_units_per_product,
+        config.order_max_held_units_per_product_per_ip,
+    )
+
+
+async def create(
+    ctx: Context, principal: Principal, items: Sequence[tuple[int, int]], client_ip: str
+) -> asyncpg.Record:
+    """A new pending order placed from `client_ip`, holding its stock (and its
+    order.created event): the order with its items."""
     merged, first_index = merge_items(items)
-    limits = orders_db.HoldLimits(ctx.config.order_max_pending_per_user, ctx.config.order_max_held_units_per_product)
     with _naming_items(first_index):
-        order = await orders_db.create(ctx.db, principal.id, merged, ctx.config.order_ttl_seconds, limits)
+        order = await orders_db.create(
+            ctx.db, principal.id, client_ip, merged, ctx.config.order_ttl_seconds, _hold_limits(ctx)
+        )
     ctx.metrics.order_transition("new", "pending")
     return order
 
@@ -113,11 +125,11 @@ async def replace_items(
     if await authorize(ctx, principal, order_id) != principal.id:
         raise Refusal("not_order_owner")
     merged, first_index = merge_items(items)
-    max_units = ctx.config.order_max_held_units_per_product
+    limits = _hold_limits(ctx)
 
     async def command(actor: OrderActor) -> asyncpg.Record:
         with _naming_items(first_index):
-            order = await orders_db.replace_items(ctx.db, order_id, principal.id, merged, max_units)
+            order = await orders_db.replace_items(ctx.db, order_id, principal.id, merged, limits)
         actor.note_expiry(order["expires_at"])
         return order
 

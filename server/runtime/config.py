@@ -325,6 +325,13 @@ class Config(BaseModel):
         ge=1,
         description="Units of one product one customer's pending orders may hold; more: 409.",
     )
+    order_max_held_units_per_product_per_ip: int = Field(
+        5000,
+        alias="ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP",
+        ge=0,
+        description="Units of one product the pending orders placed from one client address may hold, "
+        "whatever the accounts; more: 409 (0: off).",
+    )
 
     actor_queue_timeout_seconds: float = Field(
         5.0,
@@ -404,6 +411,13 @@ class Config(BaseModel):
         alias="PAYMENT_MAX_DECLINES_PER_USER",
         ge=1,
         description="Declined payments of one customer per 24 hours after which payments get 429.",
+    )
+    payment_max_declines_per_ip: int = Field(
+        50,
+        alias="PAYMENT_MAX_DECLINES_PER_IP",
+        ge=0,
+        description="Declined payments from one client address per 24 hours, whatever the accounts, after "
+        "which payments from it get 429 (0: off).",
     )
     idempotency_key_ttl_seconds: float = Field(
         172_800.0,

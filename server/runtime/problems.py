@@ -160,13 +160,18 @@ class UnsupportedMediaType(ApiError):
     slug = "unsupported-media-type"
 
 
+# A validation failure lists at most this many errors (the contract's "Expensive
+# input"), whatever found them: the request models, unknown keys, the item rules.
+MAX_ERRORS = 20
+
+
 class ValidationFailed(ApiError):
     status = 422
     title = "Unprocessable Content"
     slug = "validation"
 
     def __init__(self, errors: list[dict[str, str]], detail: str | None = None) -> None:
-        super().__init__(detail or _summary(errors), errors=errors)
+        super().__init__(detail or _summary(errors), errors=errors[:MAX_ERRORS])
 
     @classmethod
     def field(cls, field: str, message: str) -> ValidationFailed:

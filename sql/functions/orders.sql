@@ -90,12 +90,10 @@ BEGIN
 END
 $$;
 
--- Stock hoarding: the first product of which the customer's pending orders (but
--- p_except_order) plus these items would hold more than p_max_held units; NULL when
--- none would.
+-- Stock hoarding: the first product of which the pending orders p_orders plus these
+-- items would hold more than p_max_held units; NULL when none would.
 CREATE OR REPLACE FUNCTION held_units_over(
-    p_user_id bigint,
-    p_except_order bigint,
+    p_orders bigint[],
     p_product_ids bigint[],
     p_quantities integer[],
     p_max_held integer
@@ -104,30 +102,65 @@ LANGUAGE sql STABLE AS $$
     SELECT w.product_id
       FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
      WHERE w.quantity + coalesce((
-               SELECT sum(i.quantity)
-                 FROM orders o JOIN order_items i ON i.order_id = o.id
-                WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
-                  AND o.id IS DISTINCT FROM p_except_order AND i.product_id = w.product_id
+               SELECT sum(i.quantity) FROM order_items i
+                WHERE i.order_id = ANY (p_orders) AND i.product_id = w.product_id
            ), 0) > p_max_held
      ORDER BY w.product_id
      LIMIT 1
 $$;
 
--- A new pending order holding its stock, and its order.created event; or a refusal
--- with nothing written: the customer's limits ('too_many_pending', 'too_many_held' with
--- product_id), then the item rules (price_order_items). The customer's row is locked
--- first, so two processes creating orders for one customer decide one after the other.
+-- The hoarding limits for items an order of this customer would hold (p_except_order:
+-- the order whose items these replace): 'too_many_held' with product_id. Asked under
+-- the customer's lock, so one customer's orders decide one after the other.
+CREATE OR REPLACE FUNCTION customer_hoarding_refusal(
+    p_user_id bigint, p_except_order bigint, p_product_ids bigint[], p_quantities integer[], p_max_held integer
+) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('code', 'too_many_held', 'product_id', over.product_id)
+      FROM (SELECT held_units_over(
+                ARRAY(SELECT o.id FROM orders o
+                       WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
+                         AND o.id IS DISTINCT FROM p_except_order),
+                p_product_ids, p_quantities, p_max_held) AS product_id) over
+     WHERE over.product_id IS NOT NULL
+$$;
+
+-- The same for the orders placed from one client address, so that fresh accounts do
+-- not multiply the limit ('too_many_held_at_address'; p_max_held 0: off). Asked once
+-- the products are locked (price_order_items): orders of the same products, from any
+-- account, decide one after the other, and this, a statement of its own, sees what the
+-- previous holder of their locks committed.
+CREATE OR REPLACE FUNCTION address_hoarding_refusal(
+    p_client_ip text, p_except_order bigint, p_product_ids bigint[], p_quantities integer[], p_max_held integer
+) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('code', 'too_many_held_at_address', 'product_id', over.product_id)
+      FROM (SELECT held_units_over(
+                ARRAY(SELECT o.id FROM orders o
+                       WHERE o.client_ip = p_client_ip AND o.status = 'pending' AND o.deleted_at IS NULL
+                         AND o.id IS DISTINCT FROM p_except_order),
+                p_product_ids, p_quantities, p_max_held) AS product_id) over
+     WHERE p_max_held > 0 AND over.product_id IS NOT NULL
+$$;
+
+-- A new pending order holding its stock, placed from p_client_ip, and its
+-- order.created event; or a refusal with nothing written: the customer's hoarding limits
+-- ('too_many_pending', customer_hoarding_refusal's), the item rules (price_order_items),
+-- the address's hoarding limit. The customer's row is locked first, so two processes
+-- creating orders for one customer decide one after the other.
 CREATE OR REPLACE FUNCTION create_order(
     p_user_id bigint,
+    p_client_ip text,
     p_product_ids bigint[],
     p_quantities integer[],
     p_ttl_seconds double precision,
     p_max_pending integer,
-    p_max_held integer
+    p_max_held integer,
+    p_max_held_at_address integer
 ) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_product bigint;
+    v_refusal jsonb;
     v_priced record;
     v_order orders;
 BEGIN
@@ -140,16 +173,14 @@ BEGIN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], jsonb_build_object('code', 'too_many_pending');
         RETURN;
     END IF;
-    v_product := held_units_over(p_user_id, NULL, p_product_ids, p_quantities, p_max_held);
-    IF v_product IS NOT NULL THEN
-        RETURN QUERY SELECT NULL::orders, NULL::order_item[],
-                            jsonb_build_object('code', 'too_many_held', 'product_id', v_product);
-        RETURN;
+    v_refusal := customer_hoarding_refusal(p_user_id, NULL, p_product_ids, p_quantities, p_max_held);
+    IF v_refusal IS NULL THEN
+        SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, '{}', '{}');
+        v_refusal := coalesce(v_priced.refusal, address_hoarding_refusal(
+            p_client_ip, NULL, p_product_ids, p_quantities, p_max_held_at_address));
     END IF;
-
-    SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, '{}', '{}');
-    IF v_priced.refusal IS NOT NULL THEN
-        RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_priced.refusal;
+    IF v_refusal IS NOT NULL THEN
+        RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
         RETURN;
     END IF;
 
@@ -158,8 +189,8 @@ BEGIN
       FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
      WHERE pr.id = ANY (p_product_ids) AND pr.id = w.product_id;
 
-    INSERT INTO orders (user_id, total, currency, expires_at)
-    VALUES (p_user_id, v_priced.total, v_priced.currency, now() + make_interval(secs => p_ttl_seconds))
+    INSERT INTO orders (user_id, client_ip, total, currency, expires_at)
+    VALUES (p_user_id, p_client_ip, v_priced.total, v_priced.currency, now() + make_interval(secs => p_ttl_seconds))
     RETURNING * INTO v_order;
 
     INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
@@ -243,38 +274,37 @@ END
 $$;
 
 -- Swap a pending order's items (the customer's own), re-reserving atomically: what the
--- order held counts as available to it. Refusals: lock_pending_order's, 'too_many_held',
--- the item rules'; on any, nothing changes (but an overdue order is expired).
+-- order held counts as available to it. Refusals: lock_pending_order's, the customer's
+-- hoarding limit, the item rules', the hoarding limit of the address the order was
+-- placed from; on any, nothing changes (but an overdue order is expired).
 CREATE OR REPLACE FUNCTION replace_order_items(
     p_order_id bigint,
     p_user_id bigint,
     p_product_ids bigint[],
     p_quantities integer[],
-    p_max_held integer
+    p_max_held integer,
+    p_max_held_at_address integer
 ) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_refusal jsonb;
-    v_product bigint;
     v_held_ids bigint[];
     v_held_quantities integer[];
     v_priced record;
     v_order orders;
 BEGIN
     PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;  -- hold limits are checked under it
-    v_refusal := lock_pending_order(p_order_id, p_user_id);
-    IF v_refusal IS NULL THEN
-        v_product := held_units_over(p_user_id, p_order_id, p_product_ids, p_quantities, p_max_held);
-        IF v_product IS NOT NULL THEN
-            v_refusal := jsonb_build_object('code', 'too_many_held', 'product_id', v_product);
-        END IF;
-    END IF;
+    v_refusal := coalesce(
+        lock_pending_order(p_order_id, p_user_id),
+        customer_hoarding_refusal(p_user_id, p_order_id, p_product_ids, p_quantities, p_max_held));
     IF v_refusal IS NULL THEN
         SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}')
           INTO v_held_ids, v_held_quantities
           FROM order_items i WHERE i.order_id = p_order_id;
         SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, v_held_ids, v_held_quantities);
-        v_refusal := v_priced.refusal;
+        v_refusal := coalesce(v_priced.refusal, address_hoarding_refusal(
+            (SELECT o.client_ip FROM orders o WHERE o.id = p_order_id), p_order_id,
+            p_product_ids, p_quantities, p_max_held_at_address));
     END IF;
     IF v_refusal IS NOT NULL THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;

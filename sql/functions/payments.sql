@@ -2,11 +2,12 @@
 -- call and one round trip, with the lock order of every change (the customer's row,
 -- then the order's row). Step 2, the provider's call, holds no connection.
 
--- Step 1: under the customer's lock, the decline limits (card testing), then the
--- order's lock, its checks (and the amount's), and the pending payment with its
--- provider-side idempotency key and the worker that will call the provider. A call
--- without an Idempotency-Key is its own transaction; with a key it runs inside the
--- transaction that claims the key.
+-- Step 1: under the customer's lock, the decline limits (card testing), per customer
+-- and, under a lock of the client address (transaction-scoped, after the customer's),
+-- per address; then the order's lock, its checks (and the amount's), and the pending
+-- payment with its provider-side idempotency key, the worker that will call the
+-- provider and the client address. A call without an Idempotency-Key is its own
+-- transaction; with a key it runs inside the transaction that claims the key.
 --
 -- Each statement of a PL/pgSQL function takes a fresh snapshot (READ COMMITTED), so
 -- the count of declines, made after the customer's lock is granted, sees what the
@@ -14,8 +15,8 @@
 -- each other.
 --
 -- Refusals, nothing written: 'too_many_order_declines' (declines),
--- 'too_many_declines' (retry_after: seconds until the oldest counted payment is 24
--- hours old), 'order_not_found', 'wrong_status' (status), 'order_expired',
+-- 'too_many_declines' and 'too_many_declines_at_address' (retry_after: seconds until
+-- the oldest counted payment is 24 hours old), 'order_not_found', 'wrong_status' (status), 'order_expired',
 -- 'amount_mismatch' (total). A second pending payment for the order fails on the
 -- partial unique index (unique_violation), whichever process tries.
 CREATE OR REPLACE FUNCTION begin_payment(
@@ -27,7 +28,9 @@ CREATE OR REPLACE FUNCTION begin_payment(
     p_lease_seconds double precision,
     p_worker bigint,
     p_max_declines_per_order integer,
-    p_max_declines_per_user integer
+    p_max_declines_per_user integer,
+    p_client_ip text,
+    p_max_declines_per_ip integer
 ) RETURNS TABLE (payment payments, refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -61,6 +64,22 @@ BEGIN
             'code', 'too_many_declines', 'retry_after', greatest(1, v_declines.oldest_expires_in));
         RETURN;
     END IF;
+    IF p_max_declines_per_ip > 0 AND p_client_ip IS NOT NULL THEN
+        -- Fresh accounts of one address decide one after the other.
+        PERFORM pg_advisory_xact_lock(x'4950'::integer, hashtext(p_client_ip));
+        SELECT count(*) AS declines,
+               ceil(extract(epoch FROM min(p.created_at) + interval '24 hours' - now()))::bigint AS oldest_expires_in
+          INTO v_declines
+          FROM payments p
+         WHERE p.client_ip = p_client_ip AND p.created_at > now() - interval '24 hours'
+           AND (p.status = 'pending'
+                OR (p.status = 'failed' AND p.failure_reason NOT IN ('not_charged', 'order_not_payable')));
+        IF v_declines.declines >= p_max_declines_per_ip THEN
+            RETURN QUERY SELECT NULL::payments, jsonb_build_object(
+                'code', 'too_many_declines_at_address', 'retry_after', greatest(1, v_declines.oldest_expires_in));
+            RETURN;
+        END IF;
+    END IF;
 
     WITH o AS (
         SELECT o.id, o.status, o.total, o.currency, o.expires_at > now() AS open
@@ -68,9 +87,9 @@ BEGIN
          WHERE o.id = p_order_id AND o.user_id = p_user_id AND o.deleted_at IS NULL
            FOR UPDATE
     )
-    INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until, worker)
+    INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until, worker, client_ip)
     SELECT o.id, p_user_id, o.total, o.currency, p_provider, p_provider_key,
-           now() + make_interval(secs => p_lease_seconds), p_worker
+           now() + make_interval(secs => p_lease_seconds), p_worker, p_client_ip
       FROM o
      WHERE o.status = 'pending' AND o.open AND (p_amount IS NULL OR o.total = p_amount)
     RETURNING * INTO v_payment;

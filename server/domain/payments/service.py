@@ -85,9 +85,11 @@ async def get(ctx: Context, principal: Principal, payment_id: int) -> asyncpg.Re
     return row
 
 
-async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None) -> Result:
-    """Pay the order once. A refusal is raised (and stores nothing for an
-    Idempotency-Key)."""
+async def pay(
+    ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, client_ip: str
+) -> Result:
+    """Pay the order once (a request from `client_ip`). A refusal is raised (and
+    stores nothing for an Idempotency-Key)."""
     fingerprint = request.fingerprint()
     # Answered without queueing behind the order's actor: a repeat of a request
     # still in flight is refused at once, a finished one gets its first answer.
@@ -100,15 +102,15 @@ async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_k
         raise Refusal("order_not_found")
 
     async def command(actor: OrderActor) -> Result:
-        return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint)
+        return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint, client_ip)
 
     return await ctx.supervisor.ask(request.order_id, command, user_id=user_id)
 
 
 async def _pay_in_actor(
-    ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
+    ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes, client_ip: str
 ) -> Result:
-    started = await _begin(ctx, user_id, request, idempotency_key, fingerprint)
+    started = await _begin(ctx, user_id, request, idempotency_key, fingerprint, client_ip)
     if isinstance(started, Result):
         return started
     payment = started
@@ -133,7 +135,7 @@ async def _pay_in_actor(
 
 
 async def _begin(
-    ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
+    ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes, client_ip: str
 ) -> asyncpg.Record | Result:
     """Step 1. Returns the pending payment, or the result to replay; raises the
     refusal when the order cannot be paid (an order found past its expiry is expired
@@ -153,6 +155,8 @@ async def _begin(
             worker=worker,
             max_declines_per_order=config.payment_max_declines_per_order,
             max_declines_per_user=config.payment_max_declines_per_user,
+            client_ip=client_ip,
+            max_declines_per_ip=config.payment_max_declines_per_ip,
         )
 
     try:
