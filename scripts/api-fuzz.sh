@@ -11,8 +11,8 @@
 #
 # Requests run as the admin (who may call every operation; as a user it can also
 # order and pay), so that every operation is reachable. One client at one address
-# stands for many here: the per-address and per-pair login (and reset) limits and the
-# registration limit are off, and
+# stands for many here: the per-address and per-pair login (and reset) limits, the
+# registration limit and the per-address hoarding and decline limits are off, and
 # the per-customer pending-order and daily-decline limits so high that they never
 # stop the run (each limit has its own tests in tests/test_abuse.py; their 409 and
 # 429 stay documented and allowed). scripts/fuzz/hooks.py gives
@@ -38,12 +38,17 @@ DATABASE_URL="${SERVER_URL%/*}/$db" PORT="$port" WORKERS=1 JWT_SECRET="fuzz-secr
   ADMIN_EMAIL=fuzz-admin@example.com ADMIN_PASSWORD=fuzz-admin-password \
   LOGIN_MAX_FAILURES_PER_IP=0 LOGIN_MAX_FAILURES_PER_EMAIL=0 LOGIN_MAX_FAILURES_PER_PAIR=1000000 REGISTER_MAX_PER_IP=0 \
   ORDER_MAX_PENDING_PER_USER=1000000 PAYMENT_MAX_DECLINES_PER_USER=1000000 LOG_LEVEL=ERROR \
+  ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP=0 PAYMENT_MAX_DECLINES_PER_IP=0 PASSWORD_RESET_MAX_PER_EMAIL=0 \
   "$PY" -m server >"$log" 2>&1 &
 pid=$!
 cleanup() {
+    status=$?
+    # A failure's cause is in the server's log (a 500 is logged with its traceback).
+    [ "$status" = 0 ] || { echo "--- server log (errors) ---"; grep -v '"level":"info"' "$log" | tail -n 60; }
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     "$PY" scripts/pgdb.py drop "$SERVER_URL" "$db" || true
+    rm -f "$log"
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "$base/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
