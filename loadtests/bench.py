@@ -155,6 +155,8 @@ class Server:
             "REGISTER_MAX_PER_IP": "0",
             "LOGIN_MAX_FAILURES_PER_IP": "0",
             "ORDER_MAX_PENDING_PER_USER": "1000000",
+            "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP": "0",
+            "PAYMENT_MAX_DECLINES_PER_IP": "0",
             "MAX_COMMANDS_PER_USER": "1000000",
             **env,
         }

@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stack = stack_drills.temporary_stack(
         "storefront-reads-",
-        {"LOG_LEVEL": "WARNING", "PAYMENT_PROVIDER_LATENCY_MS": "50", "ORDER_MAX_PENDING_PER_USER": "1000000"},
+        {
+            "LOG_LEVEL": "WARNING",
+            "PAYMENT_PROVIDER_LATENCY_MS": "50",
+            "ORDER_MAX_PENDING_PER_USER": "1000000",
+            "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP": "0",
+        },
     )
     folder = stack.folder.parent
     try:

@@ -449,12 +449,15 @@ def main(argv: list[str] | None = None) -> int:
             # Payments cut by a fault are settled within the drill, not minutes later.
             "PAYMENT_RECONCILE_INTERVAL_SECONDS": "1",
             "PAYMENT_PROVIDER_LATENCY_MS": os.environ.get("PAYMENT_PROVIDER_LATENCY_MS", "50"),
-            # A handful of shoppers stand for many: the per-customer abuse limits (pending
-            # orders, declines) would otherwise stop them ordering before the last drill
-            # (each limit has its own tests in tests/test_abuse.py).
+            # A handful of shoppers on one machine stand for many: the per-customer and
+            # per-address abuse limits (pending orders, held units, declines) would
+            # otherwise stop them ordering before the last drill (each limit has its own
+            # tests in tests/test_abuse.py).
             "ORDER_MAX_PENDING_PER_USER": "1000000",
+            "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP": "0",
             "PAYMENT_MAX_DECLINES_PER_ORDER": "1000000",
             "PAYMENT_MAX_DECLINES_PER_USER": "1000000",
+            "PAYMENT_MAX_DECLINES_PER_IP": "0",
         },
     )
     folder = stack.folder.parent
