@@ -90,18 +90,17 @@ BEGIN
 END
 $$;
 
--- Stock hoarding: the first product of which the pending orders p_orders plus these
--- items would hold more than p_max_held units; NULL when none would.
-CREATE OR REPLACE FUNCTION held_units_over(
-    p_orders bigint[],
-    p_product_ids bigint[],
-    p_quantities integer[],
-    p_max_held integer
-) RETURNS bigint
+-- Stock hoarding: the refusal p_code, naming the first product of which the pending
+-- orders p_orders plus these items would hold more than p_max_held units (0: no
+-- limit); NULL when none would.
+CREATE OR REPLACE FUNCTION hoarding_refusal(
+    p_code text, p_orders bigint[], p_product_ids bigint[], p_quantities integer[], p_max_held integer
+) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT w.product_id
+    SELECT jsonb_build_object('code', p_code, 'product_id', w.product_id)
       FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
-     WHERE w.quantity + coalesce((
+     WHERE p_max_held > 0
+       AND w.quantity + coalesce((
                SELECT sum(i.quantity) FROM order_items i
                 WHERE i.order_id = ANY (p_orders) AND i.product_id = w.product_id
            ), 0) > p_max_held
@@ -109,44 +108,31 @@ LANGUAGE sql STABLE AS $$
      LIMIT 1
 $$;
 
--- The hoarding limits for items an order of this customer would hold (p_except_order:
--- the order whose items these replace): 'too_many_held' with product_id. Asked under
--- the customer's lock, so one customer's orders decide one after the other.
-CREATE OR REPLACE FUNCTION customer_hoarding_refusal(
-    p_user_id bigint, p_except_order bigint, p_product_ids bigint[], p_quantities integer[], p_max_held integer
-) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('code', 'too_many_held', 'product_id', over.product_id)
-      FROM (SELECT held_units_over(
-                ARRAY(SELECT o.id FROM orders o
-                       WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
-                         AND o.id IS DISTINCT FROM p_except_order),
-                p_product_ids, p_quantities, p_max_held) AS product_id) over
-     WHERE over.product_id IS NOT NULL
-$$;
-
--- The same for the orders placed from one client address, so that fresh accounts do
--- not multiply the limit ('too_many_held_at_address'; p_max_held 0: off). Asked once
--- the products are locked (price_order_items): orders of the same products, from any
--- account, decide one after the other, and this, a statement of its own, sees what the
--- previous holder of their locks committed.
-CREATE OR REPLACE FUNCTION address_hoarding_refusal(
-    p_client_ip text, p_except_order bigint, p_product_ids bigint[], p_quantities integer[], p_max_held integer
-) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('code', 'too_many_held_at_address', 'product_id', over.product_id)
-      FROM (SELECT held_units_over(
-                ARRAY(SELECT o.id FROM orders o
-                       WHERE o.client_ip = p_client_ip AND o.status = 'pending' AND o.deleted_at IS NULL
-                         AND o.id IS DISTINCT FROM p_except_order),
-                p_product_ids, p_quantities, p_max_held) AS product_id) over
-     WHERE p_max_held > 0 AND over.product_id IS NOT NULL
+-- The pending orders the hoarding limits count (but p_except_order, whose items are
+-- being replaced): a customer's ('too_many_held', asked under the customer's lock), or
+-- those placed from one client address ('too_many_held_at_address', so that fresh
+-- accounts do not multiply the limit; asked once the products are locked, so orders of
+-- the same products from any account decide one after the other, and being a statement
+-- of its own it sees what the previous holder of their locks committed).
+CREATE OR REPLACE FUNCTION pending_orders_of(p_user_id bigint, p_client_ip text, p_except_order bigint)
+RETURNS bigint[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_user_id IS NOT NULL THEN
+        RETURN ARRAY(SELECT o.id FROM orders o
+                      WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
+                        AND o.id IS DISTINCT FROM p_except_order);
+    END IF;
+    RETURN ARRAY(SELECT o.id FROM orders o
+                  WHERE o.client_ip = p_client_ip AND o.status = 'pending' AND o.deleted_at IS NULL
+                    AND o.id IS DISTINCT FROM p_except_order);
+END
 $$;
 
 -- A new pending order holding its stock, placed from p_client_ip, and its
 -- order.created event; or a refusal with nothing written: the customer's hoarding limits
--- ('too_many_pending', customer_hoarding_refusal's), the item rules (price_order_items),
--- the address's hoarding limit. The customer's row is locked first, so two processes
+-- ('too_many_pending', 'too_many_held'), the item rules (price_order_items), the
+-- address's hoarding limit ('too_many_held_at_address'). The customer's row is locked first, so two processes
 -- creating orders for one customer decide one after the other.
 CREATE OR REPLACE FUNCTION create_order(
     p_user_id bigint,
@@ -173,11 +159,13 @@ BEGIN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], jsonb_build_object('code', 'too_many_pending');
         RETURN;
     END IF;
-    v_refusal := customer_hoarding_refusal(p_user_id, NULL, p_product_ids, p_quantities, p_max_held);
+    v_refusal := hoarding_refusal(
+        'too_many_held', pending_orders_of(p_user_id, NULL, NULL), p_product_ids, p_quantities, p_max_held);
     IF v_refusal IS NULL THEN
         SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, '{}', '{}');
-        v_refusal := coalesce(v_priced.refusal, address_hoarding_refusal(
-            p_client_ip, NULL, p_product_ids, p_quantities, p_max_held_at_address));
+        v_refusal := coalesce(v_priced.refusal, hoarding_refusal(
+            'too_many_held_at_address', pending_orders_of(NULL, p_client_ip, NULL),
+            p_product_ids, p_quantities, p_max_held_at_address));
     END IF;
     IF v_refusal IS NOT NULL THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
@@ -296,14 +284,16 @@ BEGIN
     PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;  -- hold limits are checked under it
     v_refusal := coalesce(
         lock_pending_order(p_order_id, p_user_id),
-        customer_hoarding_refusal(p_user_id, p_order_id, p_product_ids, p_quantities, p_max_held));
+        hoarding_refusal('too_many_held', pending_orders_of(p_user_id, NULL, p_order_id),
+                         p_product_ids, p_quantities, p_max_held));
     IF v_refusal IS NULL THEN
         SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}')
           INTO v_held_ids, v_held_quantities
           FROM order_items i WHERE i.order_id = p_order_id;
         SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, v_held_ids, v_held_quantities);
-        v_refusal := coalesce(v_priced.refusal, address_hoarding_refusal(
-            (SELECT o.client_ip FROM orders o WHERE o.id = p_order_id), p_order_id,
+        v_refusal := coalesce(v_priced.refusal, hoarding_refusal(
+            'too_many_held_at_address',
+            pending_orders_of(NULL, (SELECT o.client_ip FROM orders o WHERE o.id = p_order_id), p_order_id),
             p_product_ids, p_quantities, p_max_held_at_address));
     END IF;
     IF v_refusal IS NOT NULL THEN
