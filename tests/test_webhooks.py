@@ -142,6 +142,46 @@ async def test_private_targets_are_refused(api: Api, url: str) -> None:
 
 
 @pytest.mark.parametrize("config_overrides", [{"webhook_allow_private_targets": False}])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::127.0.0.1]/hook",  # IPv4-compatible
+        "http://[64:ff9b::7f00:1]/hook",  # NAT64 of 127.0.0.1
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+        "http://[2002:c0a8:1::1]/hook",  # 6to4 of 192.168.0.1
+        "http://[fec0::1]/hook",  # site-local
+    ],
+)
+async def test_ipv6_targets_are_judged_by_the_ipv4_address_they_embed_and_site_local_is_refused(
+    api: Api, url: str
+) -> None:
+    admin = await api.admin_user()
+    reply = await api.call("POST", "/api/webhooks", json={"url": url, "events": ["*"]}, token=admin.token)
+    assert reply.status == 422, reply
+
+
+@pytest.mark.parametrize("config_overrides", [{"webhook_allow_private_targets": False}])
+@pytest.mark.parametrize("url", ["http://[64:ff9b::5db8:d70e]/hook", "http://[2002:5db8:d70e::1]/hook"])
+async def test_ipv6_targets_that_embed_a_public_ipv4_address_are_accepted(api: Api, url: str) -> None:
+    admin = await api.admin_user()
+    reply = await api.call("POST", "/api/webhooks", json={"url": url, "events": ["*"]}, token=admin.token)
+    assert reply.status == 201, reply
+
+
+@pytest.mark.parametrize(
+    "url", ["https://93.184.215.14/a\r\nX-Injected: 1", "https://93.184.215.14/\n", "https://93.184.215.14/a\tb"]
+)
+async def test_control_characters_in_a_webhook_url_are_422(api: Api, url: str) -> None:
+    admin = await api.admin_user()
+    created = await api.call("POST", "/api/webhooks", json={"url": url, "events": ["*"]}, token=admin.token)
+    assert created.status == 422, created
+    hook = await add_webhook(api, "https://93.184.215.14/hook")
+    changed = await api.call("PUT", f"/api/webhooks/{hook['id']}", json={"url": url}, token=admin.token)
+    assert changed.status == 422, changed
+
+
+@pytest.mark.parametrize("config_overrides", [{"webhook_allow_private_targets": False}])
 async def test_a_public_target_is_accepted(api: Api) -> None:
     admin = await api.admin_user()
     reply = await api.call(
@@ -339,6 +379,11 @@ async def test_a_target_that_now_resolves_privately_is_refused_at_send_time(
         await asyncio.sleep(0.05)
     errors = [a["error"] for a in await attempts()]
     assert len(errors) >= 2 and all("public address" in (e or "") for e in errors), errors
+    # What the name resolved to (the internal network's DNS answers) is not shown to the admin.
+    by_name = await db.fetch(
+        "SELECT a.error FROM webhook_attempts a JOIN webhooks w ON w.id = a.webhook_id WHERE w.url LIKE '%localhost%'"
+    )
+    assert by_name and not any("127.0.0.1" in r["error"] or "::1" in r["error"] for r in by_name), by_name
     assert receiver.received == []
     assert admin.token
 

@@ -90,16 +90,42 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 # --- targets ------------------------------------------------------------------------------
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: NAT64's well-known
+# prefix (RFC 6052) and the deprecated IPv4-compatible addresses (RFC 4291).
+_IPV4_IN_LOW_BITS = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+
+
 def address_allowed(address: str) -> bool:
     """Only public unicast addresses: never loopback, private, link-local, shared,
-    reserved, multicast or unspecified ones (nor IPv4 hidden in IPv6)."""
+    reserved, multicast or unspecified ones. An IPv6 address that embeds an IPv4 one
+    (IPv4-mapped, IPv4-compatible, 6to4, NAT64) is judged by the IPv4 address it
+    reaches; a site-local one (fec0::/10, deprecated but still routed inside some
+    networks) is never public, whatever `is_global` says of it."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return embedded.is_global and not embedded.is_multicast
     return ip.is_global and not ip.is_multicast
 
 
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in prefix for prefix in _IPV4_IN_LOW_BITS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
 def _parse_target(url: str) -> URL:
+    # Control characters (CR and LF above all) have no place in a URL: stored, they
+    # would reach logs, receivers' tooling and any header built from the URL.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValidationFailed.field("url", "must not contain control characters")
     try:
         target = URL(url)
     except ValueError:
@@ -124,6 +150,18 @@ async def check_target(ctx: Context, url: str) -> None:
         raise ValidationFailed.field("url", "the host resolves to a loopback, private or link-local address")
 
 
+class RefusedTarget(OSError):
+    """A send refused because the target is not a public address. What the name
+    resolved to stays out of the error: the delivery log would show an admin the
+    internal network's DNS answers."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EACCES, _REFUSED)
+
+
+_REFUSED = "refused: the target is not a public address"
+
+
 class _PublicOnlyResolver(AbstractResolver):
     """The address actually connected to is checked at send time: a name that
     resolved to a public address when the webhook was saved may not point at an
@@ -136,10 +174,8 @@ class _PublicOnlyResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        refused = [r["host"] for r in results if not address_allowed(r["host"])]
-        if refused:
-            # errno and strerror: aiohttp's connection error shows the strerror.
-            raise OSError(errno.EACCES, f"{host} resolves to a non-public address ({', '.join(refused)})")
+        if not all(address_allowed(r["host"]) for r in results):
+            raise RefusedTarget()
         return results
 
     async def close(self) -> None:
@@ -399,7 +435,11 @@ class Deliverer:
                 answer = await response.content.read(_BODY_LIMIT)
         except TimeoutError:
             return _Outcome(None, f"no answer within {timeout:g} s")
+        except RefusedTarget:
+            return _Outcome(None, _REFUSED)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            if isinstance(exc.__cause__, RefusedTarget):  # raised by the resolver, wrapped by aiohttp
+                return _Outcome(None, _REFUSED)
             return _Outcome(None, f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS])
         if 200 <= response.status < 300:
             return _Outcome(response.status, None)
@@ -421,7 +461,7 @@ def _check_literal_host(url: str, allow_private: bool) -> None:
     except ValueError:
         return  # a name: the resolver checks what it resolves to
     if not address_allowed(host):
-        raise OSError(f"{host} is not a public address")
+        raise RefusedTarget()
 
 
 async def refresh_gauges(ctx: Context, deliverer: Deliverer) -> None:
