@@ -12,9 +12,6 @@ from db.pool import Database, Executor
 
 PRODUCT_FIELDS = ("id", "name", "description", "price", "currency", "stock", "sku", "created_at", "updated_at")
 PRODUCT_COLUMNS = ", ".join(PRODUCT_FIELDS)
-# The catalog reads also select the row version's transaction id: it changes with
-# every change of the row, so it makes a cheap ETag (server/domain/catalog.py).
-VERSIONED_COLUMNS = f"{PRODUCT_COLUMNS}, xmin::text AS version"
 
 
 class SkuTaken(Exception):
@@ -45,11 +42,11 @@ async def create(
     return row
 
 
-_GET = f"SELECT {VERSIONED_COLUMNS} FROM products WHERE id = $1 AND deleted_at IS NULL"
+_GET = f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 AND deleted_at IS NULL"
 
 
 async def get(db: Database, product_id: int) -> asyncpg.Record | None:
-    """A live product, with its `version`."""
+    """A live product."""
     return await db.fetchrow(_GET, product_id)
 
 
@@ -152,7 +149,7 @@ def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, li
         conditions.append(f"({sort.column}, id) {op} ({arg(after[0])}, {arg(after[1])})")
     direction = "DESC" if sort.descending else "ASC"
     query = (
-        f"SELECT {VERSIONED_COLUMNS} FROM products WHERE {' AND '.join(conditions)} "
+        f"SELECT {PRODUCT_COLUMNS} FROM products WHERE {' AND '.join(conditions)} "
         f"ORDER BY {sort.column} {direction}, id {direction} LIMIT {arg(limit)}"
     )
     return query, args
@@ -170,7 +167,7 @@ async def list_page(
     limit: int,
     timeout_ms: int | None = None,
 ) -> list[asyncpg.Record]:
-    """Up to `limit` + 1 rows, with their `version` (the extra one tells that a next
+    """Up to `limit` + 1 rows (the extra one tells that a next
     page exists). With `timeout_ms` the database cancels the query after that long
     (QueryTooSlow): a setting local to its transaction, which also holds behind
     PgBouncer."""

@@ -45,7 +45,9 @@ def matches(if_none_match: str, etag: str) -> bool:
 
 
 def respond(request: web.Request, entry: Representation, control: str) -> web.Response:
-    headers = {"ETag": entry.etag, "Cache-Control": control}
+    # The answer depends on Authorization (a token makes it a fresh, private read, a
+    # bad one a 401): shared caches must not answer one caller with another's.
+    headers = {"ETag": entry.etag, "Cache-Control": control, "Vary": "Authorization"}
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and matches(if_none_match, entry.etag):
         return web.Response(status=304, headers=headers)

@@ -34,6 +34,7 @@ _HEADER_DOCS = {
     "Retry-After": "Seconds to wait before retrying",
     "WWW-Authenticate": "Bearer",
     "X-Request-ID": "The request's id (the client's, when it sent a valid one)",
+    "Vary": "`Authorization`: the answer depends on it (shared caches keep one per value)",
 }
 
 

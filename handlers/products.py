@@ -55,16 +55,16 @@ ROUTES = [
         query=ProductListQuery,
         request_headers=CACHING_HEADERS,
         responses={
-            200: Response("A page of products", Page[ProductOut], ("ETag", "Cache-Control")),
-            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control")),
+            200: Response("A page of products", Page[ProductOut], ("ETag", "Cache-Control", "Vary")),
+            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control", "Vary")),
         },
     ),
     Route(
         "GET", "/api/products/{id}", get_product, "One product", "products",
         request_headers=CACHING_HEADERS,
         responses={
-            200: Response("The product", ProductOut, ("ETag", "Cache-Control")),
-            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control")),
+            200: Response("The product", ProductOut, ("ETag", "Cache-Control", "Vary")),
+            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control", "Vary")),
         },
         problems={404: "No such product (or deleted)"},
     ),

@@ -170,6 +170,41 @@ async def test_the_etag_changes_with_every_change_of_the_representation(api: Api
     assert list_after.status == 200
 
 
+@pytest.mark.parametrize("config_overrides", [{"catalog_cache_max_bytes": 0}])
+@pytest.mark.parametrize("path", ["/api/products/{id}", "/api/products"])
+async def test_an_etag_reveals_nothing_about_the_database(api: Api, clean_db: str, path: str) -> None:
+    """An ETag made of the row version's transaction id is a counter of the database's
+    writes: a rewrite of the row that leaves the representation as it was (a new row
+    version, a later transaction id) must leave the ETag as it was."""
+    product = await api.product(price=100)
+    path = path.format(id=product["id"])
+    before = await api.call("GET", path)
+    await silent_update(clean_db, "UPDATE products SET price = price WHERE id = $1", product["id"])
+    after = await api.call("GET", path)
+    assert after.body == before.body
+    assert after.headers["ETag"] == before.headers["ETag"]
+
+
+@pytest.mark.parametrize("path", ["/api/products/{id}", "/api/products"])
+async def test_catalog_answers_vary_by_authorization(api: Api, path: str) -> None:
+    product = await api.product()
+    path = path.format(id=product["id"])
+    user = await api.customer()
+    anonymous = await api.call("GET", path)
+    with_token = await api.call("GET", path, token=user.token)
+    not_modified = await api.call("GET", path, headers={"If-None-Match": anonymous.headers["ETag"]})
+    assert (anonymous.status, with_token.status, not_modified.status) == (200, 200, 304)
+    for reply in (anonymous, with_token, not_modified):
+        assert "Authorization" in [v.strip() for v in reply.headers.get("Vary", "").split(",")], reply.headers
+
+
+@pytest.mark.parametrize("config_overrides", [{"cors_allow_origins": "https://shop.example"}])
+async def test_a_cors_answer_varies_by_origin_and_authorization(api: Api) -> None:
+    product = await api.product()
+    reply = await api.call("GET", f"/api/products/{product['id']}", headers={"Origin": "https://shop.example"})
+    assert {v.strip() for v in reply.headers["Vary"].split(",")} == {"Authorization", "Origin"}
+
+
 async def test_list_etags_differ_between_queries(api: Api) -> None:
     await api.product(price=10)
     await api.product(price=20)

@@ -17,8 +17,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def product_json(row: asyncpg.Record) -> dict[str, Any]:
-    """A product as the API shows it, by column name (a row may carry more, such as
-    the catalog reads' `version`)."""
+    """A product as the API shows it, by column name (a row may carry more)."""
     return {name: row[name] for name in products_db.PRODUCT_FIELDS}
 
 

@@ -134,7 +134,7 @@ def make_middleware(config: Config, metrics: Metrics, tracer: Tracer | None = No
             if origins and (origin := cors_origin(request)) is not None:
                 headers["Access-Control-Allow-Origin"] = origin
                 headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
-                headers["Vary"] = "Origin"
+                headers["Vary"] = f"{headers['Vary']}, Origin" if "Vary" in headers else "Origin"
             if record_metrics or log_access:
                 elapsed = time.perf_counter() - started
                 if record_metrics:
