@@ -104,7 +104,9 @@ def _operation(route: Route, ref: Any, open_access: bool = False) -> dict[str, A
         "tags": [route.tag],
         "responses": {},
     }
-    if route.auth != "none" and not open_access:
+    if route.auth == "optional":
+        operation["security"] = [{}, {"bearerAuth": []}]
+    elif route.auth != "none" and not open_access:
         operation["security"] = [{"bearerAuth": []}]
     parameters = []
     if "{id}" in route.path:

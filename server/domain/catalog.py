@@ -35,6 +35,14 @@ def _etag(body: bytes) -> str:
     return f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
 
 
+def fresh_read_allowed(ctx: Context, client: str) -> bool:
+    """Whether a read that asks to bypass the caches (a reload, or a valid token) from
+    this client address gets its fresh read: at most CATALOG_FRESH_READS_PER_IP a
+    second per address (in each worker); beyond that it is served like an anonymous
+    read, never refused."""
+    return ctx.fresh_reads.allow(client)
+
+
 async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
     """The product's representation; `fresh`: from the database, never the cache."""
     cache = ctx.catalog

@@ -345,6 +345,14 @@ class Config(BaseModel):
         description="How often each worker polls the database's record of catalog changes "
         "(the cache serves only while a poll succeeded in the last 0.8 s).",
     )
+    catalog_fresh_reads_per_ip: int = Field(
+        50,
+        alias="CATALOG_FRESH_READS_PER_IP",
+        ge=0,
+        description="Catalog reads that bypass the caches (a reload, or a valid token) one client "
+        "address may make per second in each worker; beyond it they are served like anonymous "
+        "reads, never refused (0: no limit).",
+    )
 
     # --- payments ------------------------------------------------------------------
     payment_provider: Literal["simulated"] = Field(
