@@ -477,6 +477,13 @@ class Config(BaseModel):
     metrics_enabled: bool = Field(
         True, alias="METRICS_ENABLED", description="Serve /metrics and record request metrics."
     )
+    otel_trust_incoming_context: bool = Field(
+        False,
+        alias="OTEL_TRUST_INCOMING_CONTEXT",
+        description="Continue the trace of an incoming `traceparent` from any client. Off: only "
+        "requests from TRUSTED_PROXIES continue one; any other starts a trace of its own, "
+        "sampled by the service's sampler.",
+    )
     metrics_token: str | None = Field(
         None,
         alias="METRICS_TOKEN",
