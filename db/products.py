@@ -11,10 +11,6 @@ import asyncpg
 from db.pool import Database, Executor
 from db.refusals import Refusal
 
-# The catalog reads also select the row version's transaction id: it changes with
-# every change of the row, so it makes a cheap ETag (server/domain/catalog.py).
-VERSIONED = "*, xmin::text AS version"
-
 
 def _sku_taken(exc: asyncpg.UniqueViolationError) -> Refusal:
     if exc.constraint_name == "products_sku_live_key":
@@ -37,11 +33,11 @@ async def create(
     return row
 
 
-_GET = f"SELECT {VERSIONED} FROM products WHERE id = $1 AND deleted_at IS NULL"
+_GET = "SELECT * FROM products WHERE id = $1 AND deleted_at IS NULL"
 
 
 async def get(db: Database, product_id: int) -> asyncpg.Record | None:
-    """A live product, with its `version`."""
+    """A live product."""
     return await db.fetchrow(_GET, product_id)
 
 
@@ -140,7 +136,7 @@ def list_query(sort: Sort, filters: ListFilters, after: Sequence[Any] | None, li
         conditions.append(f"({sort.column}, id) {op} ({arg(after[0])}, {arg(after[1])})")
     direction = "DESC" if sort.descending else "ASC"
     query = (
-        f"SELECT {VERSIONED} FROM products WHERE {' AND '.join(conditions)} "
+        f"SELECT * FROM products WHERE {' AND '.join(conditions)} "
         f"ORDER BY {sort.column} {direction}, id {direction} LIMIT {arg(limit)}"
     )
     return query, args
@@ -154,9 +150,9 @@ async def page(
     limit: int,
     timeout_ms: int | None = None,
 ) -> list[asyncpg.Record]:
-    """`limit` rows at most, after the keyset position `after`, with their `version`.
-    With `timeout_ms` the database cancels the query after that long ('search_too_slow'):
-    a setting local to its transaction, which also holds behind PgBouncer."""
+    """`limit` rows at most, after the keyset position `after`. With `timeout_ms` the
+    database cancels the query after that long ('search_too_slow'): a setting local to
+    its transaction, which also holds behind PgBouncer."""
     query, args = list_query(sort, filters, after, limit)
     if timeout_ms is None:
         return await db.fetch(query, *args)

@@ -226,7 +226,9 @@ async def release(db: Database, delivery_id: int, lease_until: Any) -> None:
 
 
 # The outcome of an attempt and its log entry, in one statement. Only under the lease
-# it was claimed with: a process that outlived its lease records nothing.
+# it was claimed with: a process that outlived its lease records nothing. The log
+# entry shows the attempt's own outcome: a delivery still pending after an attempt
+# failed it (its retry is the next attempt, due at next_attempt_at).
 _RECORD = """
 WITH d AS (
     UPDATE webhook_deliveries SET
@@ -241,7 +243,8 @@ WITH d AS (
 )
 INSERT INTO webhook_attempts
     (delivery_id, webhook_id, event_id, event_type, attempt, status, response_status, error, next_attempt_at)
-SELECT id, webhook_id, event_id, event_type, attempts, status, $5, $6,
+SELECT id, webhook_id, event_id, event_type, attempts,
+       CASE WHEN status = 'pending' THEN 'failed' ELSE status END, $5, $6,
        CASE WHEN status = 'pending' THEN next_attempt_at END
 FROM d
 RETURNING id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.routing import RequestHeader
+from handlers.routing import PRINCIPAL, RequestHeader
 from server.domain.catalog_cache import Representation
 from server.runtime.config import Config
 
@@ -13,6 +13,9 @@ CACHING_HEADERS = {
     "If-None-Match": RequestHeader("ETags the client holds (or `*`); when one matches the current one: 304, no body"),
     "Cache-Control": RequestHeader("`no-cache` (what a reload sends): the current representation, never a cached one"),
 }
+
+# What catalog answers (200 and 304) send, for the document.
+CACHING_ANSWER_HEADERS = ("ETag", "Cache-Control", "Vary")
 
 
 def cache_control(config: Config) -> str:
@@ -26,10 +29,11 @@ def cache_control(config: Config) -> str:
 
 def wants_fresh(request: web.Request) -> bool:
     """A reload (`Cache-Control: no-cache`, or the older `Pragma: no-cache`) and an
-    authenticated read get the database's current answer, never the cache's."""
-    headers = request.headers
-    if "Authorization" in headers:
+    authenticated read (a valid token: the route's "optional" auth answered any other
+    Authorization with 401) ask for the database's current answer, not the cache's."""
+    if PRINCIPAL in request:
         return True
+    headers = request.headers
     control = headers.get("Cache-Control")
     if control is not None and "no-cache" in control.lower():
         return True
@@ -46,7 +50,9 @@ def matches(if_none_match: str, etag: str) -> bool:
 
 
 def respond(request: web.Request, entry: Representation, control: str) -> web.Response:
-    headers = {"ETag": entry.etag, "Cache-Control": control}
+    # The answer depends on Authorization (a token makes it a fresh, private read, a
+    # bad one a 401): shared caches must not answer one caller with another's.
+    headers = {"ETag": entry.etag, "Cache-Control": control, "Vary": "Authorization"}
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and matches(if_none_match, entry.etag):
         return web.Response(status=304, headers=headers)

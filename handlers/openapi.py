@@ -34,6 +34,7 @@ _HEADER_DOCS = {
     "Retry-After": "Seconds to wait before retrying",
     "WWW-Authenticate": "Bearer",
     "X-Request-ID": "The request's id (the client's, when it sent a valid one)",
+    "Vary": "`Authorization`: the answer depends on it (shared caches keep one per value)",
 }
 
 
@@ -103,7 +104,9 @@ def _operation(route: Route, ref: Any, open_access: bool = False) -> dict[str, A
         "tags": [route.tag],
         "responses": {},
     }
-    if route.auth != "none" and not open_access:
+    if route.auth == "optional":
+        operation["security"] = [{}, {"bearerAuth": []}]
+    elif route.auth != "none" and not open_access:
         operation["security"] = [{"bearerAuth": []}]
     parameters = []
     if "{id}" in route.path:

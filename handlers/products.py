@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers.common import context, created, parse_query, path_id, read_json
-from handlers.conditional import CACHING_HEADERS, cache_control, respond, wants_fresh
+from handlers.common import client_ip, context, created, parse_query, path_id, read_json
+from handlers.conditional import CACHING_ANSWER_HEADERS, CACHING_HEADERS, cache_control, respond, wants_fresh
 from handlers.routing import Response, Route, id_links
 from handlers.schemas import Page, ProductCreateIn, ProductListQuery, ProductUpdateIn
 from server.domain import catalog, products
@@ -17,13 +17,15 @@ async def list_products(request: web.Request) -> web.Response:
     ctx = context(request)
     query = parse_query(request, ProductListQuery)
     filters = products.ListFilters(query.q, query.min_price, query.max_price, query.in_stock)
-    entry = await catalog.page(ctx, query.sort, filters, query.cursor, query.limit, wants_fresh(request))
+    fresh = wants_fresh(request) and catalog.fresh_read_allowed(ctx, client_ip(request, ctx.config))
+    entry = await catalog.page(ctx, query.sort, filters, query.cursor, query.limit, fresh)
     return respond(request, entry, cache_control(ctx.config))
 
 
 async def get_product(request: web.Request) -> web.Response:
     ctx = context(request)
-    entry = await catalog.product(ctx, path_id(request), wants_fresh(request))
+    fresh = wants_fresh(request) and catalog.fresh_read_allowed(ctx, client_ip(request, ctx.config))
+    entry = await catalog.product(ctx, path_id(request), fresh)
     return respond(request, entry, cache_control(ctx.config))
 
 
@@ -51,19 +53,21 @@ async def delete_product(request: web.Request) -> web.Response:
 ROUTES = [
     Route(
         "GET", "/api/products", list_products, "List the catalog (keyset pages)", "products",
+        auth="optional",
         query=ProductListQuery,
         request_headers=CACHING_HEADERS,
         responses={
-            200: Response("A page of products", Page[ProductOut], ("ETag", "Cache-Control")),
-            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control")),
+            200: Response("A page of products", Page[ProductOut], CACHING_ANSWER_HEADERS),
+            304: Response("Not modified: the ETag in If-None-Match is current", None, CACHING_ANSWER_HEADERS),
         },
     ),
     Route(
         "GET", "/api/products/{id}", get_product, "One product", "products",
+        auth="optional",
         request_headers=CACHING_HEADERS,
         responses={
-            200: Response("The product", ProductOut, ("ETag", "Cache-Control")),
-            304: Response("Not modified: the ETag in If-None-Match is current", None, ("ETag", "Cache-Control")),
+            200: Response("The product", ProductOut, CACHING_ANSWER_HEADERS),
+            304: Response("Not modified: the ETag in If-None-Match is current", None, CACHING_ANSWER_HEADERS),
         },
         problems={404: "No such product (or deleted)"},
     ),

@@ -131,6 +131,7 @@ PROBLEMS: dict[str, Problem] = {
     # webhooks
     "webhook_not_found": Problem(NotFound, "no such webhook"),
     "webhook_url_invalid": Problem(ValidationFailed, "must be an http or https URL", "url"),
+    "webhook_url_control_characters": Problem(ValidationFailed, "must not contain control characters", "url"),
     "webhook_host_unresolved": Problem(ValidationFailed, "the host does not resolve", "url"),
     "webhook_host_private": Problem(
         ValidationFailed, "the host resolves to a loopback, private or link-local address", "url"

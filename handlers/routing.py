@@ -21,8 +21,10 @@ from server.domain.users import authenticate
 from server.runtime.problems import Forbidden, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# "optional": anyone; a request that carries Authorization must carry a valid access
+# token (401 otherwise), and its caller is then known to the handler.
 # "metrics": the METRICS_TOKEN bearer token, when one is configured (else open).
-Auth = Literal["none", "user", "admin", "metrics"]
+Auth = Literal["none", "optional", "user", "admin", "metrics"]
 
 # What a worker's handlers share, set on the app by the composition root (server/app.py).
 CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)
@@ -112,9 +114,10 @@ def guarded(route: Route) -> Handler:
 
 def _authorized(route: Route) -> Handler:
     """The route's handler behind its declared check: "user" needs a valid access
-    token (401 otherwise), "admin" an admin's (403 for anyone else), "metrics" the
-    METRICS_TOKEN when set. The handler finds its caller under PRINCIPAL and never
-    reads `Authorization` itself."""
+    token (401 otherwise), "admin" an admin's (403 for anyone else), "optional" a
+    valid one only when Authorization is sent, "metrics" the METRICS_TOKEN when set.
+    The handler finds its caller under PRINCIPAL (absent for an anonymous caller of
+    an "optional" route) and never reads `Authorization` itself."""
     if route.auth == "none":
         return route.handler
     handler, admin_only = route.handler, route.auth == "admin"
@@ -129,6 +132,16 @@ def _authorized(route: Route) -> Handler:
             return await handler(request)
 
         return scraper
+
+    if route.auth == "optional":
+
+        async def identified(request: web.Request) -> web.StreamResponse:
+            authorization = request.headers.get("Authorization")
+            if authorization is not None:
+                request[PRINCIPAL] = await authenticate(request.app[CONTEXT], authorization)
+            return await handler(request)
+
+        return identified
 
     async def authenticated(request: web.Request) -> web.StreamResponse:
         principal = await authenticate(request.app[CONTEXT], request.headers.get("Authorization"))

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from server.domain import password_rules
 from server.domain.cursors import MAX_CURSOR_LENGTH
 from server.domain.events import EVENT_TYPES
 from server.domain.order_status import Status
@@ -133,7 +134,26 @@ LoginEmail = Annotated[
     *NoNul,
     _trimmed(320),
 ]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=128), *NoNul]
+
+
+def _acceptable_password(value: str) -> str:
+    reason = password_rules.refusal(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+# A new password (registration, profile change, reset): 8..128 characters, not only
+# whitespace (what str.isspace() calls whitespace, spelled out for the document), and
+# not a commonly used one (which no schema can state: the fuzzer's hooks list it).
+_PASSWORD_PATTERN = f"^[^\\u0000]*[^{_TRIMMED}\\u001c-\\u001f\\u0000][^\\u0000]*$"
+Password = Annotated[
+    str,
+    StringConstraints(min_length=8, max_length=128),
+    AfterValidator(_no_nul),
+    AfterValidator(_acceptable_password),
+    WithJsonSchema({"type": "string", "minLength": 8, "maxLength": 128, "pattern": _PASSWORD_PATTERN}),
+]
 UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul, _trimmed(100)]
 ProductName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul, _trimmed(200)

@@ -516,11 +516,23 @@ async def main_async(options: Options) -> None:
             await _configuration(options, pool, workers, webhooks, env, checkout, round_)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
-    asyncio.run(main_async(options))
+    # SIGTERM stops a run as Ctrl-C does: by unwinding through the finally blocks that
+    # stop the configuration's server and drop its database (without this, SIGTERM
+    # ended the process and left both behind).
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        asyncio.run(main_async(options))
+    except KeyboardInterrupt:
+        print("stopped: the running configuration's server was stopped and its database dropped", file=sys.stderr)
+        return 130
     rows = _medians(options.runs)
     command = "python -m loadtests.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (

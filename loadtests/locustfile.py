@@ -13,15 +13,17 @@ of the worker it runs on).
 
 Env: STOREFRONT_ADMIN_EMAIL / STOREFRONT_ADMIN_PASSWORD (the service's ADMIN_EMAIL /
 ADMIN_PASSWORD): needed by the admin journey and to make sure the catalog has
-products before the test starts (LOCUST_MIN_PRODUCTS, default 50).
+products before the test starts (LOCUST_MIN_PRODUCTS, default 50). When they are set
+but the admin cannot log in (an admin with that email existed before with another
+password: ADMIN_PASSWORD never resets it), locust stops at once, saying so in one
+line, with exit code 1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import urllib.request
+import sys
 import uuid
 from collections import deque
 from typing import Any
@@ -29,6 +31,8 @@ from typing import Any
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
+
+from loadtests.service_setup import SetupError, admin_token, call
 
 ADMIN_EMAIL = os.environ.get("STOREFRONT_ADMIN_EMAIL", "")
 ADMIN_PASSWORD = os.environ.get("STOREFRONT_ADMIN_PASSWORD", "")
@@ -54,14 +58,17 @@ def _admin_token(client: Any) -> str | None:
         return token
 
 
-def _call(host: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-    headers = dict(JSON)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(host.rstrip("/") + path, data=data, headers=headers, method=method)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+@events.init.add_listener
+def check_admin(environment: Environment, **_: Any) -> None:
+    """Before anything starts: with admin credentials given, the admin must be able to
+    log in (else the catalog is never seeded and every order fails), or locust stops
+    here with one line saying why."""
+    if isinstance(environment.runner, WorkerRunner) or environment.host is None or not (ADMIN_EMAIL and ADMIN_PASSWORD):
+        return
+    try:
+        admin_token(environment.host, ADMIN_EMAIL, ADMIN_PASSWORD)
+    except SetupError as exc:
+        sys.exit(f"locust: {exc}")
 
 
 @events.test_start.add_listener
@@ -74,17 +81,15 @@ def ensure_catalog(environment: Environment, **_: Any) -> None:
         return
     if environment.host is None or not (ADMIN_EMAIL and ADMIN_PASSWORD):
         return
-    token = _call(environment.host, "POST", "/api/users/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})[
-        "access_token"
-    ]
-    existing = len(_call(environment.host, "GET", "/api/products?limit=100")["items"])
+    token = admin_token(environment.host, ADMIN_EMAIL, ADMIN_PASSWORD)
+    existing = len(call(environment.host, "GET", "/api/products?limit=100")["items"])
     for i in range(existing, MIN_PRODUCTS):
         body = {
             "name": f"{random.choice(SEARCH_TERMS).title()} item {i}",
             "price": random.randint(199, 19999),
             "stock": 1_000_000,
         }
-        _call(environment.host, "POST", "/api/products", body, token)
+        call(environment.host, "POST", "/api/products", body, token)
 
 
 class Browser(FastHttpUser):

@@ -31,7 +31,7 @@ from handlers import api, openapi
 from handlers.routing import CONTEXT, register
 from server.domain import orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
-from server.domain.catalog_cache import CatalogCache, CatalogWatch
+from server.domain.catalog_cache import CatalogCache, CatalogWatch, FreshReadLimit
 from server.domain.context import Context
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor, Supervisor
@@ -308,6 +308,7 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
             provider=app[_PROVIDER] if tracer is None else _traced(app[_PROVIDER], tracer),
             catalog=app[_CATALOG_CACHE],
             liveness=app[_LIVENESS],
+            fresh_reads=FreshReadLimit(config.catalog_fresh_reads_per_ip),
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:

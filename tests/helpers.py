@@ -247,36 +247,76 @@ def session(base_url: str, **kwargs: Any) -> aiohttp.ClientSession:
 
 @dataclass
 class ProviderWatch:
-    """While a provider method runs (held 50 ms), how many calls were in flight at once
-    and what the pool looked like: (idle, size) at each call."""
+    """How many provider calls were in flight at once, and the pool's size at each."""
 
     most_in_flight: int = 0
-    pool_seen: list[tuple[int, int]] = field(default_factory=list)
+    pool_sizes: list[int] = field(default_factory=list)
 
     def holds_no_connection(self, max_pool: int) -> bool:
-        """More calls at once than the pool has connections, the pool never grew, and
-        in most samples a connection was idle: no call held one."""
-        idle_in_most = sum(1 for idle, _ in self.pool_seen if idle >= 1) > len(self.pool_seen) // 2
-        never_grew = all(size <= max_pool for _, size in self.pool_seen)
-        return self.most_in_flight > max_pool and never_grew and idle_in_most
+        """More calls were in flight at once than the pool has connections, and the
+        pool never grew: no call held a pooled connection."""
+        return self.most_in_flight > max_pool and all(size <= max_pool for size in self.pool_sizes)
 
 
-def watch_provider(provider: Any, method: str, pool: Any) -> ProviderWatch:
-    """Replace `provider.<method>` with one that records a ProviderWatch around it."""
-    real, watch, in_flight = getattr(provider, method), ProviderWatch(), [0]
+def watch_provider(provider: Any, method: str, pool: Any, crowd: int = 3, timeout: float = 60.0) -> ProviderWatch:
+    """Replace `provider.<method>` with one that records a ProviderWatch and holds each
+    call until `crowd` calls are in flight at once (a pool smaller than `crowd` cannot
+    serve that many calls that each hold a connection: then the calls never get there
+    and fail after `timeout`). Decided by what happens, not by sampling a window."""
+    real, watch, in_flight, crowded = getattr(provider, method), ProviderWatch(), [0], asyncio.Event()
 
     async def observed(request: Any) -> Any:
         in_flight[0] += 1
         watch.most_in_flight = max(watch.most_in_flight, in_flight[0])
+        if in_flight[0] >= crowd:
+            crowded.set()
         try:
-            await asyncio.sleep(0.05)
-            watch.pool_seen.append((pool.get_idle_size(), pool.get_size()))
+            await asyncio.wait_for(crowded.wait(), timeout)
+            watch.pool_sizes.append(pool.get_size())
             return await real(request)
         finally:
             in_flight[0] -= 1
 
     setattr(provider, method, observed)
     return watch
+
+
+@dataclass
+class ProviderHold:
+    """Calls of one provider method, each held until `release()`: what a test does
+    "while a payment (or refund) is in flight" happens while it certainly is."""
+
+    calling: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def in_flight(self, timeout: float = 30.0) -> None:
+        """Until a call has reached the provider (and is held there)."""
+        await asyncio.wait_for(self.calling.wait(), timeout)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def hold_provider(provider: Any, method: str) -> ProviderHold:
+    """Replace `provider.<method>` with one that waits for the hold's release first."""
+    real, hold = getattr(provider, method), ProviderHold()
+
+    async def held(request: Any) -> Any:
+        hold.calling.set()
+        await hold.released.wait()
+        return await real(request)
+
+    setattr(provider, method, held)
+    return hold
+
+
+async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Until the coroutine function `check` returns true (a generous deadline for a
+    busy machine): tests wait for what they check, never for a while."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{getattr(check, '__name__', 'the condition')} never held"
+        await asyncio.sleep(interval)
 
 
 async def feed(api: Api, query: str = "") -> dict[str, Any]:

@@ -11,11 +11,13 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from aiohttp import web
 
+from handlers.routing import CONTEXT
 from server.domain.shapes import ProductOut, render
 from server.runtime.jsonio import dumps
 from tests.conftest import STOREFRONT_URL
-from tests.helpers import Api, Reply, User, all_events, feed
+from tests.helpers import Api, Reply, User, all_events, feed, hold_provider
 
 
 async def test_events_come_oldest_first_with_the_data_the_api_returned(api: Api, clean_db: str) -> None:
@@ -174,18 +176,19 @@ async def test_a_declined_payment_writes_payment_failed_only(api: Api, clean_db:
     assert (await api.call("GET", f"/api/orders/{order['id']}", token=user.token)).json["status"] == "pending"
 
 
-@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 600}])
 async def test_a_charge_for_an_order_that_can_no_longer_be_paid_writes_payment_failed_only(
-    api: Api, clean_db: str, db: asyncpg.Connection
+    api: Api, app: web.Application, clean_db: str, db: asyncpg.Connection
 ) -> None:
     product = await api.product()
     user = await api.customer()
     order = (await api.order(user, (product["id"], 1))).json
+    hold = hold_provider(app[CONTEXT].provider, "charge")
     paying = asyncio.create_task(api.pay(user, order["id"]))
-    await asyncio.sleep(0.2)
+    await hold.in_flight()
     # Ended outside the rules mid-payment (as in tests/test_payments.py): the charge
     # succeeds, the order is not paid, the payment is recorded failed (and refunded).
     await db.execute("UPDATE orders SET status = 'cancelled', expires_at = NULL WHERE id = $1", order["id"])
+    hold.release()
     refused = await paying
     assert (refused.status, refused.json["failure_reason"]) == (402, "order_not_payable"), refused
     events = await all_events(api, clean_db)

@@ -11,6 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from server.runtime.config import load as load_config
+from server.runtime.config import networks
 from tests.helpers import ROOT
 
 BASE = ROOT / "deploy" / "kubernetes"
@@ -107,3 +109,35 @@ def test_selectors_and_references_match() -> None:
         assert container["envFrom"] == [{"configMapRef": {"name": resources["ConfigMap"]["metadata"]["name"]}}]
         secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
         assert secrets == {"storefront-secrets"}, kind
+
+
+def test_metrics_need_the_metrics_token_from_the_secret() -> None:
+    (api,) = load(BASE)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (token,) = [e for e in api["env"] if e["name"] == "METRICS_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "storefront-secrets"
+    assert not token["valueFrom"]["secretKeyRef"].get("optional", False)
+
+
+def test_client_addresses_are_believed_only_from_the_ingress() -> None:
+    """TRUST_FORWARDED_FOR believes the right-most X-Forwarded-For entry from anyone:
+    a client that reaches a pod directly picks its address. TRUSTED_PROXIES names the
+    ingress controller, and everyone else is their own address."""
+    settings = load(BASE)["ConfigMap"]["data"]
+    config = load_config(environ=settings)
+    assert not config.trust_forwarded_for
+    assert networks(config.trusted_proxies)
+
+
+def test_only_the_ingress_and_prometheus_reach_the_pods() -> None:
+    resources = load(BASE)
+    policy = resources["NetworkPolicy"]["spec"]
+    pod_labels = resources["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert "Ingress" in policy["policyTypes"]
+    sources = []
+    for rule in policy["ingress"]:
+        assert rule["ports"] == [{"port": "http"}]
+        for peer in rule["from"]:  # each names a namespace and the pods in it, never "anyone"
+            assert peer["namespaceSelector"]["matchLabels"] and peer["podSelector"]["matchLabels"], peer
+            sources.append(peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+    assert sorted(sources) == ["ingress-nginx", "prometheus"]

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers import Api, User, invariant_violations
+from tests.helpers import Api, User, eventually, invariant_violations
 
 ORDER_FIELDS = {
     "id", "user_id", "status", "items", "total", "amount_refunded", "currency", "created_at", "updated_at", "expires_at",
@@ -427,8 +427,7 @@ async def test_cancelled_and_expired_orders_can_be_deleted_without_moving_stock(
     assert await api.stock(product["id"]) == 5
     expired = (await api.order(user, (product["id"], 2))).json
     await db.execute("UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = $1", expired["id"])
-    await asyncio.sleep(1.2)  # the sweeper (every 0.5 s in tests) expires it
-    assert (await api.call("GET", f"/api/orders/{expired['id']}", token=user.token)).json["status"] == "expired"
+    await eventually(lambda: _status_is(api, user, expired["id"], "expired"))  # the sweeper (every 0.5 s in tests)
     assert (await api.call("DELETE", f"/api/orders/{expired['id']}", token=user.token)).status == 204
     assert await api.stock(product["id"]) == 5
 
@@ -456,6 +455,11 @@ async def test_admin_can_delete_a_customers_pending_order(api: Api) -> None:
 # --- expiry ---------------------------------------------------------------------------------
 
 
+async def _status_is(api: Api, user: User, order_id: int, status: str) -> bool:
+    reply = await api.call("GET", f"/api/orders/{order_id}", token=user.token)
+    return bool(reply.json["status"] == status)
+
+
 @pytest.mark.parametrize("config_overrides", [{"order_ttl_seconds": 1, "order_sweep_interval_seconds": 60}])
 async def test_a_live_actor_expires_its_order_on_time(api: Api, clean_db: str) -> None:
     """The sweeper is slowed down: the actor's own timer must do it."""
@@ -469,7 +473,8 @@ async def test_a_live_actor_expires_its_order_on_time(api: Api, clean_db: str) -
         json={"items": [{"product_id": product["id"], "quantity": 1}]},
         token=user.token,
     )
-    await asyncio.sleep(1.6)
+    # The sweeper runs every 60 s here: only the actor's timer can expire it this soon.
+    await eventually(lambda: _status_is(api, user, order["id"], "expired"), timeout=30)
     reply = await api.call("GET", f"/api/orders/{order['id']}", token=user.token)
     assert reply.json["status"] == "expired"
     assert reply.json["expires_at"] is None
@@ -482,9 +487,8 @@ async def test_the_sweeper_expires_orders_no_actor_covers(api: Api) -> None:
     user = await api.customer()
     product = await api.product(stock=3)
     orders = [(await api.order(user, (product["id"], 1))).json for _ in range(3)]
-    await asyncio.sleep(2.0)
     for order in orders:
-        assert (await api.call("GET", f"/api/orders/{order['id']}", token=user.token)).json["status"] == "expired"
+        await eventually(lambda order=order: _status_is(api, user, order["id"], "expired"))
     assert await api.stock(product["id"]) == 3
     assert (await api.pay(user, orders[0]["id"])).status == 409
 

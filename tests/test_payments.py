@@ -13,7 +13,7 @@ from db import idempotency as idempotency_db
 from handlers.routing import CONTEXT
 from server.app import Options, create_app
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, User, invariant_violations, watch_provider
+from tests.helpers import Api, User, eventually, hold_provider, invariant_violations, watch_provider
 
 PAYMENT_FIELDS = {
     "id",
@@ -208,12 +208,15 @@ async def test_same_key_with_another_body_is_422(api: Api, db: asyncpg.Connectio
     assert await _charges(db) == 1
 
 
-@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 600}])
-async def test_same_key_while_the_first_is_in_flight_is_409(api: Api, db: asyncpg.Connection) -> None:
+async def test_same_key_while_the_first_is_in_flight_is_409(
+    api: Api, app: web.Application, db: asyncpg.Connection
+) -> None:
     user, order = await _pending_order(api)
+    hold = hold_provider(app[CONTEXT].provider, "charge")
     first = asyncio.create_task(api.pay(user, order["id"], key="slow"))
-    await asyncio.sleep(0.2)
+    await hold.in_flight()
     assert (await api.pay(user, order["id"], key="slow")).status == 409
+    hold.release()
     assert (await first).status == 201
     assert (await api.pay(user, order["id"], key="slow")).status == 201
     assert await _charges(db) == 1
@@ -288,15 +291,15 @@ async def test_an_unknown_outcome_is_202_pending_until_reconciled(
     assert (await api.pay(user, order["id"])).status == 201
 
 
-@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 800}])
 async def test_while_a_payment_is_in_flight_another_process_cannot_change_the_order(
-    api: Api, aiohttp_client: Any, clean_db: str
+    api: Api, app: web.Application, aiohttp_client: Any, clean_db: str
 ) -> None:
     other_config = make_config(clean_db)
     other = Api(await aiohttp_client(create_app(other_config, Options(dsn=clean_db, jwt_secret=JWT_SECRET))))
     user, order = await _pending_order(api)
+    hold = hold_provider(app[CONTEXT].provider, "charge")
     paying = asyncio.create_task(api.pay(user, order["id"]))
-    await asyncio.sleep(0.3)
+    await hold.in_flight()
     path = f"/api/orders/{order['id']}"
     product_id = order["items"][0]["product_id"]
     for method, body in (
@@ -308,28 +311,37 @@ async def test_while_a_payment_is_in_flight_another_process_cannot_change_the_or
         assert reply.status == 409, (method, body, reply)
         assert "payment" in reply.json["detail"]
     assert (await other.pay(user, order["id"])).status == 409
+    hold.release()
     assert (await paying).status == 201
 
 
-@pytest.mark.parametrize(
-    "config_overrides",
-    [{"payment_provider_latency_ms": 1500, "order_ttl_seconds": 1, "order_sweep_interval_seconds": 0.2}],
-)
-async def test_the_sweeper_skips_an_order_whose_payment_is_in_flight(api: Api) -> None:
+@pytest.mark.parametrize("config_overrides", [{"order_sweep_interval_seconds": 0.2}])
+async def test_the_sweeper_skips_an_order_whose_payment_is_in_flight(
+    api: Api, app: web.Application, db: asyncpg.Connection
+) -> None:
     user, order = await _pending_order(api)
-    await asyncio.sleep(0.3)
-    reply = await api.pay(user, order["id"])  # passes the expiry while the provider works
+    hold = hold_provider(app[CONTEXT].provider, "charge")
+    paying = asyncio.create_task(api.pay(user, order["id"]))
+    await hold.in_flight()
+    # The order passes its expiry while the provider works, and sweeps come and go.
+    await db.execute("UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = $1", order["id"])
+    await asyncio.sleep(1.0)  # five sweeps (a window for the sweeper to do wrong, not a condition to pass)
+    hold.release()
+    reply = await paying
     assert reply.status == 201
     assert await _order_status(api, user, order["id"]) == "paid"
 
 
-@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 600}])
-async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(api: Api, db: asyncpg.Connection) -> None:
+async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(
+    api: Api, app: web.Application, db: asyncpg.Connection
+) -> None:
     user, order = await _pending_order(api)
+    hold = hold_provider(app[CONTEXT].provider, "charge")
     paying = asyncio.create_task(api.pay(user, order["id"]))
-    await asyncio.sleep(0.2)
+    await hold.in_flight()
     # Something outside the rules (an operator, a bug) ends the order mid-payment.
     await db.execute("UPDATE orders SET status = 'cancelled', expires_at = NULL WHERE id = $1", order["id"])
+    hold.release()
     reply = await paying
     assert reply.status == 402
     assert reply.json["failure_reason"] == "order_not_payable"
@@ -364,7 +376,7 @@ async def test_charge_invariants_hold_after_normal_payments(api: Api, clean_db: 
     "config_overrides", [{"payment_provider_latency_ms": 3000, "payment_reconcile_interval_seconds": 60}]
 )
 async def test_a_payment_whose_process_is_gone_is_settled_at_once(
-    api: Api, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+    api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
 ) -> None:
     """A pending payment whose owner holds no liveness lock (its process died) is
     settled by another process's reconciler (every 0.5 s here), not after its lease;
@@ -372,15 +384,18 @@ async def test_a_payment_whose_process_is_gone_is_settled_at_once(
     1.5 s after it started) charges nothing."""
     await aiohttp_client(create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
     user, order = await _pending_order(api)
+    hold = hold_provider(app[CONTEXT].provider, "charge")
     paying = asyncio.create_task(api.pay(user, order["id"]))
-    await asyncio.sleep(0.3)
+    await hold.in_flight()
     # Nobody holds liveness lock 1 (ids are random): as if the process had died.
     assert await db.execute("UPDATE payments SET worker = 1 WHERE status = 'pending'") == "UPDATE 1"
-    for _ in range(30):
-        if await db.fetchval("SELECT status FROM payments") != "pending":
-            break
-        await asyncio.sleep(0.1)
+
+    async def settled() -> bool:
+        return bool(await db.fetchval("SELECT status FROM payments") != "pending")
+
+    await eventually(settled, timeout=15)  # well within the lease (25 s): settled because its process is gone
     assert await db.fetchval("SELECT failure_reason FROM payments") == "not_charged"
+    hold.release()  # the charge that was on its way reaches the provider now
     reply = await paying
     assert (reply.status, reply.json["failure_reason"]) == (402, "not_charged")
     assert await _charges(db) == 0  # the late charge found its key void

@@ -82,7 +82,9 @@ async def test_a_request_that_waits_past_the_deadline_gets_timeout(tiny_db: Data
     with pytest.raises(TimeoutError):
         async with tiny_db.connection():
             pass
-    assert 0.25 <= time.monotonic() - started < 1.0
+    # Not before the deadline (0.3 s); and it does end (the bound only catches a hang:
+    # a busy machine may answer late).
+    assert 0.25 <= time.monotonic() - started < 10.0
     for holder in holders:
         await holder.__aexit__(None, None, None)
     assert await tiny_db.fetchval("SELECT 1") == 1  # the slots came back

@@ -13,7 +13,7 @@ from aiohttp import web
 from handlers.routing import CONTEXT
 from server.app import Options, create_app
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, Reply, User, invariant_violations, watch_provider
+from tests.helpers import Api, Reply, User, hold_provider, invariant_violations, watch_provider
 
 REFUND_FIELDS = {
     "id",
@@ -396,12 +396,15 @@ async def test_a_payments_key_used_for_a_refund_is_422(api: Api) -> None:
     assert (await _refund(api, paid.json["id"], key="shared-key")).status == 422
 
 
-@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 800}])
-async def test_same_key_while_the_first_is_in_flight_is_409(api: Api, db: asyncpg.Connection) -> None:
+async def test_same_key_while_the_first_is_in_flight_is_409(
+    api: Api, app: web.Application, db: asyncpg.Connection
+) -> None:
     _, _, payment = await _paid(api)
+    hold = hold_provider(app[CONTEXT].provider, "refund")
     first = asyncio.create_task(_refund(api, payment["id"], key="slow"))
-    await asyncio.sleep(0.3)
+    await hold.in_flight()
     assert (await _refund(api, payment["id"], key="slow")).status == 409
+    hold.release()
     assert (await first).status == 201
     assert (await _refund(api, payment["id"], key="slow")).status == 201
     assert len(await _provider_refunds(db)) == 1
@@ -415,19 +418,20 @@ async def test_an_unusable_key_is_422(api: Api) -> None:
 # --- the ceiling ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 800}])
 async def test_while_a_refund_is_in_flight_in_one_process_another_cannot_take_its_part(
-    api: Api, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+    api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
 ) -> None:
     other_app = create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET))
     other = Api(await aiohttp_client(other_app))
     _, order, payment = await _paid(api)
+    hold = hold_provider(app[CONTEXT].provider, "refund")
     first = asyncio.create_task(_refund(api, payment["id"], amount=700))
-    await asyncio.sleep(0.3)
+    await hold.in_flight()
     assert (await _refund(other, payment["id"], amount=301)).status == 409
     # Whether a refund completes the amount is unknown while another is in flight.
     restock = await _refund(other, payment["id"], restock=True)
     assert restock.status == 409, restock
+    hold.release()
     assert (await first).status == 201
     assert (await _refund(other, payment["id"], amount=300, restock=True)).status == 201
     assert [tuple(r) for r in await _provider_refunds(db)] == [(300, "succeeded"), (700, "succeeded")]
@@ -518,7 +522,7 @@ async def test_an_unknown_outcome_is_202_pending_until_reconciled(
 
 async def _wait_settled(api: Api, payment_id: int) -> dict[str, Any]:
     admin = await api.admin_user()
-    for _ in range(50):
+    for _ in range(150):  # 15 s at most: well within the lease (25 s), generous for a busy machine
         items = (await api.call("GET", f"/api/payments/{payment_id}/refunds", token=admin.token)).json["items"]
         if items and items[0]["status"] != "pending":
             refund: dict[str, Any] = items[0]
@@ -540,7 +544,7 @@ async def test_a_slow_but_live_process_keeps_its_refund(api: Api, db: asyncpg.Co
     "config_overrides", [{"payment_provider_latency_ms": 3000, "payment_reconcile_interval_seconds": 60}]
 )
 async def test_a_refund_whose_process_is_gone_is_settled_at_once(
-    api: Api, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+    api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
 ) -> None:
     """A pending refund whose owner holds no liveness lock (its process died) is
     settled by another process's reconciler (every 0.5 s here) long before its
@@ -548,12 +552,14 @@ async def test_a_refund_whose_process_is_gone_is_settled_at_once(
     way (it lands 1.5 s after it started) refunds nothing."""
     await aiohttp_client(create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
     _, _, payment = await _paid(api)
+    hold = hold_provider(app[CONTEXT].provider, "refund")
     refunding = asyncio.create_task(_refund(api, payment["id"]))
-    await asyncio.sleep(0.3)
+    await hold.in_flight()
     # Nobody holds liveness lock 1 (ids are random): as if the process had died.
     assert await db.execute("UPDATE refunds SET worker = 1 WHERE status = 'pending'") == "UPDATE 1"
     settled = await _wait_settled(api, payment["id"])
     assert (settled["status"], settled["failure_reason"]) == ("failed", "not_refunded")
+    hold.release()  # the refund that was on its way reaches the provider now
     reply = await refunding
     assert reply.status == 402
     assert reply.json["failure_reason"] == "not_refunded"

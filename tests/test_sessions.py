@@ -394,6 +394,18 @@ async def test_confirm_with_a_password_outside_8_to_128_is_422(api: Api, db: asy
     assert (await api.call("POST", CONFIRM, json={"token": token, "password": "reset-password-1"})).status == 204
 
 
+@pytest.mark.parametrize("password", ["password", "Baseball1", " " * 12])
+async def test_confirm_with_a_common_or_whitespace_password_is_422(
+    api: Api, db: asyncpg.Connection, password: str
+) -> None:
+    user = await api.customer()
+    token = await _request_reset(api, db, user)
+    reply = await api.call("POST", CONFIRM, json={"token": token, "password": password})
+    assert reply.status == 422, reply
+    assert (await api.login(user.email, user.password)).status == 200
+    assert (await api.call("POST", CONFIRM, json={"token": token, "password": "reset-password-1"})).status == 204
+
+
 @pytest.mark.parametrize("email", ["not-an-email", "\n" + "a" * 310 + "@example.com", 7])
 async def test_a_reset_request_for_something_that_is_not_an_email_is_422(api: Api, email: object) -> None:
     assert (await api.call("POST", RESET, json={"email": email})).status == 422

@@ -18,6 +18,15 @@ from server.runtime.metrics import Metrics
 from tests.helpers import Api
 
 
+async def until(condition: Any, timeout: float = 30.0) -> None:
+    """Wait for `condition()` to hold (a generous deadline, for a busy machine): tests
+    wait for what they check, never for a while."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
 def make_supervisor(**overrides: Any) -> OrderSupervisor:
     async def expire(order_id: int) -> None:
         return None
@@ -48,9 +57,11 @@ async def test_different_orders_run_concurrently() -> None:
     supervisor = make_supervisor()
     started = asyncio.Event()
 
+    release = asyncio.Event()
+
     async def slow(actor: OrderActor) -> str:
         started.set()
-        await asyncio.sleep(0.5)
+        await release.wait()  # until the other order's command has run
         return "slow"
 
     async def quick(actor: OrderActor) -> str:
@@ -58,23 +69,28 @@ async def test_different_orders_run_concurrently() -> None:
 
     slow_task = asyncio.create_task(supervisor.ask(1, slow))
     await started.wait()
-    assert await asyncio.wait_for(supervisor.ask(2, quick), 0.2) == "quick"
+    # Were orders served one after another, this would wait for `slow`, which waits for it.
+    assert await asyncio.wait_for(supervisor.ask(2, quick), 30) == "quick"
+    release.set()
     assert await slow_task == "slow"
     await supervisor.drain(1)
 
 
 async def test_an_idle_actor_stops_and_leaves_nothing_behind() -> None:
     supervisor = make_supervisor(idle_seconds=0.05)
+    release, running = asyncio.Event(), [0]
 
-    async def noop(actor: OrderActor) -> None:
-        return None
+    async def hold(actor: OrderActor) -> None:
+        running[0] += 1
+        await release.wait()  # every actor stays busy until all 50 are alive
 
-    for order_id in range(50):
-        await supervisor.ask(order_id, noop)
+    asks = [asyncio.create_task(supervisor.ask(order_id, hold)) for order_id in range(50)]
+    await until(lambda: running[0] == 50)
     assert supervisor.live_count == 50
-    await asyncio.sleep(0.2)
-    assert supervisor.live_count == 0
-    assert len(supervisor.scheduler) == 0
+    release.set()
+    await asyncio.gather(*asks)
+    # Each stops once idle for 0.05 s: its entry goes, then its job ends.
+    await until(lambda: supervisor.live_count == 0 and len(supervisor.scheduler) == 0)
     await supervisor.drain(1)
 
 
@@ -105,15 +121,16 @@ async def test_a_crashed_actor_is_replaced_and_queued_commands_still_run() -> No
 
 async def test_a_full_mailbox_refuses_with_503() -> None:
     supervisor = make_supervisor(mailbox_size=1)
-    release = asyncio.Event()
+    release, started = asyncio.Event(), asyncio.Event()
 
     async def block(actor: OrderActor) -> None:
+        started.set()
         await release.wait()
 
     busy = asyncio.create_task(supervisor.ask(1, block))
-    await asyncio.sleep(0.01)
+    await started.wait()  # running: the mailbox is empty
     queued = asyncio.create_task(supervisor.ask(1, block))
-    await asyncio.sleep(0.01)
+    await until(lambda: supervisor.queued_count == 1)
     with pytest.raises(Refusal) as refused:
         await supervisor.ask(1, block)
     assert problem_for(refused.value).headers["Retry-After"]
@@ -164,7 +181,7 @@ async def test_the_number_of_live_actors_is_bounded() -> None:
         await release.wait()
 
     tasks = [asyncio.create_task(supervisor.ask(i, block)) for i in (1, 2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: supervisor.live_count == 2)
     with pytest.raises(Refusal):
         await supervisor.ask(3, block)
     release.set()
@@ -229,16 +246,28 @@ async def test_an_actor_that_raises_answers_500_and_the_next_command_gets_a_fres
     assert await api.stock(product["id"]) == 3
 
 
-@pytest.mark.parametrize("config_overrides", [{"actor_mailbox_size": 1, "payment_provider_latency_ms": 800}])
-async def test_a_full_mailbox_gives_503_with_retry_after(api: Api) -> None:
+@pytest.mark.parametrize("config_overrides", [{"actor_mailbox_size": 1}])
+async def test_a_full_mailbox_gives_503_with_retry_after(
+    api: Api, app: web.Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = app[CONTEXT]
     user = await api.customer()
     product = await api.product()
     order = (await api.order(user, (product["id"], 1))).json
-    paying = asyncio.create_task(api.pay(user, order["id"]))  # occupies the actor
-    await asyncio.sleep(0.2)
+    charging, release, charge = asyncio.Event(), asyncio.Event(), ctx.provider.charge
+
+    async def held_charge(request: Any) -> Any:
+        charging.set()
+        await release.wait()  # the payment occupies the actor until the test says
+        return await charge(request)
+
+    monkeypatch.setattr(ctx.provider, "charge", held_charge)
+    paying = asyncio.create_task(api.pay(user, order["id"]))
+    await asyncio.wait_for(charging.wait(), 30)
     queued = asyncio.create_task(api.call("DELETE", f"/api/orders/{order['id']}", token=user.token))
-    await asyncio.sleep(0.1)
+    await until(lambda: ctx.supervisor.queued_count == 1)
     refused = await api.call("PUT", f"/api/orders/{order['id']}", json={"status": "cancelled"}, token=user.token)
+    release.set()
     assert refused.status == 503
     assert int(refused.headers["Retry-After"]) >= 1
     assert refused.content_type == "application/problem+json"

@@ -29,6 +29,8 @@ from tests.webhook_receiver import Receiver
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
+# The caller's context is believed only when a setting says so (or from a trusted proxy).
+TRUSTING = {"access_log": True, **FAST_DELIVERY, "otel_trust_incoming_context": True}
 
 
 @pytest.fixture
@@ -70,6 +72,7 @@ def _spans_of(exporter: InMemorySpanExporter, trace_id: str) -> list[ReadableSpa
     return [s for s in exporter.get_finished_spans() if s.context and format(s.context.trace_id, "032x") == trace_id]
 
 
+@pytest.mark.parametrize("config_overrides", [TRUSTING])
 async def test_a_payment_is_one_trace_under_the_callers_traceparent(api: Api, exporter: InMemorySpanExporter) -> None:
     customer, product = await api.customer(), await api.product(stock=5)
     order = await api.order(customer, (product["id"], 1))
@@ -96,6 +99,7 @@ async def test_a_payment_is_one_trace_under_the_callers_traceparent(api: Api, ex
     assert all(span.parent is not None and span.parent.span_id in span_ids for span in spans if span is not route)
 
 
+@pytest.mark.parametrize("config_overrides", [TRUSTING])
 async def test_the_requests_log_lines_carry_its_trace_id(api: Api, json_log: io.StringIO) -> None:
     reply = await api.call("GET", "/api/products", headers={"traceparent": TRACEPARENT, "X-Request-ID": "traced-1"})
     assert reply.status == 200
@@ -111,6 +115,38 @@ async def test_a_request_without_traceparent_starts_a_trace_of_its_own(
     await api.call("GET", "/api/products")
     (route,) = [span for span in exporter.get_finished_spans() if span.name == "GET /api/products"]
     assert route.parent is None
+
+
+async def test_a_clients_traceparent_is_not_continued_by_default(api: Api, exporter: InMemorySpanExporter) -> None:
+    reply = await api.call("GET", "/api/products", headers={"traceparent": TRACEPARENT})
+    assert reply.status == 200
+    assert _spans_of(exporter, TRACE_ID) == []
+    (route,) = [span for span in exporter.get_finished_spans() if span.name == "GET /api/products"]
+    assert route.parent is None  # a trace of its own
+
+
+@pytest.mark.parametrize("config_overrides", [{"trusted_proxies": "127.0.0.1"}])
+async def test_a_traceparent_from_a_trusted_proxy_is_continued(api: Api, exporter: InMemorySpanExporter) -> None:
+    reply = await api.call("GET", "/api/products", headers={"traceparent": TRACEPARENT})
+    assert reply.status == 200
+    (route,) = [span for span in _spans_of(exporter, TRACE_ID) if span.name == "GET /api/products"]
+    assert route.parent is not None and format(route.parent.span_id, "016x") == CALLER_SPAN_ID
+
+
+async def test_with_sampling_at_zero_a_clients_sampled_traceparent_exports_nothing(
+    aiohttp_client: Any, config: Config, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK reads its sampler from the environment when the provider is made.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    options = Options(
+        dsn=config.database_url or "", jwt_secret=JWT_SECRET, span_processor=SimpleSpanProcessor(exporter)
+    )
+    api = Api(await aiohttp_client(create_app(config, options)))
+    for _ in range(5):
+        reply = await api.call("GET", "/api/products", headers={"traceparent": TRACEPARENT})
+        assert reply.status == 200
+    assert exporter.get_finished_spans() == ()
 
 
 def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:

@@ -62,6 +62,34 @@ async def test_register_accepts_limits_8_and_128_password_and_100_name(api: Api)
     assert (await api.register(password="p" * 128)).status == 201
 
 
+# Passwords that are too easy to guess (the contract's "Passwords", 2026-12-05).
+COMMON_PASSWORDS = ["password", "PASSWORD1", "Sunshine", "qwertyuiop", "iloveyou"]
+WHITESPACE_PASSWORDS = [" " * 8, "\t" * 9, "\u3000" * 8, " \n \r\n   \u00a0"]
+
+
+@pytest.mark.parametrize("password", COMMON_PASSWORDS + WHITESPACE_PASSWORDS)
+async def test_registering_with_a_common_or_whitespace_password_is_422(api: Api, password: str) -> None:
+    email = unique_email()
+    reply = await api.register(email, password)
+    assert reply.status == 422, reply
+    assert [e["field"] for e in reply.json["errors"]] == ["password"]
+    assert (await api.login(email, password)).status == 401
+
+
+@pytest.mark.parametrize("password", COMMON_PASSWORDS + WHITESPACE_PASSWORDS)
+async def test_changing_to_a_common_or_whitespace_password_is_422(api: Api, password: str) -> None:
+    user = await api.customer()
+    reply = await api.call(
+        "PUT", "/api/users/profile", json={"password": password, "current_password": user.password}, token=user.token
+    )
+    assert reply.status == 422, reply
+    assert (await api.login(user.email, user.password)).status == 200
+
+
+async def test_a_password_with_spaces_around_other_characters_is_accepted(api: Api) -> None:
+    assert (await api.register(password="  a b c d  ")).status == 201
+
+
 async def test_nobody_can_register_as_admin(api: Api) -> None:
     body = {"email": unique_email(), "password": "password-123", "name": "Eve", "role": "admin"}
     reply = await api.call("POST", "/api/users/register", json=body)

@@ -73,7 +73,9 @@ class Receiver:
     def events(self, path: str = "/hook") -> list[Any]:
         return [r.event for r in self.received if r.path == path]
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+        # Generous: a transaction left open anywhere on a shared PostgreSQL server holds
+        # the outbox back (README, "Events and webhooks"), and CI machines are busy.
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:

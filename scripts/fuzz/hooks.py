@@ -32,6 +32,7 @@ DATA_DEPENDENT_422 = (
     "cursor is invalid or belongs to another query",  # only cursors the service issued
     "the host does not resolve",  # a webhook's URL: DNS, at the time of the request
     "the host resolves to a loopback, private or link-local address",  # ... and where it points
+    "is one of the most commonly used passwords",  # a new password: on the list of common ones
 )
 
 

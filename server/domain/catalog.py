@@ -1,12 +1,11 @@
 """The catalog as the API sends it: product and list representations with their
 ETags, answered from the in-process cache when it may (server/domain/catalog_cache.py).
 
-ETags are versions, not hashes of bodies: a product's is its id and the transaction
-id of its current row version (`xmin`), which changes with every change of the row;
-a page's is a digest of its query and the ids and versions of its rows. A body is
-the same bytes for the same versions, so the ETags are strong. (A standby replays
-the primary's row versions, xmin included: the same version has the same ETag on
-both.)
+An ETag is a digest of the body it stands for (BLAKE2b, 128 bits): it changes
+exactly when the representation does, is the same on every process, replica and
+standby, and tells nothing about the database (the transaction ids of row versions
+that ETags showed before are a counter of the server's write traffic). Strong, since
+it names the bytes.
 
 Anonymous reads that miss the cache go to the standby when DATABASE_READ_URL names
 one and it is fresh enough for them (`_read`); what they find is cached only when the
@@ -31,9 +30,17 @@ from server.runtime.standby import ReadTarget
 
 T = TypeVar("T")
 
-# Part of every ETag: bump it when the representation's format changes, so that
-# clients holding tags of the old format get the new one.
-_FORMAT = "1"
+
+def _etag(body: bytes) -> str:
+    return f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+
+
+def fresh_read_allowed(ctx: Context, client: str) -> bool:
+    """Whether a read that asks to bypass the caches (a reload, or a valid token) from
+    this client address gets its fresh read: at most CATALOG_FRESH_READS_PER_IP a
+    second per address (in each worker); beyond that it is served like an anonymous
+    read, never refused."""
+    return ctx.fresh_reads.allow(client)
 
 
 async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
@@ -46,7 +53,8 @@ async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
     epoch = cache.epoch
     own_change = cache.own_changes.of_product(product_id)
     row, covered = await _read(ctx, fresh, own_change, lambda reads: products.get(reads, product_id))
-    entry = Representation(f'"{_FORMAT}.{product_id}.{row["version"]}"', dumps(render(ProductOut, row)))
+    body = dumps(render(ProductOut, row))
+    entry = Representation(_etag(body), body)
     if covered > cache.known_changes.of_product(product_id):
         cache.put(product_id, entry, epoch)
     return entry
@@ -74,12 +82,8 @@ async def page(
         cache.own_changes.of_any(),
         lambda reads: products.page(ctx, reads, sort, filters, cursor, limit),
     )
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=12)
-    for row in rows:
-        digest.update(f"|{row['id']}.{row['version']}".encode())
-    digest.update(b"|more" if next_cursor else b"|end")
     body = dumps({"items": [render(ProductOut, row) for row in rows], "next_cursor": next_cursor})
-    entry = Representation(f'"{_FORMAT}.l.{digest.hexdigest()}"', body)
+    entry = Representation(_etag(body), body)
     if covered > cache.known_changes.of_any():
         cache.put(key, entry, epoch, is_list=True)
     return entry

@@ -65,6 +65,43 @@ _ENTRY_OVERHEAD = 200
 CHANGE_MEMORY_SECONDS = 1.0
 
 
+class FreshReadLimit:
+    """Token buckets per client address for the catalog reads that bypass the caches
+    (and the standby, and nginx's limit for anonymous searches): `per_second` tokens a
+    second, as many at most, one per read; 0 turns the limit off.
+
+    Kept in the worker, not in the database: fresh reads are the hot read path's
+    expensive side, and a counter in PostgreSQL would add a write to each of them,
+    the very load the limit is there to bound. So the limit holds per worker (a
+    replica with WORKERS=2 lets an address have up to twice as many). A bucket left
+    alone for a second is full again, which is what a missing one means: buckets are
+    forgotten after a second, so memory follows the addresses of the last second."""
+
+    __slots__ = ("_buckets", "_per_second", "_swept_at")
+
+    def __init__(self, per_second: int) -> None:
+        self._per_second = float(per_second)
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+        self._swept_at = time.monotonic()
+
+    def allow(self, address: str) -> bool:
+        rate = self._per_second
+        if rate == 0:
+            return True
+        now = time.monotonic()
+        buckets = self._buckets
+        if now - self._swept_at >= 1.0:
+            self._buckets = buckets = {a: b for a, b in buckets.items() if now - b[1] < 1.0}
+            self._swept_at = now
+        tokens, then = buckets.get(address, (rate, now))
+        tokens = min(rate, tokens + (now - then) * rate)
+        if tokens < 1.0:
+            buckets[address] = (tokens, now)
+            return False
+        buckets[address] = (tokens - 1.0, now)
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class Representation:
     etag: str

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from db.pool import Database
 from server.domain.auth import Passwords, Tokens
-from server.domain.catalog_cache import CatalogCache
+from server.domain.catalog_cache import CatalogCache, FreshReadLimit
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
 from server.domain.payments.provider import PaymentProvider
@@ -35,6 +35,8 @@ class Context:
     catalog: CatalogCache
     # This process's liveness lock: in-flight payments and refunds name its worker id.
     liveness: Liveness
+    # Catalog reads that bypass the caches, per client address (CATALOG_FRESH_READS_PER_IP).
+    fresh_reads: FreshReadLimit
 
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""

@@ -143,7 +143,9 @@ class DeliveryAttemptOut(Shape):
     event_type: str
     attempt: int
     status: Literal["succeeded", "failed", "pending"] = Field(
-        description="pending: this attempt failed and the delivery is retried at next_attempt_at."
+        description="The attempt's own outcome: succeeded (a 2xx answer) or failed (anything else, also when "
+        "a retry follows: then next_attempt_at says when). pending only while an attempt is scheduled or in "
+        "flight; the log lists attempts once made."
     )
     response_status: int | None
     error: str | None

@@ -67,16 +67,42 @@ def new_secret() -> str:
 # --- targets ------------------------------------------------------------------------------
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: NAT64's well-known
+# prefix (RFC 6052) and the deprecated IPv4-compatible addresses (RFC 4291).
+_IPV4_IN_LOW_BITS = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+
+
 def address_allowed(address: str) -> bool:
     """Only public unicast addresses: never loopback, private, link-local, shared,
-    reserved, multicast or unspecified ones (nor IPv4 hidden in IPv6)."""
+    reserved, multicast or unspecified ones. An IPv6 address that embeds an IPv4 one
+    (IPv4-mapped, IPv4-compatible, 6to4, NAT64) is judged by the IPv4 address it
+    reaches; a site-local one (fec0::/10, deprecated but still routed inside some
+    networks) is never public, whatever `is_global` says of it."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return embedded.is_global and not embedded.is_multicast
     return ip.is_global and not ip.is_multicast
 
 
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in prefix for prefix in _IPV4_IN_LOW_BITS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
 def _parse_target(url: str) -> URL:
+    # Control characters (CR and LF above all) have no place in a URL: stored, they
+    # would reach logs, receivers' tooling and any header built from the URL.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise Refusal("webhook_url_control_characters")
     try:
         target = URL(url)
     except ValueError:

@@ -3,7 +3,7 @@
 With WORKERS=1 the main process serves. With more, it becomes a small supervisor:
 it starts the workers (`python -m server worker`, each with its own pool and
 actors; the kernel spreads connections over them), restarts one that dies, and on
-SIGTERM or SIGINT forwards the signal and waits for all of them to drain and exit.
+SIGTERM, SIGINT or SIGHUP forwards the signal and waits for all of them to drain and exit.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
         return _Worker(index, process, time.monotonic(), failures)
 
     workers = [start(i) for i in range(config.workers)]
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
+        signal.signal(signum, on_signal)
     try:
         while True:
             time.sleep(_POLL_SECONDS)

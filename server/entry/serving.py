@@ -79,7 +79,7 @@ def make_runner(app: web.Application, config: Config) -> Runner:
 
 
 async def serve(config: Config, options: Options, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and return."""
+    """Serve until SIGTERM, SIGINT or SIGHUP, then drain and return."""
     app = create_app(config, options)
     runner = make_runner(app, config)
     await runner.setup()
@@ -88,7 +88,10 @@ async def serve(config: Config, options: Options, *, reuse_port: bool = False) -
     log.info("serving", extra={"host": config.host, "port": config.port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: closing the terminal that runs the service must stop it the same
+    # way (its default action would end the process at once, leaving the embedded
+    # PostgreSQL running).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining in-flight requests")

@@ -23,6 +23,16 @@ from server.runtime.config import Config
 # Receivers' answers are read up to this much (kept in the log as a hint), no more.
 _BODY_LIMIT = 1024
 _ERROR_CHARS = 300
+_REFUSED = "refused: the target is not a public address"
+
+
+class RefusedTarget(OSError):
+    """A send refused because the target is not a public address. What the name
+    resolved to stays out of the error: the delivery log would show an admin the
+    internal network's DNS answers."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EACCES, _REFUSED)
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -45,10 +55,8 @@ class _PublicOnlyResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        refused = [r["host"] for r in results if not address_allowed(r["host"])]
-        if refused:
-            # errno and strerror: aiohttp's connection error shows the strerror.
-            raise OSError(errno.EACCES, f"{host} resolves to a non-public address ({', '.join(refused)})")
+        if not all(address_allowed(r["host"]) for r in results):
+            raise RefusedTarget()
         return results
 
     async def close(self) -> None:
@@ -92,7 +100,11 @@ class HttpSender:
                 answer = await response.content.read(_BODY_LIMIT)
         except TimeoutError:
             return Sent(None, f"no answer within {self._timeout:g} s")
+        except RefusedTarget:
+            return Sent(None, _REFUSED)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            if isinstance(exc.__cause__, RefusedTarget):  # raised by the resolver, wrapped by aiohttp
+                return Sent(None, _REFUSED)
             return Sent(None, f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS])
         if 200 <= response.status < 300:
             return Sent(response.status, None)
@@ -109,7 +121,7 @@ class HttpSender:
         except ValueError:
             return  # a name: the resolver checks what it resolves to
         if not address_allowed(host):
-            raise OSError(f"{host} is not a public address")
+            raise RefusedTarget()
 
     async def close(self) -> None:
         await self._session.close()

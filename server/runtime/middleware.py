@@ -13,14 +13,16 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from ipaddress import ip_address
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from opentelemetry import propagate
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
 
 from db.pool import end_request, is_outage, new_request
-from server.runtime.config import Config
+from server.runtime.config import Config, networks
 from server.runtime.logs import request_id_var
 from server.runtime.metrics import Metrics
 from server.runtime.problems import ApiError, problem, problem_response
@@ -134,7 +136,7 @@ def make_middleware(config: Config, metrics: Metrics, tracer: Tracer | None = No
             if origins and (origin := cors_origin(request)) is not None:
                 headers["Access-Control-Allow-Origin"] = origin
                 headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
-                headers["Vary"] = "Origin"
+                headers["Vary"] = f"{headers['Vary']}, Origin" if "Vary" in headers else "Origin"
             if record_metrics or log_access:
                 elapsed = time.perf_counter() - started
                 if record_metrics:
@@ -157,15 +159,33 @@ def make_middleware(config: Config, metrics: Metrics, tracer: Tracer | None = No
     if tracer is None:
         return web.middleware(handle)
 
+    trust_any, proxies = config.otel_trust_incoming_context, networks(config.trusted_proxies)
+
+    def parent(request: web.Request) -> Context:
+        """The caller's trace context when it may be believed: from anyone with
+        OTEL_TRUST_INCOMING_CONTEXT, else only from a trusted proxy. Anyone else gets a
+        new root, which our sampler decides on: a client's `traceparent` must not choose
+        the trace id, nor have spans exported that the sampling would not keep."""
+        if not trust_any:
+            if not proxies:
+                return Context()
+            try:
+                peer = ip_address(request.remote or "")
+            except ValueError:
+                return Context()
+            if not any(peer in network for network in proxies):
+                return Context()
+        return propagate.extract(request.headers)
+
     @web.middleware
     async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
         """The request in a server span named by route template (continuing the
-        caller's trace when it sent a `traceparent`), current while the handler runs
-        and while its log lines are written."""
+        caller's trace when it sent a `traceparent` and may be believed), current while
+        the handler runs and while its log lines are written."""
         route = _route_name(request)
         with tracer.start_as_current_span(
             f"{request.method} {route}",
-            context=propagate.extract(request.headers),
+            context=parent(request),
             kind=SpanKind.SERVER,
             attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
         ) as span:
