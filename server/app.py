@@ -21,12 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import aiojobs
+import asyncpg
 from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Tracer
 
 from db import idempotency, maintenance, password_resets, rate_limits, sessions
-from db.pool import Database, create_database
+from db.pool import Database, SessionWatcher, create_database
 from handlers import api, openapi
 from handlers.routing import CONTEXT, register
 from server.domain import orders, users, webhooks
@@ -68,6 +69,7 @@ _PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords", Passwords)
 _SCHEDULER: web.AppKey[aiojobs.Scheduler] = web.AppKey("scheduler", aiojobs.Scheduler)
 _SUPERVISOR: web.AppKey[OrderSupervisor] = web.AppKey("supervisor", OrderSupervisor)
 _DELIVERER: web.AppKey[webhooks.Deliverer] = web.AppKey("deliverer", webhooks.Deliverer)
+_EVENT_COMMITS: web.AppKey[webhooks.EventCommits] = web.AppKey("event_commits", webhooks.EventCommits)
 
 Resource = Callable[[web.Application], AsyncIterator[None]]
 
@@ -149,19 +151,37 @@ def _catalog_cache(config: Config, options: Options, metrics: Metrics) -> Resour
 def _database(config: Config, options: Options, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def database(app: web.Application) -> AsyncIterator[None]:
         cache = app[_CATALOG_CACHE]
-        # The pool tells the cache of the changes its own sessions make (at once); with
+        # The pool tells the cache of the changes its own sessions make (at once; with
         # a standby the cache's record of when they were made also keeps reads of them
-        # off the standby until it has them.
-        watcher = cache if cache.enabled or config.database_read_url is not None else None
-        db = await create_database(pool_settings(config, options.dsn), watcher=watcher)
+        # off the standby until it has them), and the webhook deliverer of the events
+        # they commit.
+        event_commits = webhooks.EventCommits()
+        watchers = (cache, event_commits) if cache.enabled or config.database_read_url is not None else (event_commits,)
+        db = await create_database(pool_settings(config, options.dsn), watcher=_Watchers(watchers))
         db.on_wait = metrics.pool_wait.observe
         if tracer is not None:
             db.trace_with(tracer)
         app[_DATABASE] = db
+        app[_EVENT_COMMITS] = event_commits
         yield
         await db.close(timeout=config.shutdown_grace_seconds)
 
     return database
+
+
+class _Watchers:
+    """Several watchers of the pool's sessions as the one it takes."""
+
+    def __init__(self, watchers: tuple[SessionWatcher, ...]) -> None:
+        self._watchers = watchers
+
+    def notice(self, conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        for watcher in self._watchers:
+            watcher.notice(conn, message)
+
+    def released(self, conn: object) -> None:
+        for watcher in self._watchers:
+            watcher.released(conn)
 
 
 def _catalog_database(config: Config, options: Options) -> Resource:
@@ -336,6 +356,7 @@ def _webhooks(config: Config, metrics: Metrics, tracer: Tracer | None) -> Resour
                 kind="webhook",
             ),
             HttpSender(config),
+            app[_EVENT_COMMITS].wake,
             tracer=tracer,
         )
         app[_DELIVERER] = deliverer
@@ -398,6 +419,12 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
     jobs.every(_PURGE_SECONDS, purge_sessions, name="sessions-purge")
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_gauges, name="gauges")
     jobs.every(_STATISTICS_SECONDS, refresh_statistics, name="statistics")
-    jobs.every(config.webhook_poll_interval_seconds, deliverer.turn, name="webhook-delivery", at_start=True)
+    jobs.every(
+        config.webhook_poll_interval_seconds,
+        deliverer.turn,
+        name="webhook-delivery",
+        at_start=True,
+        wake=deliverer.wake,
+    )
     jobs.every(_GAUGE_REFRESH_SECONDS, refresh_webhook_gauges, name="webhook-gauges")
     jobs.every(_PURGE_SECONDS, purge_events, name="event-purge")

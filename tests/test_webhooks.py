@@ -237,6 +237,38 @@ def test_only_a_named_subscription_over_https_is_the_mailer(
     assert webhooks.is_mailer(subscribed, "user.password_reset_requested", url, config) is gets_token
 
 
+@pytest.mark.parametrize("config_overrides", [{**FAST_DELIVERY, "webhook_poll_interval_seconds": 3600}])
+async def test_an_event_goes_out_at_once_not_at_the_next_poll(api: Api, receiver: Receiver) -> None:
+    """The process that commits an event wakes its deliverer: no poll round trip (the
+    poll here is an hour away, the receiver's wait 60 s)."""
+    await add_webhook(api, receiver.url, ["product.created"])
+    product = await api.product(name="At once")
+    await receiver.wait_for(lambda: len(receiver.received) == 1)
+    assert receiver.events()[0]["data"] == product
+
+
+@pytest.mark.parametrize(
+    "config_overrides",
+    [{**FAST_DELIVERY, "webhook_poll_interval_seconds": 3600, "webhook_max_in_flight_per_webhook": 1}],
+)
+async def test_a_freed_slot_takes_the_next_due_delivery_at_once(api: Api, receiver: Receiver) -> None:
+    """One delivery at a time to this webhook: each one done claims the next, about
+    another resource, without waiting for a poll."""
+    release = asyncio.Event()
+
+    async def held(got: Received) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(status=204)
+
+    receiver.answer = held
+    await add_webhook(api, receiver.url, ["product.created"])
+    made = [await api.product(name=f"One by one {n}") for n in range(6)]
+    await receiver.wait_for(lambda: len(receiver.received) == 1)  # the one slot is taken, held
+    release.set()  # from now on no event is committed: only freed slots can claim the rest
+    await receiver.wait_for(lambda: len(receiver.received) == 6)
+    assert sorted(e["data"]["id"] for e in receiver.events()) == sorted(p["id"] for p in made)
+
+
 async def test_retries_keep_the_webhook_id_and_deliver(api: Api, receiver: Receiver) -> None:
     calls = 0
 

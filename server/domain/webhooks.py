@@ -239,14 +239,39 @@ class Sender(Protocol):
 QueueKey = tuple[int, str]  # (webhook id, resource)
 
 
+class EventCommits:
+    """Tells of the events this process's own transactions commit (a pooled session's
+    NOTICE from emit_event, then the connection's return to the pool: db/pool.py's
+    SessionWatcher), so that its deliverer turns at once instead of at its next poll."""
+
+    NOTICE = "events:written"
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self._writing: set[object] = set()
+
+    def notice(self, conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        if message.message == self.NOTICE:
+            self._writing.add(conn)
+
+    def released(self, conn: object) -> None:
+        if conn in self._writing:
+            self._writing.discard(conn)
+            self.wake.set()
+
+
 @dataclass
 class Deliverer:
     """A worker's half of webhook delivery: the fan-out and claim turn, the queue
-    actors, and the sender they share."""
+    actors, and the sender they share. A turn runs every WEBHOOK_POLL_INTERVAL_SECONDS,
+    and at once when this process commits an event or a send frees a slot (`wake`): so
+    new events go out without waiting for a poll, and a freed slot takes the next due
+    delivery, while one turn at a time claims within the in-flight limits."""
 
     ctx: Context
     supervisor: Supervisor[QueueKey]
     sender: Sender
+    wake: asyncio.Event
     busy: collections.Counter[int] = field(default_factory=collections.Counter)
     # Set when tracing is on: each send is a client span of its own.
     tracer: Tracer | None = None
@@ -299,6 +324,7 @@ class Deliverer:
         self.busy[webhook_id] -= 1
         if self.busy[webhook_id] <= 0:
             del self.busy[webhook_id]
+        self.wake.set()  # a slot is free: the next turn claims for it
 
     async def _work(self, first: asyncpg.Record) -> None:
         """Send a claimed delivery; while its queue's deliveries are done with and

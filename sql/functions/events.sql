@@ -8,7 +8,18 @@
 -- when the event is read, by the feed and by webhook deliveries, with the same
 -- declaration the API's answers use. So no JSON shape is declared in SQL, and writing
 -- an event costs one row-to-jsonb conversion.
+--
+-- The service's own sessions (application_name storefront...) are told at once, by a
+-- NOTICE, so that the writing process wakes its webhook deliverer as soon as the
+-- transaction is over, without waiting for its poll (server/domain/webhooks.py,
+-- EventCommits). Not pg_notify: a notifying transaction serializes every commit
+-- (sql/014_caching.sql).
 CREATE OR REPLACE FUNCTION emit_event(p_type text, p_data jsonb) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO events (type, data) VALUES (p_type, p_data)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO events (type, data) VALUES (p_type, p_data);
+    IF current_setting('application_name') LIKE 'storefront%' THEN
+        RAISE NOTICE 'events:written';
+    END IF;
+END
 $$;
