@@ -100,7 +100,9 @@ def create_app(config: Config, options: Options) -> web.Application:
     metrics = Metrics()
     tracing = start_tracing(options.span_processor)
     tracer = tracing.tracer if tracing is not None else None
-    app = web.Application(middlewares=[make_middleware(config, metrics, tracer)], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[make_middleware(config, metrics, tracing)], client_max_size=config.max_body_bytes
+    )
     register(app, api.ROUTES)
     app[openapi.OPENAPI_DOCUMENT] = dumps(openapi.build_document(api.ROUTES, config.metrics_token is not None))
     if tracing is not None:

@@ -149,6 +149,51 @@ async def test_with_sampling_at_zero_a_clients_sampled_traceparent_exports_nothi
     assert exporter.get_finished_spans() == ()
 
 
+async def _sampled_api(
+    aiohttp_client: Any, config: Config, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, ratio: str
+) -> Api:
+    # The SDK reads its sampler from the environment when the provider is made.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    options = Options(
+        dsn=config.database_url or "", jwt_secret=JWT_SECRET, span_processor=SimpleSpanProcessor(exporter)
+    )
+    return Api(await aiohttp_client(create_app(config, options)))
+
+
+async def test_a_request_the_sampler_drops_makes_no_span_and_logs_no_trace_id(
+    aiohttp_client: Any,
+    config: Config,
+    exporter: InMemorySpanExporter,
+    monkeypatch: pytest.MonkeyPatch,
+    json_log: io.StringIO,
+) -> None:
+    """Dropped before the SDK: not even the SQL statements' instrumentation runs."""
+    api = await _sampled_api(aiohttp_client, config, exporter, monkeypatch, "0")
+    customer = await api.customer()
+    product = await api.product()
+    reply = await api.order(customer, (product["id"], 1))
+    assert reply.status == 201
+    assert exporter.get_finished_spans() == ()
+    lines = [orjson.loads(line) for line in json_log.getvalue().splitlines()]
+    assert lines and not any("trace_id" in line for line in lines)
+
+
+async def test_a_request_the_sampler_keeps_is_a_whole_trace_at_the_configured_ratio(
+    aiohttp_client: Any, config: Config, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace id the decision was made on is the one the request's span takes, so
+    the SDK's own sampling agrees: half of the requests (not a quarter) are traced, each
+    with its SQL statements."""
+    api = await _sampled_api(aiohttp_client, config, exporter, monkeypatch, "0.5")
+    for _ in range(400):
+        assert (await api.call("GET", "/readyz")).status == 200
+    roots = [span for span in exporter.get_finished_spans() if span.name == "GET /readyz"]
+    assert 140 <= len(roots) <= 260, len(roots)  # 200 expected; 6 standard deviations either side
+    children = {span.context.trace_id for span in exporter.get_finished_spans() if span.parent is not None}
+    assert all(root.context.trace_id in children for root in roots)  # each with its SQL statement
+
+
 def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:
     assert exporter_from_environment({}) is None
     assert exporter_from_environment({"OTEL_SERVICE_NAME": "storefront"}) is None

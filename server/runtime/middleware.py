@@ -17,16 +17,17 @@ from ipaddress import ip_address
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import SpanKind
 
 from db.pool import end_request, is_outage, new_request
 from server.runtime.config import Config, networks
 from server.runtime.logs import request_id_var
 from server.runtime.metrics import Metrics
 from server.runtime.problems import ApiError, problem, problem_response
-from server.runtime.tracing import current_trace_id
+from server.runtime.tracing import UNSAMPLED, Tracing, current_trace_id
 
 log = logging.getLogger("storefront.http")
 access_log = logging.getLogger("storefront.access")
@@ -65,7 +66,7 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def make_middleware(config: Config, metrics: Metrics, tracer: Tracer | None = None) -> Middleware:
+def make_middleware(config: Config, metrics: Metrics, tracing: Tracing | None = None) -> Middleware:
     record_metrics = config.metrics_enabled
     log_access = config.access_log
     origins = config.cors_origins
@@ -156,39 +157,54 @@ def make_middleware(config: Config, metrics: Metrics, tracer: Tracer | None = No
             end_request(admission)
             request_id_var.reset(token)
 
-    if tracer is None:
+    if tracing is None:
         return web.middleware(handle)
+    tracer = tracing.tracer
 
     trust_any, proxies = config.otel_trust_incoming_context, networks(config.trusted_proxies)
 
-    def parent(request: web.Request) -> Context:
+    def parent(request: web.Request) -> Context | None:
         """The caller's trace context when it may be believed: from anyone with
-        OTEL_TRUST_INCOMING_CONTEXT, else only from a trusted proxy. Anyone else gets a
-        new root, which our sampler decides on: a client's `traceparent` must not choose
-        the trace id, nor have spans exported that the sampling would not keep."""
+        OTEL_TRUST_INCOMING_CONTEXT, else only from a trusted proxy; None for anyone
+        else, whose request is a new root that our sampler decides on: a client's
+        `traceparent` must not choose the trace id, nor have spans exported that the
+        sampling would not keep."""
+        if "traceparent" not in request.headers:
+            return None
         if not trust_any:
             if not proxies:
-                return Context()
+                return None
             try:
                 peer = ip_address(request.remote or "")
             except ValueError:
-                return Context()
+                return None
             if not any(peer in network for network in proxies):
-                return Context()
+                return None
         return propagate.extract(request.headers)
 
     @web.middleware
     async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
         """The request in a server span named by route template (continuing the
         caller's trace when it sent a `traceparent` and may be believed), current while
-        the handler runs and while its log lines are written."""
+        the handler runs and while its log lines are written. A new root the sampler
+        drops gets no span at all (Tracing.sampled_root)."""
         route = _route_name(request)
-        with tracer.start_as_current_span(
-            f"{request.method} {route}",
-            context=parent(request),
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
-        ) as span:
+        name = f"{request.method} {route}"
+        context = parent(request)
+        preset = None
+        if context is None:
+            trace_id = tracing.sampled_root(name)
+            if trace_id is None:
+                token = otel_context.attach(UNSAMPLED)
+                try:
+                    return await handle(request, handler)
+                finally:
+                    otel_context.detach(token)
+            context, preset = Context(), tracing.preset(trace_id)
+        attributes = {"http.request.method": request.method, "http.route": route, "url.path": request.path}
+        with tracer.start_as_current_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes) as span:
+            if preset is not None:
+                tracing.unpreset(preset)  # the span has its trace id: later ones draw their own
             response = await handle(request, handler)
             span.set_attribute("http.response.status_code", response.status)
             return response

@@ -22,15 +22,31 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, Tracer
 
 TRACER_NAME = "storefront"
+
+# The trace id a span about to start takes (see Tracing.sampled_root).
+_PRESET_TRACE_ID: ContextVar[int | None] = ContextVar("preset_trace_id", default=None)
+
+
+class _PresetTraceIds(RandomIdGenerator):
+    """Random ids, but the trace id the request's sampling was decided on, when preset."""
+
+    def generate_trace_id(self) -> int:
+        preset = _PRESET_TRACE_ID.get()
+        return super().generate_trace_id() if preset is None else preset
 
 
 def exporter_from_environment(environ: Mapping[str, str]) -> SpanExporter | None:
@@ -50,15 +66,55 @@ def exporter_from_environment(environ: Mapping[str, str]) -> SpanExporter | None
     return None
 
 
+# The context of a request whose trace is dropped: a current span that records nothing
+# and is not sampled (so every span made under it is dropped by the parent-based
+# sampler), and no instrumentation (asyncpg's makes no span per statement). The same for
+# every such request: nothing of it is exported or logged.
+UNSAMPLED = otel_context.set_value(
+    _SUPPRESS_INSTRUMENTATION_KEY,
+    True,
+    trace.set_span_in_context(
+        NonRecordingSpan(
+            SpanContext(trace_id=1, span_id=1, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+        )
+    ),
+)
+
+
 class Tracing:
-    """A tracer provider for one worker, and the asyncpg instrumentation tied to it."""
+    """A tracer provider for one worker, and the asyncpg instrumentation tied to it.
+
+    A request's trace is decided before any span is made (`sampled_root`): the sampler
+    is asked with the trace id the request's span would take. One it keeps starts with
+    that id, so the SDK's own sampling agrees; one it drops runs in `unsampled`, a
+    context whose span records nothing and in which instrumentation is suppressed, so
+    that the dropped majority costs one sampler call and a context switch instead of
+    a span, its attributes and one span per SQL statement."""
 
     def __init__(self, processor: SpanProcessor) -> None:
-        self.provider = TracerProvider()  # resource and sampler from the OTEL_* variables
+        # Resource and sampler from the OTEL_* variables.
+        self.provider = TracerProvider(id_generator=_PresetTraceIds())
         self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer(TRACER_NAME)
         self._asyncpg = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
         self._asyncpg.instrument(tracer_provider=self.provider)
+
+    def sampled_root(self, name: str) -> int | None:
+        """The trace id of a new root span `name` that the sampler keeps; None when
+        it drops it."""
+        trace_id = self.provider.id_generator.generate_trace_id()
+        result = self.provider.sampler.should_sample(None, trace_id, name)
+        return trace_id if result.decision is Decision.RECORD_AND_SAMPLE else None
+
+    @staticmethod
+    def preset(trace_id: int) -> object:
+        """Make the next span started in this context take `trace_id`; returns what
+        `unpreset` takes."""
+        return _PRESET_TRACE_ID.set(trace_id)
+
+    @staticmethod
+    def unpreset(token: object) -> None:
+        _PRESET_TRACE_ID.reset(token)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._asyncpg.uninstrument()
@@ -77,9 +133,10 @@ def start(processor: SpanProcessor | None = None, environ: Mapping[str, str] = o
 
 
 def current_trace_id() -> str | None:
-    """The id of the trace being recorded in this context (32 hex digits), if any."""
+    """The id of the trace being recorded in this context (32 hex digits), if any: a
+    trace that is not sampled exports nothing, so no log line names it."""
     context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    return format(context.trace_id, "032x") if context.is_valid and context.trace_flags.sampled else None
 
 
 class TracedCalls:
