@@ -214,75 +214,18 @@ stop_replicas() {
 
 # --- nginx -------------------------------------------------------------------------
 
+# Generated from deploy/nginx.conf (scripts/nginx_conf.py): the same rules as the
+# deployment's load balancer, with the stack's address, replicas and folders.
 write_nginx_conf() {
-    local dir="$STACK_DIR/nginx" servers="" user=""
+    local dir="$STACK_DIR/nginx" servers=() user=()
     mkdir -p "$dir"
     for n in $(seq "$API_REPLICAS"); do
         local port_var="API_PORT_$n"
-        # Passive health checks: a replica that fails max_fails times (refused, reset,
-        # timed out) gets no traffic for fail_timeout, then is tried again.
-        servers+="        server 127.0.0.1:${!port_var} max_fails=2 fail_timeout=5s;"$'\n'
+        servers+=(--server "127.0.0.1:${!port_var}")
     done
-    [ "$(id -u)" = 0 ] && user="user www-data;"
-    echo '{"type":"about:blank","title":"Bad Request","status":400,"detail":"The request is malformed."}' \
-        >"$dir/bad_request.json"
-    cat >"$dir/nginx.conf" <<EOF
-$user
-worker_processes 1;
-pid $RUN/nginx.pid;
-error_log $LOG/nginx-error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    server_tokens off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    # The client's X-Request-ID when it sent one (the API echoes it), else nginx's own.
-    map \$http_x_request_id \$storefront_request_id {
-        default \$http_x_request_id;
-        "" \$request_id;
-    }
-    upstream storefront {
-$servers        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$HTTP_PORT;
-        client_max_body_size 2m;  # the API itself answers 413 above MAX_BODY_BYTES
-        client_header_timeout 10s;
-        client_body_timeout 30s;
-        # nginx itself refuses some requests (a NUL byte in the path, broken headers)
-        # before any replica sees them: answer those as problem documents too.
-        error_page 400 /bad_request.json;
-        location = /bad_request.json {
-            internal;
-            root $dir;
-            default_type application/problem+json;
-        }
-        location / {
-            proxy_pass http://storefront;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Request-ID \$storefront_request_id;
-            proxy_pass_header Server;  # the API's (versionless) Server header, not nginx's
-            # Retry on another replica only when this one could not be reached or did not
-            # answer in time; never on a 503 (the database is down or the replica is
-            # shedding load: retrying multiplies the load), and never a POST or PATCH that
-            # reached a replica (nginx's default without non_idempotent).
-            proxy_next_upstream error timeout;
-            proxy_next_upstream_tries 2;
-            proxy_connect_timeout 2s;
-            proxy_read_timeout 60s;
-        }
-    }
-}
-EOF
+    [ "$(id -u)" = 0 ] && user=(--user www-data)
+    python3 "$ROOT/scripts/nginx_conf.py" --listen "127.0.0.1:$HTTP_PORT" "${servers[@]}" "${user[@]}" \
+        --pid "$RUN/nginx.pid" --error-log "$LOG/nginx-error.log" --temp "$dir" >"$dir/nginx.conf"
 }
 
 start_nginx() {

@@ -171,9 +171,14 @@ async def setup_shop(url: str, clients: int) -> tuple[list[str], list[int]]:
 
         async def post(path: str, body: dict[str, Any], token: str | None = None) -> Any:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
-            async with http.post(path, json=body, headers=headers) as response:
-                assert response.status in (200, 201), (path, response.status, await response.text())
-                return await response.json()
+            while True:
+                async with http.post(path, json=body, headers=headers) as response:
+                    if response.status == 429:  # nginx's sign-up limit (deploy/nginx.conf): as asked
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                        continue
+                    assert response.status in (200, 201), (path, response.status, await response.text())
+                    return await response.json()
+
 
         admin = (await post("/api/users/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))["access_token"]
         products = [
