@@ -322,6 +322,9 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, cancelled
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.TransactionRollbackError,  # deadlock/serialization: retry later
+    # A write reached a member that is (again) a read-only standby: the leader it was
+    # changed under a failover, and the load balancer has not moved the connection yet.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.InterfaceError,  # the pool or connection was closed under us
     asyncpg.InternalClientError,  # a connection left mid-operation by a failure
 )

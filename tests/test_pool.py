@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from db.pool import Database, new_request
+from db.pool import Database, is_outage, new_request
 from server.domain.auth import Tokens
 from server.domain.context import CONTEXT
 from server.runtime.problems import Unauthorized
@@ -222,3 +222,17 @@ async def test_connections_lost_mid_statement_give_their_place_in_line_back(
     finally:
         await admin.close()
         await db.close(5)
+
+
+async def test_a_write_on_a_member_that_became_a_standby_is_an_outage(clean_db: str) -> None:
+    """During a failover a connection can still reach the old leader after it restarted
+    as a read-only standby: its writes fail with SQLSTATE 25006, which is the database
+    being unavailable (503 with Retry-After), not a bug (500)."""
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("SET default_transaction_read_only = on")  # as on a standby
+        with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError) as raised:
+            await conn.execute("CREATE TEMP TABLE t (x int)")
+    finally:
+        await conn.close()
+    assert is_outage(raised.value)
