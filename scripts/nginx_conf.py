@@ -2,11 +2,13 @@
 the load balancer's rules: rate limits, headers, retries, what is not routed).
 
     python3 scripts/nginx_conf.py --listen 127.0.0.1:8080 --server 127.0.0.1:9001 --server 127.0.0.1:9002 \
-        --pid RUN/nginx.pid --error-log LOG/nginx-error.log --temp DIR [--user www-data] > nginx.conf
+        --pid RUN/nginx.pid --error-log LOG/nginx-error.log --temp DIR [--user www-data] \
+        [--unlimited 127.0.0.1] > nginx.conf
 
 Only what belongs to a deployment changes: the listen address, the upstream's servers
-(one line per replica instead of a DNS name), Docker's resolver (dropped), and where
-nginx keeps its pid, error log and temporary files. Every other directive is copied as
+(one line per replica instead of a DNS name), Docker's resolver (dropped), the addresses
+the rate limits do not apply to (none unless asked), and where nginx keeps its pid,
+error log and temporary files. Every other directive is copied as
 it stands, and a source that no longer has the expected shape is refused rather than
 half translated. tests/test_deployment.py checks that the rules of both are the same.
 Standard library only: scripts/stack.sh runs it with the system's python3.
@@ -25,16 +27,30 @@ _RESOLVER = re.compile(r"^\s*resolver\s[^;]*;\s*$")
 _LISTEN = re.compile(r"^(\s*)listen\s+80;\s*$")
 _UPSTREAM_SERVER = re.compile(r"^(\s*)server\s+api:8080((?:\s+[^;\s]+)*);\s*$")
 _HTTP = re.compile(r"^(\s*)http\s*\{\s*$")
+_UNLIMITED = re.compile(r"^(\s*)geo \$storefront_unlimited \{\s*$")
+_ADDRESS = re.compile(r"^[0-9A-Fa-f.:/]+$")
 
 
 def for_stack(
-    source: str, *, listen: str, servers: list[str], pid: str, error_log: str, temp: str, user: str | None
+    source: str,
+    *,
+    listen: str,
+    servers: list[str],
+    pid: str,
+    error_log: str,
+    temp: str,
+    user: str | None,
+    unlimited: list[str] | None = None,
 ) -> str:
-    """deploy/nginx.conf with the stack's listen address, replicas and paths."""
+    """deploy/nginx.conf with the stack's listen address, replicas, paths, and the
+    addresses (or networks) the rate limits do not apply to."""
     if not servers:
         raise ValueError("at least one upstream server")
+    for address in unlimited or []:
+        if not _ADDRESS.match(address):
+            raise ValueError(f"not an address or network: {address!r}")
     out: list[str] = []
-    seen = {"resolver": 0, "listen": 0, "server": 0, "http": 0}
+    seen = {"resolver": 0, "listen": 0, "server": 0, "http": 0, "geo": 0}
     for line in source.splitlines():
         if _RESOLVER.match(line):
             seen["resolver"] += 1
@@ -49,6 +65,9 @@ def for_stack(
             out.extend(f"{match[1]}server {server}{' ' + params if params else ''};" for server in servers)
             continue
         out.append(line)
+        if match := _UNLIMITED.match(line):
+            seen["geo"] += 1
+            out.extend(f"{match[1]}    {address} 1;" for address in unlimited or [])
         if match := _HTTP.match(line):
             seen["http"] += 1
             indent = match[1] + "    "
@@ -71,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error-log", required=True)
     parser.add_argument("--temp", required=True, help="folder for nginx's temporary files")
     parser.add_argument("--user", help="the user nginx's workers run as (when started as root)")
+    parser.add_argument("--unlimited", action="append", default=[], help="an address the rate limits skip (repeat)")
     args = parser.parse_args(argv)
     sys.stdout.write(
         for_stack(
@@ -81,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             error_log=args.error_log,
             temp=args.temp,
             user=args.user,
+            unlimited=args.unlimited,
         )
     )
     return 0

@@ -14,7 +14,8 @@
 # secret shared by all of them. Stack knobs: API_REPLICAS (2), STACK_READ_FROM_STANDBY (1:
 # anonymous catalog reads go to the standby), STACK_DIR (.stack), STACK_HTTP_PORT,
 # STACK_PRIMARY_PORT, STACK_STANDBY_PORT, STACK_PGBOUNCER_PORT (free ports by default),
-# PGBOUNCER_POOL_SIZE (20).
+# PGBOUNCER_POOL_SIZE (20), STACK_NGINX_UNLIMITED (addresses nginx's rate limits skip, e.g.
+# 127.0.0.1 to run the HTTP test suite through the stack; none by default).
 # It never touches another PostgreSQL: its clusters live in STACK_DIR on their own ports.
 set -Eeuo pipefail
 
@@ -217,14 +218,15 @@ stop_replicas() {
 # Generated from deploy/nginx.conf (scripts/nginx_conf.py): the same rules as the
 # deployment's load balancer, with the stack's address, replicas and folders.
 write_nginx_conf() {
-    local dir="$STACK_DIR/nginx" servers=() user=()
+    local dir="$STACK_DIR/nginx" servers=() user=() unlimited=()
     mkdir -p "$dir"
+    for address in ${STACK_NGINX_UNLIMITED//,/ }; do unlimited+=(--unlimited "$address"); done
     for n in $(seq "$API_REPLICAS"); do
         local port_var="API_PORT_$n"
         servers+=(--server "127.0.0.1:${!port_var}")
     done
     [ "$(id -u)" = 0 ] && user=(--user www-data)
-    python3 "$ROOT/scripts/nginx_conf.py" --listen "127.0.0.1:$HTTP_PORT" "${servers[@]}" "${user[@]}" \
+    python3 "$ROOT/scripts/nginx_conf.py" --listen "127.0.0.1:$HTTP_PORT" "${servers[@]}" "${user[@]}" "${unlimited[@]}" \
         --pid "$RUN/nginx.pid" --error-log "$LOG/nginx-error.log" --temp "$dir" >"$dir/nginx.conf"
 }
 

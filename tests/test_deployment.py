@@ -205,7 +205,9 @@ def _nginx_conf_module() -> Any:
     return module
 
 
-def _stack_nginx(tmp: Path, servers: list[str] | None = None, listen: str = "127.0.0.1:18080") -> str:
+def _stack_nginx(
+    tmp: Path, servers: list[str] | None = None, listen: str = "127.0.0.1:18080", unlimited: list[str] | None = None
+) -> str:
     generated: str = _nginx_conf_module().for_stack(
         _nginx(),
         listen=listen,
@@ -214,6 +216,7 @@ def _stack_nginx(tmp: Path, servers: list[str] | None = None, listen: str = "127
         error_log=str(tmp / "error.log"),
         temp=str(tmp),
         user=None,
+        unlimited=unlimited,
     )
     return generated
 
@@ -250,21 +253,24 @@ def _rules(text: str) -> list[tuple[tuple[str, ...], str, tuple[str, ...]]]:
         if d[1] not in _DEPLOYMENT_SPECIFIC
         and not d[1].endswith("_temp_path")
         and not (d[0] == ("http", "upstream storefront") and d[1] == "server")
+        and not (d[0] == ("http", "geo $storefront_unlimited") and d[1] != "default")
     ]
 
 
 def test_the_stacks_nginx_applies_exactly_the_deployments_rules(tmp_path: Path) -> None:
-    deployed, stack = _rules(_nginx()), _rules(_stack_nginx(tmp_path))
+    deployed, stack = _rules(_nginx()), _rules(_stack_nginx(tmp_path, unlimited=["127.0.0.1", "10.0.0.0/8"]))
     assert stack == deployed
     # The rules in question are there at all (and so in both).
     names = {(d[1], d[2][0] if d[2] else "") for d in deployed}
-    assert {("limit_req_zone", "$anonymous_client"), ("limit_req_zone", "$binary_remote_addr")} <= names
+    assert {("limit_req_zone", "$anonymous_client"), ("limit_req_zone", "$limited_client")} <= names
     assert ("proxy_set_header", "X-Forwarded-For") in names
     assert ("location", "=") in names and ("error_page", "429") in names
 
 
 def test_only_the_deployment_specific_lines_differ(tmp_path: Path) -> None:
-    stack = _directives(_stack_nginx(tmp_path, servers=["127.0.0.1:1", "127.0.0.1:2"], listen="127.0.0.1:3"))
+    stack = _directives(
+        _stack_nginx(tmp_path, servers=["127.0.0.1:1", "127.0.0.1:2"], listen="127.0.0.1:3", unlimited=["127.0.0.9"])
+    )
     upstream = [d[2] for d in stack if d[0] == ("http", "upstream storefront") and d[1] == "server"]
     assert upstream == [
         ("127.0.0.1:1", "max_fails=2", "fail_timeout=5s"),
@@ -272,6 +278,9 @@ def test_only_the_deployment_specific_lines_differ(tmp_path: Path) -> None:
     ]
     assert [d[2] for d in stack if d[1] == "listen"] == [("127.0.0.1:3",)]
     assert not [d for d in stack if d[1] == "resolver"]
+    unlimited = [(d[1], d[2]) for d in stack if d[0] == ("http", "geo $storefront_unlimited")]
+    assert sorted(unlimited) == [("127.0.0.9", ("1",)), ("default", ("0",))]
+    assert not [d for d in _directives(_nginx()) if d[0] == ("http", "geo $storefront_unlimited") and d[1] != "default"]
 
 
 def test_the_stack_script_writes_no_nginx_rules_of_its_own() -> None:
@@ -355,6 +364,7 @@ def test_the_generated_config_runs_and_applies_the_rules(tmp_path: Path) -> None
         _, headers, body = refused[0]
         assert headers["Retry-After"] == "1" and headers["Content-Type"] == "application/problem+json"
         assert orjson.loads(body)["status"] == 429
+        assert status("/api/products?q=abc")[0] == 200  # anonymous searches: 20/s, a burst of 40
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"GET /api/products/%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             answer = b""
