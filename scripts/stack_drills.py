@@ -179,7 +179,6 @@ async def setup_shop(url: str, clients: int) -> tuple[list[str], list[int]]:
                     assert response.status in (200, 201), (path, response.status, await response.text())
                     return await response.json()
 
-
         admin = (await post("/api/users/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))["access_token"]
         products = [
             (await post("/api/products", {"name": f"Drill {i}", "price": 500, "stock": 1_000_000}, admin))["id"]
@@ -450,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = temporary_stack(
         "storefront-drills-",
         {
+            # These drills stop and restart the primary and the standby by hand: the
+            # simple layout (the highly available one has its own: scripts/stack_failover.py).
+            "STACK_HA": "0",
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
             # Payments cut by a fault are settled within the drill, not minutes later.
             "PAYMENT_RECONCILE_INTERVAL_SECONDS": "1",
