@@ -559,7 +559,8 @@ stop_replicas() {
 write_nginx_conf() {
     local dir="$STACK_DIR/nginx" servers=() user=() unlimited=()
     mkdir -p "$dir"
-    for address in ${STACK_NGINX_UNLIMITED//,/ }; do unlimited+=(--unlimited "$address"); done
+    local list="${STACK_NGINX_UNLIMITED:-}"
+    for address in ${list//,/ }; do unlimited+=(--unlimited "$address"); done
     for n in $(seq "$API_REPLICAS"); do
         local port_var="API_PORT_$n"
         servers+=(--server "127.0.0.1:${!port_var}")

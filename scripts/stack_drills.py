@@ -70,7 +70,9 @@ class Stack:
     def run(self, *args: str) -> str:
         done = subprocess.run([str(STACK), *args], env=self.env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            message = f"stack.sh {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}"
+            # Its own lines say what failed; the logs it prints after them, what led there.
+            said = "\n".join(line for line in done.stderr.splitlines() if line.startswith("stack: "))
+            message = f"stack.sh {' '.join(args)} failed ({done.returncode}):\n{said}\n...\n{done.stderr[-2000:]}"
             raise StackError(message, done.returncode)
         return done.stdout
 
