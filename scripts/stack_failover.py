@@ -15,6 +15,8 @@ answered 2xx for is logged by the client.
                    (its Patroni) is started again once writes are back
   etcd-cut         the leader cut off from etcd (its link closed); joined again once
                    writes are back
+  switchover       (not in the default set) a planned hand-over, `stack.sh switchover`:
+                   what clients see during maintenance
 
 The load runs from 2 s before the fault until another member leads and writes have
 succeeded for --after seconds since the last failed one, then while the old leader
@@ -105,7 +107,9 @@ class Load:
 async def call(
     http: aiohttp.ClientSession, load: Load, method: str, path: str, **kwargs: Any
 ) -> tuple[int | None, Any]:
-    """One request: (status, JSON body) or (None, None) when it never got an answer."""
+    """One request: (status, JSON body) or (None, None) when it never got an answer. A
+    client as the contract expects it: after a 503 it waits as Retry-After says (at most
+    2 s) before its next request, so the failed share counts outages, not retry speed."""
     route = re.sub(r"/\d+", "/{id}", path.split("?")[0])
     write = method != "GET"
     try:
@@ -114,6 +118,8 @@ async def call(
             if not load.note(response.status, write):
                 detail = json.loads(body).get("detail", "") if response.content_type.endswith("json") else ""
                 load.failures[f"{response.status} {method} {route}: {detail}"[:160]] += 1
+            if response.status == 503 and response.headers.get("Retry-After", "").isdigit():
+                await asyncio.sleep(min(2.0, float(response.headers["Retry-After"])))
             return response.status, (json.loads(body) if body and response.content_type.endswith("json") else None)
     except (TimeoutError, aiohttp.ClientError) as exc:
         load.note(type(exc).__name__, write)
@@ -491,6 +497,8 @@ async def failover_drill(
         extra.update(await ha.arun("crash", old))
     elif name == "etcd-cut":
         extra.update(await ha.arun("isolate", old))
+    elif name == "switchover":
+        await ha.arun("switchover")
     else:
         raise ValueError(name)
 
@@ -502,13 +510,14 @@ async def failover_drill(
         return new not in (None, old)
 
     changed = await wait_until(leader_changed, args.max_outage, every=0.2)
+    changed_at = None if changed is None else time.monotonic()
 
     async def writes_steady() -> bool:
         now = time.monotonic()
         last_failed = max((t for t, failed in load.writes if failed and t >= fault_at), default=fault_at)
         return any(not failed and t > last_failed for t, failed in load.writes) and now - last_failed >= args.after
 
-    if changed is not None:
+    if changed_at is not None:
         await wait_until(writes_steady, args.max_outage)
     writes_until = time.monotonic()
     # The old leader comes back: its machine restarts, or its link to etcd is mended. In
@@ -548,7 +557,7 @@ async def failover_drill(
         writes_back_s=figures["writes_back_s"],
         first_failed_write_s=figures["first_failed_write_s"],
         longest_write_gap_s=figures["longest_write_gap_s"] or 0.0,
-        leader_changed_s=None if changed is None else round(changed, 2),
+        leader_changed_s=since(fault_at, changed_at),
         rejoined_s=since(fault_at, rejoined_after),
         pg_rewind=rewound,
         failures_by_second=dict(sorted(Counter(int(t - fault_at) for t, failed in load.events if failed).items())),
@@ -738,7 +747,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the fault suite's version: 6 shoppers, --after 2")
     parser.add_argument("--clients", type=int, default=12, help="concurrent shoppers")
     parser.add_argument("--after", type=float, default=5.0, help="seconds of steady writes before a drill ends")
-    parser.add_argument("--drills", nargs="+", default=["kill-postmaster", "machine-lost", "etcd-cut"])
+    parser.add_argument(
+        "--drills",
+        nargs="+",
+        default=["kill-postmaster", "machine-lost", "etcd-cut"],
+        choices=["kill-postmaster", "machine-lost", "etcd-cut", "switchover"],
+    )
     parser.add_argument("--no-restore", action="store_true", help="skip the point-in-time restore drill")
     parser.add_argument("--pitr-load", type=float, default=3.0, help="seconds of load around each restore step")
     parser.add_argument("--max-outage", type=float, default=120.0, help="give up on a failover after this")
