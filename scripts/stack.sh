@@ -914,5 +914,5 @@ case "${1:-}" in
     start | stop | restart) [ $# = 2 ] || die "usage: $0 $1 pgbouncer|primary|standby|MEMBER"; cmd_component "$1" "$2" ;;
     leader | kill-postmaster | crash | isolate | reconnect | wait-replica | switchover | patronictl | backup | restore)
         cmd_ha "$@" ;;
-    *) sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
