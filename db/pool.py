@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import errno
 import functools
@@ -231,17 +232,21 @@ class _Acquire:
         tb: TracebackType | None,
     ) -> None:
         assert self._conn is not None
-        if exc is not None and _may_be_broken(exc):
-            # The connection may be broken, or half way through an operation the
-            # server never finished: never hand it to the next request. (The pool
-            # replaces it; its release of a closed connection just frees the slot.)
-            self._conn.terminate()
-        watcher = self._db.watcher
-        if watcher is not None:
-            if not self._conn.is_closed():
-                self._conn.remove_log_listener(watcher.notice)
-            watcher.released(self._conn)
         try:
+            # A connection lost mid-statement (the database restarted, failed over) is
+            # already back in the pool: asyncpg detaches the proxy, which then refuses
+            # every call, and there is nothing left to terminate or release. The place
+            # in line is given back all the same (finally).
+            with contextlib.suppress(asyncpg.InterfaceError):
+                if exc is not None and _may_be_broken(exc):
+                    # The connection may be broken, or half way through an operation the
+                    # server never finished: never hand it to the next request. (The pool
+                    # replaces it; its release of a closed connection just frees the slot.)
+                    self._conn.terminate()
+                if self._db.watcher is not None and not self._conn.is_closed():
+                    self._conn.remove_log_listener(self._db.watcher.notice)
+            if self._db.watcher is not None:
+                self._db.watcher.released(self._conn)
             await self._db.pool.release(self._conn)
         finally:
             self._db._line.leave()
@@ -317,6 +322,9 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, cancelled
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.TransactionRollbackError,  # deadlock/serialization: retry later
+    # A write reached a member that is (again) a read-only standby: the leader it was
+    # changed under a failover, and the load balancer has not moved the connection yet.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.InterfaceError,  # the pool or connection was closed under us
     asyncpg.InternalClientError,  # a connection left mid-operation by a failure
 )

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from db.pool import Database, new_request
+from db.pool import Database, is_outage, new_request
 from db.refusals import Refusal
 from handlers.routing import CONTEXT
 from server.domain.auth import Tokens
@@ -191,3 +191,50 @@ async def test_tables_that_outgrow_their_statistics_are_analyzed(db: asyncpg.Con
     assert "orders" in await analyze_grown_tables(tiny_db)
     assert await db.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'orders'") >= 3000
     assert "orders" not in await analyze_grown_tables(tiny_db)
+
+
+_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError)
+
+
+async def _cut_mid_statement(db: Database, admin: asyncpg.Connection, in_transaction: bool) -> None:
+    """A statement on a pooled connection whose backend is terminated under it."""
+    acquire = db.transaction() if in_transaction else db.connection()
+    async with acquire as conn:
+        await conn.execute("SELECT 1")
+        await admin.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        await conn.execute("SELECT pg_sleep(0)")
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["statement", "transaction"])
+async def test_connections_lost_mid_statement_give_their_place_in_line_back(
+    clean_db: str, in_transaction: bool
+) -> None:
+    """A failover (or any restart of the database) cuts connections in the middle of a
+    statement. asyncpg returns such a connection to its pool by itself; the line must
+    still get its place back, or after as many losses as the pool has connections every
+    request waits for one that never comes (seen in the failover drills: all 503)."""
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=2)
+    db = Database(pool, acquire_timeout=1.0)
+    admin = await asyncpg.connect(clean_db)
+    try:
+        for _ in range(5):  # more losses than the pool has connections
+            with pytest.raises(_LOST):
+                await _cut_mid_statement(db, admin, in_transaction)
+        assert await db.fetchval("SELECT 42") == 42  # a place in line, and a fresh connection
+    finally:
+        await admin.close()
+        await db.close(5)
+
+
+async def test_a_write_on_a_member_that_became_a_standby_is_an_outage(clean_db: str) -> None:
+    """During a failover a connection can still reach the old leader after it restarted
+    as a read-only standby: its writes fail with SQLSTATE 25006, which is the database
+    being unavailable (503 with Retry-After), not a bug (500)."""
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("SET default_transaction_read_only = on")  # as on a standby
+        with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError) as raised:
+            await conn.execute("CREATE TEMP TABLE t (x int)")
+    finally:
+        await conn.close()
+    assert is_outage(raised.value)
