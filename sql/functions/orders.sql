@@ -2,9 +2,10 @@
 -- its own transaction), writing the change's event itself (emit_event, events.sql).
 --
 -- Lock order, everywhere: the customer's row (when hold limits are checked), then the
--- order row(s), then the product rows in ascending id order; so concurrent
--- transactions can wait for each other but never deadlock. Statuses are checked on the
--- locked rows, so no decision is made on stale data.
+-- order row(s), then the product rows in ascending id order, then the discount rows in
+-- ascending id order (checkout.sql); so concurrent transactions can wait for each other
+-- but never deadlock. Statuses are checked on the locked rows, so no decision is made
+-- on stale data.
 --
 -- A refusal comes back as a jsonb document, {"code": ..., and what it is about}, with
 -- nothing written (db/refusals.py decodes it; handlers/refusals.py words it). Merging
@@ -115,21 +116,37 @@ $$;
 
 -- A new pending order holding its stock, and its order.created event; or a refusal
 -- with nothing written: the customer's limits ('too_many_pending', 'too_many_held' with
--- product_id), then the item rules (price_order_items). The customer's row is locked
--- first, so two processes creating orders for one customer decide one after the other.
+-- product_id), then the item rules (price_order_items), then the checkout's (an order
+-- that names an address, a method or a code: price_shipping, then price_discount, which
+-- takes the redemption last; checkout.sql). The customer's row is locked first, so two
+-- processes creating orders for one customer decide one after the other.
 CREATE OR REPLACE FUNCTION create_order(
     p_user_id bigint,
     p_product_ids bigint[],
     p_quantities integer[],
     p_ttl_seconds double precision,
     p_max_pending integer,
-    p_max_held integer
+    p_max_held integer,
+    -- Checkout (all NULL: none): the address (inline, or one of the customer's by id),
+    -- the shipping method, the discount code, and the limit on unknown codes.
+    p_address postal_address,
+    p_address_id bigint,
+    p_method_id bigint,
+    p_code text,
+    p_max_unknown integer,
+    p_guess_window double precision
 ) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_product bigint;
     v_priced record;
     v_order orders;
+    v_checkout record;
+    v_address postal_address := p_address;
+    v_method order_shipping_method;
+    v_shipping bigint := 0;
+    v_discount_id bigint;
+    v_discount order_discount;
 BEGIN
     PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;
     -- Counted up to the limit only: the check costs at most that many index entries,
@@ -153,13 +170,40 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Checkout: only an order that names them reads addresses, methods and discounts.
+    IF p_address IS NOT NULL OR p_address_id IS NOT NULL OR p_method_id IS NOT NULL THEN
+        SELECT * INTO v_checkout
+          FROM price_shipping(p_user_id, v_priced.total, v_priced.currency, p_address, p_address_id, p_method_id);
+        IF v_checkout.refusal IS NOT NULL THEN
+            RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_checkout.refusal;
+            RETURN;
+        END IF;
+        v_address := v_checkout.shipping_address;
+        v_method := v_checkout.shipping_method;
+        v_shipping := v_checkout.shipping;
+    END IF;
+    IF p_code IS NOT NULL THEN  -- the last check: it takes the redemption
+        SELECT * INTO v_checkout
+          FROM price_discount(p_user_id, NULL, v_priced.total, v_priced.currency, NULL, true, p_code,
+                              p_max_unknown, p_guess_window);
+        IF v_checkout.refusal IS NOT NULL THEN
+            RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_checkout.refusal;
+            RETURN;
+        END IF;
+        v_discount_id := v_checkout.discount_id;
+        v_discount := v_checkout.discount;
+    END IF;
+
     -- (The id = ANY condition lets the plan find the rows by primary key.)
     UPDATE products pr SET stock = pr.stock - w.quantity, updated_at = now()
       FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
      WHERE pr.id = ANY (p_product_ids) AND pr.id = w.product_id;
 
-    INSERT INTO orders (user_id, total, currency, expires_at)
-    VALUES (p_user_id, v_priced.total, v_priced.currency, now() + make_interval(secs => p_ttl_seconds))
+    INSERT INTO orders (user_id, total, currency, expires_at,
+                        shipping_address, shipping_method, shipping, discount_id, discount)
+    VALUES (p_user_id, v_priced.total - coalesce(v_discount.amount, 0) + v_shipping, v_priced.currency,
+            now() + make_interval(secs => p_ttl_seconds),
+            v_address, v_method, v_shipping, v_discount_id, v_discount)
     RETURNING * INTO v_order;
 
     INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
@@ -192,11 +236,13 @@ END
 $$;
 
 -- End pending orders the caller has locked ('cancelled' or 'expired'): their stock
--- back, the new status, and each one's event (order.cancelled, order.expired).
+-- back, the new status, each one's event (order.cancelled, order.expired), and their
+-- discounts' redemptions back (checkout.sql).
 CREATE OR REPLACE FUNCTION end_pending_orders(p_order_ids bigint[], p_status text) RETURNS SETOF orders
 LANGUAGE plpgsql AS $$
 DECLARE
     v_order orders;
+    v_discounts bigint[] := '{}';
 BEGIN
     PERFORM return_stock(p_order_ids);
     FOR v_order IN
@@ -205,8 +251,14 @@ BEGIN
         RETURNING o.*
     LOOP
         PERFORM emit_event('order.' || p_status, order_snapshot(v_order, order_items_of(v_order.id)));
+        IF v_order.discount_id IS NOT NULL THEN
+            v_discounts := v_discounts || v_order.discount_id;
+        END IF;
         RETURN NEXT v_order;
     END LOOP;
+    IF v_discounts <> '{}' THEN
+        PERFORM release_redemptions(v_discounts);
+    END IF;
 END
 $$;
 
@@ -242,15 +294,28 @@ BEGIN
 END
 $$;
 
--- Swap a pending order's items (the customer's own), re-reserving atomically: what the
--- order held counts as available to it. Refusals: lock_pending_order's, 'too_many_held',
--- the item rules'; on any, nothing changes (but an overdue order is expired).
+-- Change a pending order (the customer's own): swap its items (p_product_ids NULL: they
+-- stay), re-reserving atomically (what the order held counts as available to it), and
+-- set its address, method or code (p_set_*: the ones that change; NULL values remove).
+-- Its shipping and discount are checked and priced again either way (price_shipping,
+-- price_discount: a new code is redeemed, one given up is given back). Refusals:
+-- lock_pending_order's, 'too_many_held', the item rules', the checkout's; on any,
+-- nothing changes (but an overdue order is expired, and an unknown code is counted).
 CREATE OR REPLACE FUNCTION replace_order_items(
     p_order_id bigint,
     p_user_id bigint,
     p_product_ids bigint[],
     p_quantities integer[],
-    p_max_held integer
+    p_max_held integer,
+    p_set_address boolean,
+    p_address postal_address,
+    p_address_id bigint,
+    p_set_method boolean,
+    p_method_id bigint,
+    p_set_code boolean,
+    p_code text,
+    p_max_unknown integer,
+    p_guess_window double precision
 ) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -260,49 +325,100 @@ DECLARE
     v_held_quantities integer[];
     v_priced record;
     v_order orders;
+    v_items order_item[];
+    v_subtotal bigint;
+    v_currency text;
+    v_checkout record;
+    v_address postal_address;
+    v_method_id bigint;
+    v_method order_shipping_method;
+    v_shipping bigint := 0;
+    v_discount_id bigint;
+    v_discount order_discount;
 BEGIN
     PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;  -- hold limits are checked under it
     v_refusal := lock_pending_order(p_order_id, p_user_id);
-    IF v_refusal IS NULL THEN
+    IF v_refusal IS NULL AND p_product_ids IS NOT NULL THEN
         v_product := held_units_over(p_user_id, p_order_id, p_product_ids, p_quantities, p_max_held);
         IF v_product IS NOT NULL THEN
             v_refusal := jsonb_build_object('code', 'too_many_held', 'product_id', v_product);
         END IF;
     END IF;
-    IF v_refusal IS NULL THEN
+    IF v_refusal IS NOT NULL THEN
+        RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
+        RETURN;
+    END IF;
+    SELECT * INTO v_order FROM orders o WHERE o.id = p_order_id;
+    IF p_product_ids IS NOT NULL THEN
         SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}')
           INTO v_held_ids, v_held_quantities
           FROM order_items i WHERE i.order_id = p_order_id;
         SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, v_held_ids, v_held_quantities);
         v_refusal := v_priced.refusal;
+        v_items := v_priced.items;
+        v_subtotal := v_priced.total;
+        v_currency := v_priced.currency;
+    ELSE
+        v_items := order_items_of(p_order_id);
+        v_subtotal := v_order.subtotal;
+        v_currency := v_order.currency;
+    END IF;
+
+    -- Checkout: what changes, and what stays, checked and priced for the new subtotal.
+    v_address := CASE WHEN p_set_address THEN p_address ELSE v_order.shipping_address END;
+    v_method_id := CASE WHEN p_set_method THEN p_method_id ELSE (v_order.shipping_method).id END;
+    IF v_refusal IS NULL
+       AND (v_address IS NOT NULL OR (p_set_address AND p_address_id IS NOT NULL) OR v_method_id IS NOT NULL) THEN
+        SELECT * INTO v_checkout
+          FROM price_shipping(p_user_id, v_subtotal, v_currency, v_address,
+                              CASE WHEN p_set_address THEN p_address_id END, v_method_id);
+        v_refusal := v_checkout.refusal;
+        v_address := v_checkout.shipping_address;
+        v_method := v_checkout.shipping_method;
+        v_shipping := v_checkout.shipping;
+    END IF;
+    IF v_refusal IS NULL AND (p_set_code OR v_order.discount_id IS NOT NULL) THEN  -- the last check
+        SELECT * INTO v_checkout
+          FROM price_discount(p_user_id, p_order_id, v_subtotal, v_currency, v_order.discount_id, p_set_code, p_code,
+                              p_max_unknown, p_guess_window);
+        v_refusal := v_checkout.refusal;
+        v_discount_id := v_checkout.discount_id;
+        v_discount := v_checkout.discount;
     END IF;
     IF v_refusal IS NOT NULL THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
         RETURN;
     END IF;
 
-    -- Each product's stock moves by what the order held minus what it now wants.
-    UPDATE products pr SET stock = pr.stock + d.delta, updated_at = now()
-      FROM (
-          SELECT m.product_id, sum(m.quantity)::integer AS delta
-            FROM (SELECT * FROM unnest(v_held_ids, v_held_quantities)
-                  UNION ALL
-                  SELECT w.id, -w.quantity FROM unnest(p_product_ids, p_quantities) AS w (id, quantity)
-                 ) AS m (product_id, quantity)
-           GROUP BY m.product_id
-      ) d
-     WHERE pr.id = ANY (v_held_ids || p_product_ids) AND pr.id = d.product_id AND d.delta <> 0;
+    IF p_product_ids IS NOT NULL THEN
+        -- Each product's stock moves by what the order held minus what it now wants.
+        UPDATE products pr SET stock = pr.stock + d.delta, updated_at = now()
+          FROM (
+              SELECT m.product_id, sum(m.quantity)::integer AS delta
+                FROM (SELECT * FROM unnest(v_held_ids, v_held_quantities)
+                      UNION ALL
+                      SELECT w.id, -w.quantity FROM unnest(p_product_ids, p_quantities) AS w (id, quantity)
+                     ) AS m (product_id, quantity)
+               GROUP BY m.product_id
+          ) d
+         WHERE pr.id = ANY (v_held_ids || p_product_ids) AND pr.id = d.product_id AND d.delta <> 0;
 
-    DELETE FROM order_items i WHERE i.order_id = p_order_id;
-    INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
-    SELECT p_order_id, i.line_no, i.product_id, i.name, i.unit_price, i.quantity, i.line_total
-      FROM unnest(v_priced.items) WITH ORDINALITY AS i (product_id, name, unit_price, quantity, line_total, line_no);
+        DELETE FROM order_items i WHERE i.order_id = p_order_id;
+        INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
+        SELECT p_order_id, i.line_no, i.product_id, i.name, i.unit_price, i.quantity, i.line_total
+          FROM unnest(v_items) WITH ORDINALITY AS i (product_id, name, unit_price, quantity, line_total, line_no);
+    END IF;
+    IF v_order.discount_id IS NOT NULL AND v_order.discount_id IS DISTINCT FROM v_discount_id THEN
+        PERFORM release_redemptions(ARRAY[v_order.discount_id]);  -- the code it gave up
+    END IF;
 
-    UPDATE orders o SET total = v_priced.total, currency = v_priced.currency, updated_at = now()
+    UPDATE orders o SET total = v_subtotal - coalesce(v_discount.amount, 0) + v_shipping, currency = v_currency,
+           shipping_address = v_address, shipping_method = v_method, shipping = v_shipping,
+           discount_id = v_discount_id, discount = v_discount, updated_at = now()
      WHERE o.id = p_order_id
     RETURNING o.* INTO v_order;
 
-    RETURN QUERY SELECT v_order, v_priced.items, NULL::jsonb;
+    RETURN QUERY SELECT v_order, v_items, NULL::jsonb;
 END
 $$;
 
