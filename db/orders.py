@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db.addresses import PostalAddress
 from db.pool import Database, Executor
 from db.refusals import refused
 
@@ -25,6 +26,32 @@ class HoldLimits:
 
     max_pending: int
     max_units_per_product: int
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """What an order ships to and with, and the code it redeems (sql/functions/checkout.sql).
+    A new order takes every field as it is (None: none). A change of a pending order
+    changes only the parts named in `changes` ("address", "method", "discount"), to
+    these values (None removes); the others stay as the order has them."""
+
+    address: PostalAddress | None = None
+    address_id: int | None = None
+    method_id: int | None = None
+    discount_code: str | None = None
+    changes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class GuessLimit:
+    """Unknown discount codes a customer may try per window (0: no limit)."""
+
+    max_unknown: int
+    window_seconds: float
+
+
+NO_CHECKOUT = Checkout()
+NO_GUESS_LIMIT = GuessLimit(0, 3600.0)
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -83,14 +110,24 @@ async def owner(db: Database, order_id: int) -> int | None:
 
 # --- changing ---------------------------------------------------------------------------
 
-_CREATE = "SELECT (r.changed).*, r.items, r.refusal FROM create_order($1, $2, $3, $4, $5, $6) r"
+_CREATE = """
+SELECT (r.changed).*, r.items, r.refusal
+FROM create_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) r
+"""
 
 
 async def create(
-    db: Executor, user_id: int, items: Sequence[Item], ttl_seconds: float, limits: HoldLimits
+    db: Executor,
+    user_id: int,
+    items: Sequence[Item],
+    ttl_seconds: float,
+    limits: HoldLimits,
+    checkout: Checkout = NO_CHECKOUT,
+    guesses: GuessLimit = NO_GUESS_LIMIT,
 ) -> asyncpg.Record:
     """Reserve every item and write the order with its order.created event, or change
-    nothing and raise the refusal (the customer's limits, then the item rules).
+    nothing and raise the refusal (the customer's limits, the item rules, then the
+    checkout's: its shipping, then its discount, whose redemption it takes).
     `items` must name each product once."""
     row = await db.fetchrow(
         _CREATE,
@@ -100,21 +137,52 @@ async def create(
         ttl_seconds,
         limits.max_pending,
         limits.max_units_per_product,
+        checkout.address,
+        checkout.address_id,
+        checkout.method_id,
+        checkout.discount_code,
+        guesses.max_unknown,
+        guesses.window_seconds,
     )
     assert row is not None
     return refused(row)
 
 
-_REPLACE_ITEMS = "SELECT (r.changed).*, r.items, r.refusal FROM replace_order_items($1, $2, $3, $4, $5) r"
+_REPLACE_ITEMS = """
+SELECT (r.changed).*, r.items, r.refusal
+FROM replace_order_items($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) r
+"""
 
 
 async def replace_items(
-    db: Database, order_id: int, user_id: int, items: Sequence[Item], max_units_per_product: int
+    db: Database,
+    order_id: int,
+    user_id: int,
+    items: Sequence[Item] | None,
+    max_units_per_product: int,
+    checkout: Checkout = NO_CHECKOUT,
+    guesses: GuessLimit = NO_GUESS_LIMIT,
 ) -> asyncpg.Record:
-    """Swap a pending order's items (the user's own), re-reserving atomically; on a
+    """Change a pending order (the user's own): swap its items (None: they stay),
+    re-reserving atomically, and the parts of its checkout named in
+    `checkout.changes`; its shipping and discount are checked and priced again. On a
     refusal nothing changes (but an order found past its expiry is expired)."""
     row = await db.fetchrow(
-        _REPLACE_ITEMS, order_id, user_id, [pid for pid, _ in items], [qty for _, qty in items], max_units_per_product
+        _REPLACE_ITEMS,
+        order_id,
+        user_id,
+        None if items is None else [pid for pid, _ in items],
+        None if items is None else [qty for _, qty in items],
+        max_units_per_product,
+        "address" in checkout.changes,
+        checkout.address,
+        checkout.address_id,
+        "method" in checkout.changes,
+        checkout.method_id,
+        "discount" in checkout.changes,
+        checkout.discount_code,
+        guesses.max_unknown,
+        guesses.window_seconds,
     )
     assert row is not None
     return refused(row)

@@ -92,7 +92,7 @@ def build_document(routes: list[Route], metrics_protected: bool = True) -> dict[
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
-        "tags": [{"name": t} for t in ("users", "products", "orders", "payments", "operations")],
+        "tags": [{"name": t} for t in ("users", "products", "checkout", "orders", "payments", "operations")],
     }
 
 
@@ -103,7 +103,9 @@ def _operation(route: Route, ref: Any, open_access: bool = False) -> dict[str, A
         "tags": [route.tag],
         "responses": {},
     }
-    if route.auth != "none" and not open_access:
+    if route.auth == "optional":
+        operation["security"] = [{"bearerAuth": []}, {}]  # a token is optional
+    elif route.auth != "none" and not open_access:
         operation["security"] = [{"bearerAuth": []}]
     parameters = []
     if "{id}" in route.path:

@@ -22,7 +22,9 @@ from server.runtime.problems import Forbidden, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # "metrics": the METRICS_TOKEN bearer token, when one is configured (else open).
-Auth = Literal["none", "user", "admin", "metrics"]
+# "optional": anyone; a caller who sends a token is authenticated (401 for a bad one)
+# and may be answered differently (an admin sees more).
+Auth = Literal["none", "optional", "user", "admin", "metrics"]
 
 # What a worker's handlers share, set on the app by the composition root (server/app.py).
 CONTEXT: web.AppKey[Context] = web.AppKey("context", Context)
@@ -112,12 +114,21 @@ def guarded(route: Route) -> Handler:
 
 def _authorized(route: Route) -> Handler:
     """The route's handler behind its declared check: "user" needs a valid access
-    token (401 otherwise), "admin" an admin's (403 for anyone else), "metrics" the
-    METRICS_TOKEN when set. The handler finds its caller under PRINCIPAL and never
+    token (401 otherwise), "admin" an admin's (403 for anyone else), "optional" a
+    valid one if any is sent, "metrics" the METRICS_TOKEN when set. The handler finds
+    its caller under PRINCIPAL (absent for an anonymous "optional" caller) and never
     reads `Authorization` itself."""
     if route.auth == "none":
         return route.handler
     handler, admin_only = route.handler, route.auth == "admin"
+    if route.auth == "optional":
+
+        async def identified(request: web.Request) -> web.StreamResponse:
+            if "Authorization" in request.headers:
+                request[PRINCIPAL] = await authenticate(request.app[CONTEXT], request.headers["Authorization"])
+            return await handler(request)
+
+        return identified
     if route.auth == "metrics":
 
         async def scraper(request: web.Request) -> web.StreamResponse:

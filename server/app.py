@@ -29,7 +29,7 @@ from db import idempotency, maintenance, password_resets, rate_limits, sessions
 from db.pool import Database, create_database
 from handlers import api, openapi
 from handlers.routing import CONTEXT, register
-from server.domain import orders, users, webhooks
+from server.domain import discounts, orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
 from server.domain.catalog_cache import CatalogCache, CatalogWatch
 from server.domain.context import Context
@@ -367,7 +367,8 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
             log.info("idempotency keys purged", extra={"count": purged})
 
     async def purge_rate_limits() -> None:
-        await rate_limits.purge(ctx.db, max(config.login_throttle_window_seconds, users.REGISTER_WINDOW_SECONDS))
+        windows = (config.login_throttle_window_seconds, users.REGISTER_WINDOW_SECONDS, discounts.GUESS_WINDOW_SECONDS)
+        await rate_limits.purge(ctx.db, max(windows))
 
     async def purge_sessions() -> None:
         ended, resets = await sessions.purge(ctx.db), await password_resets.purge(ctx.db)

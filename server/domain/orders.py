@@ -16,7 +16,7 @@ import asyncpg
 from db import orders as orders_db
 from db.pool import Database
 from db.refusals import Refusal
-from server.domain import order_status
+from server.domain import discounts, order_status
 from server.domain.auth import Principal
 from server.domain.context import Context
 from server.domain.order_actors import OrderActor
@@ -58,13 +58,22 @@ def _naming_items(first_index: dict[int, int]) -> Iterator[None]:
         raise
 
 
-async def create(ctx: Context, principal: Principal, items: Sequence[tuple[int, int]]) -> asyncpg.Record:
-    """A new pending order holding its stock (and its order.created event): the order
-    with its items."""
+# What an order ships to and with, and the code it redeems (see db/orders.py).
+Checkout = orders_db.Checkout
+NO_CHECKOUT = orders_db.NO_CHECKOUT
+
+
+async def create(
+    ctx: Context, principal: Principal, items: Sequence[tuple[int, int]], checkout: Checkout = NO_CHECKOUT
+) -> asyncpg.Record:
+    """A new pending order holding its stock (and its order.created event), shipped to
+    and with what `checkout` names and discounted by its code: the order with its items."""
     merged, first_index = merge_items(items)
     limits = orders_db.HoldLimits(ctx.config.order_max_pending_per_user, ctx.config.order_max_held_units_per_product)
     with _naming_items(first_index):
-        order = await orders_db.create(ctx.db, principal.id, merged, ctx.config.order_ttl_seconds, limits)
+        order = await orders_db.create(
+            ctx.db, principal.id, merged, ctx.config.order_ttl_seconds, limits, checkout, discounts.guess_limit(ctx)
+        )
     ctx.metrics.order_transition("new", "pending")
     return order
 
@@ -106,18 +115,24 @@ async def authorize(ctx: Context, principal: Principal, order_id: int) -> int:
     return owner
 
 
-async def replace_items(
-    ctx: Context, principal: Principal, order_id: int, items: Sequence[tuple[int, int]]
+async def change(
+    ctx: Context,
+    principal: Principal,
+    order_id: int,
+    items: Sequence[tuple[int, int]] | None,
+    checkout: Checkout = NO_CHECKOUT,
 ) -> asyncpg.Record:
-    """The order with its new items."""
+    """The order with its new items (None: they stay) and the parts of its checkout
+    that `checkout.changes` names; its shipping and discount priced again."""
     if await authorize(ctx, principal, order_id) != principal.id:
         raise Refusal("not_order_owner")
-    merged, first_index = merge_items(items)
+    merged, first_index = (None, {}) if items is None else merge_items(items)
     max_units = ctx.config.order_max_held_units_per_product
+    guesses = discounts.guess_limit(ctx)
 
     async def command(actor: OrderActor) -> asyncpg.Record:
         with _naming_items(first_index):
-            order = await orders_db.replace_items(ctx.db, order_id, principal.id, merged, max_units)
+            order = await orders_db.replace_items(ctx.db, order_id, principal.id, merged, max_units, checkout, guesses)
         actor.note_expiry(order["expires_at"])
         return order
 

@@ -316,6 +316,13 @@ class Config(BaseModel):
         ge=1,
         description="Units of one product one customer's pending orders may hold; more: 409.",
     )
+    discount_max_unknown_per_user: int = Field(
+        20,
+        alias="DISCOUNT_MAX_UNKNOWN_PER_USER",
+        ge=0,
+        description="Discount codes that do not exist one customer may try per hour; then every "
+        "order naming a code gets 429 with Retry-After until the hour is over (0: off).",
+    )
 
     actor_queue_timeout_seconds: float = Field(
         5.0,
