@@ -4,7 +4,7 @@ day it is added, with no line to write here.
 For every route: with no token, a route whose `auth` is "user" or "admin" answers
 401 with `WWW-Authenticate: Bearer`; a customer's token on an "admin" route gets
 403; an admin passes the check (whatever the handler then answers). Routes with no
-auth never answer 401. Object-level rules (an owner's order is 404 for others) are in
+auth never answer 401; "optional" ones neither, but do to a bad token. Object-level rules (an owner's order is 404 for others) are in
 tests/test_security.py's matrix.
 """
 
@@ -37,9 +37,16 @@ async def access_violations(api: Api, routes: list[Route], customer: User, admin
         as_customer = await api.call(route.method, path, json=body, token=customer.token)
         as_admin = await api.call(route.method, path, json=body, token=admin.token)
         name = f"{route.method} {route.path} (auth={route.auth})"
-        if route.auth in ("none", "metrics"):  # metrics: open without METRICS_TOKEN
+        if route.auth in ("none", "metrics", "optional"):  # metrics: open without METRICS_TOKEN
             if anonymous.status in (401, 403):
                 violations.append(f"{name}: anonymous got {anonymous.status}")
+            if route.auth == "optional":  # anyone, but a token that is sent must be valid
+                forged = await api.call(route.method, path, json=body, token="not-a-token")
+                if forged.status != 401:
+                    violations.append(f"{name}: a bad token got {forged.status}, not 401")
+                for who, reply in (("a customer", as_customer), ("an admin", as_admin)):
+                    if reply.status in (401, 403):
+                        violations.append(f"{name}: {who} got {reply.status}")
             continue
         if anonymous.status != 401 or not anonymous.headers.get("WWW-Authenticate", "").startswith("Bearer"):
             violations.append(f"{name}: anonymous got {anonymous.status}, not 401 with WWW-Authenticate")
