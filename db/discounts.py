@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from db.pool import Database
-from db.refusals import Refusal
+from db.refusals import Refusal, refused
 
 # Each constraint of the table that a request can break, as the refusal that says so.
 _REFUSALS = {
@@ -29,12 +29,9 @@ def _refusal(exc: asyncpg.IntegrityConstraintViolationError) -> Refusal:
     return Refusal(code)
 
 
-_INSERT = """
-INSERT INTO discounts (code, kind, value, currency, min_subtotal, starts_at, ends_at,
-                       max_redemptions, max_per_customer, enabled)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-RETURNING *
-"""
+# A discount as the API shows it: its row and its times_redeemed.
+_COLUMNS = "d.*, times_redeemed(d) AS times_redeemed"
+_CREATE = f"SELECT {_COLUMNS} FROM create_discount($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) d"
 
 
 async def create(
@@ -55,7 +52,7 @@ async def create(
     'discount_value_invalid', 'discount_window_empty'."""
     try:
         row = await db.fetchrow(
-            _INSERT,
+            _CREATE,
             code,
             kind,
             value,
@@ -73,14 +70,19 @@ async def create(
     return row
 
 
-_GET = "SELECT * FROM discounts WHERE id = $1 AND deleted_at IS NULL"
+_GET = f"SELECT {_COLUMNS} FROM discounts d WHERE d.id = $1 AND d.deleted_at IS NULL"
 
 
 async def get(db: Database, discount_id: int) -> asyncpg.Record | None:
     return await db.fetchrow(_GET, discount_id)
 
 
-_PAGE = "SELECT * FROM discounts WHERE deleted_at IS NULL AND id > coalesce($1::bigint, 0) ORDER BY id LIMIT $2"
+_PAGE = f"""
+SELECT {_COLUMNS} FROM discounts d
+WHERE d.deleted_at IS NULL AND d.id > coalesce($1::bigint, 0)
+ORDER BY d.id
+LIMIT $2
+"""
 
 
 async def page(db: Database, after_id: int | None, limit: int) -> list[asyncpg.Record]:
@@ -88,30 +90,18 @@ async def page(db: Database, after_id: int | None, limit: int) -> list[asyncpg.R
     return await db.fetch(_PAGE, after_id, limit)
 
 
-# Only the fields named in $2 change; the row's lock orders it with the orders that
-# redeem the code, so max_redemptions is compared with the current times_redeemed.
 _UPDATE = """
-UPDATE discounts SET
-    kind = CASE WHEN 'kind' = ANY ($2::text[]) THEN $3 ELSE kind END,
-    value = CASE WHEN 'value' = ANY ($2::text[]) THEN $4 ELSE value END,
-    currency = CASE WHEN 'currency' = ANY ($2::text[]) THEN $5 ELSE currency END,
-    min_subtotal = CASE WHEN 'min_subtotal' = ANY ($2::text[]) THEN $6 ELSE min_subtotal END,
-    starts_at = CASE WHEN 'starts_at' = ANY ($2::text[]) THEN $7 ELSE starts_at END,
-    ends_at = CASE WHEN 'ends_at' = ANY ($2::text[]) THEN $8 ELSE ends_at END,
-    max_redemptions = CASE WHEN 'max_redemptions' = ANY ($2::text[]) THEN $9 ELSE max_redemptions END,
-    max_per_customer = CASE WHEN 'max_per_customer' = ANY ($2::text[]) THEN $10 ELSE max_per_customer END,
-    enabled = CASE WHEN 'enabled' = ANY ($2::text[]) THEN $11 ELSE enabled END,
-    updated_at = now()
-WHERE id = $1 AND deleted_at IS NULL
-RETURNING *
+SELECT (r.changed).*, times_redeemed(r.changed) AS times_redeemed, r.refusal
+FROM update_discount($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) r
 """
 
 
-async def update(db: Database, discount_id: int, changes: dict[str, Any]) -> asyncpg.Record | None:
-    """Change the named fields of a live discount; None when there is none. Raises
-    'discount_value_invalid', 'discount_window_empty', 'discount_below_redeemed'."""
+async def update(db: Database, discount_id: int, changes: dict[str, Any]) -> asyncpg.Record:
+    """Change the named fields of a live discount (under its row's strongest lock, so
+    no order takes it meanwhile). Raises 'discount_not_found', 'discount_value_invalid',
+    'discount_window_empty', 'discount_below_redeemed'."""
     try:
-        return await db.fetchrow(
+        row = await db.fetchrow(
             _UPDATE,
             discount_id,
             list(changes),
@@ -127,6 +117,8 @@ async def update(db: Database, discount_id: int, changes: dict[str, Any]) -> asy
         )
     except asyncpg.CheckViolationError as exc:
         raise _refusal(exc) from None
+    assert row is not None
+    return refused(row)
 
 
 _DELETE = "UPDATE discounts SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL"
@@ -140,19 +132,32 @@ async def delete(db: Database, discount_id: int) -> bool:
 # --- invariants -------------------------------------------------------------------------
 
 _REDEMPTION_VIOLATIONS = """
-SELECT d.id, d.code, d.times_redeemed, d.max_redemptions, coalesce(o.held, 0) AS held
+SELECT d.id, d.code, d.max_redemptions, d.redeemed, coalesce(o.held, 0) AS held
 FROM discounts d
 LEFT JOIN (
     SELECT discount_id, count(*) AS held FROM orders
     WHERE discount_id IS NOT NULL AND status = ANY ($1::text[])
     GROUP BY discount_id
 ) o ON o.discount_id = d.id
-WHERE d.times_redeemed <> coalesce(o.held, 0) OR d.times_redeemed > d.max_redemptions
+WHERE d.max_redemptions IS NOT NULL AND (d.redeemed <> coalesce(o.held, 0) OR d.redeemed > d.max_redemptions)
 ORDER BY d.id
 """
 
 
+_UNKNOWN_DISCOUNTS = """
+SELECT o.id, o.discount_id FROM orders o
+WHERE o.discount_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM discounts d WHERE d.id = o.discount_id)
+ORDER BY o.id
+"""
+
+
+async def unknown_discounts(db: Database) -> list[asyncpg.Record]:
+    """Orders whose discount_id names no discount (it has no foreign key)."""
+    return await db.fetch(_UNKNOWN_DISCOUNTS)
+
+
 async def redemption_violations(db: Database, redeeming: list[str]) -> list[asyncpg.Record]:
-    """Discounts whose times_redeemed is not the number of orders in a `redeeming`
-    status that have them, or is above max_redemptions."""
+    """Discounts with max_redemptions whose kept count is not the number of orders in
+    a `redeeming` status that have them, or is above max_redemptions (a code without
+    one is counted from its orders, so it cannot disagree)."""
     return await db.fetch(_REDEMPTION_VIOLATIONS, redeeming)

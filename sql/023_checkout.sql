@@ -54,11 +54,14 @@ CREATE TABLE shipping_methods (
     deleted_at  timestamptz
 );
 
--- Discount codes. `times_redeemed` counts the orders holding the code (pending) or
--- having used it (paid and later): it moves only under the row's lock, in the
--- statement that reserves or returns the order's stock, and the CHECK backs the limit
--- whatever happens. Deleting one only sets deleted_at (orders keep their discount, and
--- the code becomes free again: the unique index covers live rows).
+-- Discount codes. A code's times_redeemed is the number of orders holding it (pending)
+-- or having used it (paid and later). For a code with max_redemptions it is also kept
+-- in `redeemed`, under the row's lock, by the orders that take or give back the code
+-- (its takers decide one after the other: the limit is exact, and the CHECK backs it);
+-- a code without one is counted from its orders when it is read, so the orders using a
+-- popular code write nothing to its row (sql/functions/checkout.sql). Deleting a code
+-- only sets deleted_at (orders keep their discount, and the code becomes free again:
+-- the unique index covers live rows).
 CREATE TABLE discounts (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     code             text        NOT NULL CHECK (code ~ '^[A-Z0-9_-]{3,32}$'),
@@ -70,7 +73,7 @@ CREATE TABLE discounts (
     ends_at          timestamptz,
     max_redemptions  integer     CHECK (max_redemptions >= 0),
     max_per_customer integer     CHECK (max_per_customer >= 1),
-    times_redeemed   integer     NOT NULL DEFAULT 0 CHECK (times_redeemed >= 0),
+    redeemed         integer     NOT NULL DEFAULT 0 CHECK (redeemed >= 0),
     enabled          boolean     NOT NULL DEFAULT true,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
@@ -78,7 +81,7 @@ CREATE TABLE discounts (
     CONSTRAINT discounts_value_check
         CHECK ((kind = 'percent' AND value BETWEEN 1 AND 100) OR (kind = 'fixed' AND value >= 1)),
     CONSTRAINT discounts_window_check CHECK (ends_at > starts_at),
-    CONSTRAINT discounts_redemptions_check CHECK (times_redeemed <= max_redemptions)
+    CONSTRAINT discounts_redemptions_check CHECK (redeemed <= max_redemptions)
 );
 
 CREATE UNIQUE INDEX discounts_code_live_key ON discounts (code) WHERE deleted_at IS NULL;
@@ -91,11 +94,15 @@ ALTER TABLE orders
     ADD COLUMN shipping_address postal_address,
     ADD COLUMN shipping_method  order_shipping_method,
     ADD COLUMN shipping         bigint NOT NULL DEFAULT 0 CHECK (shipping >= 0),
-    ADD COLUMN discount_id      bigint REFERENCES discounts (id),
+    -- No foreign key: the id is always the one of a code the same call found and
+    -- locked, codes are never deleted (only hidden), and the check would lock the
+    -- code's row a second time in every order that uses it (check-invariants looks).
+    ADD COLUMN discount_id      bigint,
     ADD COLUMN discount         order_discount CHECK ((discount).amount >= 0),
     ADD COLUMN subtotal         bigint GENERATED ALWAYS AS (total - shipping + coalesce((discount).amount, 0)) STORED,
     ADD CONSTRAINT orders_discount_id_check CHECK ((discount_id IS NULL) = (discount IS NULL));
 
--- The orders holding or having used a discount, per customer: the per-customer limit
--- and the discount invariant count them.
-CREATE INDEX orders_discount_user_idx ON orders (discount_id, user_id) WHERE discount_id IS NOT NULL;
+-- The orders holding or having used a discount (the statuses order_status.REDEEMS
+-- names), per customer: times_redeemed and the per-customer limit count them.
+CREATE INDEX orders_redeeming_idx ON orders (discount_id, user_id)
+    WHERE discount_id IS NOT NULL AND status NOT IN ('cancelled', 'expired');

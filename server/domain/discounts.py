@@ -45,10 +45,7 @@ async def page(ctx: Context, cursor: str | None, limit: int) -> tuple[list[async
 
 
 async def update(ctx: Context, discount_id: int, changes: dict[str, Any]) -> asyncpg.Record:
-    row = await discounts_db.update(ctx.db, discount_id, changes)
-    if row is None:
-        raise Refusal("discount_not_found")
-    return row
+    return await discounts_db.update(ctx.db, discount_id, changes)
 
 
 async def delete(ctx: Context, discount_id: int) -> None:

@@ -40,9 +40,12 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
         f"order {r['id']} in status {r['status']}" for r in await orders_db.unknown_statuses(db, order_status.STATUSES)
     ]
     problems += [
-        f"discount {r['id']} ({r['code']}): times_redeemed {r['times_redeemed']} != {r['held']} orders holding "
+        f"discount {r['id']} ({r['code']}): times_redeemed {r['redeemed']} != {r['held']} orders holding "
         f"or having used it, or above max_redemptions {r['max_redemptions']}"
         for r in await discounts_db.redemption_violations(db, sorted(order_status.REDEEMS))
+    ]
+    problems += [
+        f"order {r['id']}: discount {r['discount_id']} does not exist" for r in await discounts_db.unknown_discounts(db)
     ]
     if settled:
         pending = await payments_db.pending_count(db)

@@ -5,27 +5,31 @@
 -- those rows: an order without them costs what it did before.
 --
 -- Lock order (the same as orders.sql's, which it continues): the customer's row, the
--- order row(s), the product rows in ascending id order, then the discount rows in
--- ascending id order. A discount's row is taken last, when everything else about the
--- order has been decided: so a popular code is held for the shortest time, and no
--- transaction that holds a discount's row ever waits for a product's.
+-- order row(s), the product rows in ascending id order, then the advisory locks of the
+-- codes involved (shared), then those codes' rows in ascending id order. So a code's
+-- rows are taken when everything else about the order has been decided, and a
+-- transaction that holds one never waits for a product's.
 --
--- Redemptions: discounts.times_redeemed counts the orders holding the code (pending) or
--- having used it (paid and later). A new redemption is taken under the discount's row
--- lock after every rule passed on the locked row (times_redeemed < max_redemptions is
--- then exact, whatever the number of processes); the per-customer count is exact
--- because every order change of a customer runs under that customer's row lock. A
--- pending order's redemption is given back when it is cancelled, expires or is deleted
--- (end_pending_orders) or when its code is removed or replaced (replace_order_items).
-
--- Seconds until a key of rate_limits admits another attempt (its p_max attempts of
--- the current window used up), without counting one; NULL when it admits.
-CREATE OR REPLACE FUNCTION rate_limit_wait(p_key text, p_max integer, p_window double precision) RETURNS integer
-LANGUAGE sql STABLE AS $$
-    SELECT greatest(1, ceil(extract(epoch FROM r.window_start + make_interval(secs => p_window) - now())))::integer
-      FROM rate_limits r
-     WHERE r.key = p_key AND r.attempts >= p_max AND r.window_start > now() - make_interval(secs => p_window)
-$$;
+-- Redemptions: a code's times_redeemed is the number of orders holding it (pending) or
+-- having used it (paid and later), read from the orders (times_redeemed(), on
+-- orders_redeeming_idx). An order taking a code, or giving one back, holds the code's
+-- advisory lock in shared mode (no row is written for it); an admin's change of the
+-- code takes it alone (update_discount, discounts.sql), so it waits for every order in
+-- flight and every later order reads the changed rules. A code without
+-- max_redemptions costs its orders nothing more: they write nothing to its row, so
+-- orders using one popular code do not queue for it. A code with max_redemptions also
+-- keeps the count in `redeemed`: its takers read its row FOR NO KEY UPDATE and so
+-- decide one after the other, each on the count the previous one committed
+-- (redeemed < max_redemptions is then exact on any number of processes; a CHECK backs
+-- it), and an order giving it back takes one off under the same lock. The
+-- per-customer count is exact because every change of a customer's orders runs under
+-- that customer's row lock. A pending order's redemption is given back when it is
+-- cancelled, expires or is deleted (end_pending_orders) or when its code is removed or
+-- replaced (replace_order_items).
+--
+-- The advisory lock of a code is the two-key one (x'5707D15C', hashtext(code)): the
+-- first key names "storefront discount codes" among advisory locks (the liveness
+-- locks' is 0x5354; migrations use the one-key form).
 
 -- What a discount takes off a subtotal: floor(subtotal * value / 100) for a percent
 -- one (computed without the product, which could pass a bigint), min(value,
@@ -107,15 +111,52 @@ BEGIN
 END
 $$;
 
+-- Take one redemption of p_discount, whose advisory lock the caller holds (and, for a
+-- code with max_redemptions, its row FOR NO KEY UPDATE), for the customer's order
+-- p_order_id (NULL: a new one): the rules on that row, then the limits; NULL, or the
+-- refusal (discount_refusal's, 'discount_customer_limit' with max_per_customer,
+-- 'discount_exhausted').
+CREATE OR REPLACE FUNCTION take_redemption(
+    p_discount discounts, p_user_id bigint, p_order_id bigint, p_subtotal bigint, p_currency text
+) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_refusal jsonb;
+    v_used bigint;
+BEGIN
+    v_refusal := discount_refusal(p_discount, p_subtotal, p_currency);
+    IF v_refusal IS NULL AND p_discount.max_per_customer IS NOT NULL THEN
+        -- Counted up to the limit only.
+        SELECT count(*) INTO v_used
+          FROM (SELECT 1 FROM orders o
+                 WHERE o.discount_id = p_discount.id AND o.user_id = p_user_id
+                   AND o.status NOT IN ('cancelled', 'expired') AND o.id IS DISTINCT FROM p_order_id
+                 LIMIT p_discount.max_per_customer) AS used;
+        IF v_used >= p_discount.max_per_customer THEN
+            v_refusal := jsonb_build_object(
+                'code', 'discount_customer_limit', 'max_per_customer', p_discount.max_per_customer);
+        END IF;
+    END IF;
+    IF v_refusal IS NULL AND p_discount.max_redemptions IS NOT NULL THEN
+        IF p_discount.redeemed >= p_discount.max_redemptions THEN
+            v_refusal := jsonb_build_object('code', 'discount_exhausted');
+        ELSE
+            UPDATE discounts d SET redeemed = d.redeemed + 1 WHERE d.id = p_discount.id;
+        END IF;
+    END IF;
+    RETURN v_refusal;
+END
+$$;
+
 -- An order's discount: the one it holds (p_held_id, re-checked against the new
 -- subtotal), or the code p_code when p_set_code (NULL: none), checked, priced and, when
--- it is not the one held, redeemed: this call then holds the discount's row lock and
--- has counted the redemption (given back by the caller's transaction if the order is
--- not written). p_held_id, when the order gives it up, is locked too (ids in ascending
--- order) for the caller to give back. Refusals: 'too_many_discount_guesses'
--- (retry_after), 'discount_unknown' (an unknown code also counts as a guess,
--- p_max_unknown per p_guess_window: 0 turns that off), discount_refusal's,
--- 'discount_customer_limit' (max_per_customer), 'discount_exhausted'.
+-- it is not the one held, redeemed (take_redemption: this call then holds the code's
+-- locks, and a kept count is given back with everything else if the caller's
+-- transaction does not commit). When the order gives up a held code for another, the
+-- held code's locks are taken too (in the lock order) for the caller to give it back.
+-- Refusals: 'too_many_discount_guesses' (retry_after), 'discount_unknown' (an unknown
+-- code also counts as a guess, p_max_unknown per p_guess_window: 0 turns that off),
+-- take_redemption's.
 CREATE OR REPLACE FUNCTION price_discount(
     p_user_id bigint,
     p_order_id bigint,
@@ -133,33 +174,31 @@ CREATE OR REPLACE FUNCTION price_discount(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_key text;
-    v_wait integer;
     v_discount discounts;
-    v_used integer;
 BEGIN
-    IF NOT p_set_code THEN
-        IF p_held_id IS NULL THEN
-            RETURN;
-        END IF;
-        SELECT * INTO v_discount FROM discounts d WHERE d.id = p_held_id AND d.deleted_at IS NULL;
-        IF NOT FOUND THEN
-            refusal := jsonb_build_object('code', 'discount_unknown');
-            RETURN;
-        END IF;
-    ELSIF p_code IS NULL THEN
-        RETURN;
-    ELSE
-        -- Guessing: refused once the customer's unknown codes used up the window,
-        -- whatever the code (the answer then tells nothing about which codes exist).
+    IF p_set_code AND p_code IS NOT NULL THEN
+        -- Guessing: once the customer's unknown codes used up the window, every code is
+        -- refused, a real one too (the answer then tells nothing about which codes
+        -- exist). Under the customer's row lock, like the count of a new guess below.
+        -- The same statement takes the code's advisory lock (see the header).
         v_key := 'discount-guess:' || p_user_id;
-        IF p_max_unknown > 0 THEN
-            v_wait := rate_limit_wait(v_key, p_max_unknown, p_guess_window);
-            IF v_wait IS NOT NULL THEN
-                refusal := jsonb_build_object('code', 'too_many_discount_guesses', 'retry_after', v_wait);
-                RETURN;
-            END IF;
+        SELECT (SELECT jsonb_build_object('code', 'too_many_discount_guesses', 'retry_after',
+                           greatest(1, ceil(extract(epoch FROM r.window_start + make_interval(secs => p_guess_window)
+                                                                - now()))))
+                  FROM rate_limits r
+                 WHERE p_max_unknown > 0 AND r.key = v_key AND r.attempts >= p_max_unknown
+                   AND r.window_start > now() - make_interval(secs => p_guess_window))
+          INTO refusal
+          FROM pg_advisory_xact_lock_shared(x'5707D15C'::integer, hashtext(upper(p_code)));
+        IF refusal IS NOT NULL THEN
+            RETURN;
         END IF;
-        SELECT d.id INTO discount_id FROM discounts d WHERE d.code = upper(p_code) AND d.deleted_at IS NULL;
+        -- The code's row, read once its lock is held (a statement of its own).
+        SELECT * INTO v_discount FROM discounts d WHERE d.code = upper(p_code) AND d.deleted_at IS NULL;
+        IF FOUND AND v_discount.max_redemptions IS NOT NULL AND v_discount.id IS DISTINCT FROM p_held_id THEN
+            SELECT * INTO v_discount FROM discounts d WHERE d.id = v_discount.id AND d.deleted_at IS NULL
+               FOR NO KEY UPDATE;
+        END IF;
         IF NOT FOUND THEN
             IF p_max_unknown > 0 THEN
                 PERFORM rate_limit_hit(ARRAY[v_key], ARRAY[p_max_unknown], ARRAY[p_guess_window],
@@ -168,62 +207,64 @@ BEGIN
             refusal := jsonb_build_object('code', 'discount_unknown');
             RETURN;
         END IF;
-        IF discount_id IS DISTINCT FROM p_held_id THEN
-            -- A new redemption: the rules and the limits on the locked row (and the
-            -- held discount, given up, locked with it in id order).
-            PERFORM 1 FROM discounts d WHERE d.id IN (discount_id, p_held_id) ORDER BY d.id FOR NO KEY UPDATE;
-            SELECT * INTO v_discount FROM discounts d WHERE d.id = discount_id AND d.deleted_at IS NULL;
-            IF NOT FOUND THEN
-                discount_id := NULL;
-                refusal := jsonb_build_object('code', 'discount_unknown');
-                RETURN;
+        IF v_discount.id IS DISTINCT FROM p_held_id THEN
+            IF p_held_id IS NOT NULL THEN
+                -- The code given up is given back by the caller: its advisory lock now,
+                -- then both rows in id order, the new one read again once locked.
+                PERFORM pg_advisory_xact_lock_shared(x'5707D15C'::integer, hashtext(d.code))
+                   FROM discounts d WHERE d.id = p_held_id;
+                PERFORM 1 FROM discounts d WHERE d.id IN (v_discount.id, p_held_id) ORDER BY d.id FOR NO KEY UPDATE;
+                SELECT * INTO v_discount FROM discounts d WHERE d.id = v_discount.id;
             END IF;
-            refusal := discount_refusal(v_discount, p_subtotal, p_currency);
-            IF refusal IS NULL AND v_discount.max_per_customer IS NOT NULL THEN
-                -- Counted up to the limit only. Under the customer's row lock, which
-                -- every change of this customer's orders takes first.
-                SELECT count(*) INTO v_used
-                  FROM (SELECT 1 FROM orders o
-                         WHERE o.discount_id = v_discount.id AND o.user_id = p_user_id
-                           AND o.status NOT IN ('cancelled', 'expired') AND o.id IS DISTINCT FROM p_order_id
-                         LIMIT v_discount.max_per_customer) AS used;
-                IF v_used >= v_discount.max_per_customer THEN
-                    refusal := jsonb_build_object(
-                        'code', 'discount_customer_limit', 'max_per_customer', v_discount.max_per_customer);
-                END IF;
+            IF v_discount.max_redemptions IS NULL AND v_discount.max_per_customer IS NULL THEN
+                refusal := discount_refusal(v_discount, p_subtotal, p_currency);  -- no limits to count
+            ELSE
+                refusal := take_redemption(v_discount, p_user_id, p_order_id, p_subtotal, p_currency);
             END IF;
-            IF refusal IS NULL AND v_discount.times_redeemed >= v_discount.max_redemptions THEN
-                refusal := jsonb_build_object('code', 'discount_exhausted');
+            IF refusal IS NULL THEN
+                discount_id := v_discount.id;
+                discount := ROW(v_discount.code, discount_amount(v_discount.kind, v_discount.value, p_subtotal));
             END IF;
-            IF refusal IS NOT NULL THEN
-                discount_id := NULL;
-                RETURN;
-            END IF;
-            UPDATE discounts d SET times_redeemed = d.times_redeemed + 1 WHERE d.id = v_discount.id;
-            discount := ROW(v_discount.code, discount_amount(v_discount.kind, v_discount.value, p_subtotal))::order_discount;
             RETURN;
         END IF;
-        SELECT * INTO v_discount FROM discounts d WHERE d.id = discount_id;
+    ELSIF p_set_code OR p_held_id IS NULL THEN
+        RETURN;  -- no discount
+    ELSE
+        SELECT * INTO v_discount FROM discounts d WHERE d.id = p_held_id AND d.deleted_at IS NULL;
+        IF NOT FOUND THEN
+            refusal := jsonb_build_object('code', 'discount_unknown');
+            RETURN;
+        END IF;
     END IF;
-    -- The discount the order holds (and keeps): the rules again, for the new subtotal.
+    -- The code the order holds stays: its rules again, for the new subtotal.
     refusal := discount_refusal(v_discount, p_subtotal, p_currency);
     IF refusal IS NULL THEN
         discount_id := v_discount.id;
-        discount := ROW(v_discount.code, discount_amount(v_discount.kind, v_discount.value, p_subtotal))::order_discount;
-    ELSE
-        discount_id := NULL;
+        discount := ROW(v_discount.code, discount_amount(v_discount.kind, v_discount.value, p_subtotal));
     END IF;
 END
 $$;
 
--- Give back one redemption per entry of p_discount_ids (an id once per order that gave
--- its redemption up), the rows locked in id order.
+-- Give back the redemptions of orders that gave them up (p_discount_ids: one entry per
+-- order): under each code's advisory lock, a code with max_redemptions takes them off
+-- its count (the rows locked in id order); a code without one counts its orders anyway.
 CREATE OR REPLACE FUNCTION release_redemptions(p_discount_ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_limited bigint[];
 BEGIN
-    PERFORM 1 FROM discounts d WHERE d.id = ANY (p_discount_ids) ORDER BY d.id FOR NO KEY UPDATE;
-    UPDATE discounts d SET times_redeemed = d.times_redeemed - r.n
-      FROM (SELECT u.id, count(*)::integer AS n FROM unnest(p_discount_ids) AS u (id) GROUP BY u.id) r
-     WHERE d.id = ANY (p_discount_ids) AND d.id = r.id;
+    PERFORM pg_advisory_xact_lock_shared(x'5707D15C'::integer, hashtext(d.code))
+       FROM discounts d WHERE d.id = ANY (p_discount_ids);
+    -- Read once the locks are held (a statement of its own: it sees an admin's change).
+    SELECT array_agg(locked.id) INTO v_limited
+      FROM (SELECT d.id FROM discounts d
+             WHERE d.id = ANY (p_discount_ids) AND d.max_redemptions IS NOT NULL
+             ORDER BY d.id
+               FOR NO KEY UPDATE) locked;
+    IF v_limited IS NOT NULL THEN
+        UPDATE discounts d SET redeemed = d.redeemed - g.n
+          FROM (SELECT u.id, count(*)::integer AS n FROM unnest(p_discount_ids) AS u (id) GROUP BY u.id) g
+         WHERE d.id = ANY (v_limited) AND d.id = g.id;
+    END IF;
 END
 $$;

@@ -2,9 +2,9 @@
 -- its own transaction), writing the change's event itself (emit_event, events.sql).
 --
 -- Lock order, everywhere: the customer's row (when hold limits are checked), then the
--- order row(s), then the product rows in ascending id order, then the discount rows in
--- ascending id order (checkout.sql); so concurrent transactions can wait for each other
--- but never deadlock. Statuses are checked on the locked rows, so no decision is made
+-- order row(s), then the product rows in ascending id order, then the advisory locks
+-- and rows of the discount codes involved (checkout.sql); so concurrent transactions
+-- can wait for each other but never deadlock. Statuses are checked on the locked rows, so no decision is made
 -- on stale data.
 --
 -- A refusal comes back as a jsonb document, {"code": ..., and what it is about}, with
