@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db.addresses import PostalAddress
 from db.pool import Database, Executor
-from db.refusals import refused
+from db.refusals import Refusal, refusal_of, refused
 
 Item = tuple[int, int]  # (product_id, quantity)
 
@@ -27,6 +28,32 @@ class HoldLimits:
     max_pending: int
     max_units_per_product: int
     max_units_per_product_at_address: int
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """What an order ships to and with, and the code it redeems (sql/functions/checkout.sql).
+    A new order takes every field as it is (None: none). A change of a pending order
+    changes only the parts named in `changes` ("address", "method", "discount"), to
+    these values (None removes); the others stay as the order has them."""
+
+    address: PostalAddress | None = None
+    address_id: int | None = None
+    method_id: int | None = None
+    discount_code: str | None = None
+    changes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class GuessLimit:
+    """Unknown discount codes a customer may try per window (0: no limit)."""
+
+    max_unknown: int
+    window_seconds: float
+
+
+NO_CHECKOUT = Checkout()
+NO_GUESS_LIMIT = GuessLimit(0, 3600.0)
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -85,46 +112,131 @@ async def owner(db: Database, order_id: int) -> int | None:
 
 # --- changing ---------------------------------------------------------------------------
 
-_CREATE = "SELECT (r.changed).*, r.items, r.refusal FROM create_order($1, $2, $3, $4, $5, $6, $7, $8) r"
+
+@dataclass(frozen=True)
+class NewOrder:
+    """An order to place: its customer, the client address it comes from, its items
+    (each product once), and what it ships to and with and the code it redeems."""
+
+    user_id: int
+    client_ip: str
+    items: Sequence[Item]
+    checkout: Checkout = NO_CHECKOUT
 
 
-async def create(
-    db: Executor, user_id: int, client_ip: str, items: Sequence[Item], ttl_seconds: float, limits: HoldLimits
-) -> asyncpg.Record:
-    """Reserve every item and write the order (placed from `client_ip`) with its
-    order.created event, or change nothing and raise the refusal (the customer's
-    limits, the item rules, the address's limit). `items` must name each product once."""
+@dataclass(frozen=True)
+class OrderTerms:
+    """What every new order is placed under: its time to pay, the hold limits, the
+    limit on guessed discount codes."""
+
+    ttl_seconds: float
+    limits: HoldLimits
+    guesses: GuessLimit
+
+
+_CREATE = """
+SELECT (r.changed).*, r.items, r.refusal
+FROM create_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) r
+"""
+
+
+async def create(db: Executor, order: NewOrder, terms: OrderTerms) -> asyncpg.Record:
+    """Reserve every item and write the order with its order.created event, or change
+    nothing and raise the refusal (the customer's limits, the item rules, the address's
+    limit, then the checkout's: its shipping, then its discount, whose redemption it
+    takes)."""
+    checkout, limits, guesses = order.checkout, terms.limits, terms.guesses
     row = await db.fetchrow(
         _CREATE,
-        user_id,
-        client_ip,
-        [pid for pid, _ in items],
-        [qty for _, qty in items],
-        ttl_seconds,
+        order.user_id,
+        order.client_ip,
+        [pid for pid, _ in order.items],
+        [qty for _, qty in order.items],
+        terms.ttl_seconds,
         limits.max_pending,
         limits.max_units_per_product,
         limits.max_units_per_product_at_address,
+        checkout.address,
+        checkout.address_id,
+        checkout.method_id,
+        checkout.discount_code,
+        guesses.max_unknown,
+        guesses.window_seconds,
     )
     assert row is not None
     return refused(row)
 
 
-_REPLACE_ITEMS = "SELECT (r.changed).*, r.items, r.refusal FROM replace_order_items($1, $2, $3, $4, $5, $6) r"
+_CREATE_MANY = """
+SELECT (r.changed).*, r.items, r.refusal
+FROM create_orders($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) r
+"""
+
+
+async def create_many(
+    db: Executor, product_id: int, orders: Sequence[NewOrder], terms: OrderTerms
+) -> list[asyncpg.Record | Refusal]:
+    """Orders of one product each (`product_id`, theirs only), placed in one transaction
+    in this order, each as `create` would place it after the ones before it: per
+    order, the order, or the Refusal it met (nothing written for it)."""
+    limits, guesses = terms.limits, terms.guesses
+    rows = await db.fetch(
+        _CREATE_MANY,
+        product_id,
+        [order.user_id for order in orders],
+        [order.client_ip for order in orders],
+        [order.items[0][1] for order in orders],
+        [order.checkout.address for order in orders],
+        [order.checkout.address_id for order in orders],
+        [order.checkout.method_id for order in orders],
+        [order.checkout.discount_code for order in orders],
+        terms.ttl_seconds,
+        limits.max_pending,
+        limits.max_units_per_product,
+        limits.max_units_per_product_at_address,
+        guesses.max_unknown,
+        guesses.window_seconds,
+    )
+    assert len(rows) == len(orders)
+    return [refusal_of(row) or row for row in rows]
+
+
+_REPLACE_ITEMS = """
+SELECT (r.changed).*, r.items, r.refusal
+FROM replace_order_items($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) r
+"""
 
 
 async def replace_items(
-    db: Database, order_id: int, user_id: int, items: Sequence[Item], limits: HoldLimits
+    db: Database,
+    order_id: int,
+    user_id: int,
+    items: Sequence[Item] | None,
+    limits: HoldLimits,
+    checkout: Checkout = NO_CHECKOUT,
+    guesses: GuessLimit = NO_GUESS_LIMIT,
 ) -> asyncpg.Record:
-    """Swap a pending order's items (the user's own), re-reserving atomically; on a
+    """Change a pending order (the user's own): swap its items (None: they stay),
+    re-reserving atomically, and the parts of its checkout named in
+    `checkout.changes`; its shipping and discount are checked and priced again. On a
     refusal nothing changes (but an order found past its expiry is expired)."""
     row = await db.fetchrow(
         _REPLACE_ITEMS,
         order_id,
         user_id,
-        [pid for pid, _ in items],
-        [qty for _, qty in items],
+        None if items is None else [pid for pid, _ in items],
+        None if items is None else [qty for _, qty in items],
         limits.max_units_per_product,
         limits.max_units_per_product_at_address,
+        "address" in checkout.changes,
+        checkout.address,
+        checkout.address_id,
+        "method" in checkout.changes,
+        checkout.method_id,
+        "discount" in checkout.changes,
+        checkout.discount_code,
+        guesses.max_unknown,
+        guesses.window_seconds,
     )
     assert row is not None
     return refused(row)

@@ -29,10 +29,18 @@ class Refusal(Exception):
         return f"Refusal({self.code!r}, {self.about!r})"
 
 
+def refusal_of(row: asyncpg.Record) -> Refusal | None:
+    """The Refusal `row`'s `refusal` column holds; None when it is NULL."""
+    document = row["refusal"]
+    if document is None:
+        return None
+    about = orjson.loads(document)
+    return Refusal(about.pop("code"), **about)
+
+
 def refused(row: asyncpg.Record) -> asyncpg.Record:
     """`row` when its `refusal` column is NULL; else the Refusal it holds, raised."""
-    document = row["refusal"]
-    if document is not None:
-        about = orjson.loads(document)
-        raise Refusal(about.pop("code"), **about)
+    refusal = refusal_of(row)
+    if refusal is not None:
+        raise refusal
     return row

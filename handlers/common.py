@@ -41,6 +41,11 @@ def principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
+def maybe_principal(request: web.Request) -> Principal | None:
+    """The caller of an "optional" route: None when anonymous."""
+    return request.get(PRINCIPAL)
+
+
 def client_ip(request: web.Request, config: Config) -> str:
     """The client's address: the peer's, or behind proxies the one the nearest
     trusted proxy saw. X-Forwarded-For entries are read from the right: the left ones

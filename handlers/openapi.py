@@ -93,7 +93,7 @@ def build_document(routes: list[Route], metrics_protected: bool = True) -> dict[
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
-        "tags": [{"name": t} for t in ("users", "products", "orders", "payments", "operations")],
+        "tags": [{"name": t} for t in ("users", "products", "checkout", "orders", "payments", "operations")],
     }
 
 

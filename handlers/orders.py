@@ -1,4 +1,4 @@
-"""Orders: create, read, list, change (items or status) and delete."""
+"""Orders: create, read, list, change (items, shipping and discount, or status) and delete."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def _items(items: list[OrderItemIn]) -> list[tuple[int, int]]:
 
 async def create_order(request: web.Request) -> web.Response:
     ctx, caller = context(request), principal(request)
-    items = _items((await read_json(request, OrderCreateIn)).items)
-    order = await orders.create(ctx, caller, items, client_ip(request, ctx.config))
+    body = await read_json(request, OrderCreateIn)
+    order = await orders.create(ctx, caller, _items(body.items), client_ip(request, ctx.config), body.checkout())
     return created(request, "get_order", OrderOut, order)
 
 
@@ -42,7 +42,8 @@ async def update_order(request: web.Request) -> web.Response:
     order_id = path_id(request)
     body = await read_json(request, OrderUpdateIn)
     if body.status is None:
-        order = await orders.replace_items(ctx, caller, order_id, _items(body.items))
+        items = None if body.items is None else _items(body.items)
+        order = await orders.change(ctx, caller, order_id, items, body.checkout())
     else:
         order = await orders.change_status(ctx, caller, order_id, body.status)
     return json_response(render(OrderOut, order))
@@ -56,6 +57,7 @@ async def delete_order(request: web.Request) -> web.Response:
 
 _BUSY = "Too many commands queued for this order, or shutting down (see Retry-After)"
 _USER_BUSY = "Too many of the caller's order and payment requests in progress (see Retry-After)"
+_GUESSES = "Too many unknown discount codes this hour (DISCOUNT_MAX_UNKNOWN_PER_USER; see Retry-After)"
 
 ROUTES = [
     Route(
@@ -88,21 +90,31 @@ ROUTES = [
             )
         },
         problems={
-            409: "Not enough stock for a product (named in detail and product_id), or past a hoarding limit "
-            "(ORDER_MAX_PENDING_PER_USER, ORDER_MAX_HELD_UNITS_PER_PRODUCT, named in `limit`); nothing was reserved",
+            409: "Not enough stock for a product (named in detail and product_id), past a hoarding limit "
+            "(ORDER_MAX_PENDING_PER_USER, ORDER_MAX_HELD_UNITS_PER_PRODUCT, ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP, "
+            "named in `limit`), or a discount "
+            "code with no redemptions left or used max_per_customer times by the caller; nothing was reserved",
+            422: "Besides the body's shape: an unknown product, mixed currencies, an address that is not the "
+            "caller's, a shipping method that is unknown, disabled, in another currency or not shipping to the "
+            "address, or a discount code that is unknown, disabled, not started, ended, in another currency or "
+            "above the subtotal (`detail` says which)",
+            429: _GUESSES,
         },
     ),
     Route(
-        "PUT", "/api/orders/{id}", update_order, "Replace the items of a pending order, or change its status", "orders",
+        "PUT", "/api/orders/{id}", update_order,
+        "Change a pending order's items, shipping address, shipping method or discount code, or its status",
+        "orders",
         auth="user",
         body=OrderUpdateIn,
         responses={200: Response("The updated order", OrderOut)},
         problems={
-            403: "The change needs another role (ship/deliver: admin; items: the owner)",
+            403: "The change needs another role (ship/deliver: admin; items and checkout: the owner)",
             404: "No such order, or not the caller's",
-            409: "Not allowed from the current status, payment in progress, not enough stock, or past "
-            "ORDER_MAX_HELD_UNITS_PER_PRODUCT (named in `limit`)",
-            429: _USER_BUSY,
+            409: "Not allowed from the current status, payment in progress, not enough stock, past "
+            "ORDER_MAX_HELD_UNITS_PER_PRODUCT (named in `limit`), or a discount code with no redemptions left",
+            422: "As for creating an order (`detail` says which rule)",
+            429: f"{_USER_BUSY}; or {_GUESSES}",
             503: _BUSY,
         },
     ),

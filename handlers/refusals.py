@@ -71,10 +71,51 @@ PROBLEMS: dict[str, Problem] = {
         limit="ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP",
         members=("product_id",),
     ),
-    "not_order_owner": Problem(Forbidden, "only the order's owner may change its items"),
+    "not_order_owner": Problem(
+        Forbidden, "only the order's owner may change its items, shipping address, shipping method or discount code"
+    ),
     "others_orders": Problem(Forbidden, "only admins may list other users' orders"),
     "status_not_requestable": Problem(Conflict, "an order cannot be set to {status} through the API"),
     "status_admin_only": Problem(Forbidden, "only an admin may set an order to {status}"),
+    # checkout: addresses, shipping methods, discount codes
+    "address_not_found": Problem(NotFound, "no such address"),
+    "too_many_addresses": Problem(Conflict, "you have the most addresses allowed ({most}); delete one first"),
+    "shipping_method_not_found": Problem(NotFound, "no such shipping method"),
+    "shipping_address_unknown": Problem(ValidationFailed, "is not one of your addresses", "shipping_address_id"),
+    "shipping_method_unknown": Problem(
+        ValidationFailed, "no such shipping method, or it is disabled", "shipping_method_id"
+    ),
+    "shipping_method_currency": Problem(
+        ValidationFailed, "this shipping method is for orders in {currency}", "shipping_method_id"
+    ),
+    "shipping_address_required": Problem(
+        ValidationFailed, "a shipping method needs a shipping address", "shipping_address"
+    ),
+    "shipping_country": Problem(
+        ValidationFailed, "this shipping method does not ship to {country}", "shipping_method_id"
+    ),
+    "discount_not_found": Problem(NotFound, "no such discount"),
+    "discount_code_taken": Problem(Conflict, "a discount with this code exists"),
+    "discount_value_invalid": Problem(ValidationFailed, "a percent discount's value is 1..100", "value"),
+    "discount_window_empty": Problem(ValidationFailed, "must be after starts_at", "ends_at"),
+    "discount_below_redeemed": Problem(
+        Conflict, "max_redemptions cannot be below the redemptions the code already has (times_redeemed)"
+    ),
+    "discount_unknown": Problem(ValidationFailed, "no such discount code", "discount_code"),
+    "discount_disabled": Problem(ValidationFailed, "this discount code is disabled", "discount_code"),
+    "discount_not_started": Problem(ValidationFailed, "this discount code is not valid yet", "discount_code"),
+    "discount_ended": Problem(ValidationFailed, "this discount code has ended", "discount_code"),
+    "discount_currency": Problem(ValidationFailed, "this discount code is for orders in {currency}", "discount_code"),
+    "discount_min_subtotal": Problem(
+        ValidationFailed, "this discount code needs a subtotal of at least {min_subtotal}", "discount_code"
+    ),
+    "discount_exhausted": Problem(Conflict, "this discount code has no redemptions left"),
+    "discount_customer_limit": Problem(
+        Conflict, "you have used this discount code the most times allowed ({max_per_customer})"
+    ),
+    "too_many_discount_guesses": Problem(
+        TooManyRequests, "too many unknown discount codes (DISCOUNT_MAX_UNKNOWN_PER_USER); try again later"
+    ),
     # payments
     "payment_not_found": Problem(NotFound, "no such payment"),
     "amount_mismatch": Problem(ValidationFailed, "must equal the order total ({total})", "amount"),

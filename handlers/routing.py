@@ -121,6 +121,14 @@ def _authorized(route: Route) -> Handler:
     if route.auth == "none":
         return route.handler
     handler, admin_only = route.handler, route.auth == "admin"
+    if route.auth == "optional":
+
+        async def identified(request: web.Request) -> web.StreamResponse:
+            if "Authorization" in request.headers:
+                request[PRINCIPAL] = await authenticate(request.app[CONTEXT], request.headers["Authorization"])
+            return await handler(request)
+
+        return identified
     if route.auth == "metrics":
 
         async def scraper(request: web.Request) -> web.StreamResponse:
@@ -132,16 +140,6 @@ def _authorized(route: Route) -> Handler:
             return await handler(request)
 
         return scraper
-
-    if route.auth == "optional":
-
-        async def identified(request: web.Request) -> web.StreamResponse:
-            authorization = request.headers.get("Authorization")
-            if authorization is not None:
-                request[PRINCIPAL] = await authenticate(request.app[CONTEXT], authorization)
-            return await handler(request)
-
-        return identified
 
     async def authenticated(request: web.Request) -> web.StreamResponse:
         principal = await authenticate(request.app[CONTEXT], request.headers.get("Authorization"))

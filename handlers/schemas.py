@@ -6,8 +6,10 @@ events from them; the route table names them for the document."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
+from iso3166 import countries_by_alpha2
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,10 +25,11 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from server.domain import password_rules
+from server.domain.addresses import PostalAddress
 from server.domain.cursors import MAX_CURSOR_LENGTH
 from server.domain.events import EVENT_TYPES
 from server.domain.order_status import Status
-from server.domain.orders import MAX_QUANTITY
+from server.domain.orders import MAX_QUANTITY, Checkout
 from server.domain.shapes import EventOut
 
 # Integer ranges of the columns the values land in: out of range is a 422, never a
@@ -108,6 +111,13 @@ def absent(description: str | None = None) -> Any:
     return Field(None, description=description, json_schema_extra=_no_default)
 
 
+def nullable(description: str | None = None) -> Any:
+    """The default of an optional member whose null means something of its own (in a
+    change: remove it): left out, it reads None too, and `model_fields_set` tells the
+    two apart. The schema shows the null type but no default."""
+    return Field(None, description=description, json_schema_extra=_no_default)
+
+
 Email = Annotated[
     str,
     StringConstraints(max_length=320),
@@ -120,11 +130,13 @@ Email = Annotated[
 _TRIMMED = "\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
 
 
-def _trimmed(length: int) -> WithJsonSchema:
+def _trimmed(length: int, *, empty: bool = False) -> WithJsonSchema:
     """The schema of text that is trimmed, then must be 1..`length` characters without
-    NUL: lengths count after trimming, so they are stated by a pattern, not maxLength."""
+    NUL (0..`length` with `empty`): lengths count after trimming, so they are stated by
+    a pattern, not maxLength."""
     inner, edge = "[^\\u0000]", f"[^{_TRIMMED}\\u0000]"
-    pattern = f"^[{_TRIMMED}]*{edge}(?:{inner}{{0,{length - 2}}}{edge})?[{_TRIMMED}]*$"
+    text = f"{edge}(?:{inner}{{0,{length - 2}}}{edge})?"
+    pattern = f"^[{_TRIMMED}]*{f'(?:{text})?' if empty else text}[{_TRIMMED}]*$"
     return WithJsonSchema({"type": "string", "pattern": pattern})
 
 
@@ -165,6 +177,17 @@ Sku = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$"),
     WithJsonSchema({"type": "string", "pattern": f"^[{_TRIMMED}]*[A-Za-z0-9._\\-]{{1,64}}[{_TRIMMED}]*$"}),
 ]
+# An address's text: trimmed, then within the contract's lengths.
+AddressLine = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul, _trimmed(200)
+]
+OptionalLine = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=200), *NoNul, _trimmed(200, empty=True)
+]
+City = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul, _trimmed(100)]
+Region = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), *NoNul, _trimmed(100, empty=True)]
+PostalCode = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20), *NoNul, _trimmed(20)]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32), *NoNul, _trimmed(32, empty=True)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID), Integral]
 Price = Annotated[int, Field(ge=0, le=MAX_PRICE), Integral]
 Stock = Annotated[int, Field(ge=0, le=MAX_INT32), Integral]
@@ -354,25 +377,241 @@ class OrderItemIn(Body):
     quantity: Quantity
 
 
+# --- addresses and checkout -----------------------------------------------------------
+
+
+def _country(value: str) -> str:
+    code = value.upper()
+    if not value.isascii() or code not in countries_by_alpha2:
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code that exists")
+    return code
+
+
+# The codes of the maintained ISO 3166-1 list, in either case (stored upper case): the
+# same rule for the document as for the check, so a schema-valid code is an accepted one.
+_COUNTRY_PATTERN = (
+    "^(?:" + "|".join(f"[{c[0]}{c[0].lower()}][{c[1]}{c[1].lower()}]" for c in sorted(countries_by_alpha2)) + ")$"
+)
+CountryCode = Annotated[
+    str,
+    AfterValidator(_country),
+    WithJsonSchema(
+        {"type": "string", "pattern": _COUNTRY_PATTERN, "description": "ISO 3166-1 alpha-2, any case (stored upper)."}
+    ),
+]
+
+
+def _distinct(codes: list[str]) -> list[str]:
+    return list(dict.fromkeys(codes))
+
+
+Countries = Annotated[list[CountryCode], Field(max_length=len(countries_by_alpha2)), AfterValidator(_distinct)]
+# 3..32 of A-Z 0-9 _ -, any case: codes are matched case-insensitively (stored upper case).
+DiscountCode = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[A-Za-z0-9_-]{3,32}$")]
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
+_EARLIEST, _LATEST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+
+
+def _timestamp(value: object) -> datetime:
+    """An RFC 3339 timestamp with its offset (JSON Schema's date-time), as a UTC
+    datetime; the first and last days Python can hold stand for themselves."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-12-05T10:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an RFC 3339 date-time that exists") from None
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        return _EARLIEST if parsed.year == 1 else _LATEST
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp), WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class AddressIn(Body):
+    name: AddressLine
+    line1: AddressLine
+    line2: OptionalLine = ""
+    city: City
+    region: Region = ""
+    postal_code: PostalCode
+    country: CountryCode
+    phone: Phone = ""
+
+    def postal(self) -> PostalAddress:
+        return PostalAddress(**self.model_dump())
+
+
+class AddressUpdateIn(Body):
+    """Any of the fields; omitted ones stay as they are."""
+
+    name: AddressLine = absent()
+    line1: AddressLine = absent()
+    line2: OptionalLine = absent()
+    city: City = absent()
+    region: Region = absent()
+    postal_code: PostalCode = absent()
+    country: CountryCode = absent()
+    phone: Phone = absent()
+
+    def changes(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class ShippingMethodCreateIn(Body):
+    name: ProductName
+    price: Price
+    currency: Currency = "USD"
+    countries: Countries = Field(default_factory=list, description="Alpha-2 codes it ships to; empty: anywhere.")
+    free_over: Price | None = Field(None, description="From this subtotal on, shipping costs 0; null: never free.")
+    enabled: bool = True
+
+
+class ShippingMethodUpdateIn(Body):
+    """Any subset of the create fields; omitted fields stay as they are (free_over: null clears it)."""
+
+    name: ProductName = absent()
+    price: Price = absent()
+    currency: Currency = absent()
+    countries: Countries = absent()
+    free_over: Price | None = nullable()
+    enabled: bool = absent()
+
+    def changes(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+DiscountValue = Annotated[int, Field(ge=1, le=MAX_PRICE), Integral]
+_FIXED: dict[str, Any] = {"properties": {"kind": {"const": "fixed"}}}
+_AT_MOST_100: dict[str, Any] = {"properties": {"value": {"maximum": 100}}}
+Redemptions = Annotated[int, Field(ge=0, le=MAX_INT32), Integral]
+PerCustomer = Annotated[int, Field(ge=1, le=MAX_INT32), Integral]
+
+
+class DiscountCreateIn(Body):
+    # A percent discount's value is 1..100 (a fixed one's any amount from 1): stated for
+    # the document; the table's CHECK refuses the rest (422 on `value`).
+    model_config = ConfigDict(json_schema_extra={"anyOf": [_FIXED, _AT_MOST_100]})
+
+    code: DiscountCode
+    kind: Literal["percent", "fixed"]
+    value: DiscountValue = Field(description="percent: 1..100; fixed: minor units of `currency`.")
+    currency: Currency = "USD"
+    min_subtotal: Price = 0
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp | None = Field(None, description="After starts_at.")
+    max_redemptions: Redemptions | None = None
+    max_per_customer: PerCustomer | None = None
+    enabled: bool = True
+
+
+class DiscountUpdateIn(Body):
+    """Any subset of the create fields but `code`; omitted ones stay as they are (null
+    clears starts_at, ends_at, max_redemptions and max_per_customer)."""
+
+    kind: Literal["percent", "fixed"] = absent()
+    value: DiscountValue = absent()
+    currency: Currency = absent()
+    min_subtotal: Price = absent()
+    starts_at: Timestamp | None = nullable()
+    ends_at: Timestamp | None = nullable()
+    max_redemptions: Redemptions | None = nullable("Not below times_redeemed (409).")
+    max_per_customer: PerCustomer | None = nullable()
+    enabled: bool = absent()
+
+    def changes(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+# --- orders ---------------------------------------------------------------------------
+
+# At most one of the two ways to give the address (the document says it too).
+_ONE_ADDRESS: dict[str, Any] = {"shipping_address": {"not": {"required": ["shipping_address_id"]}}}
+
+
+def _one_address(fields: set[str]) -> None:
+    if {"shipping_address", "shipping_address_id"} <= fields:
+        raise ValueError("give shipping_address or shipping_address_id, not both")
+
+
+# A new order's shipping method needs an address (on a change, the order may have one).
+_METHOD_NEEDS_ADDRESS: dict[str, Any] = {
+    "shipping_method_id": {"anyOf": [{"required": ["shipping_address"]}, {"required": ["shipping_address_id"]}]}
+}
+
+
 class OrderCreateIn(Body):
+    model_config = ConfigDict(json_schema_extra={"dependentSchemas": {**_ONE_ADDRESS, **_METHOD_NEEDS_ADDRESS}})
+
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)]
+    shipping_address: AddressIn = absent("Where to ship (a snapshot is kept).")
+    shipping_address_id: Id = absent("One of the caller's addresses (its snapshot is kept).")
+    shipping_method_id: Id = absent("Needs a shipping address in one of its countries.")
+    discount_code: DiscountCode = absent()
+
+    @model_validator(mode="after")
+    def _address_once(self) -> OrderCreateIn:
+        _one_address(self.model_fields_set)
+        return self
+
+    def checkout(self) -> Checkout:
+        return Checkout(
+            None if self.shipping_address is None else self.shipping_address.postal(),
+            self.shipping_address_id,
+            self.shipping_method_id,
+            self.discount_code,
+        )
+
+
+# Which part of an order's checkout each member changes.
+_CHECKOUT_PARTS = {
+    "shipping_address": "address",
+    "shipping_address_id": "address",
+    "shipping_method_id": "method",
+    "discount_code": "discount",
+}
 
 
 class OrderUpdateIn(Body):
-    """Either `items` (replace the items of a pending order) or `status`."""
+    """`status` alone, or any of `items` (replace the items of a pending order),
+    `shipping_address` or `shipping_address_id`, `shipping_method_id` and
+    `discount_code` (null removes each); the order's owner only, while pending."""
 
-    # Exactly one of the two: neither may be null, so with no other property allowed
-    # one property means one of them (a oneOf would say the same but trips up generators).
-    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+    # Neither items nor status may be null; status comes alone (a oneOf would say the
+    # same but trips up generators), and the address one way at most.
+    model_config = ConfigDict(
+        json_schema_extra={"minProperties": 1, "dependentSchemas": {"status": {"maxProperties": 1}, **_ONE_ADDRESS}}
+    )
 
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)] = absent()
     status: OrderStatus = absent()
+    shipping_address: AddressIn | None = nullable("Where to ship (a snapshot is kept); null: nowhere.")
+    shipping_address_id: Id | None = nullable("One of the caller's addresses; null: nowhere.")
+    shipping_method_id: Id | None = nullable("null: no shipping method.")
+    discount_code: DiscountCode | None = nullable("null: no discount (its redemption is given back).")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> OrderUpdateIn:
-        if len(self.model_fields_set) != 1:
-            raise ValueError("give either items or status")
+    def _status_alone(self) -> OrderUpdateIn:
+        fields = self.model_fields_set
+        if not fields:
+            raise ValueError("give items, a shipping change or a discount code, or status")
+        if "status" in fields and len(fields) > 1:
+            raise ValueError("status comes alone")
+        _one_address(fields)
         return self
+
+    def checkout(self) -> Checkout:
+        """The checkout parts this body changes."""
+        return Checkout(
+            None if self.shipping_address is None else self.shipping_address.postal(),
+            self.shipping_address_id,
+            self.shipping_method_id,
+            self.discount_code,
+            frozenset(_CHECKOUT_PARTS[name] for name in self.model_fields_set if name in _CHECKOUT_PARTS),
+        )
 
 
 class OrderListQuery(PageQuery):

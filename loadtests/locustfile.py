@@ -4,9 +4,10 @@
         --headless -u 100 -r 20 --run-time 60s --csv loadtests/reports/run --html loadtests/reports/run.html
 
 Journeys, weighted: browsers read and search the catalog; shoppers register, log
-in, order, pay (some cards are declined, then retried), look at their orders and
-sometimes cancel; an admin restocks, adds products and refunds some paid orders
-(in part, or in full with restock). Declines (402) are part of the journey and count
+in, keep an address in their book, order, pay (some cards are declined, then
+retried), check out with an address, a shipping method and a discount code, look at
+their orders and sometimes cancel; an admin restocks, adds products and refunds some
+paid orders (in part, or in full with restock). Declines (402) are part of the journey and count
 as successes; any other unexpected status is a failure. The admin refunds payments
 made by the shoppers of its own locust process (with --processes or workers, those
 of the worker it runs on).
@@ -37,6 +38,11 @@ from loadtests.service_setup import SetupError, admin_token, call
 ADMIN_EMAIL = os.environ.get("STOREFRONT_ADMIN_EMAIL", "")
 ADMIN_PASSWORD = os.environ.get("STOREFRONT_ADMIN_PASSWORD", "")
 MIN_PRODUCTS = int(os.environ.get("LOCUST_MIN_PRODUCTS", "50"))
+# The percent code the checkout journey redeems (made at the start, with the admin's
+# credentials; without them the journey checks out without a code).
+DISCOUNT_CODE = os.environ.get("LOCUST_DISCOUNT_CODE", "LOADTEST10")
+ADDRESS = {"name": "Load Shopper", "line1": "1 Test Street", "city": "Springfield", "postal_code": "12345",
+           "country": "US"}  # fmt: skip
 SEARCH_TERMS = ("steel", "oak", "lamp", "chair", "mug", "wool", "smart", "desk", "blue", "pro")
 SORTS = ("created_at", "-created_at", "price", "-price", "name", "-name")
 JSON = {"Content-Type": "application/json"}
@@ -90,6 +96,14 @@ def ensure_catalog(environment: Environment, **_: Any) -> None:
             "stock": 1_000_000,
         }
         call(environment.host, "POST", "/api/products", body, token)
+    # The checkout journey's shipping method (to anywhere, free from 100.00) and code.
+    if not call(environment.host, "GET", "/api/shipping-methods")["items"]:
+        body = {"name": "Load test parcel", "price": 495, "free_over": 10_000}
+        call(environment.host, "POST", "/api/shipping-methods", body, token)
+    codes = {d["code"] for d in call(environment.host, "GET", "/api/discounts?limit=100", token=token)["items"]}
+    if DISCOUNT_CODE not in codes:
+        body = {"code": DISCOUNT_CODE, "kind": "percent", "value": 10}
+        call(environment.host, "POST", "/api/discounts", body, token)
 
 
 class Browser(FastHttpUser):
@@ -138,6 +152,8 @@ class Shopper(FastHttpUser):
         login = self.client.post("/api/users/login", json={"email": email, "password": password}, name="login")
         self.auth = {"Authorization": f"Bearer {login.json()['access_token']}", **JSON}
         self.pending: list[dict[str, Any]] = []
+        address = self.client.post("/api/users/addresses", json=ADDRESS, headers=self.auth, name="/api/users/addresses")
+        self.address_id: int | None = address.json()["id"] if address.status_code == 201 else None
 
     def _products(self) -> list[dict[str, Any]]:
         page = self.client.get("/api/products?limit=50&in_stock=true", name="/api/products?in_stock").json()
@@ -178,6 +194,34 @@ class Shopper(FastHttpUser):
                     PAID.append(response.json())
             else:
                 response.failure(f"payment: {response.status_code} {response.text[:200]}")
+
+    @task(2)
+    def checkout_and_pay(self) -> None:
+        """An order shipped to an address of the book, with a shipping method and a
+        discount code, then paid: what the payment charges is the order's total."""
+        products = [p for p in self._products() if p["currency"] == "USD"]
+        methods = self.client.get("/api/shipping-methods", name="/api/shipping-methods").json()["items"]
+        methods = [m for m in methods if m["currency"] == "USD"]
+        if not products or not methods or self.address_id is None:
+            return
+        body: dict[str, Any] = {
+            "items": [{"product_id": random.choice(products)["id"], "quantity": random.randint(1, 3)}],
+            "shipping_address_id": self.address_id,
+            "shipping_method_id": random.choice(methods)["id"],
+        }
+        if ADMIN_EMAIL and ADMIN_PASSWORD:  # the code exists (ensure_catalog made it)
+            body["discount_code"] = DISCOUNT_CODE.lower()
+        with self.client.post(
+            "/api/orders", json=body, headers=self.auth, name="/api/orders (checkout)", catch_response=True
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"checkout: {response.status_code} {response.text[:200]}")
+                return
+            order = response.json()
+            if order["total"] != order["subtotal"] - (order["discount"] or {"amount": 0})["amount"] + order["shipping"]:
+                response.failure(f"checkout: total {order['total']} does not add up")
+                return
+        self._pay(order, "tok_visa")
 
     @task(1)
     def order_then_cancel(self) -> None:

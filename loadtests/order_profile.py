@@ -26,6 +26,7 @@ import asyncpg
 
 from db import migrations
 from db import orders as orders_db
+from server.domain.orders import order_terms
 from server.runtime.config import load
 
 _SEED_PRODUCTS = """
@@ -66,11 +67,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         users = [r["id"] for r in await pool.fetch("SELECT id FROM users ORDER BY id")]
         await pool.execute("ANALYZE")
         config = load(environ={}, order_max_pending_per_user=1_000_000, order_max_held_units_per_product_per_ip=0)
-        limits = orders_db.HoldLimits(
-            config.order_max_pending_per_user,
-            config.order_max_held_units_per_product,
-            config.order_max_held_units_per_product_per_ip,
-        )
+        terms = order_terms(config)
         await pool.execute("SELECT pg_stat_statements_reset()")
         queue = list(range(args.orders))
 
@@ -78,7 +75,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while queue:
                 n = queue.pop()
                 item = [(products[(n * 7919) % len(products)], 1)]
-                await orders_db.create(pool, users[n % len(users)], "127.0.0.1", item, config.order_ttl_seconds, limits)
+                await orders_db.create(pool, orders_db.NewOrder(users[n % len(users)], "127.0.0.1", item), terms)
 
         started = time.monotonic()
         await asyncio.gather(*(client() for _ in range(args.clients)))

@@ -12,8 +12,9 @@
 # Requests run as the admin (who may call every operation; as a user it can also
 # order and pay), so that every operation is reachable. One client at one address
 # stands for many here: the per-address and per-pair login (and reset) limits, the
-# registration limit and the per-address hoarding and decline limits are off, and
-# the per-customer pending-order and daily-decline limits so high that they never
+# registration limit, the per-address hoarding and decline limits and the limit on
+# unknown discount codes are off, and the per-customer pending-order and daily-decline
+# limits so high that they never
 # stop the run (each limit has its own tests in tests/test_abuse.py; their 409 and
 # 429 stay documented and allowed). scripts/fuzz/hooks.py gives
 # the stateful phase its test card (the published document carries none) and lets
@@ -39,6 +40,7 @@ DATABASE_URL="${SERVER_URL%/*}/$db" PORT="$port" WORKERS=1 JWT_SECRET="fuzz-secr
   LOGIN_MAX_FAILURES_PER_IP=0 LOGIN_MAX_FAILURES_PER_EMAIL=0 LOGIN_MAX_FAILURES_PER_PAIR=1000000 REGISTER_MAX_PER_IP=0 \
   ORDER_MAX_PENDING_PER_USER=1000000 PAYMENT_MAX_DECLINES_PER_USER=1000000 LOG_LEVEL=ERROR \
   ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP=0 PAYMENT_MAX_DECLINES_PER_IP=0 PASSWORD_RESET_MAX_PER_EMAIL=0 \
+  DISCOUNT_MAX_UNKNOWN_PER_USER=0 \
   "$PY" -m server >"$log" 2>&1 &
 pid=$!
 cleanup() {
@@ -74,6 +76,11 @@ for i in 1 2 3; do  # something to order
     curl -fsS -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
         -d "{\"name\":\"Fuzz item $i\",\"price\":$((i * 100)),\"stock\":100000}" "$base/api/products"
 done
+# ... to ship it with (anywhere), and a code to take something off
+curl -fsS -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d '{"name":"Fuzz parcel","price":250}' "$base/api/shipping-methods"
+curl -fsS -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d '{"code":"FUZZ10","kind":"percent","value":10}' "$base/api/discounts"
 
 SCHEMATHESIS_HOOKS=scripts.fuzz.hooks PYTHONPATH=. "${VENV:-.venv}/bin/schemathesis" \
     run "$base/api/openapi.json" \

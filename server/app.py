@@ -30,7 +30,7 @@ from db import idempotency, maintenance, password_resets, rate_limits, sessions
 from db.pool import Database, SessionWatcher, create_database
 from handlers import api, openapi
 from handlers.routing import CONTEXT, register
-from server.domain import orders, users, webhooks
+from server.domain import discounts, orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
 from server.domain.catalog_cache import CatalogCache, CatalogWatch, FreshReadLimit
 from server.domain.context import Context
@@ -331,11 +331,13 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
             catalog=app[_CATALOG_CACHE],
             liveness=app[_LIVENESS],
             fresh_reads=FreshReadLimit(config.catalog_fresh_reads_per_ip),
+            order_batches=orders.batches(app[_DATABASE], config, metrics),
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
             await users.ensure_admin(ctx, config.admin_email, config.admin_password)
         yield
+        await ctx.order_batches.close()  # before the pool: the batches under way commit
 
     return context
 
@@ -391,7 +393,8 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
             log.info("idempotency keys purged", extra={"count": purged})
 
     async def purge_rate_limits() -> None:
-        await rate_limits.purge(ctx.db, max(config.login_throttle_window_seconds, users.REGISTER_WINDOW_SECONDS))
+        windows = (config.login_throttle_window_seconds, users.REGISTER_WINDOW_SECONDS, discounts.GUESS_WINDOW_SECONDS)
+        await rate_limits.purge(ctx.db, max(windows))
 
     async def purge_sessions() -> None:
         ended, resets = await sessions.purge(ctx.db), await password_resets.purge(ctx.db)

@@ -27,6 +27,15 @@ from server.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 _emails = itertools.count(1)
+_codes = itertools.count(1)
+# An address as the address book and orders take it.
+ADDRESS = {
+    "name": "Erika Mustermann",
+    "line1": "Heidestrasse 17",
+    "city": "Köln",
+    "postal_code": "51147",
+    "country": "DE",
+}
 
 
 def dsn_with_database(dsn: str, database: str) -> str:
@@ -150,6 +159,36 @@ class Api:
         body = {"order_id": order_id, "payment_method": {"type": "card", "token": card}, **extra}
         headers = {"Idempotency-Key": key} if key else None
         return await self.call("POST", "/api/payments", json=body, token=user.token, headers=headers)
+
+    async def address(self, user: User, **fields: Any) -> dict[str, Any]:
+        """An address in `user`'s book (a German one unless told otherwise)."""
+        body = {**ADDRESS, **fields}
+        reply = await self.call("POST", "/api/users/addresses", json=body, token=user.token)
+        assert reply.status == 201, reply
+        address: dict[str, Any] = reply.json
+        return address
+
+    async def shipping_method(self, **fields: Any) -> dict[str, Any]:
+        admin = await self.admin_user()
+        body = {"name": "Parcel", "price": 500, **fields}
+        reply = await self.call("POST", "/api/shipping-methods", json=body, token=admin.token)
+        assert reply.status == 201, reply
+        method: dict[str, Any] = reply.json
+        return method
+
+    async def discount(self, **fields: Any) -> dict[str, Any]:
+        admin = await self.admin_user()
+        body = {"code": f"CODE{next(_codes)}", "kind": "percent", "value": 10, **fields}
+        reply = await self.call("POST", "/api/discounts", json=body, token=admin.token)
+        assert reply.status == 201, reply
+        discount: dict[str, Any] = reply.json
+        return discount
+
+    async def checkout(self, user: User, *lines: tuple[int, int], **checkout: Any) -> Reply:
+        """POST /api/orders with the checkout's members (shipping_address, shipping_address_id,
+        shipping_method_id, discount_code) as given."""
+        items = [{"product_id": pid, "quantity": qty} for pid, qty in lines]
+        return await self.call("POST", "/api/orders", json={"items": items, **checkout}, token=user.token)
 
     async def stock(self, product_id: int) -> int:
         reply = await self.call("GET", f"/api/products/{product_id}")

@@ -33,6 +33,18 @@ DATA_DEPENDENT_422 = (
     "the host does not resolve",  # a webhook's URL: DNS, at the time of the request
     "the host resolves to a loopback, private or link-local address",  # ... and where it points
     "is one of the most commonly used passwords",  # a new password: on the list of common ones
+    # checkout: what the address book, the shipping methods and the discount codes hold
+    "is not one of your addresses",  # shipping_address_id: the caller's own
+    "no such shipping method, or it is disabled",
+    "this shipping method is for orders in",  # the order's currency
+    "this shipping method does not ship to",  # the address's country
+    "a shipping method needs a shipping address",  # on a change: the order's address may be removed
+    "no such discount code",
+    "this discount code is",  # disabled, not valid yet, for orders in another currency
+    "this discount code has ended",
+    "this discount code needs a subtotal of at least",
+    "a percent discount's value is 1..100",  # a change of value or kind: the stored kind and value
+    "must be after starts_at",  # a change of one end of the window: the stored other end
 )
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
+
+from db.orders import NewOrder
 from db.pool import Database
 from server.domain.auth import Passwords, Tokens
 from server.domain.catalog_cache import CatalogCache, FreshReadLimit
 from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
+from server.domain.order_batches import Batches
 from server.domain.payments.provider import PaymentProvider
 from server.runtime.config import Config
 from server.runtime.liveness import Liveness
@@ -37,6 +41,8 @@ class Context:
     liveness: Liveness
     # Catalog reads that bypass the caches, per client address (CATALOG_FRESH_READS_PER_IP).
     fresh_reads: FreshReadLimit
+    # Orders of one product arriving together, placed together (server/domain/orders.py).
+    order_batches: Batches[int, NewOrder, asyncpg.Record]
 
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""

@@ -3,6 +3,7 @@ checker behind `python -m server check-invariants` and the tests."""
 
 from __future__ import annotations
 
+from db import discounts as discounts_db
 from db import orders as orders_db
 from db import payments as payments_db
 from db import refunds as refunds_db
@@ -22,8 +23,10 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
     stock >= 0; exactly one charge per paid order; refunds never exceed their
     payment, amount_refunded (payment and order) equals the sum of succeeded
     refunds, and the provider refunded exactly what we recorded; every order in a
-    known status. `settled` (the service has had time to finish its work): no
-    payment or refund still pending and no order pending long past its expiry.
+    known status; every discount's times_redeemed is the number of orders holding
+    (pending) or having used it (paid and later), and never above max_redemptions.
+    `settled` (the service has had time to finish its work): no payment or refund
+    still pending and no order pending long past its expiry.
     """
     problems = [
         f"product {r['id']}: received {r['stock_received']} != stock {r['stock']} + held {r['held']} + sold {r['sold']}"
@@ -35,6 +38,14 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
     problems += await refunds_db.refund_violations(db)
     problems += [
         f"order {r['id']} in status {r['status']}" for r in await orders_db.unknown_statuses(db, order_status.STATUSES)
+    ]
+    problems += [
+        f"discount {r['id']} ({r['code']}): times_redeemed {r['redeemed']} != {r['held']} orders holding "
+        f"or having used it, or above max_redemptions {r['max_redemptions']}"
+        for r in await discounts_db.redemption_violations(db, sorted(order_status.REDEEMS))
+    ]
+    problems += [
+        f"order {r['id']}: discount {r['discount_id']} does not exist" for r in await discounts_db.unknown_discounts(db)
     ]
     if settled:
         pending = await payments_db.pending_count(db)

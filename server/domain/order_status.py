@@ -59,6 +59,9 @@ SOLD = frozenset({"paid", "shipped", "delivered"})
 # Sold too, unless the refund that completed the whole amount restocked the units.
 SOLD_UNLESS_RESTOCKED = frozenset({"refunded"})
 DELETABLE = frozenset({"pending", "cancelled", "expired"})
+# The orders that count towards a discount code's redemptions: holding it (pending) or
+# having used it (paid and later). Cancellation and expiry give it back.
+REDEEMS = HOLDS_STOCK | SOLD | SOLD_UNLESS_RESTOCKED
 # The statuses from which refunds that reach the whole amount make an order refunded.
 REFUNDABLE = frozenset(current for (current, event) in TRANSITIONS if event is Event.REFUND)
 

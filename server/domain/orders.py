@@ -16,11 +16,13 @@ import asyncpg
 from db import orders as orders_db
 from db.pool import Database
 from db.refusals import Refusal
-from server.domain import order_status
+from server.domain import discounts, order_status
 from server.domain.auth import Principal
 from server.domain.context import Context
 from server.domain.order_actors import OrderActor
+from server.domain.order_batches import Batches
 from server.domain.pages import keyset_page
+from server.runtime.config import Config
 from server.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,14 @@ def _naming_items(first_index: dict[int, int]) -> Iterator[None]:
         raise
 
 
-def _hold_limits(ctx: Context) -> orders_db.HoldLimits:
-    config = ctx.config
+# What an order ships to and with, and the code it redeems (see db/orders.py).
+Checkout = orders_db.Checkout
+NO_CHECKOUT = orders_db.NO_CHECKOUT
+# Orders of one product placed together (server/domain/order_batches.py).
+OrderBatches = Batches[int, orders_db.NewOrder, asyncpg.Record]
+
+
+def _hold_limits(config: Config) -> orders_db.HoldLimits:
     return orders_db.HoldLimits(
         config.order_max_pending_per_user,
         config.order_max_held_units_per_product,
@@ -67,16 +75,47 @@ def _hold_limits(ctx: Context) -> orders_db.HoldLimits:
     )
 
 
+def order_terms(config: Config) -> orders_db.OrderTerms:
+    return orders_db.OrderTerms(config.order_ttl_seconds, _hold_limits(config), discounts.guess_limit(config))
+
+
+def batches(db: Database, config: Config, metrics: Metrics) -> OrderBatches:
+    """This worker's batches of orders of one product (built once, by the composition root)."""
+    terms = order_terms(config)
+
+    async def place_one(order: orders_db.NewOrder) -> asyncpg.Record:
+        return await orders_db.create(db, order, terms)
+
+    async def place_many(product_id: int, orders: Sequence[orders_db.NewOrder]) -> list[asyncpg.Record | Refusal]:
+        return await orders_db.create_many(db, product_id, orders, terms)
+
+    return Batches(
+        place_one,
+        place_many,
+        max_batch=config.order_batch_max,
+        timeout=config.db_pool_acquire_timeout,
+        observe=metrics.order_batch_size.observe,
+    )
+
+
 async def create(
-    ctx: Context, principal: Principal, items: Sequence[tuple[int, int]], client_ip: str
+    ctx: Context,
+    principal: Principal,
+    items: Sequence[tuple[int, int]],
+    client_ip: str,
+    checkout: Checkout = NO_CHECKOUT,
 ) -> asyncpg.Record:
     """A new pending order placed from `client_ip`, holding its stock (and its
-    order.created event): the order with its items."""
+    order.created event), shipped to and with what `checkout` names and discounted by
+    its code: the order with its items. An order of one product is placed with the
+    others of that product arriving at the same time (order_batches)."""
     merged, first_index = merge_items(items)
+    new_order = orders_db.NewOrder(principal.id, client_ip, merged, checkout)
     with _naming_items(first_index):
-        order = await orders_db.create(
-            ctx.db, principal.id, client_ip, merged, ctx.config.order_ttl_seconds, _hold_limits(ctx)
-        )
+        if len(merged) == 1:
+            order = await ctx.order_batches.place(merged[0][0], new_order)
+        else:
+            order = await orders_db.create(ctx.db, new_order, order_terms(ctx.config))
     ctx.metrics.order_transition("new", "pending")
     return order
 
@@ -118,18 +157,24 @@ async def authorize(ctx: Context, principal: Principal, order_id: int) -> int:
     return owner
 
 
-async def replace_items(
-    ctx: Context, principal: Principal, order_id: int, items: Sequence[tuple[int, int]]
+async def change(
+    ctx: Context,
+    principal: Principal,
+    order_id: int,
+    items: Sequence[tuple[int, int]] | None,
+    checkout: Checkout = NO_CHECKOUT,
 ) -> asyncpg.Record:
-    """The order with its new items."""
+    """The order with its new items (None: they stay) and the parts of its checkout
+    that `checkout.changes` names; its shipping and discount priced again."""
     if await authorize(ctx, principal, order_id) != principal.id:
         raise Refusal("not_order_owner")
-    merged, first_index = merge_items(items)
-    limits = _hold_limits(ctx)
+    merged, first_index = (None, {}) if items is None else merge_items(items)
+    limits = _hold_limits(ctx.config)
+    guesses = discounts.guess_limit(ctx.config)
 
     async def command(actor: OrderActor) -> asyncpg.Record:
         with _naming_items(first_index):
-            order = await orders_db.replace_items(ctx.db, order_id, principal.id, merged, limits)
+            order = await orders_db.replace_items(ctx.db, order_id, principal.id, merged, limits, checkout, guesses)
         actor.note_expiry(order["expires_at"])
         return order
 

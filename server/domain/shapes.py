@@ -66,12 +66,79 @@ class OrderItemOut(Shape):
     line_total: int
 
 
+class ShippingAddressOut(Shape):
+    """A postal address: what an order ships to (its snapshot, which later edits of the
+    address book do not change), and the fields of an address of the book."""
+
+    name: str
+    line1: str
+    line2: str
+    city: str
+    region: str
+    postal_code: str
+    country: str = Field(description="ISO 3166-1 alpha-2 code, upper case.")
+    phone: str
+
+
+class AddressOut(ShippingAddressOut):
+    id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ShippingMethodOut(Shape):
+    id: int
+    name: str
+    price: int = Field(description="What shipping costs an order (0 from free_over on).")
+    currency: str
+    countries: list[str] = Field(description="ISO 3166-1 alpha-2 codes it ships to; empty: anywhere.")
+    free_over: int | None = Field(description="From this subtotal on, shipping costs 0 (null: never free).")
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderShippingMethodOut(Shape):
+    """The shipping method as the order chose it (a snapshot)."""
+
+    id: int
+    name: str
+    price: int
+
+
+class DiscountOut(Shape):
+    id: int
+    code: str = Field(description="Matched case-insensitively; shown upper case.")
+    kind: Literal["percent", "fixed"]
+    value: int = Field(description="percent: 1..100 (floor(subtotal * value / 100) off); fixed: minor units off.")
+    currency: str
+    min_subtotal: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+    max_redemptions: int | None
+    max_per_customer: int | None
+    times_redeemed: int = Field(description="Orders holding it (pending) or having used it (paid and later).")
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderDiscountOut(Shape):
+    code: str
+    amount: int = Field(description="What it took off the subtotal.")
+
+
 class OrderOut(Shape):
     id: int
     user_id: int
     status: Status
     items: list[OrderItemOut]
-    total: int
+    subtotal: int = Field(description="The sum of the items' line totals.")
+    shipping_address: ShippingAddressOut | None
+    shipping_method: OrderShippingMethodOut | None
+    shipping: int = Field(description="What shipping costs this order (0 when subtotal reaches free_over).")
+    discount: OrderDiscountOut | None
+    total: int = Field(description="subtotal - discount.amount + shipping: what a payment charges.")
     amount_refunded: int = Field(description="What refunds of the order's payment gave back (0 until one succeeds).")
     currency: str
     created_at: datetime

@@ -313,6 +313,13 @@ class Config(BaseModel):
         description="Most order and payment commands of one user in flight in one worker; "
         "beyond it 429 with Retry-After.",
     )
+    order_batch_max: int = Field(
+        64,
+        alias="ORDER_BATCH_MAX",
+        ge=1,
+        description="Most orders of one product that arrived while one was being placed, placed "
+        "together in one transaction (one lock, one stock update, one commit; 1: each alone).",
+    )
     order_max_pending_per_user: int = Field(
         20,
         alias="ORDER_MAX_PENDING_PER_USER",
@@ -331,6 +338,14 @@ class Config(BaseModel):
         ge=0,
         description="Units of one product the pending orders placed from one client address may hold, "
         "whatever the accounts; more: 409 (0: off).",
+    )
+
+    discount_max_unknown_per_user: int = Field(
+        20,
+        alias="DISCOUNT_MAX_UNKNOWN_PER_USER",
+        ge=0,
+        description="Discount codes that do not exist one customer may try per hour; then every "
+        "order naming a code gets 429 with Retry-After until the hour is over (0: off).",
     )
 
     actor_queue_timeout_seconds: float = Field(

@@ -77,6 +77,12 @@ class Metrics:
             "order_actor_rejections", "Commands refused: 503 (mailbox, actors), 429 (user).", ["reason"], registry=r
         )
         self.actor_crashes = Counter("order_actor_crashes", "Order actors that crashed.", registry=r)
+        self.order_batch_size = Histogram(
+            "order_batch_orders",
+            "Orders of one product placed together in one transaction (batches of two or more).",
+            buckets=(2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.payments = Counter("payments", "Payment attempts by outcome.", ["outcome"], registry=r)
         self.refunds = Counter(
             "refunds",

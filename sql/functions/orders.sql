@@ -1,10 +1,12 @@
 -- Orders: the item rules, and every change of an order, each one call (one round trip,
 -- its own transaction), writing the change's event itself (emit_event, events.sql).
 --
--- Lock order, everywhere: the customer's row (when hold limits are checked), then the
--- order row(s), then the product rows in ascending id order; so concurrent
--- transactions can wait for each other but never deadlock. Statuses are checked on the
--- locked rows, so no decision is made on stale data.
+-- Lock order, everywhere: the customer's row (when hold limits are checked; a batch's
+-- customers in ascending id order), then the order row(s), then the product rows in
+-- ascending id order, then the advisory locks and rows of the discount codes involved
+-- (checkout.sql); so concurrent transactions can wait for each other but never
+-- deadlock. Statuses are checked on the locked rows, so no decision is made on stale
+-- data.
 --
 -- A refusal comes back as a jsonb document, {"code": ..., and what it is about}, with
 -- nothing written (db/refusals.py decodes it; handlers/refusals.py words it). Merging
@@ -91,66 +93,86 @@ END
 $$;
 
 -- Stock hoarding: the refusal p_code, naming the first product of which the pending
--- orders p_orders plus these items would hold more than p_max_held units (0: no
--- limit); NULL when none would.
+-- orders counted (but p_except_order, whose items are being replaced) plus these items
+-- would hold more than p_max_held units (0: no limit, and nothing read); NULL when none
+-- would. The orders counted are a customer's (p_user_id: 'too_many_held', asked under
+-- the customer's lock), or those placed from one client address (p_client_ip:
+-- 'too_many_held_at_address', so that fresh accounts do not multiply the limit; asked
+-- once the products are locked, so orders of the same products from any account
+-- decide one after the other, and being a statement of its own it sees what the
+-- previous holder of their locks committed).
 CREATE OR REPLACE FUNCTION hoarding_refusal(
-    p_code text, p_orders bigint[], p_product_ids bigint[], p_quantities integer[], p_max_held integer
+    p_code text,
+    p_user_id bigint,
+    p_client_ip text,
+    p_except_order bigint,
+    p_product_ids bigint[],
+    p_quantities integer[],
+    p_max_held integer
 ) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('code', p_code, 'product_id', w.product_id)
-      FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
-     WHERE p_max_held > 0
-       AND w.quantity + coalesce((
-               SELECT sum(i.quantity) FROM order_items i
-                WHERE i.order_id = ANY (p_orders) AND i.product_id = w.product_id
-           ), 0) > p_max_held
-     ORDER BY w.product_id
-     LIMIT 1
-$$;
-
--- The pending orders the hoarding limits count (but p_except_order, whose items are
--- being replaced): a customer's ('too_many_held', asked under the customer's lock), or
--- those placed from one client address ('too_many_held_at_address', so that fresh
--- accounts do not multiply the limit; asked once the products are locked, so orders of
--- the same products from any account decide one after the other, and being a statement
--- of its own it sees what the previous holder of their locks committed).
-CREATE OR REPLACE FUNCTION pending_orders_of(p_user_id bigint, p_client_ip text, p_except_order bigint)
-RETURNS bigint[]
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_orders bigint[];
 BEGIN
-    IF p_user_id IS NOT NULL THEN
-        RETURN ARRAY(SELECT o.id FROM orders o
-                      WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
-                        AND o.id IS DISTINCT FROM p_except_order);
+    IF p_max_held <= 0 THEN
+        RETURN NULL;
     END IF;
-    RETURN ARRAY(SELECT o.id FROM orders o
-                  WHERE o.client_ip = p_client_ip AND o.status = 'pending' AND o.deleted_at IS NULL
-                    AND o.id IS DISTINCT FROM p_except_order);
+    v_orders := ARRAY(SELECT o.id FROM orders o
+                       WHERE (CASE WHEN p_user_id IS NOT NULL THEN o.user_id = p_user_id
+                                   ELSE o.client_ip = p_client_ip END)
+                         AND o.status = 'pending' AND o.deleted_at IS NULL
+                         AND o.id IS DISTINCT FROM p_except_order);
+    RETURN (SELECT jsonb_build_object('code', p_code, 'product_id', w.product_id)
+              FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
+             WHERE w.quantity + coalesce((
+                       SELECT sum(i.quantity) FROM order_items i
+                        WHERE i.order_id = ANY (v_orders) AND i.product_id = w.product_id
+                   ), 0) > p_max_held
+             ORDER BY w.product_id
+             LIMIT 1);
 END
 $$;
 
--- A new pending order holding its stock, placed from p_client_ip, and its
--- order.created event; or a refusal with nothing written: the customer's hoarding limits
--- ('too_many_pending', 'too_many_held'), the item rules (price_order_items), the
--- address's hoarding limit ('too_many_held_at_address'). The customer's row is locked first, so two processes
--- creating orders for one customer decide one after the other.
-CREATE OR REPLACE FUNCTION create_order(
+-- One new pending order and its order.created event, with the caller holding the
+-- customer's row lock; or a refusal with nothing written. Its stock is not taken here:
+-- the caller updates the products once for all the orders it places (create_order, one
+-- order; create_orders, a batch), and p_taken_ids/p_taken_quantities are the units of
+-- them this transaction's earlier orders took meanwhile (they count as gone). The
+-- checks, in order: the customer's hoarding limits ('too_many_pending',
+-- 'too_many_held'), the item rules (price_order_items, which locks the products), the
+-- address's hoarding limit ('too_many_held_at_address'), then the checkout's (an order
+-- that names an address, a method or a code: price_shipping, then price_discount, which
+-- takes the redemption last; checkout.sql).
+CREATE OR REPLACE FUNCTION place_order(
     p_user_id bigint,
     p_client_ip text,
     p_product_ids bigint[],
     p_quantities integer[],
+    p_taken_ids bigint[],
+    p_taken_quantities integer[],
     p_ttl_seconds double precision,
     p_max_pending integer,
     p_max_held integer,
-    p_max_held_at_address integer
+    p_max_held_at_address integer,
+    p_address postal_address,
+    p_address_id bigint,
+    p_method_id bigint,
+    p_code text,
+    p_max_unknown integer,
+    p_guess_window double precision
 ) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_refusal jsonb;
     v_priced record;
     v_order orders;
+    v_checkout record;
+    v_address postal_address := p_address;
+    v_method order_shipping_method;
+    v_shipping bigint := 0;
+    v_discount_id bigint;
+    v_discount order_discount;
 BEGIN
-    PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;
     -- Counted up to the limit only: the check costs at most that many index entries,
     -- however many pending orders a customer holds.
     IF (SELECT count(*) FROM (SELECT 1 FROM orders o
@@ -159,26 +181,41 @@ BEGIN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], jsonb_build_object('code', 'too_many_pending');
         RETURN;
     END IF;
-    v_refusal := hoarding_refusal(
-        'too_many_held', pending_orders_of(p_user_id, NULL, NULL), p_product_ids, p_quantities, p_max_held);
+    v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, NULL, p_product_ids, p_quantities, p_max_held);
     IF v_refusal IS NULL THEN
-        SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, '{}', '{}');
+        SELECT * INTO v_priced
+          FROM price_order_items(p_product_ids, p_quantities, p_taken_ids,
+                                 ARRAY(SELECT -t.quantity FROM unnest(p_taken_quantities) AS t (quantity)));
         v_refusal := coalesce(v_priced.refusal, hoarding_refusal(
-            'too_many_held_at_address', pending_orders_of(NULL, p_client_ip, NULL),
-            p_product_ids, p_quantities, p_max_held_at_address));
+            'too_many_held_at_address', NULL, p_client_ip, NULL, p_product_ids, p_quantities, p_max_held_at_address));
+    END IF;
+    -- Checkout: only an order that names them reads addresses, methods and discounts.
+    IF v_refusal IS NULL AND (p_address IS NOT NULL OR p_address_id IS NOT NULL OR p_method_id IS NOT NULL) THEN
+        SELECT * INTO v_checkout
+          FROM price_shipping(p_user_id, v_priced.total, v_priced.currency, p_address, p_address_id, p_method_id);
+        v_refusal := v_checkout.refusal;
+        v_address := v_checkout.shipping_address;
+        v_method := v_checkout.shipping_method;
+        v_shipping := v_checkout.shipping;
+    END IF;
+    IF v_refusal IS NULL AND p_code IS NOT NULL THEN  -- the last check: it takes the redemption
+        SELECT * INTO v_checkout
+          FROM price_discount(p_user_id, NULL, v_priced.total, v_priced.currency, NULL, true, p_code,
+                              p_max_unknown, p_guess_window);
+        v_refusal := v_checkout.refusal;
+        v_discount_id := v_checkout.discount_id;
+        v_discount := v_checkout.discount;
     END IF;
     IF v_refusal IS NOT NULL THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
         RETURN;
     END IF;
 
-    -- (The id = ANY condition lets the plan find the rows by primary key.)
-    UPDATE products pr SET stock = pr.stock - w.quantity, updated_at = now()
-      FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
-     WHERE pr.id = ANY (p_product_ids) AND pr.id = w.product_id;
-
-    INSERT INTO orders (user_id, client_ip, total, currency, expires_at)
-    VALUES (p_user_id, p_client_ip, v_priced.total, v_priced.currency, now() + make_interval(secs => p_ttl_seconds))
+    INSERT INTO orders (user_id, client_ip, total, currency, expires_at,
+                        shipping_address, shipping_method, shipping, discount_id, discount)
+    VALUES (p_user_id, p_client_ip, v_priced.total - coalesce(v_discount.amount, 0) + v_shipping, v_priced.currency,
+            now() + make_interval(secs => p_ttl_seconds),
+            v_address, v_method, v_shipping, v_discount_id, v_discount)
     RETURNING * INTO v_order;
 
     INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
@@ -187,6 +224,94 @@ BEGIN
 
     PERFORM emit_event('order.created', order_snapshot(v_order, v_priced.items));
     RETURN QUERY SELECT v_order, v_priced.items, NULL::jsonb;
+END
+$$;
+
+-- A new pending order holding its stock, placed from p_client_ip, and its
+-- order.created event; or place_order's refusal with nothing written. The customer's
+-- row is locked first, so two processes creating orders for one customer decide one
+-- after the other.
+CREATE OR REPLACE FUNCTION create_order(
+    p_user_id bigint,
+    p_client_ip text,
+    p_product_ids bigint[],
+    p_quantities integer[],
+    p_ttl_seconds double precision,
+    p_max_pending integer,
+    p_max_held integer,
+    p_max_held_at_address integer,
+    -- Checkout (all NULL: none): the address (inline, or one of the customer's by id),
+    -- the shipping method, the discount code, and the limit on unknown codes.
+    p_address postal_address,
+    p_address_id bigint,
+    p_method_id bigint,
+    p_code text,
+    p_max_unknown integer,
+    p_guess_window double precision
+) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_placed record;
+BEGIN
+    PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;
+    SELECT * INTO v_placed
+      FROM place_order(p_user_id, p_client_ip, p_product_ids, p_quantities, '{}', '{}', p_ttl_seconds,
+                       p_max_pending, p_max_held, p_max_held_at_address,
+                       p_address, p_address_id, p_method_id, p_code, p_max_unknown, p_guess_window);
+    IF v_placed.refusal IS NULL THEN
+        -- (The id = ANY condition lets the plan find the rows by primary key.)
+        UPDATE products pr SET stock = pr.stock - w.quantity, updated_at = now()
+          FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
+         WHERE pr.id = ANY (p_product_ids) AND pr.id = w.product_id;
+    END IF;
+    RETURN QUERY SELECT v_placed.changed, v_placed.items, v_placed.refusal;
+END
+$$;
+
+-- Orders of one product (p_product_id, p_quantities[i] units each) placed in one
+-- transaction, in arrival order, each exactly as create_order would place it alone
+-- after the ones before it: one row per order, in order (its order, or its refusal).
+-- All their customers' rows are locked first, in ascending id order (the global lock
+-- order), then the product by the first order; the product's stock is updated once,
+-- for every order placed. So a hot product's lock is taken, and its row written and
+-- committed, once per batch (server/domain/order_batches.py) instead of once per order.
+CREATE OR REPLACE FUNCTION create_orders(
+    p_product_id bigint,
+    p_user_ids bigint[],
+    p_client_ips text[],
+    p_quantities integer[],
+    p_addresses postal_address[],
+    p_address_ids bigint[],
+    p_method_ids bigint[],
+    p_codes text[],
+    p_ttl_seconds double precision,
+    p_max_pending integer,
+    p_max_held integer,
+    p_max_held_at_address integer,
+    p_max_unknown integer,
+    p_guess_window double precision
+) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_taken integer := 0;
+    v_placed record;
+BEGIN
+    PERFORM 1 FROM users WHERE id = ANY (p_user_ids) ORDER BY id FOR NO KEY UPDATE;
+    FOR i IN 1 .. cardinality(p_user_ids) LOOP
+        SELECT * INTO v_placed
+          FROM place_order(p_user_ids[i], p_client_ips[i], ARRAY[p_product_id], ARRAY[p_quantities[i]],
+                           ARRAY[p_product_id], ARRAY[v_taken], p_ttl_seconds,
+                           p_max_pending, p_max_held, p_max_held_at_address,
+                           p_addresses[i], p_address_ids[i], p_method_ids[i], p_codes[i],
+                           p_max_unknown, p_guess_window);
+        IF v_placed.refusal IS NULL THEN
+            v_taken := v_taken + p_quantities[i];
+        END IF;
+        RETURN QUERY SELECT v_placed.changed, v_placed.items, v_placed.refusal;
+    END LOOP;
+    IF v_taken > 0 THEN
+        UPDATE products pr SET stock = pr.stock - v_taken, updated_at = now() WHERE pr.id = p_product_id;
+    END IF;
 END
 $$;
 
@@ -211,11 +336,13 @@ END
 $$;
 
 -- End pending orders the caller has locked ('cancelled' or 'expired'): their stock
--- back, the new status, and each one's event (order.cancelled, order.expired).
+-- back, the new status, each one's event (order.cancelled, order.expired), and their
+-- discounts' redemptions back (checkout.sql).
 CREATE OR REPLACE FUNCTION end_pending_orders(p_order_ids bigint[], p_status text) RETURNS SETOF orders
 LANGUAGE plpgsql AS $$
 DECLARE
     v_order orders;
+    v_discounts bigint[] := '{}';
 BEGIN
     PERFORM return_stock(p_order_ids);
     FOR v_order IN
@@ -224,8 +351,14 @@ BEGIN
         RETURNING o.*
     LOOP
         PERFORM emit_event('order.' || p_status, order_snapshot(v_order, order_items_of(v_order.id)));
+        IF v_order.discount_id IS NOT NULL THEN
+            v_discounts := v_discounts || v_order.discount_id;
+        END IF;
         RETURN NEXT v_order;
     END LOOP;
+    IF v_discounts <> '{}' THEN
+        PERFORM release_redemptions(v_discounts);
+    END IF;
 END
 $$;
 
@@ -261,17 +394,30 @@ BEGIN
 END
 $$;
 
--- Swap a pending order's items (the customer's own), re-reserving atomically: what the
--- order held counts as available to it. Refusals: lock_pending_order's, the customer's
--- hoarding limit, the item rules', the hoarding limit of the address the order was
--- placed from; on any, nothing changes (but an overdue order is expired).
+-- Change a pending order (the customer's own): swap its items (p_product_ids NULL: they
+-- stay), re-reserving atomically (what the order held counts as available to it), and
+-- set its address, method or code (p_set_*: the ones that change; NULL values remove).
+-- Its shipping and discount are checked and priced again either way (price_shipping,
+-- price_discount: a new code is redeemed, one given up is given back). Refusals:
+-- lock_pending_order's, the customer's hoarding limit, the item rules', the hoarding
+-- limit of the address the order was placed from, the checkout's; on any, nothing
+-- changes (but an overdue order is expired, and an unknown code is counted).
 CREATE OR REPLACE FUNCTION replace_order_items(
     p_order_id bigint,
     p_user_id bigint,
     p_product_ids bigint[],
     p_quantities integer[],
     p_max_held integer,
-    p_max_held_at_address integer
+    p_max_held_at_address integer,
+    p_set_address boolean,
+    p_address postal_address,
+    p_address_id bigint,
+    p_set_method boolean,
+    p_method_id bigint,
+    p_set_code boolean,
+    p_code text,
+    p_max_unknown integer,
+    p_guess_window double precision
 ) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -280,49 +426,100 @@ DECLARE
     v_held_quantities integer[];
     v_priced record;
     v_order orders;
+    v_items order_item[];
+    v_subtotal bigint;
+    v_currency text;
+    v_checkout record;
+    v_address postal_address;
+    v_method_id bigint;
+    v_method order_shipping_method;
+    v_shipping bigint := 0;
+    v_discount_id bigint;
+    v_discount order_discount;
 BEGIN
     PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;  -- hold limits are checked under it
-    v_refusal := coalesce(
-        lock_pending_order(p_order_id, p_user_id),
-        hoarding_refusal('too_many_held', pending_orders_of(p_user_id, NULL, p_order_id),
-                         p_product_ids, p_quantities, p_max_held));
-    IF v_refusal IS NULL THEN
+    v_refusal := lock_pending_order(p_order_id, p_user_id);
+    IF v_refusal IS NULL AND p_product_ids IS NOT NULL THEN
+        v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, p_order_id,
+                                      p_product_ids, p_quantities, p_max_held);
+    END IF;
+    IF v_refusal IS NOT NULL THEN
+        RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
+        RETURN;
+    END IF;
+    SELECT * INTO v_order FROM orders o WHERE o.id = p_order_id;
+    IF p_product_ids IS NOT NULL THEN
         SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}')
           INTO v_held_ids, v_held_quantities
           FROM order_items i WHERE i.order_id = p_order_id;
         SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, v_held_ids, v_held_quantities);
         v_refusal := coalesce(v_priced.refusal, hoarding_refusal(
-            'too_many_held_at_address',
-            pending_orders_of(NULL, (SELECT o.client_ip FROM orders o WHERE o.id = p_order_id), p_order_id),
+            'too_many_held_at_address', NULL, v_order.client_ip, p_order_id,
             p_product_ids, p_quantities, p_max_held_at_address));
+        v_items := v_priced.items;
+        v_subtotal := v_priced.total;
+        v_currency := v_priced.currency;
+    ELSE
+        v_items := order_items_of(p_order_id);
+        v_subtotal := v_order.subtotal;
+        v_currency := v_order.currency;
+    END IF;
+
+    -- Checkout: what changes, and what stays, checked and priced for the new subtotal.
+    v_address := CASE WHEN p_set_address THEN p_address ELSE v_order.shipping_address END;
+    v_method_id := CASE WHEN p_set_method THEN p_method_id ELSE (v_order.shipping_method).id END;
+    IF v_refusal IS NULL
+       AND (v_address IS NOT NULL OR (p_set_address AND p_address_id IS NOT NULL) OR v_method_id IS NOT NULL) THEN
+        SELECT * INTO v_checkout
+          FROM price_shipping(p_user_id, v_subtotal, v_currency, v_address,
+                              CASE WHEN p_set_address THEN p_address_id END, v_method_id);
+        v_refusal := v_checkout.refusal;
+        v_address := v_checkout.shipping_address;
+        v_method := v_checkout.shipping_method;
+        v_shipping := v_checkout.shipping;
+    END IF;
+    IF v_refusal IS NULL AND (p_set_code OR v_order.discount_id IS NOT NULL) THEN  -- the last check
+        SELECT * INTO v_checkout
+          FROM price_discount(p_user_id, p_order_id, v_subtotal, v_currency, v_order.discount_id, p_set_code, p_code,
+                              p_max_unknown, p_guess_window);
+        v_refusal := v_checkout.refusal;
+        v_discount_id := v_checkout.discount_id;
+        v_discount := v_checkout.discount;
     END IF;
     IF v_refusal IS NOT NULL THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
         RETURN;
     END IF;
 
-    -- Each product's stock moves by what the order held minus what it now wants.
-    UPDATE products pr SET stock = pr.stock + d.delta, updated_at = now()
-      FROM (
-          SELECT m.product_id, sum(m.quantity)::integer AS delta
-            FROM (SELECT * FROM unnest(v_held_ids, v_held_quantities)
-                  UNION ALL
-                  SELECT w.id, -w.quantity FROM unnest(p_product_ids, p_quantities) AS w (id, quantity)
-                 ) AS m (product_id, quantity)
-           GROUP BY m.product_id
-      ) d
-     WHERE pr.id = ANY (v_held_ids || p_product_ids) AND pr.id = d.product_id AND d.delta <> 0;
+    IF p_product_ids IS NOT NULL THEN
+        -- Each product's stock moves by what the order held minus what it now wants.
+        UPDATE products pr SET stock = pr.stock + d.delta, updated_at = now()
+          FROM (
+              SELECT m.product_id, sum(m.quantity)::integer AS delta
+                FROM (SELECT * FROM unnest(v_held_ids, v_held_quantities)
+                      UNION ALL
+                      SELECT w.id, -w.quantity FROM unnest(p_product_ids, p_quantities) AS w (id, quantity)
+                     ) AS m (product_id, quantity)
+               GROUP BY m.product_id
+          ) d
+         WHERE pr.id = ANY (v_held_ids || p_product_ids) AND pr.id = d.product_id AND d.delta <> 0;
 
-    DELETE FROM order_items i WHERE i.order_id = p_order_id;
-    INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
-    SELECT p_order_id, i.line_no, i.product_id, i.name, i.unit_price, i.quantity, i.line_total
-      FROM unnest(v_priced.items) WITH ORDINALITY AS i (product_id, name, unit_price, quantity, line_total, line_no);
+        DELETE FROM order_items i WHERE i.order_id = p_order_id;
+        INSERT INTO order_items (order_id, line_no, product_id, name, unit_price, quantity, line_total)
+        SELECT p_order_id, i.line_no, i.product_id, i.name, i.unit_price, i.quantity, i.line_total
+          FROM unnest(v_items) WITH ORDINALITY AS i (product_id, name, unit_price, quantity, line_total, line_no);
+    END IF;
+    IF v_order.discount_id IS NOT NULL AND v_order.discount_id IS DISTINCT FROM v_discount_id THEN
+        PERFORM release_redemptions(ARRAY[v_order.discount_id]);  -- the code it gave up
+    END IF;
 
-    UPDATE orders o SET total = v_priced.total, currency = v_priced.currency, updated_at = now()
+    UPDATE orders o SET total = v_subtotal - coalesce(v_discount.amount, 0) + v_shipping, currency = v_currency,
+           shipping_address = v_address, shipping_method = v_method, shipping = v_shipping,
+           discount_id = v_discount_id, discount = v_discount, updated_at = now()
      WHERE o.id = p_order_id
     RETURNING o.* INTO v_order;
 
-    RETURN QUERY SELECT v_order, v_priced.items, NULL::jsonb;
+    RETURN QUERY SELECT v_order, v_items, NULL::jsonb;
 END
 $$;
 

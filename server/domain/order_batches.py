@@ -1,0 +1,159 @@
+"""Orders of one product placed together: the hot-product half of the orders design.
+
+Every order takes its products' row locks until it commits, so orders for one product
+(a flash sale, a product drop) run one after another across the whole database
+however many cores there are, each paying for a lock hand-over and a commit. A worker
+sees such orders arrive together: while one order for a product is being placed,
+the next ones for it wait here, and when it is done they are placed as one batch, in
+arrival order, by one statement in one transaction (db/orders.py `create_many`): one
+lock acquisition, one stock update, one commit for all of them; each order still
+passes or fails every rule on its own, with the answer it would have had alone.
+
+Nothing waits for a batch to fill: an order that finds its product idle is placed at
+once, alone, exactly as without batching, so a quiet shop pays nothing. A batch runs
+in a task of its own (an order's answer still means its reservation is committed;
+a client that goes away cannot cancel the others' work), and a batch that fails for
+a reason other than an outage is retried order by order, so that one bad order
+cannot fail its neighbours. Waiting is bounded as the connection line bounds it
+(DB_POOL_ACQUIRE_TIMEOUT): an order that waited longer gets 503 and is never placed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from db.pool import is_outage, mark_work_started
+from db.refusals import Refusal
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+Order = TypeVar("Order")  # an order to place
+Answer = TypeVar("Answer")  # what placing it answers
+
+PlaceOne = Callable[[Order], Awaitable[Answer]]
+# Orders of one key placed together: one answer per order, in order (the placed
+# order, or the Refusal it met).
+PlaceMany = Callable[[K, Sequence[Order]], Awaitable[Sequence[Answer | Refusal]]]
+
+
+@dataclass(slots=True)
+class _Waiting(Generic[Order, Answer]):
+    order: Order
+    reply: asyncio.Future[Answer]
+    deadline: float
+
+
+class Batches(Generic[K, Order, Answer]):
+    """Per key (a product), at most one placement running; what arrives meanwhile is
+    placed together next, `max_batch` at a time."""
+
+    def __init__(
+        self,
+        place_one: PlaceOne[Order, Answer],
+        place_many: PlaceMany[K, Order, Answer],
+        *,
+        max_batch: int,
+        timeout: float,
+        observe: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        self._place_one = place_one
+        self._observe = observe  # told each batch's size (of two or more)
+        self._place_many = place_many
+        self._max_batch = max_batch
+        self._timeout = timeout
+        # A key is here while a placement for it runs: with the orders waiting for the next.
+        self._busy: dict[K, collections.deque[_Waiting[Order, Answer]]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting_count(self) -> int:
+        return sum(len(queue) for queue in self._busy.values())
+
+    async def place(self, key: K, order: Order) -> Answer:
+        queue = self._busy.get(key)
+        if queue is None:
+            self._busy[key] = collections.deque()
+            try:
+                return await self._place_one(order)
+            finally:
+                self._next(key)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Answer] = loop.create_future()
+        queue.append(_Waiting(order, reply, loop.time() + self._timeout))
+        return await reply
+
+    def _next(self, key: K) -> None:
+        """The placement for `key` is over: start the next batch, or free the key."""
+        queue = self._busy[key]
+        now = asyncio.get_running_loop().time()
+        batch: list[_Waiting[Order, Answer]] = []
+        while queue and len(batch) < self._max_batch:
+            waiting = queue.popleft()
+            if waiting.reply.done():  # its request was cancelled
+                continue
+            if waiting.deadline <= now:
+                waiting.reply.set_exception(TimeoutError("the order waited too long for its product"))
+                continue
+            batch.append(waiting)
+        if not batch:
+            del self._busy[key]
+            return
+        # A context of its own: the batch is nobody's request (its log lines must not
+        # carry the id of the request that happened to finish before it).
+        task = asyncio.get_running_loop().create_task(self._run(key, batch), context=contextvars.Context())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, key: K, batch: list[_Waiting[Order, Answer]]) -> None:
+        mark_work_started()  # admitted work: these orders were taken in, not new arrivals
+        try:
+            if len(batch) == 1:
+                await self._answer_alone(batch[0])
+                return
+            self._observe(len(batch))
+            try:
+                answers = await self._place_many(key, [waiting.order for waiting in batch])
+            except Exception as exc:
+                if is_outage(exc):
+                    for waiting in batch:
+                        _reply_error(waiting, exc)
+                    return
+                log.warning("a batch of orders failed; placing them one by one", exc_info=exc)
+                for waiting in batch:
+                    await self._answer_alone(waiting)
+                return
+            for waiting, answer in zip(batch, answers, strict=True):
+                if isinstance(answer, Refusal):
+                    _reply_error(waiting, answer)
+                elif not waiting.reply.done():
+                    waiting.reply.set_result(answer)
+        finally:
+            self._next(key)
+
+    async def _answer_alone(self, waiting: _Waiting[Order, Answer]) -> None:
+        try:
+            answer = await self._place_one(waiting.order)
+        except Exception as exc:
+            _reply_error(waiting, exc)
+        else:
+            if not waiting.reply.done():
+                waiting.reply.set_result(answer)
+
+    async def close(self) -> None:
+        """Wait for the batches under way (at shutdown, before the pool closes)."""
+        while self._running:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._running)
+
+
+def _reply_error(waiting: _Waiting[Order, Answer], exc: BaseException) -> None:
+    if not waiting.reply.done():
+        waiting.reply.set_exception(exc)

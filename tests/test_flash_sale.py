@@ -1,0 +1,153 @@
+"""A hot product: orders of one product placed together (server/domain/order_batches.py,
+create_orders in sql/functions/orders.sql) answer each order as it would have been
+answered alone, and a flash sale across two processes sells exactly the stock."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from db import orders as orders_db
+from db.addresses import PostalAddress
+from db.refusals import Refusal
+from tests.helpers import ADDRESS, Api, ServerProcess, invariant_violations, session
+
+# The answers compared: an order's fields that do not depend on when or as which id it
+# was written.
+_COMPARED = ("user_id", "status", "total", "subtotal", "currency", "shipping", "items", "discount")
+
+
+@pytest.fixture
+def server_env() -> dict[str, str]:
+    # Connections opened at start, so that the sale meets the product's lock, not a
+    # pool growing on a busy machine.
+    return {"DB_POOL_MIN_SIZE": "10", "DB_POOL_MAX_SIZE": "10"}
+
+
+@pytest.fixture
+async def buyers_apis(two_servers: list[ServerProcess]) -> AsyncIterator[list[Api]]:
+    sessions = [session(s.url, connector=aiohttp.TCPConnector(limit=200)) for s in two_servers]
+    try:
+        yield [Api(http) for http in sessions]
+    finally:
+        for http in sessions:
+            await http.close()
+
+
+def _answer(placed: asyncpg.Record | Refusal) -> Any:
+    if isinstance(placed, Refusal):
+        return ("refused", placed.code, placed.about)
+    return ("placed", {name: placed[name] for name in _COMPARED})
+
+
+async def _place(conn: asyncpg.Connection, product_id: int, orders: list[orders_db.NewOrder], together: bool) -> Any:
+    """The answers to `orders` and the product's stock after them, placed together or
+    one by one, in a transaction rolled back after."""
+    # At most 2 pending orders and 3 units held per customer, 4 units per address.
+    terms = orders_db.OrderTerms(900.0, orders_db.HoldLimits(2, 3, 4), orders_db.GuessLimit(20, 3600.0))
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        if together:
+            answers = await orders_db.create_many(conn, product_id, orders, terms)
+        else:
+            answers = []
+            for order in orders:
+                try:
+                    answers.append(await orders_db.create(conn, order, terms))
+                except Refusal as refusal:
+                    answers.append(refusal)
+        stock = await conn.fetchval("SELECT stock FROM products WHERE id = $1", product_id)
+        events = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'order.created'")
+        return [_answer(a) for a in answers], stock, events
+    finally:
+        await transaction.rollback()
+
+
+async def test_a_batch_answers_every_order_as_it_would_have_been_answered_alone(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    product = await api.product(stock=6, price=1000)
+    method = await api.shipping_method(price=500)
+    code = (await api.discount(value=10, max_redemptions=1))["code"]
+    a, b, c, d = [await api.customer() for _ in range(4)]
+    address = orders_db.Checkout(
+        address=PostalAddress(**{field: ADDRESS.get(field, "") for field in PostalAddress._fields}),
+        method_id=method["id"],
+    )
+    new = orders_db.NewOrder
+    orders = [
+        new(a.id, "10.0.0.1", [(product["id"], 2)]),
+        new(b.id, "10.0.0.1", [(product["id"], 2)]),  # the address now holds 4 of at most 4
+        new(c.id, "10.0.0.1", [(product["id"], 1)]),  # one more from that address: too_many_held_at_address
+        new(a.id, "10.0.0.2", [(product["id"], 2)]),  # a would hold 4 of at most 3: too_many_held
+        new(a.id, "10.0.0.2", [(product["id"], 1)], orders_db.Checkout(discount_code=code)),  # a's second: ok
+        new(a.id, "10.0.0.3", [(product["id"], 1)]),  # a's third pending order: too_many_pending
+        new(d.id, "10.0.0.3", [(product["id"], 1)], orders_db.Checkout(discount_code=code)),  # code used up
+        new(d.id, "10.0.0.3", [(product["id"], 1)], address),  # the last unit, shipped
+        new(c.id, "10.0.0.4", [(product["id"], 1)]),  # short_stock, available 0
+    ]
+    together = await _place(db, product["id"], orders, together=True)
+    alone = await _place(db, product["id"], orders, together=False)
+    assert together == alone
+    answers, stock, events = together
+    assert [answer[0] if answer[0] == "placed" else answer[1] for answer in answers] == [
+        "placed", "placed", "too_many_held_at_address", "too_many_held", "placed", "too_many_pending",
+        "discount_exhausted", "placed", "short_stock",
+    ]  # fmt: skip
+    assert answers[-1][2]["available"] == 0
+    assert (stock, events) == (0, 4)
+
+
+async def _sale(apis: list[Api], product_id: int, buyers: int) -> collections.Counter[Any]:
+    customers = await asyncio.gather(*(apis[i % 2].customer() for i in range(buyers)))
+
+    async def buy(i: int) -> Any:
+        reply = await apis[i % 2].order(customers[i], (product_id, 1))
+        return reply.status if reply.status == 201 else (reply.status, reply.json["detail"])
+
+    return collections.Counter(await asyncio.gather(*(buy(i) for i in range(buyers))))
+
+
+async def test_a_flash_sale_on_two_processes_sells_exactly_the_stock(buyers_apis: list[Api], clean_db: str) -> None:
+    apis = buyers_apis
+    product = await apis[0].product(stock=30)
+    answers = await _sale(apis, product["id"], 80)
+    sold_out = f"not enough stock for product {product['id']} (Widget): 0 available"
+    assert answers == {201: 30, (409, sold_out): 50}, answers
+    assert await apis[1].stock(product["id"]) == 0
+    assert await invariant_violations(clean_db) == []
+
+
+async def test_hot_product_orders_mixed_with_others_on_two_processes_never_deadlock(
+    buyers_apis: list[Api], clean_db: str
+) -> None:
+    """The same customers at once in batches of the hot product, in orders of several
+    products holding it too, and changing their orders: every answer is a rule's."""
+    apis = buyers_apis
+    hot, other = await apis[0].product(stock=1000), await apis[0].product(stock=1000)
+    customers = [await apis[i % 2].customer() for i in range(12)]
+    existing = [(await apis[0].order(c, (other["id"], 1))).json["id"] for c in customers]
+
+    async def work(i: int) -> int:
+        api, customer = apis[i % 2], customers[i % len(customers)]
+        if i % 3 == 0:
+            reply = await api.order(customer, (hot["id"], 1))
+        elif i % 3 == 1:
+            reply = await api.order(customer, (other["id"], 1), (hot["id"], 1))
+        else:
+            body = {"items": [{"product_id": hot["id"], "quantity": 1}, {"product_id": other["id"], "quantity": 1}]}
+            reply = await api.call(
+                "PUT", f"/api/orders/{existing[i % len(customers)]}", json=body, token=customer.token
+            )
+        return reply.status
+
+    statuses = collections.Counter(await asyncio.gather(*(work(i) for i in range(72))))
+    assert statuses == {201: 48, 200: 24}, statuses
+    assert await invariant_violations(clean_db) == []
