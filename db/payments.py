@@ -8,11 +8,11 @@ from collections.abc import Collection
 
 import asyncpg
 
-from db.liveness import claim_stale_sql
+from db.liveness import LIVE_WORKERS, claim_stale_sql
 from db.pool import Database, Executor
 from db.refusals import Refusal, refused
 
-_BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9) r"
+_BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) r"
 
 
 async def begin(
@@ -27,11 +27,14 @@ async def begin(
     worker: int | None,
     max_declines_per_order: int,
     max_declines_per_user: int,
+    payment_method: str | None = None,
 ) -> asyncpg.Record:
     """Step 1: record a pending payment for the user's order (the payments row, with
     its provider_key), or raise the refusal (the decline limits, the order's checks, or
     'payment_in_flight'). `worker`: the liveness lock id of the process that will call
-    the provider. One statement: on a Database it is a transaction of its own."""
+    the provider; `payment_method` what the customer paid with, kept so that a lost
+    answer can be asked for by replaying the request. One statement: on a Database it is
+    a transaction of its own."""
     try:
         row = await db.fetchrow(
             _BEGIN,
@@ -44,6 +47,7 @@ async def begin(
             worker,
             max_declines_per_order,
             max_declines_per_user,
+            payment_method,
         )
     except asyncpg.UniqueViolationError:
         # The partial unique index on pending payments: another one is in flight.
@@ -52,17 +56,25 @@ async def begin(
     return refused(row)
 
 
-_SETTLE = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4) AS s"
+_SETTLE = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4, $5, $6) AS s"
 
 
 async def settle(
-    db: Executor, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
+    db: Executor,
+    payment_id: int,
+    *,
+    status: str,
+    provider_ref: str | None,
+    failure_reason: str | None,
+    client_secret: str | None = None,
+    next_action: str | None = None,
 ) -> asyncpg.Record | None:
-    """Step 3: settle a pending payment ('succeeded' or 'failed') and write its events:
-    the payments row with refund_due, or None if it was no longer pending (someone
-    settled it first: nothing written). One statement: on a Database it is a
+    """Step 3: settle a payment in flight ('succeeded', 'failed', or 'requires_action'
+    with the `client_secret` and `next_action` (JSON text) its customer needs) and write
+    its events: the payments row with refund_due, or None if it was no longer in flight
+    (someone settled it first: nothing written). One statement: on a Database it is a
     transaction of its own."""
-    return await db.fetchrow(_SETTLE, payment_id, status, provider_ref, failure_reason)
+    return await db.fetchrow(_SETTLE, payment_id, status, provider_ref, failure_reason, client_secret, next_action)
 
 
 _GET = "SELECT * FROM payments WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)"
@@ -82,6 +94,38 @@ _CLAIM_STALE = claim_stale_sql("payments")
 
 async def claim_stale(db: Database, *, batch: int, lease_seconds: float, worker: int | None) -> list[asyncpg.Record]:
     return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker)
+
+
+# Payments waiting for their customer (3-D Secure) whose order ended meanwhile (expired,
+# cancelled, deleted): their PaymentIntent is to be cancelled. Claimed with a lease, so
+# one reconciler at a time asks the provider about each.
+_CLAIM_ABANDONED = f"""
+UPDATE payments SET lease_until = now() + make_interval(secs => $2), worker = $3
+WHERE id IN (
+    SELECT p.id FROM payments p JOIN orders o ON o.id = p.order_id
+    WHERE p.status = 'requires_action' AND (o.status <> 'pending' OR o.deleted_at IS NOT NULL)
+      AND (p.lease_until IS NULL OR p.lease_until < now()
+           OR (p.worker IS NOT NULL AND p.worker NOT IN ({LIVE_WORKERS})))
+    ORDER BY p.id
+    LIMIT $1
+    FOR UPDATE OF p SKIP LOCKED
+)
+RETURNING *
+"""
+
+
+async def claim_abandoned(
+    db: Database, *, batch: int, lease_seconds: float, worker: int | None
+) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_ABANDONED, batch, lease_seconds, worker)
+
+
+_WAITING = "SELECT * FROM payments WHERE order_id = $1 AND status = 'requires_action'"
+
+
+async def waiting(db: Executor, order_id: int) -> asyncpg.Record | None:
+    """The order's payment waiting for its customer, if any."""
+    return await db.fetchrow(_WAITING, order_id)
 
 
 _REFUNDS_DUE = """

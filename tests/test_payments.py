@@ -25,6 +25,8 @@ PAYMENT_FIELDS = {
     "failure_reason",
     "provider",
     "provider_ref",
+    "client_secret",
+    "next_action",
     "created_at",
 }
 
