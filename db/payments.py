@@ -89,11 +89,13 @@ async def get(db: Executor, payment_id: int, user_id: int | None) -> asyncpg.Rec
 # out (the outcome stayed unknown, or the worker lost its lock): claimed for a new
 # lease by this worker, so that one reconciler at a time handles each (and another
 # takes over if that one dies too).
-_CLAIM_STALE = claim_stale_sql("payments")
+_CLAIM_STALE = claim_stale_sql("payments", "provider = $4")
 
 
-async def claim_stale(db: Database, *, batch: int, lease_seconds: float, worker: int | None) -> list[asyncpg.Record]:
-    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker)
+async def claim_stale(
+    db: Database, *, batch: int, lease_seconds: float, worker: int | None, provider: str
+) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker, provider)
 
 
 # Payments waiting for their customer (3-D Secure) whose order ended meanwhile (expired,
@@ -103,7 +105,7 @@ _CLAIM_ABANDONED = f"""
 UPDATE payments SET lease_until = now() + make_interval(secs => $2), worker = $3
 WHERE id IN (
     SELECT p.id FROM payments p JOIN orders o ON o.id = p.order_id
-    WHERE p.status = 'requires_action' AND (o.status <> 'pending' OR o.deleted_at IS NOT NULL)
+    WHERE p.status = 'requires_action' AND p.provider = $4 AND (o.status <> 'pending' OR o.deleted_at IS NOT NULL)
       AND (p.lease_until IS NULL OR p.lease_until < now()
            OR (p.worker IS NOT NULL AND p.worker NOT IN ({LIVE_WORKERS})))
     ORDER BY p.id
@@ -115,9 +117,22 @@ RETURNING *
 
 
 async def claim_abandoned(
-    db: Database, *, batch: int, lease_seconds: float, worker: int | None
+    db: Database, *, batch: int, lease_seconds: float, worker: int | None, provider: str
 ) -> list[asyncpg.Record]:
-    return await db.fetch(_CLAIM_ABANDONED, batch, lease_seconds, worker)
+    return await db.fetch(_CLAIM_ABANDONED, batch, lease_seconds, worker, provider)
+
+
+_PAYABLE = """
+SELECT o.user_id, o.status, o.total, o.currency,
+       EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'requires_action') AS waiting
+FROM orders o WHERE o.id = $1 AND o.deleted_at IS NULL
+"""
+
+
+async def payable(db: Executor, order_id: int) -> asyncpg.Record | None:
+    """What is asked of an order before a payment of it is queued: its owner (user_id),
+    status, total, currency, and whether a payment of it waits for its customer."""
+    return await db.fetchrow(_PAYABLE, order_id)
 
 
 _WAITING = "SELECT * FROM payments WHERE order_id = $1 AND status = 'requires_action'"
@@ -130,15 +145,15 @@ async def waiting(db: Executor, order_id: int) -> asyncpg.Record | None:
 
 _REFUNDS_DUE = """
 SELECT * FROM payments
-WHERE status = 'failed' AND failure_reason = 'order_not_payable' AND refund_ref IS NULL
+WHERE status = 'failed' AND failure_reason = 'order_not_payable' AND refund_ref IS NULL AND provider = $2
 ORDER BY id
 LIMIT $1
 """
 _SET_REFUNDED = "UPDATE payments SET refund_ref = $2, updated_at = now() WHERE id = $1 AND refund_ref IS NULL"
 
 
-async def refunds_due(db: Database, batch: int) -> list[asyncpg.Record]:
-    return await db.fetch(_REFUNDS_DUE, batch)
+async def refunds_due(db: Database, batch: int, provider: str) -> list[asyncpg.Record]:
+    return await db.fetch(_REFUNDS_DUE, batch, provider)
 
 
 async def set_refunded(db: Database, payment_id: int, refund_ref: str) -> None:

@@ -96,11 +96,13 @@ async def page(db: Database, payment_id: int, *, after_id: int | None, limit: in
 
 # As for payments (db/payments.py): pending refunds whose worker is gone or whose lease
 # ran out, claimed by this worker.
-_CLAIM_STALE = claim_stale_sql("refunds")
+_CLAIM_STALE = claim_stale_sql("refunds", "payment_id IN (SELECT p.id FROM payments p WHERE p.provider = $4)")
 
 
-async def claim_stale(db: Database, *, batch: int, lease_seconds: float, worker: int | None) -> list[asyncpg.Record]:
-    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker)
+async def claim_stale(
+    db: Database, *, batch: int, lease_seconds: float, worker: int | None, provider: str
+) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker, provider)
 
 
 _PENDING_COUNT = "SELECT count(*) FROM refunds WHERE status = 'pending'"

@@ -179,7 +179,7 @@ class StripeProvider:
             if error.code not in REFUSED_FOR_AMOUNT:
                 log.error("Stripe refused a refund", extra=_about(error))
             return RefundResult("failed", None, error.code or "refund_refused")
-        return _refund_result(refund.id, refund.status, refund.failure_reason)
+        return _refund_result(refund.id, refund.status, getattr(refund, "failure_reason", None))
 
     async def lookup_refund(self, request: RefundRequest) -> RefundResult | None:
         return await self.refund(request)
@@ -249,18 +249,18 @@ def _charge_result(intent: Any) -> ChargeResult:
     if status == "succeeded":
         return ChargeResult("succeeded", intent.id)
     if status == "requires_action":
-        next_action = intent.next_action
+        next_action = getattr(intent, "next_action", None)
         return ChargeResult(
             "requires_action",
             intent.id,
-            client_secret=intent.client_secret,
+            client_secret=getattr(intent, "client_secret", None),
             next_action=None if next_action is None else next_action.to_dict(recursive=True),
         )
     if status == "canceled":
         return ChargeResult("declined", intent.id, "canceled")
     if status == "requires_payment_method":
-        error = intent.last_payment_error
-        return ChargeResult("declined", intent.id, (error and error.code) or "payment_failed")
+        error = getattr(intent, "last_payment_error", None)
+        return ChargeResult("declined", intent.id, getattr(error, "code", None) or "payment_failed")
     # processing, requires_confirmation, requires_capture: not settled yet.
     raise ProviderUnavailable(f"PaymentIntent {intent.id} is {status}")
 

@@ -215,7 +215,11 @@ async def reconcile(ctx: Context) -> int:
     provider. Returns how many were settled."""
     settled = 0
     claimed = await refunds_db.claim_stale(
-        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), worker=ctx.liveness.worker
+        ctx.db,
+        batch=_RECONCILE_BATCH,
+        lease_seconds=lease_seconds(ctx),
+        worker=ctx.liveness.worker,
+        provider=ctx.provider.name,
     )
     for refund_row in claimed:
         settled += await reconcile_in_actor(ctx, "refund", refund_row, _look_up, _settle)

@@ -43,7 +43,6 @@ from typing import TypeVar
 import asyncpg
 import orjson
 
-from db import orders as orders_db
 from db import payments as payments_db
 from db.pool import Executor
 from db.refusals import Refusal
@@ -116,11 +115,19 @@ async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_k
     if replay is not None:
         return replay
     # Before any key is claimed or the order's actor is asked: someone else's order
-    # (or none) is refused, stores nothing and waits in no queue.
-    if await orders_db.owner(ctx.db, request.order_id) != user_id:
+    # (or none) is refused, stores nothing and waits in no queue; so is a total below
+    # the provider's smallest charge (nothing is sent).
+    order = await payments_db.payable(ctx.db, request.order_id)
+    if order is None or order["user_id"] != user_id:
         raise Refusal("order_not_found")
+    minimum = ctx.provider.minimum_amounts.get(order["currency"].lower())
+    if order["status"] == "pending" and minimum is not None and order["total"] < minimum:
+        raise Refusal("amount_below_minimum", minimum=minimum, currency=order["currency"])
+    waiting = bool(order["waiting"])
 
     async def command(actor: OrderActor) -> Result:
+        if waiting:
+            await _end_waiting_payment(ctx, request.order_id)
         return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint)
 
     return await ctx.supervisor.ask(request.order_id, command, user_id=user_id)
@@ -129,10 +136,6 @@ async def pay(ctx: Context, user_id: int, request: PaymentRequest, idempotency_k
 async def _pay_in_actor(
     ctx: Context, user_id: int, request: PaymentRequest, idempotency_key: str | None, fingerprint: bytes
 ) -> Result:
-    if ctx.provider.minimum_amounts:
-        await _check_minimum(ctx, user_id, request.order_id)
-    if ctx.provider.sends_events:
-        await _end_waiting_payment(ctx, request.order_id)
     started = await _begin(ctx, user_id, request, idempotency_key, fingerprint)
     if isinstance(started, Result):
         return started
@@ -151,19 +154,9 @@ async def _pay_in_actor(
     return result_for(await _settle(ctx, payment["id"], result))
 
 
-async def _check_minimum(ctx: Context, user_id: int, order_id: int) -> None:
-    """A pending order whose total is below the provider's smallest charge for its
-    currency is refused before anything is recorded or sent."""
-    order = await orders_db.get(ctx.db, order_id, user_id)
-    if order is None or order["status"] != "pending":
-        return  # step 1 says why not
-    minimum = ctx.provider.minimum_amounts.get(order["currency"].lower())
-    if minimum is not None and order["total"] < minimum:
-        raise Refusal("amount_below_minimum", minimum=minimum, currency=order["currency"])
-
-
 async def _end_waiting_payment(ctx: Context, order_id: int) -> None:
-    """Before a new payment of the order: its payment waiting for the customer, if any,
+    """Before a new payment of the order: its payment waiting for the customer (read
+    again in the order's actor), if any,
     is cancelled at the provider and settled with the outcome (failed; or succeeded if
     the customer finished it meanwhile, and then step 1 refuses: the order is paid)."""
     waiting = await payments_db.waiting(ctx.db, order_id)
@@ -280,17 +273,25 @@ async def reconcile(ctx: Context) -> int:
     are due. Returns how many payments were settled."""
     settled = 0
     claimed = await payments_db.claim_stale(
-        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), worker=ctx.liveness.worker
+        ctx.db,
+        batch=_RECONCILE_BATCH,
+        lease_seconds=lease_seconds(ctx),
+        worker=ctx.liveness.worker,
+        provider=ctx.provider.name,
     )
     for payment in claimed:
         settled += await reconcile_in_actor(ctx, "payment", payment, _look_up, _settle)
     if ctx.provider.sends_events:
         abandoned = await payments_db.claim_abandoned(
-            ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), worker=ctx.liveness.worker
+            ctx.db,
+            batch=_RECONCILE_BATCH,
+            lease_seconds=lease_seconds(ctx),
+            worker=ctx.liveness.worker,
+            provider=ctx.provider.name,
         )
         for payment in abandoned:
             settled += await _cancel_in_actor(ctx, payment)
-    for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH):
+    for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH, ctx.provider.name):
         await _refund_unpayable(ctx, due)
     return settled
 
