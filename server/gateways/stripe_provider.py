@@ -96,7 +96,9 @@ class StripeProvider:
         self._webhook_secret = webhook_secret
         self._timeout = timeout
         self._record = record or (lambda operation, outcome: None)
-        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout))
+        # Each try is bounded by `timeout` (asyncio.timeout in _call); aiohttp's own
+        # bound is only a backstop.
+        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout + 1))
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base.rstrip("/")},
