@@ -13,6 +13,7 @@ liveness lock and the pool close).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -373,8 +374,7 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
         await orders.sweep_expired(ctx)
 
     async def reconcile() -> None:
-        await payments.reconcile(ctx)
-        await refunds.reconcile(ctx)
+        await asyncio.gather(payments.reconcile(ctx), refunds.reconcile(ctx))
 
     async def purge_idempotency_keys() -> None:
         purged = await idempotency.purge(ctx.db, config.idempotency_key_ttl_seconds)

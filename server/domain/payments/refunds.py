@@ -44,7 +44,7 @@ from server.domain.order_actors import OrderActor
 from server.domain.pages import keyset_page
 from server.domain.payments.idempotency import Outcome, Result, begin_once, replay_known, result_for
 from server.domain.payments.provider import RefundRequest, RefundResult, call_or_look_up
-from server.domain.payments.service import lease_seconds, provider_timeout, reconcile_in_actor
+from server.domain.payments.service import each_at_once, lease_seconds, provider_timeout, reconcile_in_actor
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,5 @@ async def reconcile(ctx: Context) -> int:
         worker=ctx.liveness.worker,
         provider=ctx.provider.name,
     )
-    for refund_row in claimed:
-        settled += await reconcile_in_actor(ctx, "refund", refund_row, _look_up, _settle)
+    settled += await each_at_once(claimed, lambda row: reconcile_in_actor(ctx, "refund", row, _look_up, _settle))
     return settled

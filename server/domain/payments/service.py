@@ -33,6 +33,7 @@ reconciliation (`reconcile_in_actor`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -56,6 +57,7 @@ from server.domain.payments.provider import ChargeRequest, ChargeResult, RefundR
 log = logging.getLogger(__name__)
 
 _RECONCILE_BATCH = 100
+_RECONCILE_AT_ONCE = 16
 R = TypeVar("R")  # what the provider's lookup answers (a charge's or a refund's result)
 
 
@@ -279,8 +281,7 @@ async def reconcile(ctx: Context) -> int:
         worker=ctx.liveness.worker,
         provider=ctx.provider.name,
     )
-    for payment in claimed:
-        settled += await reconcile_in_actor(ctx, "payment", payment, _look_up, _settle)
+    settled += await each_at_once(claimed, lambda row: reconcile_in_actor(ctx, "payment", row, _look_up, _settle))
     if ctx.provider.sends_events:
         abandoned = await payments_db.claim_abandoned(
             ctx.db,
@@ -289,11 +290,23 @@ async def reconcile(ctx: Context) -> int:
             worker=ctx.liveness.worker,
             provider=ctx.provider.name,
         )
-        for payment in abandoned:
-            settled += await _cancel_in_actor(ctx, payment)
+        settled += await each_at_once(abandoned, lambda row: _cancel_in_actor(ctx, row))
     for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH, ctx.provider.name):
         await _refund_unpayable(ctx, due)
     return settled
+
+
+async def each_at_once(rows: list[asyncpg.Record], settle: Callable[[asyncpg.Record], Awaitable[int]]) -> int:
+    """`settle` each claimed row, _RECONCILE_AT_ONCE at a time (each in its own order's
+    actor): a provider that takes its time is asked about many at once, not one after
+    another. Returns the sum of what they answered."""
+    gate = asyncio.Semaphore(_RECONCILE_AT_ONCE)
+
+    async def one(row: asyncpg.Record) -> int:
+        async with gate:
+            return await settle(row)
+
+    return sum(await asyncio.gather(*(one(row) for row in rows)))
 
 
 async def _look_up(ctx: Context, payment: asyncpg.Record) -> ChargeResult | None:
