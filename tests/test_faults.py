@@ -383,6 +383,25 @@ async def test_kill_9_with_stripe_under_fail_and_hang_faults_settles_everything_
         b.stop()
 
 
+async def test_paying_under_stripes_faults_charges_exactly_once(clean_db: str, stripe_standin: StandIn) -> None:
+    """The short version of loadtests/stripe_faults.py (2,000 orders, 50 clients there):
+    200 orders paid by 20 clients on two processes through the stand-in failing 10% and
+    hanging 5% of calls; the ledger shows one succeeded charge per paid order and none
+    for an order reported failed, refunds never above the charge, invariants clean."""
+    from loadtests.stripe_faults import run
+
+    report = await run(
+        clean_db, stripe_standin, orders=200, clients=20, fail_rate=0.1, hang_rate=0.05, latency_ms=100,
+        timeout_ms=1000, settle_seconds=60,
+    )  # fmt: skip
+    _report("Stripe 10% fail, 5% hang, 200 orders", **report)
+    assert report["violations"] == []
+    assert report["check_invariants_exit"] == 0, report["check_invariants"]
+    assert report["pending_left"] == 0
+    assert report["paid_orders"] > 100
+    assert report["stripe_faults"].get("fail", 0) > 0 and report["stripe_faults"].get("hang", 0) > 0
+
+
 @pytest.fixture
 def own_postgres() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL this test may stop (never the machine's shared one)."""
