@@ -38,8 +38,9 @@ def standin_path() -> Path | None:
 class StandIn:
     """One stand-in process for the whole test run."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *extra: str) -> None:
         self.path = path
+        self.extra = list(extra)  # more of its flags: --latency-ms 100, --fail-rate 0.1, ...
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -49,6 +50,7 @@ class StandIn:
                 sys.executable, str(self.path), "--port", "0", "--quiet",
                 "--webhook-secret", WEBHOOK_SECRET, "--refund-async-delay", "0.5",
                 "--webhook-retries", "2", "--webhook-retry-delay", "0.2", "--webhook-timeout", "5",
+                *self.extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -88,11 +90,11 @@ class StandIn:
         """latency_ms, fail_rate, hang_rate, fail_next, hang_next, webhook_url, ..."""
         self._request("POST", "/_standin/config", settings)
 
-    def reset(self, webhook_url: str | None = None) -> None:
+    def reset(self, webhook_url: str | None = None, latency_ms: float = 0) -> None:
         """Forget everything (pending refund failures and deliveries included) and go
-        back to no latency and no faults."""
+        back to no faults (and `latency_ms`)."""
         self._request("POST", "/_standin/reset", {})
-        self.configure(latency_ms=0, fail_rate=0.0, hang_rate=0.0, webhook_url=webhook_url)
+        self.configure(latency_ms=latency_ms, fail_rate=0.0, hang_rate=0.0, webhook_url=webhook_url)
 
     def ledger(self, api_key: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/_standin/ledger?api_key={api_key}")

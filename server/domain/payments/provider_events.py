@@ -43,37 +43,44 @@ async def receive(ctx: Context, payload: bytes, signature: str | None) -> Handle
         log.warning("provider event refused", extra={"reason": str(invalid)})
         raise Refusal("provider_event_invalid") from None
     ctx.metrics.provider_events.labels("received").inc()
+    if event.charge is None and event.refund is None:
+        # A type we do not use (most of what Stripe sends): nothing read or written.
+        ctx.metrics.provider_events.labels("ignored").inc()
+        return "ignored"
     if await events_db.seen(ctx.db, event.id):
         ctx.metrics.provider_events.labels("duplicate").inc()
         return "duplicate"
-    order_id = await _order_of(ctx, event)
-    if order_id is None:
-        ctx.metrics.provider_events.labels("ignored").inc()
-        await events_db.record(ctx.db, event.id, event.type)
-        return "ignored"
+    order_id = await _order_to_change(ctx, event)
+    if order_id is not None:
 
-    async def command(actor: OrderActor) -> None:
-        await _apply(ctx, event)
+        async def command(actor: OrderActor) -> None:
+            await _apply(ctx, event)
 
-    await ctx.supervisor.ask(order_id, command)
+        await ctx.supervisor.ask(order_id, command)
     await events_db.record(ctx.db, event.id, event.type)
     ctx.metrics.provider_events.labels("handled").inc()
     return "handled"
 
 
-async def _order_of(ctx: Context, event: ProviderEvent) -> int | None:
-    """The order whose payment or refund the event is about; None for an event we do
-    not use (its type, or a payment or refund that is not ours)."""
+async def _order_to_change(ctx: Context, event: ProviderEvent) -> int | None:
+    """The order whose payment or refund the event may change; None when it changes
+    nothing (not ours, or settled as the event says already: no actor is asked)."""
     if event.charge is not None and event.payment_id is not None:
         payment = await payments_db.get(ctx.db, event.payment_id, None)
-        if payment is not None and payment["provider"] == ctx.provider.name:
-            order_id: int = payment["order_id"]
-            return order_id
+        if payment is None or payment["provider"] != ctx.provider.name:
+            return None
+        if payment["status"] not in ("pending", "requires_action"):
+            return None
+        order_id: int = payment["order_id"]
+        return order_id
     if event.refund is not None and event.refund_id is not None:
         refund = await refunds_db.get(ctx.db, event.refund_id)
-        if refund is not None:
-            order_id = refund["order_id"]
-            return order_id
+        if refund is None or refund["status"] == "failed":
+            return None
+        if refund["status"] == "succeeded" and event.refund.status == "succeeded":
+            return None
+        order_id = refund["order_id"]
+        return order_id
     return None
 
 
