@@ -97,6 +97,9 @@ PROBLEMS: dict[str, Problem] = {
     ),
     "nothing_left": Problem(Conflict, "nothing is left to refund"),
     "over_refund": Problem(Conflict, "only {left} is left to refund"),
+    "payment_of_another_provider": Problem(
+        Conflict, "the payment was made through the {provider} provider, which is not the one configured now"
+    ),
     "provider_refused_amount": Problem(
         Conflict,
         "the payment provider refused the refund for its amount ({reason}): the charge has less left to refund",

@@ -285,21 +285,24 @@ async def test_a_redelivered_event_changes_nothing_the_second_time(
     first = await _refund(api, payment["id"], amount=400)
     assert first.status == 201
 
-    async def failed_event() -> str | None:
-        return await db.fetchval("SELECT id FROM provider_events WHERE type = 'refund.failed'")
+    async def undoing_event() -> str | None:
+        # The event that undid the refund (refund.updated or refund.failed, whichever came
+        # first; the other found it undone already).
+        return await db.fetchval("SELECT id FROM provider_events WHERE type LIKE 'refund.%'")
 
-    event_id = await _eventually(failed_event, "refund.failed handled")
+    event_id = await _eventually(undoing_event, "the refund's failure handled")
     # The amount is refunded again; then Stripe delivers the old failure once more.
     again = await _refund(api, payment["id"], amount=400)
     assert again.status == 201
-    # (the second refund's own failure follows later: wait for it to be recorded first)
+    # (the second refund's own failure follows later: wait for it to be handled first)
     await _eventually(
-        lambda: db.fetchval("SELECT count(*) = 2 FROM provider_events WHERE type = 'refund.failed'"),
-        "the second refund's failure",
+        lambda: db.fetchval("SELECT count(*) = 2 FROM refunds WHERE status = 'failed'"), "the second refund's failure"
     )
+    await asyncio.sleep(0.5)  # its other events
     before = await db.fetch("SELECT id, status, amount_refunded FROM payments UNION ALL "
                             "SELECT id, status, 0 FROM refunds ORDER BY 1, 2")  # fmt: skip
     events_before = await db.fetchval("SELECT count(*) FROM events")
+    recorded_before = await db.fetchval("SELECT count(*) FROM provider_events")
     gateway.standin.redeliver(event_id)  # type: ignore[union-attr]
 
     async def answered_again() -> bool:
@@ -311,8 +314,33 @@ async def test_a_redelivered_event_changes_nothing_the_second_time(
                            "SELECT id, status, 0 FROM refunds ORDER BY 1, 2")  # fmt: skip
     assert after == before
     assert await db.fetchval("SELECT count(*) FROM events") == events_before
-    metrics = (await api.call("GET", "/metrics")).body.decode()
-    assert 'payment_provider_events_total{outcome="duplicate"} 1.0' in metrics
+    assert await db.fetchval("SELECT count(*) FROM provider_events") == recorded_before
+
+
+async def test_the_same_event_posted_twice_pays_the_order_once(api: Api, db: asyncpg.Connection) -> None:
+    user, order, waiting = await _awaiting_action(api)
+    event = {
+        "id": "evt_twice_1",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {
+            "object": {
+                "id": waiting["provider_ref"],
+                "object": "payment_intent",
+                "status": "succeeded",
+                "metadata": {"payment_id": str(waiting["id"]), "order_id": str(order["id"])},
+            }
+        },
+    }
+    body = json.dumps(event).encode()
+    first = await api.call("POST", WEBHOOK_PATH, data=body, headers=_signed(body))
+    assert first.json == {"received": True, "outcome": "handled"}
+    events = await db.fetchval("SELECT count(*) FROM events")
+    second = await api.call("POST", WEBHOOK_PATH, data=body, headers=_signed(body))
+    assert (second.status, second.json["outcome"]) == (200, "unchanged")
+    assert await db.fetchval("SELECT count(*) FROM events") == events
+    assert (await _get(api, user, f"/api/orders/{order['id']}"))["status"] == "paid"
+    assert await db.fetchval("SELECT count(*) FROM provider_events WHERE id = 'evt_twice_1'") == 1
 
 
 async def test_an_event_of_a_type_not_used_is_200_and_ignored(api: Api, db: asyncpg.Connection) -> None:
@@ -423,3 +451,12 @@ async def test_the_secrets_are_never_logged(clean_db: str, gateway: Gateway, tmp
     assert "payment" in text  # something was logged
     assert gateway.api_key not in text
     assert WEBHOOK_SECRET not in text
+
+
+async def test_a_payment_of_another_provider_is_not_refunded_through_this_one(api: Api, db: asyncpg.Connection) -> None:
+    user, order = await _pending_order(api)
+    payment = (await api.pay(user, order["id"])).json
+    await db.execute("UPDATE payments SET provider = 'simulated' WHERE id = $1", payment["id"])
+    reply = await _refund(api, payment["id"])
+    assert reply.status == 409
+    assert "simulated" in reply.json["detail"]

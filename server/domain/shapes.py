@@ -105,7 +105,7 @@ class ProviderEventAck(Shape):
     """The answer to a payment provider's webhook."""
 
     received: bool
-    outcome: Literal["handled", "duplicate", "ignored"]
+    outcome: Literal["handled", "duplicate", "unchanged", "ignored"]
 
 
 class RefundOut(Shape):

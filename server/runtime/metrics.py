@@ -94,7 +94,8 @@ class Metrics:
         self.provider_events = Counter(
             "payment_provider_events",
             "Webhook events from the payment provider: received (signature valid), rejected (missing, wrong or "
-            "stale signature), duplicate (handled before), ignored (a type or object not used), handled.",
+            "stale signature), ignored (a type not used), unchanged (its payment or refund already as it says), "
+            "duplicate (handled before), handled (it changed a payment or refund).",
             ["outcome"],
             registry=r,
         )

@@ -3,12 +3,13 @@ payment that waited for its customer or whose answer was lost, and refunds that
 failed after they had succeeded.
 
 An event is believed only with a valid signature (the provider's `verify_event`:
-missing, wrong or stale is refused and changes nothing). Each is handled once: its
-id is recorded once handled, and a redelivery of a recorded one is answered at once;
-a redelivery that arrives while the first is being handled changes nothing either,
-as every change below is made only from the state it expects (a payment still in
-flight, a refund still pending or succeeded). The change runs in the order's actor,
-like any other command of the order, and is one statement.
+missing, wrong or stale is refused and changes nothing). Each is handled once: every
+change is made only from the state it expects (a payment still in flight, a refund
+still pending or succeeded), so an event that finds its payment or refund as it says
+already changes nothing (one read: most events, as the call's own answer came first);
+one that changes something is recorded by id once handled, and its redelivery is
+answered at once. The change runs in the order's actor, like any other command of the
+order, and is one statement. Types not used are answered without any read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from server.domain.payments.provider import InvalidEvent, ProviderEvent
 
 log = logging.getLogger(__name__)
 
-Handled = Literal["handled", "duplicate", "ignored"]
+Handled = Literal["handled", "duplicate", "unchanged", "ignored"]
 
 
 async def receive(ctx: Context, payload: bytes, signature: str | None) -> Handled:
@@ -47,16 +48,20 @@ async def receive(ctx: Context, payload: bytes, signature: str | None) -> Handle
         # A type we do not use (most of what Stripe sends): nothing read or written.
         ctx.metrics.provider_events.labels("ignored").inc()
         return "ignored"
+    order_id = await _order_to_change(ctx, event)
+    if order_id is None:
+        # Settled as the event says already (by the call's own answer, usually), or not
+        # ours: one read, nothing written.
+        ctx.metrics.provider_events.labels("unchanged").inc()
+        return "unchanged"
     if await events_db.seen(ctx.db, event.id):
         ctx.metrics.provider_events.labels("duplicate").inc()
         return "duplicate"
-    order_id = await _order_to_change(ctx, event)
-    if order_id is not None:
 
-        async def command(actor: OrderActor) -> None:
-            await _apply(ctx, event)
+    async def command(actor: OrderActor) -> None:
+        await _apply(ctx, event)
 
-        await ctx.supervisor.ask(order_id, command)
+    await ctx.supervisor.ask(order_id, command)
     await events_db.record(ctx.db, event.id, event.type)
     ctx.metrics.provider_events.labels("handled").inc()
     return "handled"

@@ -85,6 +85,10 @@ async def refund(ctx: Context, admin_id: int, request: NewRefund, idempotency_ke
     payment = await payments_db.get(ctx.db, request.payment_id, None)
     if payment is None:
         raise Refusal("payment_not_found")
+    if payment["provider"] != ctx.provider.name:
+        # Made through another provider than the one configured now: only that one
+        # can give its money back.
+        raise Refusal("payment_of_another_provider", provider=payment["provider"])
 
     async def command(actor: OrderActor) -> Result:
         return await _refund_in_actor(ctx, admin_id, request, idempotency_key, fingerprint, payment["provider_ref"])
