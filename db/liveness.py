@@ -23,16 +23,18 @@ WHERE l.locktype = 'advisory' AND l.classid = {NAMESPACE} AND l.objsubid = 2 AND
 """
 
 
-def claim_stale_sql(table: str) -> str:
+def claim_stale_sql(table: str, provider_is: str) -> str:
     """The statement that claims pending rows of `table` (payments, refunds) whose
     worker is gone or whose lease ran out, for the calling worker: $1 the batch, $2
-    the new lease in seconds, $3 the new worker. Rows another worker is claiming are
-    skipped, not waited for."""
+    the new lease in seconds, $3 the new worker, $4 the worker's payment provider (only
+    that provider can be asked about a row: `provider_is` is the condition that says a
+    row is of provider $4). Rows another worker is claiming are skipped, not waited
+    for."""
     return f"""
 UPDATE {table} SET lease_until = now() + make_interval(secs => $2), worker = $3
 WHERE id IN (
     SELECT id FROM {table}
-    WHERE status = 'pending'
+    WHERE status = 'pending' AND {provider_is}
       AND (lease_until < now() OR (worker IS NOT NULL AND worker NOT IN ({LIVE_WORKERS})))
     ORDER BY lease_until
     LIMIT $1

@@ -305,12 +305,14 @@ LEFT JOIN (
     SELECT i.product_id,
            sum(i.quantity) FILTER (WHERE o.status = ANY($1::text[])) AS held,
            sum(i.quantity) FILTER (
-               WHERE o.status = ANY($2::text[]) OR (o.status = ANY($3::text[]) AND restocked.order_id IS NULL)
+               WHERE (o.status = ANY($2::text[]) OR o.status = ANY($3::text[])) AND restocked.order_id IS NULL
            ) AS sold
     FROM order_items i JOIN orders o ON o.id = i.order_id
     -- A refunded order whose units went back to stock sells nothing (counted once:
-    -- one restocking refund per payment, one succeeded payment per order).
-    LEFT JOIN (SELECT DISTINCT order_id FROM refunds WHERE restock AND status = 'succeeded') restocked
+    -- units are restocked once per payment, one succeeded payment per order). Units a
+    -- restocking refund returned stay in stock when that refund fails afterwards at the
+    -- provider (the order is then back in a sold status, and sells nothing either).
+    LEFT JOIN (SELECT DISTINCT order_id FROM refunds WHERE restocked) restocked
         ON restocked.order_id = o.id
     GROUP BY i.product_id
 ) h ON h.product_id = p.id

@@ -8,11 +8,11 @@ from collections.abc import Collection
 
 import asyncpg
 
-from db.liveness import claim_stale_sql
+from db.liveness import LIVE_WORKERS, claim_stale_sql
 from db.pool import Database, Executor
 from db.refusals import Refusal, refused
 
-_BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) r"
+_BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) r"
 
 
 async def begin(
@@ -29,13 +29,15 @@ async def begin(
     max_declines_per_user: int,
     client_ip: str,
     max_declines_per_ip: int,
+    payment_method: str | None,
 ) -> asyncpg.Record:
     """Step 1: record a pending payment for the user's order (the payments row, with
     its provider_key), or raise the refusal (the decline limits, the order's checks, or
     'payment_in_flight'). `worker`: the liveness lock id of the process that will call
     the provider; `client_ip`: where the request came from (0 for
-    `max_declines_per_ip` turns that limit off). One statement: on a Database it is a
-    transaction of its own."""
+    `max_declines_per_ip` turns that limit off); `payment_method` what the customer paid
+    with, kept so that a lost answer can be asked for by replaying the request. One
+    statement: on a Database it is a transaction of its own."""
     try:
         row = await db.fetchrow(
             _BEGIN,
@@ -50,6 +52,7 @@ async def begin(
             max_declines_per_user,
             client_ip,
             max_declines_per_ip,
+            payment_method,
         )
     except asyncpg.UniqueViolationError:
         # The partial unique index on pending payments: another one is in flight.
@@ -58,17 +61,25 @@ async def begin(
     return refused(row)
 
 
-_SETTLE = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4) AS s"
+_SETTLE = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4, $5, $6) AS s"
 
 
 async def settle(
-    db: Executor, payment_id: int, *, status: str, provider_ref: str | None, failure_reason: str | None
+    db: Executor,
+    payment_id: int,
+    *,
+    status: str,
+    provider_ref: str | None,
+    failure_reason: str | None,
+    client_secret: str | None = None,
+    next_action: str | None = None,
 ) -> asyncpg.Record | None:
-    """Step 3: settle a pending payment ('succeeded' or 'failed') and write its events:
-    the payments row with refund_due, or None if it was no longer pending (someone
-    settled it first: nothing written). One statement: on a Database it is a
+    """Step 3: settle a payment in flight ('succeeded', 'failed', or 'requires_action'
+    with the `client_secret` and `next_action` (JSON text) its customer needs) and write
+    its events: the payments row with refund_due, or None if it was no longer in flight
+    (someone settled it first: nothing written). One statement: on a Database it is a
     transaction of its own."""
-    return await db.fetchrow(_SETTLE, payment_id, status, provider_ref, failure_reason)
+    return await db.fetchrow(_SETTLE, payment_id, status, provider_ref, failure_reason, client_secret, next_action)
 
 
 _GET = "SELECT * FROM payments WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)"
@@ -83,24 +94,71 @@ async def get(db: Executor, payment_id: int, user_id: int | None) -> asyncpg.Rec
 # out (the outcome stayed unknown, or the worker lost its lock): claimed for a new
 # lease by this worker, so that one reconciler at a time handles each (and another
 # takes over if that one dies too).
-_CLAIM_STALE = claim_stale_sql("payments")
+_CLAIM_STALE = claim_stale_sql("payments", "provider = $4")
 
 
-async def claim_stale(db: Database, *, batch: int, lease_seconds: float, worker: int | None) -> list[asyncpg.Record]:
-    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker)
+async def claim_stale(
+    db: Database, *, batch: int, lease_seconds: float, worker: int | None, provider: str
+) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker, provider)
+
+
+# Payments waiting for their customer (3-D Secure) whose order ended meanwhile (expired,
+# cancelled, deleted): their PaymentIntent is to be cancelled. Claimed with a lease, so
+# one reconciler at a time asks the provider about each.
+_CLAIM_ABANDONED = f"""
+UPDATE payments SET lease_until = now() + make_interval(secs => $2), worker = $3
+WHERE id IN (
+    SELECT p.id FROM payments p JOIN orders o ON o.id = p.order_id
+    WHERE p.status = 'requires_action' AND p.provider = $4 AND (o.status <> 'pending' OR o.deleted_at IS NOT NULL)
+      AND (p.lease_until IS NULL OR p.lease_until < now()
+           OR (p.worker IS NOT NULL AND p.worker NOT IN ({LIVE_WORKERS})))
+    ORDER BY p.id
+    LIMIT $1
+    FOR UPDATE OF p SKIP LOCKED
+)
+RETURNING *
+"""
+
+
+async def claim_abandoned(
+    db: Database, *, batch: int, lease_seconds: float, worker: int | None, provider: str
+) -> list[asyncpg.Record]:
+    return await db.fetch(_CLAIM_ABANDONED, batch, lease_seconds, worker, provider)
+
+
+_PAYABLE = """
+SELECT o.user_id, o.status, o.total, o.currency,
+       EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'requires_action') AS waiting
+FROM orders o WHERE o.id = $1 AND o.deleted_at IS NULL
+"""
+
+
+async def payable(db: Executor, order_id: int) -> asyncpg.Record | None:
+    """What is asked of an order before a payment of it is queued: its owner (user_id),
+    status, total, currency, and whether a payment of it waits for its customer."""
+    return await db.fetchrow(_PAYABLE, order_id)
+
+
+_WAITING = "SELECT * FROM payments WHERE order_id = $1 AND status = 'requires_action'"
+
+
+async def waiting(db: Executor, order_id: int) -> asyncpg.Record | None:
+    """The order's payment waiting for its customer, if any."""
+    return await db.fetchrow(_WAITING, order_id)
 
 
 _REFUNDS_DUE = """
 SELECT * FROM payments
-WHERE status = 'failed' AND failure_reason = 'order_not_payable' AND refund_ref IS NULL
+WHERE status = 'failed' AND failure_reason = 'order_not_payable' AND refund_ref IS NULL AND provider = $2
 ORDER BY id
 LIMIT $1
 """
 _SET_REFUNDED = "UPDATE payments SET refund_ref = $2, updated_at = now() WHERE id = $1 AND refund_ref IS NULL"
 
 
-async def refunds_due(db: Database, batch: int) -> list[asyncpg.Record]:
-    return await db.fetch(_REFUNDS_DUE, batch)
+async def refunds_due(db: Database, batch: int, provider: str) -> list[asyncpg.Record]:
+    return await db.fetch(_REFUNDS_DUE, batch, provider)
 
 
 async def set_refunded(db: Database, payment_id: int, refund_ref: str) -> None:

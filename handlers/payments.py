@@ -9,10 +9,10 @@ from aiohttp import web
 from handlers.common import client_ip, context, location, page_response, parse_query, path_id, principal, read_json
 from handlers.routing import RequestHeader, Response, Route, id_links
 from handlers.schemas import IDEMPOTENCY_KEY_PATTERN, Page, PageQuery, PaymentCreateIn, RefundCreateIn
-from server.domain.payments import refunds
+from server.domain.payments import provider_events, refunds
 from server.domain.payments import service as payments
 from server.domain.payments.idempotency import Outcome, Result
-from server.domain.shapes import PaymentOut, RefundOut, Shape, render
+from server.domain.shapes import PaymentOut, ProviderEventAck, RefundOut, Shape, render
 from server.runtime.jsonio import json_response
 from server.runtime.problems import ValidationFailed
 
@@ -20,7 +20,7 @@ from server.runtime.problems import ValidationFailed
 _IDEMPOTENCY_KEY_FORM = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # For payments and refunds alike: a success is 201, a failure 402 (the failed payment
 # or refund in the body), a lost answer 202.
-_STATUS = {Outcome.SUCCEEDED: 201, Outcome.FAILED: 402, Outcome.UNKNOWN: 202}
+_STATUS = {Outcome.SUCCEEDED: 201, Outcome.FAILED: 402, Outcome.UNKNOWN: 202, Outcome.ACTION: 202}
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -69,6 +69,15 @@ async def list_refunds(request: web.Request) -> web.Response:
     return page_response(RefundOut, await refunds.page(ctx, caller, payment_id, cursor=query.cursor, limit=query.limit))
 
 
+async def provider_webhook(request: web.Request) -> web.Response:
+    """Stripe's events: the raw body and its Stripe-Signature header (no bearer token:
+    the signature is the authentication). 200 once handled (or known, or of a type not
+    used); a refusal of the signature is 400 and changes nothing."""
+    payload = await request.read()
+    handled = await provider_events.receive(context(request), payload, request.headers.get("Stripe-Signature"))
+    return json_response({"received": True, "outcome": handled})
+
+
 _IDEMPOTENCY_KEY = {
     "Idempotency-Key": RequestHeader(
         "Repeat a request safely: the same key and body replay the first answer (kept at least 24 h, per user)",
@@ -91,7 +100,8 @@ ROUTES = [
             ),
             202: Response(
                 "The provider's answer was lost; the payment stays pending until reconciled "
-                "(poll GET /api/payments/{id})",
+                "(poll GET /api/payments/{id}). Or (Stripe) the customer must finish the payment (3-D Secure): "
+                "status requires_action with client_secret and next_action; the order stays pending",
                 PaymentOut,
                 ("Location",),
             ),
@@ -99,9 +109,12 @@ ROUTES = [
         },
         problems={
             404: "No such order, or not the caller's",
-            409: "The order is not pending (already paid, cancelled, expired), a payment for it is in "
+            409: "The order is not pending (already paid, cancelled, expired; also when its payment that waited "
+            "for the customer turned out to have succeeded), a payment for it is in "
             "progress, a request with this Idempotency-Key is still in flight, or the order's payments were "
             "declined PAYMENT_MAX_DECLINES_PER_ORDER times (named in `limit`)",
+            422: "The request failed validation (see `errors`), the amount is not the order total, or the total "
+            "is below the provider's minimum charge for its currency (nothing sent)",
             429: "PAYMENT_MAX_DECLINES_PER_USER declined payments in 24 hours, or too many of the caller's "
             "requests in progress (see Retry-After)",
             503: "Too many commands queued for this order, or shutting down (see Retry-After)",
@@ -134,7 +147,8 @@ ROUTES = [
         },
         problems={
             404: "No such payment",
-            409: "The payment did not succeed, the amount is more than is left to refund, another refund "
+            409: "The payment did not succeed, the amount is more than is left to refund (also when the "
+            "provider refuses it for its amount), another refund "
             "of it is in flight, or a request with this Idempotency-Key is still in flight",
             422: "The request failed validation (see `errors`), `restock` on a refund that does not complete "
             "the whole amount, or an Idempotency-Key used with another body",
@@ -149,5 +163,16 @@ ROUTES = [
         query=PageQuery,
         responses={200: Response("A page of refunds", Page[RefundOut])},
         problems={404: "No such payment, or not the caller's"},
+    ),
+    Route(
+        "POST", "/api/payments/stripe/webhook", provider_webhook,
+        "Stripe's events (signed with STRIPE_WEBHOOK_SECRET; no bearer token)", "payments",
+        auth="none",
+        responses={200: Response("Recorded (or a redelivery, or a type not used)", ProviderEventAck)},
+        problems={
+            400: "The Stripe-Signature header is missing, wrong or older than 5 minutes: nothing changed",
+            404: "The payment provider in use is not Stripe",
+            503: "Too many commands queued for the order, or shutting down (Stripe delivers it again)",
+        },
     ),
 ]  # fmt: skip

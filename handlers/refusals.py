@@ -15,6 +15,7 @@ from server.runtime.problems import (
     Forbidden,
     InvalidCredentials,
     InvalidResetToken,
+    InvalidSignature,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
@@ -132,6 +133,13 @@ PROBLEMS: dict[str, Problem] = {
     ),
     "key_reused": Problem(ValidationFailed, "this key was used with a different request body", "Idempotency-Key"),
     "key_in_flight": Problem(Conflict, "a request with this Idempotency-Key is still in flight"),
+    "amount_below_minimum": Problem(
+        ValidationFailed,
+        "the order total is below the payment provider's minimum charge ({minimum} {currency})",
+        "order_id",
+    ),
+    "provider_event_invalid": Problem(InvalidSignature, "the event's signature is missing, wrong or too old"),
+    "provider_events_off": Problem(NotFound, "the payment provider in use sends no events"),
     # refunds
     "payment_pending": Problem(Conflict, "the payment is still pending; retry once it has settled"),
     "payment_not_refundable": Problem(Conflict, "the payment is {status}; only a succeeded payment can be refunded"),
@@ -140,6 +148,14 @@ PROBLEMS: dict[str, Problem] = {
     ),
     "nothing_left": Problem(Conflict, "nothing is left to refund"),
     "over_refund": Problem(Conflict, "only {left} is left to refund"),
+    "payment_of_another_provider": Problem(
+        Conflict, "the payment was made through the {provider} provider, which is not the one configured now"
+    ),
+    "provider_refused_amount": Problem(
+        Conflict,
+        "the payment provider refused the refund for its amount ({reason}): the charge has less left to refund",
+        members=("refund_id",),
+    ),
     "restock_in_flight": Problem(
         Conflict, "restock goes with the refund that completes the whole amount; another refund is in flight"
     ),

@@ -9,6 +9,16 @@ service, with wrk, writing a results table and a plot.
                                                                         # cost of a receiver that never answers
     python3 dev.py tools python -m loadtests.bench --scenarios product_get,order_create \
         --connections 64,256,1024                                       # the overload curve
+    python3 dev.py tools python -m loadtests.bench --scenarios order_pay --payment-latency-ms 100 \
+        --env PAYMENT_PROVIDER=simulated --env PAYMENT_PROVIDER=stripe --rounds 3
+                                                                        # paying through Stripe's stand-in
+
+A variant with PAYMENT_PROVIDER=stripe pays through Stripe's stand-in
+(../shared/stripe-standin, or STRIPE_STANDIN), started for it with --payment-latency-ms
+on every call (unpinned unless --standin-cpus) and sending its signed events to the
+server, as Stripe would (STANDIN_EVENTS=off in the variant: none sent). The stand-in
+sends every type of event, three per payment; Stripe sends the types registered for
+the endpoint (one per payment: docs/payments.md).
 
 Each configuration (pool size x workers x --env variant) gets a fresh database and a
 fresh server (pinned with taskset to --server-cpus; wrk to --wrk-cpus), seeded
@@ -46,6 +56,7 @@ import aiohttp
 import asyncpg
 
 from server.runtime.ports import free_port
+from tests.stripe_standin import WEBHOOK_PATH, StandIn, new_api_key, standin_path, stripe_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "scenarios.lua"
@@ -81,6 +92,7 @@ class Options:
     env_variants: list[dict[str, str]]
     server_cpus: str
     wrk_cpus: str
+    standin_cpus: str
     payment_latency_ms: int
     pay_orders: int
     pg_url: str
@@ -280,11 +292,20 @@ async def _configuration(
     receiver = HangingReceiver() if webhooks == "hanging" else None
     if receiver is not None:
         env = {"WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", **env}
+    standin = None
+    events = env.pop("STANDIN_EVENTS", "on") != "off"  # (a setting of the bench, not of the service)
+    if env.get("PAYMENT_PROVIDER") == "stripe":
+        standin, stripe_env = _stripe_standin(options)
+        env = {**stripe_env, **env}
+        if not events:
+            config["events"] = "off"
     server = Server(options, pool, workers, env, db, checkout)
     data_dir = Path(tempfile.mkdtemp(prefix="storefront-bench-"))
     try:
         server.start()
         await server.ready()
+        if standin is not None and events:
+            standin.configure(webhook_url=f"{server.url}{WEBHOOK_PATH}")
         pay_orders = options.pay_orders if "order_pay" in options.scenarios else 0
         await _seed(server.url, data_dir, pay_orders)
         await _admin_sql(options.pg_url.rsplit("/", 1)[0] + f"/{db}", "VACUUM ANALYZE")
@@ -335,10 +356,28 @@ async def _configuration(
             )
     finally:
         server.stop()
+        if standin is not None:
+            standin.stop()
         if receiver is not None:
             receiver.close()
         shutil.rmtree(data_dir, ignore_errors=True)
         await _admin_sql(options.pg_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def _stripe_standin(options: Options) -> tuple[StandIn, dict[str, str]]:
+    """Stripe's stand-in answering every call after --payment-latency-ms, on the wrk
+    CPUs (it stands for a gateway elsewhere), and the server's settings for it."""
+    path = standin_path()
+    if path is None:
+        raise SystemExit(
+            "PAYMENT_PROVIDER=stripe needs the Stripe stand-in (../shared/stripe-standin or STRIPE_STANDIN)"
+        )
+    standin = StandIn(path, "--latency-ms", str(options.payment_latency_ms))
+    standin.start()
+    if standin.process is not None and options.standin_cpus:
+        subprocess.run(["taskset", "-a", "-p", "-c", options.standin_cpus, str(standin.process.pid)],
+                       check=False, capture_output=True)  # fmt: skip
+    return standin, stripe_env(standin, new_api_key())
 
 
 def _label(config: dict[str, Any]) -> str:
@@ -460,6 +499,11 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE[,KEY=VALUE] variant (repeatable)")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--wrk-cpus", default="1")
+    parser.add_argument(
+        "--standin-cpus",
+        default="",
+        help="CPUs of Stripe's stand-in (default: unpinned; it stands for a gateway elsewhere)",
+    )
     parser.add_argument("--payment-latency-ms", type=int, default=100)
     parser.add_argument("--pay-orders", type=int, default=8000, help="pending orders made for order_pay")
     parser.add_argument(
@@ -488,6 +532,7 @@ def parse(argv: list[str] | None = None) -> Options:
         env_variants=variants,
         server_cpus=args.server_cpus,
         wrk_cpus=args.wrk_cpus,
+        standin_cpus=args.standin_cpus,
         payment_latency_ms=args.payment_latency_ms,
         pay_orders=args.pay_orders,
         pg_url=args.pg_url,

@@ -12,6 +12,13 @@ as successes; any other unexpected status is a failure. The admin refunds paymen
 made by the shoppers of its own locust process (with --processes or workers, those
 of the worker it runs on).
 
+Through Stripe's stand-in with a gateway that answers in 200-400 ms: start the stand-in
+(`python ../shared/stripe-standin/standin.py --port 12111 --latency-ms 300 --webhook-url
+http://127.0.0.1:8080/api/payments/stripe/webhook --webhook-secret whsec_load`) and the
+service with PAYMENT_PROVIDER=stripe, STRIPE_API_KEY=sk_test_load,
+STRIPE_WEBHOOK_SECRET=whsec_load, STRIPE_API_BASE=http://127.0.0.1:12111; the journeys
+are the same (tok_visa pays, tok_chargeDeclined is declined with 402, refunds are 201).
+
 Env: STOREFRONT_ADMIN_EMAIL / STOREFRONT_ADMIN_PASSWORD (the service's ADMIN_EMAIL /
 ADMIN_PASSWORD): needed by the admin journey and to make sure the catalog has
 products before the test starts (LOCUST_MIN_PRODUCTS, default 50). When they are set

@@ -13,6 +13,7 @@ liveness lock and the pool close).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -26,7 +27,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Tracer
 
-from db import idempotency, maintenance, password_resets, rate_limits, sessions
+from db import idempotency, maintenance, password_resets, provider_events, rate_limits, sessions
 from db.pool import Database, SessionWatcher, create_database
 from handlers import api, openapi
 from handlers.routing import CONTEXT, register
@@ -40,6 +41,7 @@ from server.domain.payments import refunds
 from server.domain.payments import service as payments
 from server.domain.payments.provider import PaymentProvider
 from server.gateways.simulated_provider import SimulatedProvider
+from server.gateways.stripe_provider import StripeProvider
 from server.gateways.webhook_sender import HttpSender
 from server.runtime.config import Config, pool_settings
 from server.runtime.jsonio import dumps
@@ -113,7 +115,7 @@ def create_app(config: Config, options: Options) -> web.Application:
             _database(config, options, metrics, tracer),
             _catalog_database(config, options),
             _standby(config, options, metrics),
-            _provider(config, options),
+            _provider(config, options, metrics),
             _liveness(config, options),
             _passwords(config),
             _scheduler(config),
@@ -238,20 +240,34 @@ def _standby(config: Config, options: Options, metrics: Metrics) -> Resource:
     return standby
 
 
-def _provider(config: Config, options: Options) -> Resource:
+def _provider(config: Config, options: Options, metrics: Metrics) -> Resource:
     async def provider(app: web.Application) -> AsyncIterator[None]:
-        # The simulated gateway keeps its ledger through a pool of its own, as a real
-        # gateway keeps its own records.
-        ledger = await create_database(dataclasses.replace(pool_settings(config, options.dsn), min_size=0, max_size=4))
-        simulated = SimulatedProvider(
-            ledger,
-            latency_ms=config.payment_provider_latency_ms,
-            fault=config.payment_provider_fault,
-            fault_rate=config.payment_provider_fault_rate,
-        )
-        app[_PROVIDER] = simulated
+        gateway: PaymentProvider
+        if config.payment_provider == "stripe":
+            assert config.stripe_api_key is not None
+            assert config.stripe_webhook_secret is not None
+            gateway = StripeProvider(
+                api_key=config.stripe_api_key,
+                webhook_secret=config.stripe_webhook_secret,
+                api_base=config.stripe_api_base,
+                timeout=config.payment_provider_timeout_ms / 1000,
+                record=lambda operation, outcome: metrics.provider_calls.labels("stripe", operation, outcome).inc(),
+            )
+        else:
+            # The simulated gateway keeps its ledger through a pool of its own, as a
+            # real gateway keeps its own records.
+            ledger = await create_database(
+                dataclasses.replace(pool_settings(config, options.dsn), min_size=0, max_size=4)
+            )
+            gateway = SimulatedProvider(
+                ledger,
+                latency_ms=config.payment_provider_latency_ms,
+                fault=config.payment_provider_fault,
+                fault_rate=config.payment_provider_fault_rate,
+            )
+        app[_PROVIDER] = gateway
         yield
-        await simulated.close()
+        await gateway.close()
 
     return provider
 
@@ -384,8 +400,7 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
         await orders.sweep_expired(ctx)
 
     async def reconcile() -> None:
-        await payments.reconcile(ctx)
-        await refunds.reconcile(ctx)
+        await asyncio.gather(payments.reconcile(ctx), refunds.reconcile(ctx))
 
     async def purge_idempotency_keys() -> None:
         purged = await idempotency.purge(ctx.db, config.idempotency_key_ttl_seconds)
@@ -411,6 +426,9 @@ def _start_jobs(jobs: Periodic, ctx: Context, deliverer: webhooks.Deliverer) -> 
         purged = await webhooks.purge(ctx)
         if purged:
             log.info("delivered events and delivery logs purged", extra={"count": purged})
+        # The provider redelivers for days (Stripe: up to 3); its event ids are kept as
+        # long as our own events.
+        await provider_events.purge(ctx.db, config.webhook_retention_seconds)
 
     async def refresh_statistics() -> None:
         analyzed = await maintenance.analyze_grown_tables(ctx.db)

@@ -37,6 +37,7 @@ from server.app import Options, create_app
 from server.runtime.config import Config, load
 from server.runtime.embedded_pg import EmbeddedPostgres
 from tests.helpers import Api, ServerProcess, dsn_with_database, run_sql, session
+from tests.stripe_standin import Gateway, StandIn, standin_path
 
 JWT_SECRET = "test-secret-" + "x" * 32
 ADMIN_EMAIL = "admin@example.com"
@@ -151,9 +152,42 @@ def config_overrides() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture(scope="session")
+def stripe_standin() -> Iterator[StandIn]:
+    """Stripe's stand-in, one real HTTP server for the whole run."""
+    path = standin_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("the Stripe stand-in (shared/stripe-standin/standin.py) is not beside the checkout")
+        pytest.skip("the Stripe stand-in (shared/stripe-standin/standin.py) is not beside the checkout")
+    standin = StandIn(path).start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
 @pytest.fixture
-def config(clean_db: str, config_overrides: dict[str, Any]) -> Config:
-    return make_config(clean_db, **config_overrides)
+def payment_provider() -> str:
+    """The payment provider of the app and the servers: "simulated", or "stripe" (the
+    stand-in). A module whose tests run with both overrides it, parametrized."""
+    return "simulated"
+
+
+@pytest.fixture
+def gateway(request: pytest.FixtureRequest, payment_provider: str) -> Gateway:
+    if payment_provider == "simulated":
+        return Gateway("simulated")
+    if STOREFRONT_URL:
+        pytest.skip("pays through Stripe's stand-in; STOREFRONT_URL has its own provider")
+    standin: StandIn = request.getfixturevalue("stripe_standin")
+    standin.reset()
+    return Gateway("stripe", standin)
+
+
+@pytest.fixture
+def config(clean_db: str, config_overrides: dict[str, Any], gateway: Gateway) -> Config:
+    return make_config(clean_db, **config_overrides, **gateway.settings(config_overrides))
 
 
 @pytest.fixture
@@ -165,10 +199,16 @@ def app(config: Config) -> web.Application:
 
 @pytest.fixture
 async def client(
-    request: pytest.FixtureRequest, aiohttp_client: Any, clean_db: str, config_overrides: dict[str, Any]
+    request: pytest.FixtureRequest,
+    aiohttp_client: Any,
+    clean_db: str,
+    config_overrides: dict[str, Any],
+    gateway: Gateway,
 ) -> AsyncIterator[TestClient[Any, Any] | aiohttp.ClientSession]:
     if not STOREFRONT_URL:
-        yield await aiohttp_client(request.getfixturevalue("app"))
+        test_client = await aiohttp_client(request.getfixturevalue("app"))
+        gateway.send_events_to(str(test_client.make_url("/")))
+        yield test_client
         return
     if config_overrides:
         pytest.skip(f"needs settings of its own ({config_overrides}); STOREFRONT_URL has its own")
@@ -218,10 +258,15 @@ def server_database(clean_db: str) -> str:
 
 
 @pytest.fixture
-def two_servers(server_database: str, server_env: dict[str, str], tmp_path: Path) -> Iterator[list[ServerProcess]]:
+def two_servers(
+    server_database: str, server_env: dict[str, str], gateway: Gateway, tmp_path: Path
+) -> Iterator[list[ServerProcess]]:
     """Two server processes on one database, started at the same moment (their logs:
-    tmp_path/server0.log, server1.log): for what must hold across processes."""
-    servers = [ServerProcess(server_database, env=server_env, log_path=tmp_path / f"server{i}.log") for i in range(2)]
+    tmp_path/server0.log, server1.log): for what must hold across processes. With
+    Stripe, its events go to the first."""
+    env = {**server_env, **gateway.env(server_env)}
+    servers = [ServerProcess(server_database, env=env, log_path=tmp_path / f"server{i}.log") for i in range(2)]
+    gateway.send_events_to(servers[0].url)
     try:
         with ThreadPoolExecutor(len(servers)) as starting:
             for started in [starting.submit(server.start) for server in servers]:

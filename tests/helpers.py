@@ -349,13 +349,15 @@ def hold_provider(provider: Any, method: str) -> ProviderHold:
     return hold
 
 
-async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
-    """Until the coroutine function `check` returns true (a generous deadline for a
-    busy machine): tests wait for what they check, never for a while."""
+async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Until the coroutine function `check` returns something true, which is returned
+    (a generous deadline for a busy machine): tests wait for what they check, never
+    for a while."""
     deadline = time.monotonic() + timeout
-    while not await check():
+    while not (value := await check()):
         assert time.monotonic() < deadline, f"{getattr(check, '__name__', 'the condition')} never held"
         await asyncio.sleep(interval)
+    return value
 
 
 async def feed(api: Api, query: str = "") -> dict[str, Any]:

@@ -32,6 +32,7 @@ import pytest
 
 from server.runtime.embedded_pg import EmbeddedPostgres
 from tests.helpers import ROOT, Api, ServerProcess, User, invariant_violations, session
+from tests.stripe_standin import Gateway, StandIn
 
 pytestmark = pytest.mark.faults
 
@@ -266,6 +267,139 @@ async def test_kill_9_with_charges_and_refunds_in_flight_settles_them_within_5_s
         await conn.close()
         a.stop()
         b.stop()
+
+
+async def test_kill_9_with_stripe_under_fail_and_hang_faults_settles_everything_as_the_ledger_says(
+    clean_db: str, stripe_standin: StandIn
+) -> None:
+    """Stripe's stand-in failing 10% of calls before acting and carrying out 5% without
+    answering, 300 ms each: a worker is killed with charges and refunds in flight, and
+    started again. Every one is settled within 5 s of the restart as Stripe's ledger
+    says, none charged or refunded twice (the reconcilers replay the requests under
+    their keys), and check-invariants is clean."""
+    stripe_standin.reset()
+    gateway = Gateway("stripe", stripe_standin)
+    env = {
+        "PAYMENT_PROVIDER_TIMEOUT_MS": "1000",
+        "MAX_COMMANDS_PER_USER": "64",
+        **gateway.env({"PAYMENT_PROVIDER_LATENCY_MS": "300"}),
+    }
+    a, b = ServerProcess(clean_db, env=env).start(), ServerProcess(clean_db, env=env).start()
+    gateway.send_events_to(b.url)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        users, product_ids = await _setup_shop(b.url, 8, 4)
+        async with session(b.url, connector=aiohttp.TCPConnector(limit=100)) as http:
+            to_refund = await _paid_orders(Api(http), users, product_ids, 20)
+            pending_orders = [(await Api(http).order(users[i % 8], (product_ids[i % 4], 1))).json for i in range(20)]
+        # 10% fail, 5% hang, and the first calls surely: one fails, the next two hang.
+        stripe_standin.configure(fail_rate=0.1, hang_rate=0.05, fail_next=1, hang_next=2)
+        errors: Counter[str] = Counter()
+        async with session(a.url, connector=aiohttp.TCPConnector(limit=100)) as http:
+            api = Api(http)
+            admin = await api.admin_user()
+
+            async def pay(i: int) -> None:
+                await asyncio.sleep(i * 0.03)
+                try:
+                    await api.pay(
+                        users[i % 8], pending_orders[i]["id"], card="tok_visa" if i % 5 else "tok_chargeDeclined"
+                    )
+                except aiohttp.ClientError as exc:
+                    errors[type(exc).__name__] += 1
+
+            async def refund(i: int) -> None:
+                await asyncio.sleep(i * 0.03)
+                payment = to_refund[i]
+                body = {"amount": payment["amount"] // 2} if i % 2 else {}
+                try:
+                    await api.call("POST", f"/api/payments/{payment['id']}/refunds", json=body, token=admin.token)
+                except aiohttp.ClientError as exc:
+                    errors[type(exc).__name__] += 1
+
+            calls = [asyncio.create_task(pay(i)) for i in range(20)]
+            calls += [asyncio.create_task(refund(i)) for i in range(20)]
+            await asyncio.sleep(0.5)
+            a.kill()
+            killed_at = time.monotonic()
+            await asyncio.gather(*calls)
+        pending_payments = await conn.fetchval("SELECT count(*) FROM payments WHERE status = 'pending'")
+        pending_refunds = await conn.fetchval("SELECT count(*) FROM refunds WHERE status = 'pending'")
+        a = ServerProcess(clean_db, env=env, port=a.port)
+        restarting = asyncio.create_task(asyncio.to_thread(a.start))  # the other worker reconciles meanwhile
+        settled_at = None
+        while time.monotonic() - killed_at < 20:
+            left = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM payments WHERE status = 'pending') "
+                "+ (SELECT count(*) FROM refunds WHERE status = 'pending')"
+            )
+            if left == 0:
+                settled_at = time.monotonic()
+                break
+            await asyncio.sleep(0.1)
+        await restarting
+        restarted_at = time.monotonic()
+        settled_after = None if settled_at is None else max(0.0, settled_at - restarted_at)
+        stripe_standin.configure(fail_rate=0.0, hang_rate=0.0)
+        await asyncio.sleep(1.5)  # Stripe's last events (none may change anything now)
+        ledger = gateway.ledger()
+        intents: Counter[str] = Counter(i["metadata"].get("payment_id", "") for i in ledger["payment_intents"])
+        made_refunds: Counter[str] = Counter(r["metadata"].get("refund_id", "") for r in ledger["refunds"])
+        doubled = sum(n - 1 for n in intents.values() if n > 1) + sum(n - 1 for n in made_refunds.values() if n > 1)
+        succeeded_at_stripe = {
+            i["metadata"]["payment_id"] for i in ledger["payment_intents"] if i["status"] == "succeeded"
+        }
+        refunded_at_stripe = {r["metadata"].get("refund_id") for r in ledger["refunds"] if r["status"] == "succeeded"}
+        payments = await conn.fetch("SELECT id, status FROM payments")
+        refunds = await conn.fetch("SELECT id, status FROM refunds")
+        mismatches = [
+            ("payment", r["id"], r["status"])
+            for r in payments
+            if (r["status"] == "succeeded") != (str(r["id"]) in succeeded_at_stripe)
+        ] + [
+            ("refund", r["id"], r["status"])
+            for r in refunds
+            if (r["status"] == "succeeded") != (str(r["id"]) in refunded_at_stripe)
+        ]
+        problems = await gateway.violations(clean_db, settled=True)
+        checked = await asyncio.to_thread(_check_invariants, clean_db)
+        faults = [r for r in stripe_standin.requests() if r.get("fault")]
+        _report("kill -9 with Stripe (10% fail, 5% hang) and charges and refunds in flight", payments=len(payments),
+                refunds=len(refunds), pending_at_kill={"payments": pending_payments, "refunds": pending_refunds},
+                settled_after_kill_s=settled_at and round(settled_at - killed_at, 2),
+                settled_after_restart_s=settled_after and round(settled_after, 2),
+                stripe_faults=dict(Counter(r["fault"] for r in faults)), doubled=doubled,
+                mismatches=len(mismatches), ledger_violations=len(problems), client_errors=dict(errors),
+                check_invariants=checked.stdout.strip().splitlines()[-1], faults=1 + len(faults))  # fmt: skip
+        assert pending_payments + pending_refunds > 0  # the kill did leave work in flight
+        assert settled_after is not None and settled_after <= 5
+        assert doubled == 0
+        assert mismatches == []
+        assert problems == []
+        assert checked.returncode == 0, checked.stdout
+    finally:
+        await conn.close()
+        a.stop()
+        b.stop()
+
+
+async def test_paying_under_stripes_faults_charges_exactly_once(clean_db: str, stripe_standin: StandIn) -> None:
+    """The short version of loadtests/stripe_faults.py (2,000 orders, 50 clients there):
+    200 orders paid by 20 clients on two processes through the stand-in failing 10% and
+    hanging 5% of calls; the ledger shows one succeeded charge per paid order and none
+    for an order reported failed, refunds never above the charge, invariants clean."""
+    from loadtests.stripe_faults import run
+
+    report = await run(
+        clean_db, stripe_standin, orders=200, clients=20, fail_rate=0.1, hang_rate=0.05, latency_ms=100,
+        timeout_ms=1000, settle_seconds=60,
+    )  # fmt: skip
+    _report("Stripe 10% fail, 5% hang, 200 orders", **report)
+    assert report["violations"] == []
+    assert report["check_invariants_exit"] == 0, report["check_invariants"]
+    assert report["pending_left"] == 0
+    assert report["paid_orders"] > 100
+    assert report["stripe_faults"].get("fail", 0) > 0 and report["stripe_faults"].get("hang", 0) > 0
 
 
 @pytest.fixture

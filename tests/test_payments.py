@@ -13,7 +13,8 @@ from db import idempotency as idempotency_db
 from handlers.routing import CONTEXT
 from server.app import Options, create_app
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, User, eventually, hold_provider, invariant_violations, watch_provider
+from tests.helpers import Api, User, eventually, hold_provider, watch_provider
+from tests.stripe_standin import Gateway, both_providers  # noqa: F401 (runs every test with both providers)
 
 PAYMENT_FIELDS = {
     "id",
@@ -25,6 +26,8 @@ PAYMENT_FIELDS = {
     "failure_reason",
     "provider",
     "provider_ref",
+    "client_secret",
+    "next_action",
     "created_at",
 }
 
@@ -50,7 +53,7 @@ async def _charges(db: asyncpg.Connection) -> int:
     return count
 
 
-async def test_a_successful_payment_is_201_and_the_order_is_paid(api: Api) -> None:
+async def test_a_successful_payment_is_201_and_the_order_is_paid(gateway: Gateway, api: Api) -> None:
     user, order = await _pending_order(api)
     reply = await api.pay(user, order["id"])
     assert reply.status == 201
@@ -58,7 +61,7 @@ async def test_a_successful_payment_is_201_and_the_order_is_paid(api: Api) -> No
     assert set(payment) == PAYMENT_FIELDS
     assert payment["status"] == "succeeded"
     assert (payment["amount"], payment["currency"], payment["order_id"]) == (2500, "USD", order["id"])
-    assert payment["provider"] == "simulated"
+    assert payment["provider"] == gateway.name
     assert payment["provider_ref"]
     assert payment["failure_reason"] is None
     assert reply.headers["Location"] == f"/api/payments/{payment['id']}"
@@ -87,33 +90,33 @@ async def test_an_unknown_token_is_declined_as_invalid_token(api: Api) -> None:
     assert reply.json["failure_reason"] == "invalid_token"
 
 
-async def test_an_amount_that_differs_from_the_total_is_422(api: Api, db: asyncpg.Connection) -> None:
+async def test_an_amount_that_differs_from_the_total_is_422(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     user, order = await _pending_order(api)
     reply = await api.pay(user, order["id"], amount=order["total"] - 1)
     assert reply.status == 422
     assert reply.json["errors"][0]["field"] == "amount"
-    assert await _charges(db) == 0
+    assert await gateway.succeeded_charges(db) == 0
     assert (await api.pay(user, order["id"], amount=order["total"])).status == 201
 
 
-async def test_paying_an_order_that_is_not_pending_is_409(api: Api, db: asyncpg.Connection) -> None:
+async def test_paying_an_order_that_is_not_pending_is_409(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     user, order = await _pending_order(api)
     assert (await api.pay(user, order["id"])).status == 201
     assert (await api.pay(user, order["id"])).status == 409
     _, cancelled = await _pending_order(api, user)
     await api.call("PUT", f"/api/orders/{cancelled['id']}", json={"status": "cancelled"}, token=user.token)
     assert (await api.pay(user, cancelled["id"])).status == 409
-    assert await _charges(db) == 1
+    assert await gateway.succeeded_charges(db) == 1
 
 
-async def test_paying_another_users_order_is_404(api: Api, db: asyncpg.Connection) -> None:
+async def test_paying_another_users_order_is_404(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     _, order = await _pending_order(api)
     stranger = await api.customer()
     assert (await api.pay(stranger, order["id"])).status == 404
     admin = await api.admin_user()
     assert (await api.pay(admin, order["id"])).status == 404
     assert (await api.pay(stranger, 999999)).status == 404
-    assert await _charges(db) == 0
+    assert await gateway.succeeded_charges(db) == 0
 
 
 async def test_payment_body_is_validated(api: Api) -> None:
@@ -156,14 +159,14 @@ async def test_the_database_allows_one_succeeded_payment_per_order(api: Api, db:
 
 
 async def test_same_key_and_body_replays_the_first_response_without_charging_again(
-    api: Api, db: asyncpg.Connection
+    gateway: Gateway, api: Api, db: asyncpg.Connection
 ) -> None:
     user, order = await _pending_order(api)
     first = await api.pay(user, order["id"], key="key-1")
     again = await api.pay(user, order["id"], key="key-1")
     assert first.status == again.status == 201
     assert again.json == first.json
-    assert await _charges(db) == 1
+    assert await gateway.succeeded_charges(db) == 1
 
 
 async def test_a_replayed_decline_is_the_same_402(api: Api) -> None:
@@ -198,18 +201,18 @@ async def test_a_key_refused_once_can_start_the_payment_once_the_refusal_no_long
     assert (await api.pay(user, order["id"], key="retry-me")).status == 201
 
 
-async def test_same_key_with_another_body_is_422(api: Api, db: asyncpg.Connection) -> None:
+async def test_same_key_with_another_body_is_422(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     user, order = await _pending_order(api)
     _, other = await _pending_order(api, user)
     assert (await api.pay(user, order["id"], key="k")).status == 201
     reply = await api.pay(user, other["id"], key="k")
     assert reply.status == 422
     assert await _order_status(api, user, other["id"]) == "pending"
-    assert await _charges(db) == 1
+    assert await gateway.succeeded_charges(db) == 1
 
 
 async def test_same_key_while_the_first_is_in_flight_is_409(
-    api: Api, app: web.Application, db: asyncpg.Connection
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection
 ) -> None:
     user, order = await _pending_order(api)
     hold = hold_provider(app[CONTEXT].provider, "charge")
@@ -219,7 +222,7 @@ async def test_same_key_while_the_first_is_in_flight_is_409(
     hold.release()
     assert (await first).status == 201
     assert (await api.pay(user, order["id"], key="slow")).status == 201
-    assert await _charges(db) == 1
+    assert await gateway.succeeded_charges(db) == 1
 
 
 async def test_keys_are_scoped_to_the_user(api: Api) -> None:
@@ -254,12 +257,16 @@ async def test_old_keys_are_purged(api: Api, db: asyncpg.Connection, app: web.Ap
     "config_overrides",
     [{"payment_provider_fault": "timeout", "payment_provider_fault_rate": 1.0, "payment_provider_timeout_ms": 300}],
 )
-async def test_a_timed_out_charge_is_looked_up_and_settled(api: Api, db: asyncpg.Connection) -> None:
+async def test_a_timed_out_charge_is_looked_up_and_settled(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
+    if gateway.standin is not None:
+        # Stripe: the charge is made but its answer never comes; asked again with the
+        # same key, Stripe answers from its record of it.
+        gateway.standin.configure(hang_rate=0.0, hang_next=1)
     user, order = await _pending_order(api)
     reply = await api.pay(user, order["id"])
     assert reply.status == 201  # the provider charged; the lookup found it
     assert await _order_status(api, user, order["id"]) == "paid"
-    assert await _charges(db) == 1
+    assert await gateway.succeeded_charges(db) == 1
 
 
 @pytest.mark.parametrize(
@@ -267,7 +274,7 @@ async def test_a_timed_out_charge_is_looked_up_and_settled(api: Api, db: asyncpg
     [{"payment_provider_fault": "error", "payment_provider_fault_rate": 1.0, "payment_provider_timeout_ms": 200}],
 )
 async def test_an_unknown_outcome_is_202_pending_until_reconciled(
-    api: Api, app: web.Application, db: asyncpg.Connection
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection
 ) -> None:
     user, order = await _pending_order(api)
     reply = await api.pay(user, order["id"])
@@ -277,6 +284,22 @@ async def test_an_unknown_outcome_is_202_pending_until_reconciled(
     assert (await api.pay(user, order["id"])).status == 409
     cancel = await api.call("PUT", f"/api/orders/{order['id']}", json={"status": "cancelled"}, token=user.token)
     assert cancel.status == 409
+    if gateway.standin is not None:
+        # Stripe: asking is sending the same request again under the same key; once
+        # Stripe answers, it is carried out once, and the payment settles succeeded.
+        gateway.standin.configure(fail_rate=0.0)
+        await db.execute(
+            "UPDATE payments SET lease_until = now() - interval '1 second' WHERE id = $1", reply.json["id"]
+        )
+        for _ in range(100):
+            payment = (await api.call("GET", reply.headers["Location"], token=user.token)).json
+            if payment["status"] != "pending":
+                break
+            await asyncio.sleep(0.1)
+        assert payment["status"] == "succeeded"
+        assert await _order_status(api, user, order["id"]) == "paid"
+        assert await gateway.succeeded_charges(db) == 1
+        return
     # Once the lease runs out, the reconciler asks the provider: no charge, so failed.
     await db.execute("UPDATE payments SET lease_until = now() - interval '1 second' WHERE id = $1", reply.json["id"])
     for _ in range(40):
@@ -333,7 +356,7 @@ async def test_the_sweeper_skips_an_order_whose_payment_is_in_flight(
 
 
 async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(
-    api: Api, app: web.Application, db: asyncpg.Connection
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection
 ) -> None:
     user, order = await _pending_order(api)
     hold = hold_provider(app[CONTEXT].provider, "charge")
@@ -345,6 +368,14 @@ async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(
     reply = await paying
     assert reply.status == 402
     assert reply.json["failure_reason"] == "order_not_payable"
+    if gateway.stripe:
+        ledger = gateway.ledger()
+        (charge,) = ledger["charges"]
+        (refund,) = ledger["refunds"]
+        assert (charge["status"], refund["status"], refund["amount"]) == ("succeeded", "succeeded", charge["amount"])
+        assert refund["payment_intent"] == reply.json["provider_ref"]
+        assert await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"]) == refund["id"]
+        return
     charge = await db.fetchrow("SELECT status, reference, amount FROM simulated_provider_charges")
     assert charge["status"] == "succeeded"
     refund = await db.fetchrow("SELECT reference, amount, status FROM simulated_provider_refunds")
@@ -365,24 +396,25 @@ async def test_no_pooled_connection_is_held_while_the_provider_is_called(api: Ap
     assert watch.holds_no_connection(max_pool=2), watch
 
 
-async def test_charge_invariants_hold_after_normal_payments(api: Api, clean_db: str) -> None:
+async def test_charge_invariants_hold_after_normal_payments(gateway: Gateway, api: Api, clean_db: str) -> None:
     for card in ("tok_visa", "tok_chargeDeclined", "tok_visa"):
         user, order = await _pending_order(api)
         await api.pay(user, order["id"], card=card)
-    assert await invariant_violations(clean_db, settled=True) == []
+    assert await gateway.violations(clean_db, settled=True) == []
 
 
 @pytest.mark.parametrize(
     "config_overrides", [{"payment_provider_latency_ms": 3000, "payment_reconcile_interval_seconds": 60}]
 )
 async def test_a_payment_whose_process_is_gone_is_settled_at_once(
-    api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
 ) -> None:
     """A pending payment whose owner holds no liveness lock (its process died) is
     settled by another process's reconciler (every 0.5 s here), not after its lease;
     the provider's lookup voids the key, so the charge still on its way (it lands
     1.5 s after it started) charges nothing."""
-    await aiohttp_client(create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
+    other = make_config(clean_db, **gateway.app_settings())
+    await aiohttp_client(create_app(other, Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
     user, order = await _pending_order(api)
     hold = hold_provider(app[CONTEXT].provider, "charge")
     paying = asyncio.create_task(api.pay(user, order["id"]))
@@ -394,9 +426,19 @@ async def test_a_payment_whose_process_is_gone_is_settled_at_once(
         return bool(await db.fetchval("SELECT status FROM payments") != "pending")
 
     await eventually(settled, timeout=15)  # well within the lease (25 s): settled because its process is gone
+    if gateway.stripe:
+        # Stripe's lookup replays the request under its key: Stripe carries it out once,
+        # so the payment settles as charged, and the charge still on its way finds it done.
+        assert await db.fetchval("SELECT status FROM payments") == "succeeded"
+        hold.release()
+        reply = await paying
+        assert reply.status == 201
+        assert await gateway.succeeded_charges(db) == 1
+        assert await _order_status(api, user, order["id"]) == "paid"
+        return
     assert await db.fetchval("SELECT failure_reason FROM payments") == "not_charged"
     hold.release()  # the charge that was on its way reaches the provider now
     reply = await paying
     assert (reply.status, reply.json["failure_reason"]) == (402, "not_charged")
-    assert await _charges(db) == 0  # the late charge found its key void
+    assert await gateway.succeeded_charges(db) == 0  # the late charge found its key void
     assert await _order_status(api, user, order["id"]) == "pending"

@@ -13,7 +13,8 @@ from aiohttp import web
 from handlers.routing import CONTEXT
 from server.app import Options, create_app
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, Reply, User, hold_provider, invariant_violations, watch_provider
+from tests.helpers import Api, Reply, User, hold_provider, watch_provider
+from tests.stripe_standin import Gateway, both_providers  # noqa: F401 (runs every test with both providers)
 
 REFUND_FIELDS = {
     "id",
@@ -60,15 +61,19 @@ async def _payment(api: Api, payment_id: int) -> dict[str, Any]:
     return payment
 
 
-async def _provider_refunds(db: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT amount, status FROM simulated_provider_refunds WHERE status <> 'voided' ORDER BY 1")
+async def _provider_refunds(gateway: Gateway, db: asyncpg.Connection) -> list[tuple[int, str]]:
+    """(amount, status) of each refund the provider made, smallest first."""
+    if gateway.stripe:
+        return sorted((r["amount"], r["status"]) for r in gateway.ledger()["refunds"])
+    rows = await db.fetch("SELECT amount, status FROM simulated_provider_refunds WHERE status <> 'voided' ORDER BY 1")
+    return [(r["amount"], r["status"]) for r in rows]
 
 
 # --- amounts ---------------------------------------------------------------------------------
 
 
 async def test_a_refund_without_amount_gives_back_everything_and_the_order_is_refunded(
-    api: Api, db: asyncpg.Connection, clean_db: str
+    gateway: Gateway, api: Api, db: asyncpg.Connection, clean_db: str
 ) -> None:
     _, order, payment = await _paid(api)
     reply = await _refund(api, payment["id"], reason="damaged in transit")
@@ -82,11 +87,13 @@ async def test_a_refund_without_amount_gives_back_everything_and_the_order_is_re
     assert (await _payment(api, payment["id"]))["amount_refunded"] == 1000
     after = await _order(api, order["id"])
     assert (after["status"], after["amount_refunded"]) == ("refunded", 1000)
-    assert [tuple(r) for r in await _provider_refunds(db)] == [(1000, "succeeded")]
-    assert await invariant_violations(clean_db) == []
+    assert [tuple(r) for r in await _provider_refunds(gateway, db)] == [(1000, "succeeded")]
+    assert await gateway.violations(clean_db) == []
 
 
-async def test_partial_refunds_add_up_and_the_last_one_refunds_the_order(api: Api, clean_db: str) -> None:
+async def test_partial_refunds_add_up_and_the_last_one_refunds_the_order(
+    gateway: Gateway, api: Api, clean_db: str
+) -> None:
     _, order, payment = await _paid(api)
     assert (await _refund(api, payment["id"], amount=300)).json["amount"] == 300
     assert (await _refund(api, payment["id"], amount=200)).json["amount"] == 200
@@ -96,7 +103,7 @@ async def test_partial_refunds_add_up_and_the_last_one_refunds_the_order(api: Ap
     rest = await _refund(api, payment["id"])  # the default: what is left
     assert (rest.status, rest.json["amount"]) == (201, 500)
     assert (await _order(api, order["id"]))["status"] == "refunded"
-    assert await invariant_violations(clean_db) == []
+    assert await gateway.violations(clean_db) == []
 
 
 async def test_a_new_payment_and_order_show_amount_refunded_zero(api: Api) -> None:
@@ -106,24 +113,28 @@ async def test_a_new_payment_and_order_show_amount_refunded_zero(api: Api) -> No
     assert order["amount_refunded"] == 0
 
 
-async def test_more_than_is_left_is_409_and_nothing_is_refunded(api: Api, db: asyncpg.Connection) -> None:
+async def test_more_than_is_left_is_409_and_nothing_is_refunded(
+    gateway: Gateway, api: Api, db: asyncpg.Connection
+) -> None:
     _, order, payment = await _paid(api)
     assert (await _refund(api, payment["id"], amount=1001)).status == 409
     assert (await _refund(api, payment["id"], amount=600)).status == 201
     reply = await _refund(api, payment["id"], amount=401)
     assert reply.status == 409
     assert reply.content_type == "application/problem+json"
-    assert [tuple(r) for r in await _provider_refunds(db)] == [(600, "succeeded")]
+    assert [tuple(r) for r in await _provider_refunds(gateway, db)] == [(600, "succeeded")]
     assert (await _payment(api, payment["id"]))["amount_refunded"] == 600
     assert (await _order(api, order["id"]))["status"] == "paid"
 
 
-async def test_a_fully_refunded_payment_cannot_be_refunded_again(api: Api, db: asyncpg.Connection) -> None:
+async def test_a_fully_refunded_payment_cannot_be_refunded_again(
+    gateway: Gateway, api: Api, db: asyncpg.Connection
+) -> None:
     _, _, payment = await _paid(api)
     assert (await _refund(api, payment["id"])).status == 201
     assert (await _refund(api, payment["id"])).status == 409
     assert (await _refund(api, payment["id"], amount=1)).status == 409
-    assert len(await _provider_refunds(db)) == 1
+    assert len(await _provider_refunds(gateway, db)) == 1
 
 
 @pytest.mark.parametrize(
@@ -140,11 +151,13 @@ async def test_a_fully_refunded_payment_cannot_be_refunded_again(api: Api, db: a
         {"status": "succeeded"},
     ],
 )
-async def test_invalid_refund_bodies_are_422(api: Api, db: asyncpg.Connection, body: dict[str, Any]) -> None:
+async def test_invalid_refund_bodies_are_422(
+    gateway: Gateway, api: Api, db: asyncpg.Connection, body: dict[str, Any]
+) -> None:
     _, _, payment = await _paid(api)
     reply = await _refund(api, payment["id"], **body)
     assert reply.status == 422, reply
-    assert await _provider_refunds(db) == []
+    assert await _provider_refunds(gateway, db) == []
 
 
 async def test_an_amount_written_as_a_whole_number_with_a_fraction_part_is_an_integer(api: Api) -> None:
@@ -162,14 +175,14 @@ async def test_a_reason_of_500_characters_is_kept(api: Api) -> None:
     assert reply.json["reason"] == "r" * 500
 
 
-async def test_only_a_succeeded_payment_can_be_refunded(api: Api, db: asyncpg.Connection) -> None:
+async def test_only_a_succeeded_payment_can_be_refunded(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     user = await api.customer()
     product = await api.product(price=500)
     order = (await api.order(user, (product["id"], 1))).json
     declined = await api.pay(user, order["id"], card="tok_chargeDeclined")
     assert declined.status == 402
     assert (await _refund(api, declined.json["id"])).status == 409
-    assert await _provider_refunds(db) == []
+    assert await _provider_refunds(gateway, db) == []
 
 
 async def test_refunding_an_unknown_payment_is_404(api: Api) -> None:
@@ -236,7 +249,7 @@ async def test_refunded_is_terminal_and_never_asked_for_through_the_api(api: Api
 # --- restock ----------------------------------------------------------------------------------
 
 
-async def test_restock_on_the_completing_refund_returns_every_unit(api: Api, clean_db: str) -> None:
+async def test_restock_on_the_completing_refund_returns_every_unit(gateway: Gateway, api: Api, clean_db: str) -> None:
     user = await api.customer()
     lamp = await api.product(price=300, stock=10)
     mug = await api.product(price=200, stock=10)
@@ -249,47 +262,64 @@ async def test_restock_on_the_completing_refund_returns_every_unit(api: Api, cle
     assert last.status == 201, last
     assert last.json["restock"] is True
     assert (await api.stock(lamp["id"]), await api.stock(mug["id"])) == (10, 10)
-    assert await invariant_violations(clean_db) == []
+    assert await gateway.violations(clean_db) == []
 
 
 async def test_restock_on_a_refund_that_does_not_complete_the_amount_is_422(
-    api: Api, db: asyncpg.Connection, clean_db: str
+    gateway: Gateway, api: Api, db: asyncpg.Connection, clean_db: str
 ) -> None:
     _, order, payment = await _paid(api)
     product_id = order["items"][0]["product_id"]
     reply = await _refund(api, payment["id"], amount=999, restock=True)
     assert reply.status == 422
     assert reply.json["errors"][0]["field"] == "restock"
-    assert await _provider_refunds(db) == []
+    assert await _provider_refunds(gateway, db) == []
     assert await api.stock(product_id) == 8
     assert (await _payment(api, payment["id"]))["amount_refunded"] == 0
-    assert await invariant_violations(clean_db) == []
+    assert await gateway.violations(clean_db) == []
 
 
-async def test_a_refund_without_restock_leaves_the_stock_sold(api: Api, clean_db: str) -> None:
+async def test_a_refund_without_restock_leaves_the_stock_sold(gateway: Gateway, api: Api, clean_db: str) -> None:
     _, order, payment = await _paid(api)
     assert (await _refund(api, payment["id"])).status == 201
     assert await api.stock(order["items"][0]["product_id"]) == 8
-    assert await invariant_violations(clean_db) == []
+    assert await gateway.violations(clean_db) == []
 
 
-async def test_the_stock_invariant_counts_restocked_units_once(api: Api, db: asyncpg.Connection, clean_db: str) -> None:
+async def test_the_stock_invariant_counts_restocked_units_once(
+    gateway: Gateway, api: Api, db: asyncpg.Connection, clean_db: str
+) -> None:
     _, order, payment = await _paid(api)
     assert (await _refund(api, payment["id"], restock=True)).status == 201
-    assert await invariant_violations(clean_db) == []
+    assert await gateway.violations(clean_db) == []
     # Restocking twice would show: the units would be in stock and counted as returned.
     await db.execute("UPDATE products SET stock = stock + 2 WHERE id = $1", order["items"][0]["product_id"])
-    assert any(p.startswith("product ") for p in await invariant_violations(clean_db))
+    assert any(p.startswith("product ") for p in await gateway.violations(clean_db))
 
 
 # --- the provider refuses ---------------------------------------------------------------------
 
 
 async def test_a_refund_the_provider_refuses_is_402_and_nothing_changes(
-    api: Api, db: asyncpg.Connection, clean_db: str
+    gateway: Gateway, api: Api, db: asyncpg.Connection, clean_db: str
 ) -> None:
     _, order, payment = await _paid(api, card="tok_refundFail")
     reply = await _refund(api, payment["id"], restock=True)
+    if gateway.stripe:
+        # Stripe: the refund succeeds first and fails later (its event undoes it).
+        assert (reply.status, reply.json["status"]) == (201, "succeeded")
+        assert (await _order(api, order["id"]))["status"] == "refunded"
+        refund = await _wait_failed(api, payment["id"])
+        assert (refund["status"], refund["failure_reason"]) == ("failed", "expired_or_canceled_card")
+        assert (await _payment(api, payment["id"]))["amount_refunded"] == 0
+        after = await _order(api, order["id"])
+        assert (after["status"], after["amount_refunded"]) == ("paid", 0)
+        assert await api.stock(order["items"][0]["product_id"]) == 10  # the restocked units stay
+        again = await _refund(api, payment["id"], amount=1000, restock=True)
+        assert again.status == 201  # and the units are not returned a second time
+        assert await api.stock(order["items"][0]["product_id"]) == 10
+        assert await gateway.violations(clean_db) == []
+        return
     assert reply.status == 402
     assert reply.content_type == "application/json"
     assert (reply.json["status"], reply.json["failure_reason"]) == ("failed", "refund_failed")
@@ -300,7 +330,7 @@ async def test_a_refund_the_provider_refuses_is_402_and_nothing_changes(
     assert await api.stock(order["items"][0]["product_id"]) == 8
     # A failed refund reserves nothing: the whole amount can be asked for again.
     assert (await _refund(api, payment["id"], amount=1000)).status == 402
-    assert await invariant_violations(clean_db) == []
+    assert await gateway.violations(clean_db) == []
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -352,26 +382,28 @@ async def test_a_cursor_of_another_payment_is_refused(api: Api) -> None:
 # --- Idempotency-Key --------------------------------------------------------------------------
 
 
-async def test_same_key_and_body_replays_the_first_refund_and_refunds_once(api: Api, db: asyncpg.Connection) -> None:
+async def test_same_key_and_body_replays_the_first_refund_and_refunds_once(
+    gateway: Gateway, api: Api, db: asyncpg.Connection
+) -> None:
     _, _, payment = await _paid(api)
     first = await _refund(api, payment["id"], key="r-1", amount=250)
     again = await _refund(api, payment["id"], key="r-1", amount=250)
     assert first.status == again.status == 201
     assert again.json == first.json
-    assert [tuple(r) for r in await _provider_refunds(db)] == [(250, "succeeded")]
+    assert [tuple(r) for r in await _provider_refunds(gateway, db)] == [(250, "succeeded")]
     assert (await _payment(api, payment["id"]))["amount_refunded"] == 250
 
 
-async def test_same_key_with_another_body_is_422(api: Api, db: asyncpg.Connection) -> None:
+async def test_same_key_with_another_body_is_422(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     _, _, payment = await _paid(api)
     assert (await _refund(api, payment["id"], key="r-2", amount=100)).status == 201
     assert (await _refund(api, payment["id"], key="r-2", amount=200)).status == 422
     assert (await _refund(api, payment["id"], key="r-2", amount=100, reason="other")).status == 422
-    assert len(await _provider_refunds(db)) == 1
+    assert len(await _provider_refunds(gateway, db)) == 1
 
 
 async def test_a_refused_refund_stores_no_key_and_a_replayed_402_is_the_same_answer(
-    api: Api, db: asyncpg.Connection
+    gateway: Gateway, api: Api, db: asyncpg.Connection
 ) -> None:
     _, _, payment = await _paid(api)
     first = await _refund(api, payment["id"], key="too-much", amount=5000)
@@ -379,6 +411,8 @@ async def test_a_refused_refund_stores_no_key_and_a_replayed_402_is_the_same_ans
     assert first.status == again.status == 409
     assert again.json == first.json
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'too-much'") == 0
+    if gateway.stripe:
+        return  # Stripe refuses no refund of a refundFail card at once (it fails later)
     _, _, unrefundable = await _paid(api, card="tok_refundFail")
     failed = await _refund(api, unrefundable["id"], key="fails")
     replayed = await _refund(api, unrefundable["id"], key="fails")
@@ -397,7 +431,7 @@ async def test_a_payments_key_used_for_a_refund_is_422(api: Api) -> None:
 
 
 async def test_same_key_while_the_first_is_in_flight_is_409(
-    api: Api, app: web.Application, db: asyncpg.Connection
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection
 ) -> None:
     _, _, payment = await _paid(api)
     hold = hold_provider(app[CONTEXT].provider, "refund")
@@ -407,7 +441,7 @@ async def test_same_key_while_the_first_is_in_flight_is_409(
     hold.release()
     assert (await first).status == 201
     assert (await _refund(api, payment["id"], key="slow")).status == 201
-    assert len(await _provider_refunds(db)) == 1
+    assert len(await _provider_refunds(gateway, db)) == 1
 
 
 async def test_an_unusable_key_is_422(api: Api) -> None:
@@ -419,10 +453,10 @@ async def test_an_unusable_key_is_422(api: Api) -> None:
 
 
 async def test_while_a_refund_is_in_flight_in_one_process_another_cannot_take_its_part(
-    api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
 ) -> None:
-    other_app = create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET))
-    other = Api(await aiohttp_client(other_app))
+    settings = make_config(clean_db, **gateway.app_settings())
+    other = Api(await aiohttp_client(create_app(settings, Options(dsn=clean_db, jwt_secret=JWT_SECRET))))
     _, order, payment = await _paid(api)
     hold = hold_provider(app[CONTEXT].provider, "refund")
     first = asyncio.create_task(_refund(api, payment["id"], amount=700))
@@ -434,7 +468,7 @@ async def test_while_a_refund_is_in_flight_in_one_process_another_cannot_take_it
     hold.release()
     assert (await first).status == 201
     assert (await _refund(other, payment["id"], amount=300, restock=True)).status == 201
-    assert [tuple(r) for r in await _provider_refunds(db)] == [(300, "succeeded"), (700, "succeeded")]
+    assert [tuple(r) for r in await _provider_refunds(gateway, db)] == [(300, "succeeded"), (700, "succeeded")]
     assert (await _order(api, order["id"]))["status"] == "refunded"
 
 
@@ -448,12 +482,12 @@ async def test_the_database_refuses_refunds_beyond_the_amount(api: Api, db: asyn
 
 
 async def test_the_invariant_check_detects_a_refund_recorded_twice(
-    api: Api, db: asyncpg.Connection, clean_db: str
+    gateway: Gateway, api: Api, db: asyncpg.Connection, clean_db: str
 ) -> None:
     _, _, payment = await _paid(api)
     await _refund(api, payment["id"], amount=100)
     await db.execute("UPDATE payments SET amount_refunded = 200 WHERE id = $1", payment["id"])
-    assert await invariant_violations(clean_db) != []
+    assert await gateway.violations(clean_db) != []
 
 
 # --- events and metrics -----------------------------------------------------------------------
@@ -476,18 +510,30 @@ async def test_refund_events_are_written_with_the_change(api: Api, db: asyncpg.C
     assert (refunded["id"], refunded["status"], refunded["amount_refunded"]) == (order["id"], "refunded", 1000)
 
 
-async def test_a_failed_refund_writes_refund_failed_only(api: Api, db: asyncpg.Connection) -> None:
+async def test_a_failed_refund_writes_refund_failed_only(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     _, _, payment = await _paid(api, card="tok_refundFail")
     await _refund(api, payment["id"])
+    if gateway.stripe:
+        # Stripe: succeeded (the order refunded), then failed when Stripe says so.
+        await _wait_failed(api, payment["id"])
+        types = [t for t, _ in await _events(db) if t.startswith("refund.") or t == "order.refunded"]
+        assert types == ["refund.succeeded", "order.refunded", "refund.failed"]
+        return
     types = [t for t, _ in await _events(db) if t.startswith("refund.") or t == "order.refunded"]
     assert types == ["refund.failed"]
 
 
-async def test_refunds_are_counted_by_outcome(api: Api) -> None:
+async def test_refunds_are_counted_by_outcome(gateway: Gateway, api: Api) -> None:
     _, _, payment = await _paid(api)
     await _refund(api, payment["id"], amount=1)
     _, _, unrefundable = await _paid(api, card="tok_refundFail")
     await _refund(api, unrefundable["id"])
+    if gateway.stripe:
+        await _wait_failed(api, unrefundable["id"])
+        text = (await api.call("GET", "/metrics")).body.decode()
+        assert 'refunds_total{outcome="succeeded"} 2.0' in text
+        assert 'refunds_total{outcome="failed_later"} 1.0' in text
+        return
     text = (await api.call("GET", "/metrics")).body.decode()
     assert 'refunds_total{outcome="succeeded"} 1.0' in text
     assert 'refunds_total{outcome="failed"} 1.0' in text
@@ -501,23 +547,48 @@ async def test_refunds_are_counted_by_outcome(api: Api) -> None:
     [{"payment_provider_fault": "error", "payment_provider_fault_rate": 1.0, "payment_provider_timeout_ms": 200}],
 )
 async def test_an_unknown_outcome_is_202_pending_until_reconciled(
-    api: Api, app: web.Application, db: asyncpg.Connection
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection
 ) -> None:
     provider = app[CONTEXT].provider
     provider.fault = "none"  # type: ignore[attr-defined]
+    if gateway.stripe:
+        gateway.configure_like()
     _, _, payment = await _paid(api)
     provider.fault = "error"  # type: ignore[attr-defined]
+    if gateway.stripe:
+        gateway.configure_like(fault="error", rate=1.0)
     reply = await _refund(api, payment["id"])
     assert reply.status == 202
     assert reply.json["status"] == "pending"
     # Its amount stays reserved: nothing more can be refunded meanwhile.
     assert (await _refund(api, payment["id"], amount=1)).status == 409
+    if gateway.stripe:
+        # Stripe: asked again under the same key once it answers, the refund is made once.
+        gateway.configure_like()
+        await db.execute("UPDATE refunds SET lease_until = now() - interval '1 second' WHERE id = $1", reply.json["id"])
+        refund = await _wait_settled(api, payment["id"])
+        assert refund["status"] == "succeeded"
+        assert (await _payment(api, payment["id"]))["amount_refunded"] == 1000
+        assert await _provider_refunds(gateway, db) == [(1000, "succeeded")]
+        return
     await db.execute("UPDATE refunds SET lease_until = now() - interval '1 second' WHERE id = $1", reply.json["id"])
     refund = await _wait_settled(api, payment["id"])
     assert (refund["status"], refund["failure_reason"]) == ("failed", "not_refunded")
     assert (await _payment(api, payment["id"]))["amount_refunded"] == 0
     provider.fault = "none"  # type: ignore[attr-defined]
     assert (await _refund(api, payment["id"])).status == 201
+
+
+async def _wait_failed(api: Api, payment_id: int) -> dict[str, Any]:
+    """The payment's first refund once it failed (Stripe's event came)."""
+    admin = await api.admin_user()
+    for _ in range(200):
+        items = (await api.call("GET", f"/api/payments/{payment_id}/refunds", token=admin.token)).json["items"]
+        if items and items[0]["status"] == "failed":
+            refund: dict[str, Any] = items[0]
+            return refund
+        await asyncio.sleep(0.05)
+    raise AssertionError("the refund did not fail")
 
 
 async def _wait_settled(api: Api, payment_id: int) -> dict[str, Any]:
@@ -532,25 +603,26 @@ async def _wait_settled(api: Api, payment_id: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("config_overrides", [{"payment_provider_latency_ms": 1500}])
-async def test_a_slow_but_live_process_keeps_its_refund(api: Api, db: asyncpg.Connection) -> None:
+async def test_a_slow_but_live_process_keeps_its_refund(gateway: Gateway, api: Api, db: asyncpg.Connection) -> None:
     """The reconciler (every 0.5 s here) leaves alone work whose process is alive."""
     _, _, payment = await _paid(api)
     reply = await _refund(api, payment["id"])
     assert reply.status == 201
-    assert [tuple(r) for r in await _provider_refunds(db)] == [(1000, "succeeded")]
+    assert [tuple(r) for r in await _provider_refunds(gateway, db)] == [(1000, "succeeded")]
 
 
 @pytest.mark.parametrize(
     "config_overrides", [{"payment_provider_latency_ms": 3000, "payment_reconcile_interval_seconds": 60}]
 )
 async def test_a_refund_whose_process_is_gone_is_settled_at_once(
-    api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
+    gateway: Gateway, api: Api, app: web.Application, db: asyncpg.Connection, aiohttp_client: Any, clean_db: str
 ) -> None:
     """A pending refund whose owner holds no liveness lock (its process died) is
     settled by another process's reconciler (every 0.5 s here) long before its
     lease runs out; the provider's lookup voids the key, so the call still on its
     way (it lands 1.5 s after it started) refunds nothing."""
-    await aiohttp_client(create_app(make_config(clean_db), Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
+    other = make_config(clean_db, **gateway.app_settings())
+    await aiohttp_client(create_app(other, Options(dsn=clean_db, jwt_secret=JWT_SECRET)))
     _, _, payment = await _paid(api)
     hold = hold_provider(app[CONTEXT].provider, "refund")
     refunding = asyncio.create_task(_refund(api, payment["id"]))
@@ -558,12 +630,22 @@ async def test_a_refund_whose_process_is_gone_is_settled_at_once(
     # Nobody holds liveness lock 1 (ids are random): as if the process had died.
     assert await db.execute("UPDATE refunds SET worker = 1 WHERE status = 'pending'") == "UPDATE 1"
     settled = await _wait_settled(api, payment["id"])
+    if gateway.stripe:
+        # Stripe's lookup replays the request under its key: the refund is made once, as
+        # asked, and the call still on its way finds it done.
+        assert settled["status"] == "succeeded"
+        hold.release()
+        reply = await refunding
+        assert reply.status == 201
+        assert await _provider_refunds(gateway, db) == [(1000, "succeeded")]
+        assert (await _payment(api, payment["id"]))["amount_refunded"] == 1000
+        return
     assert (settled["status"], settled["failure_reason"]) == ("failed", "not_refunded")
     hold.release()  # the refund that was on its way reaches the provider now
     reply = await refunding
     assert reply.status == 402
     assert reply.json["failure_reason"] == "not_refunded"
-    assert await _provider_refunds(db) == []  # the late call found its key void
+    assert await _provider_refunds(gateway, db) == []  # the late call found its key void
     assert (await _payment(api, payment["id"]))["amount_refunded"] == 0
 
 

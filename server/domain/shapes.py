@@ -152,11 +152,27 @@ class PaymentOut(Shape):
     amount: int
     amount_refunded: int = Field(description="The sum of its succeeded refunds (0 until one succeeds).")
     currency: str
-    status: Literal["pending", "succeeded", "failed"]
+    status: Literal["pending", "requires_action", "succeeded", "failed"] = Field(
+        description="requires_action: the customer must finish the payment (3-D Secure) with the provider's SDK, "
+        "using client_secret and next_action; the outcome follows (succeeded or failed)."
+    )
     failure_reason: str | None
     provider: str
     provider_ref: str | None
+    client_secret: str | None = Field(
+        description="While requires_action: the provider's secret for the customer's app to finish the payment."
+    )
+    next_action: dict[str, Any] | None = Field(
+        description="While requires_action: what the customer's app must do (the provider's next_action)."
+    )
     created_at: datetime
+
+
+class ProviderEventAck(Shape):
+    """The answer to a payment provider's webhook."""
+
+    received: bool
+    outcome: Literal["handled", "duplicate", "unchanged", "ignored"]
 
 
 class RefundOut(Shape):
@@ -261,6 +277,8 @@ def _converter(annotation: Any) -> Convert:
         return _converter(inner[0]) if len(inner) == 1 else None
     if annotation is datetime:
         return _timestamp
+    if typing.get_origin(annotation) is dict:
+        return _document
     if isinstance(annotation, type) and issubclass(annotation, Shape):
         return functools.partial(render, annotation)
     if typing.get_origin(annotation) is list:
@@ -268,6 +286,14 @@ def _converter(annotation: Any) -> Convert:
         if isinstance(item, type) and issubclass(item, Shape):
             return lambda values: [render(item, value) for value in values]
     return None
+
+
+def _document(value: str | dict[str, Any]) -> dict[str, Any]:
+    """A jsonb column: text from asyncpg, a document already in an event's row."""
+    if isinstance(value, str):
+        loaded: dict[str, Any] = orjson.loads(value)
+        return loaded
+    return value
 
 
 def _timestamp(value: datetime | str) -> datetime:

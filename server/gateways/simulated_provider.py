@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+from collections.abc import Mapping
 
 import asyncpg
 
@@ -26,6 +27,8 @@ from db.pool import Database
 from server.domain.payments.provider import (
     ChargeRequest,
     ChargeResult,
+    InvalidEvent,
+    ProviderEvent,
     ProviderUnavailable,
     RefundRequest,
     RefundResult,
@@ -55,6 +58,9 @@ def _refund_result(row: asyncpg.Record) -> RefundResult:
 
 class SimulatedProvider:
     name = "simulated"
+    minimum_amounts: Mapping[str, int] = {}
+    # Every outcome is in its answers: no events, no charge waits for a customer.
+    sends_events = False
 
     def __init__(self, db: Database, *, latency_ms: int, fault: str = "none", fault_rate: float = 0.0) -> None:
         self._db = db
@@ -84,8 +90,11 @@ class SimulatedProvider:
         await self._travel()
         return _charge_result(row)
 
-    async def lookup(self, idempotency_key: str) -> ChargeResult | None:
-        row = await ledger.lookup_charge(self._db, idempotency_key)
+    def call_seconds(self, timeout: float) -> float:
+        return timeout
+
+    async def lookup(self, request: ChargeRequest) -> ChargeResult | None:
+        row = await ledger.lookup_charge(self._db, request.idempotency_key)
         return None if row is None else _charge_result(row)
 
     async def refund(self, request: RefundRequest) -> RefundResult:
@@ -105,9 +114,15 @@ class SimulatedProvider:
         await self._travel()
         return _refund_result(row)
 
-    async def lookup_refund(self, idempotency_key: str) -> RefundResult | None:
-        row = await ledger.lookup_refund(self._db, idempotency_key)
+    async def lookup_refund(self, request: RefundRequest) -> RefundResult | None:
+        row = await ledger.lookup_refund(self._db, request.idempotency_key)
         return None if row is None else _refund_result(row)
+
+    async def cancel(self, provider_ref: str, idempotency_key: str) -> ChargeResult:
+        raise ProviderUnavailable("the simulated provider has no charges waiting for a customer")
+
+    def verify_event(self, payload: bytes, signature: str | None) -> ProviderEvent:
+        raise InvalidEvent("the simulated provider sends no events")
 
     async def close(self) -> None:
         await self._db.close(timeout=5)

@@ -388,8 +388,33 @@ class Config(BaseModel):
     )
 
     # --- payments ------------------------------------------------------------------
-    payment_provider: Literal["simulated"] = Field(
-        "simulated", alias="PAYMENT_PROVIDER", description="Payment provider (simulated)."
+    payment_provider: Literal["simulated", "stripe"] = Field(
+        "simulated",
+        alias="PAYMENT_PROVIDER",
+        description="Payment provider: simulated (built in), or stripe (needs STRIPE_API_KEY and "
+        "STRIPE_WEBHOOK_SECRET; see docs/payments.md).",
+    )
+    stripe_api_key: str | None = Field(
+        None,
+        alias="STRIPE_API_KEY",
+        repr=False,
+        pattern=r"^(sk|rk)_[A-Za-z0-9_]+$",
+        description="Stripe secret key (sk_live_..., sk_test_...; a restricted rk_ key works too), needed with "
+        "PAYMENT_PROVIDER=stripe. Never logged.",
+    )
+    stripe_webhook_secret: str | None = Field(
+        None,
+        alias="STRIPE_WEBHOOK_SECRET",
+        repr=False,
+        pattern=r"^whsec_[A-Za-z0-9_+/=]+$",
+        description="Signing secret of the webhook endpoint registered at Stripe (whsec_...), needed with "
+        "PAYMENT_PROVIDER=stripe: events are checked against it. Never logged.",
+    )
+    stripe_api_base: str = Field(
+        "https://api.stripe.com",
+        alias="STRIPE_API_BASE",
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="Where Stripe's API is (tests point it at a local stand-in).",
     )
     payment_provider_latency_ms: int = Field(
         0,
@@ -536,6 +561,15 @@ class Config(BaseModel):
     def _pool_bounds(self) -> Config:
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        return self
+
+    @model_validator(mode="after")
+    def _stripe_secrets(self) -> Config:
+        if self.payment_provider == "stripe":
+            if not self.stripe_api_key:
+                raise ValueError("STRIPE_API_KEY must be set with PAYMENT_PROVIDER=stripe")
+            if not self.stripe_webhook_secret:
+                raise ValueError("STRIPE_WEBHOOK_SECRET must be set with PAYMENT_PROVIDER=stripe")
         return self
 
     @model_validator(mode="after")

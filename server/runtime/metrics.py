@@ -90,6 +90,28 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.provider_calls = Counter(
+            "payment_provider_calls",
+            "Calls to an outside payment provider (Stripe), each try counted, by operation and outcome (ok, "
+            "card_error, invalid_request, timeout, rate_limited, connection_error, server_error, conflict, error).",
+            ["provider", "operation", "outcome"],
+            registry=r,
+        )
+        self.provider_events = Counter(
+            "payment_provider_events",
+            "Webhook events from the payment provider: received (signature valid), rejected (missing, wrong or "
+            "stale signature), ignored (a type not used), unchanged (its payment or refund already as it says), "
+            "duplicate (handled before), handled (it changed a payment or refund).",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            "payment_reconciliations",
+            "Payments and refunds the reconciler asked the provider about: settled, unanswered (retried later), "
+            "cancelled (a payment waiting for its customer whose order ended).",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.order_transitions = Counter(
             "order_transitions", "Order status changes.", ["from_status", "to_status"], registry=r
         )

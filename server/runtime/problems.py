@@ -90,6 +90,14 @@ class BadRequest(ApiError):
     slug = "malformed-json"
 
 
+class InvalidSignature(ApiError):
+    """An inbound provider event whose signature is missing, wrong or stale."""
+
+    status = 400
+    title = "Bad Request"
+    slug = "invalid-signature"
+
+
 class InvalidResetToken(ApiError):
     """A password-reset token that is unknown, used or expired: one answer for all."""
 

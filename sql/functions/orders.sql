@@ -363,7 +363,11 @@ END
 $$;
 
 -- Lock an order that is to change while pending (p_owner_id: only if it is this
--- user's; NULL: anyone's), and say why it may not: NULL when it may. Refusals:
+-- user's; NULL: anyone's), and say why it may not: NULL when it may. A payment in
+-- flight (`pending`) holds the order; one waiting for its customer (`requires_action`)
+-- does not: the order may end meanwhile, and the reconciler then cancels that payment's
+-- PaymentIntent (outside any transaction, the waiting payment of an ended order being
+-- its to-do). Refusals:
 -- 'order_not_found', 'wrong_status' (status), 'payment_in_flight', and 'order_expired'
 -- for an order found past its expiry, which is expired on the way (event included).
 CREATE OR REPLACE FUNCTION lock_pending_order(p_order_id bigint, p_owner_id bigint) RETURNS jsonb
@@ -439,6 +443,13 @@ DECLARE
 BEGIN
     PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;  -- hold limits are checked under it
     v_refusal := lock_pending_order(p_order_id, p_user_id);
+    -- A payment waiting for its customer (3-D Secure) was made for the order's total:
+    -- nothing that prices it changes (cancelling and expiring, which also end that
+    -- payment, may).
+    IF v_refusal IS NULL
+       AND EXISTS (SELECT 1 FROM payments p WHERE p.order_id = p_order_id AND p.status = 'requires_action') THEN
+        v_refusal := jsonb_build_object('code', 'payment_in_flight');
+    END IF;
     IF v_refusal IS NULL AND p_product_ids IS NOT NULL THEN
         v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, p_order_id,
                                       p_product_ids, p_quantities, p_max_held);

@@ -30,7 +30,8 @@ CREATE OR REPLACE FUNCTION begin_payment(
     p_max_declines_per_order integer,
     p_max_declines_per_user integer,
     p_client_ip text,
-    p_max_declines_per_ip integer
+    p_max_declines_per_ip integer,
+    p_payment_method text
 ) RETURNS TABLE (payment payments, refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -87,9 +88,10 @@ BEGIN
          WHERE o.id = p_order_id AND o.user_id = p_user_id AND o.deleted_at IS NULL
            FOR UPDATE
     )
-    INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until, worker, client_ip)
+    INSERT INTO payments (order_id, user_id, amount, currency, provider, provider_key, lease_until, worker, client_ip,
+                          payment_method)
     SELECT o.id, p_user_id, o.total, o.currency, p_provider, p_provider_key,
-           now() + make_interval(secs => p_lease_seconds), p_worker, p_client_ip
+           now() + make_interval(secs => p_lease_seconds), p_worker, p_client_ip, p_payment_method
       FROM o
      WHERE o.status = 'pending' AND o.open AND (p_amount IS NULL OR o.total = p_amount)
     RETURNING * INTO v_payment;
@@ -113,12 +115,15 @@ BEGIN
 END
 $$;
 
--- Step 3: record the provider's answer for a pending payment (p_status 'succeeded' or
--- 'failed') and, on success, mark its order paid; then its events: payment.<status>
--- and, when the order was paid, order.paid, in that order (ids follow it, and webhook
--- queues deliver one resource's events in id order).
+-- Step 3: record the provider's answer for a payment in flight (p_status 'succeeded',
+-- 'failed' or 'requires_action') and, on success, mark its order paid; then its events:
+-- payment.<status> and, when the order was paid, order.paid, in that order (ids follow
+-- it, and webhook queues deliver one resource's events in id order).
 --
--- The payment's lock is re-checked as still pending once granted (a reconciler may have
+-- A `pending` payment may become anything; one that `requires_action` (it waits for its
+-- customer, with p_client_secret and p_next_action to finish it; no event, the order
+-- stays pending and no longer waits for it) only succeeded or failed, later. The
+-- payment's lock is re-checked once granted (a reconciler or a provider event may have
 -- settled it meanwhile: then no row, nothing written); the order is paid only if it is
 -- still pending and not deleted. A charge that succeeded for an order that can no
 -- longer be paid is recorded as failed with `order_not_payable`, and refund_due tells
@@ -127,14 +132,19 @@ CREATE OR REPLACE FUNCTION settle_payment(
     p_payment_id bigint,
     p_status text,
     p_provider_ref text,
-    p_failure_reason text
+    p_failure_reason text,
+    p_client_secret text DEFAULT NULL,
+    p_next_action jsonb DEFAULT NULL
 ) RETURNS TABLE (payment payments, refund_due boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_settled record;
 BEGIN
     WITH pay AS (
-        SELECT p.id, p.order_id FROM payments p WHERE p.id = p_payment_id AND p.status = 'pending' FOR UPDATE
+        SELECT p.id, p.order_id FROM payments p
+         WHERE p.id = p_payment_id
+           AND (p.status = 'pending' OR (p.status = 'requires_action' AND p_status <> 'requires_action'))
+           FOR UPDATE
     ), paid AS (
         UPDATE orders o SET status = 'paid', expires_at = NULL, updated_at = now()
           FROM pay
@@ -147,7 +157,9 @@ BEGIN
     UPDATE payments p SET
         status = CASE WHEN outcome.unpayable IS NULL THEN p_status ELSE 'failed' END,
         failure_reason = coalesce(outcome.unpayable, p_failure_reason),
-        provider_ref = p_provider_ref,
+        provider_ref = coalesce(p_provider_ref, p.provider_ref),
+        client_secret = CASE WHEN p_status = 'requires_action' THEN p_client_secret END,
+        next_action = CASE WHEN p_status = 'requires_action' THEN p_next_action END,
         lease_until = NULL,
         worker = NULL,
         updated_at = now()
@@ -159,7 +171,9 @@ BEGIN
         RETURN;
     END IF;
 
-    PERFORM emit_event('payment.' || (v_settled.payment).status, to_jsonb(v_settled.payment));
+    IF (v_settled.payment).status <> 'requires_action' THEN
+        PERFORM emit_event('payment.' || (v_settled.payment).status, to_jsonb(v_settled.payment));
+    END IF;
     IF (v_settled.paid_order).id IS NOT NULL THEN
         PERFORM emit_event('order.paid', order_snapshot(v_settled.paid_order, order_items_of((v_settled.paid_order).id)));
     END IF;

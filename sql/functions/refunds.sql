@@ -138,14 +138,59 @@ BEGIN
            updated_at = now()
      WHERE o.id = v_refund.order_id
     RETURNING o.* INTO v_order;
-    IF v_payment.amount_refunded = v_payment.amount AND v_refund.restock THEN
+    -- Units go back once per payment: a restocking refund that later failed at the
+    -- provider left them in stock.
+    IF v_payment.amount_refunded = v_payment.amount AND v_refund.restock
+       AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = v_refund.payment_id AND r.restocked) THEN
         PERFORM return_stock(ARRAY[v_refund.order_id]);
+        UPDATE refunds r SET restocked = true WHERE r.id = v_refund.id;
     END IF;
     IF v_order.status = 'refunded' AND v_previous <> 'refunded' THEN
+        UPDATE refunds r SET order_status_before = v_previous WHERE r.id = v_refund.id;
         PERFORM emit_event('order.refunded', order_snapshot(v_order, order_items_of(v_order.id)));
         RETURN QUERY SELECT v_refund, v_previous, true;
         RETURN;
     END IF;
     RETURN QUERY SELECT v_refund, v_previous, false;
+END
+$$;
+
+-- A refund that had succeeded and that the provider reports failed afterwards
+-- (asynchronous failure): its effect is undone. The refund becomes failed (with the
+-- provider's reason), the payment's and the order's amount_refunded go back down, an
+-- order that had become `refunded` returns to the status it had before (kept by the
+-- refund that completed the amount), and refund.failed is emitted. Units a restock
+-- returned stay in stock. No row when the refund was not `succeeded` (never succeeded,
+-- or already undone: nothing written). Lock order as in settle_refund.
+CREATE OR REPLACE FUNCTION fail_refund(p_refund_id bigint, p_failure_reason text)
+RETURNS TABLE (refund refunds, previous_status text, restored_status text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_refund refunds;
+    v_refunded bigint;
+    v_previous text;
+    v_before text;
+BEGIN
+    PERFORM 1 FROM payments p JOIN refunds r ON r.payment_id = p.id WHERE r.id = p_refund_id FOR UPDATE OF p;
+    UPDATE refunds r SET status = 'failed', failure_reason = p_failure_reason, updated_at = now()
+     WHERE r.id = p_refund_id AND r.status = 'succeeded'
+    RETURNING r.* INTO v_refund;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE payments p SET amount_refunded = p.amount_refunded - v_refund.amount, updated_at = now()
+     WHERE p.id = v_refund.payment_id
+    RETURNING p.amount_refunded INTO v_refunded;
+
+    SELECT o.status INTO v_previous FROM orders o WHERE o.id = v_refund.order_id FOR UPDATE;
+    IF v_previous = 'refunded' THEN
+        SELECT r.order_status_before INTO v_before FROM refunds r
+         WHERE r.payment_id = v_refund.payment_id AND r.order_status_before IS NOT NULL
+         ORDER BY r.id DESC LIMIT 1;
+    END IF;
+    UPDATE orders o SET amount_refunded = v_refunded, status = coalesce(v_before, o.status), updated_at = now()
+     WHERE o.id = v_refund.order_id;
+    PERFORM emit_event('refund.failed', to_jsonb(v_refund));
+    RETURN QUERY SELECT v_refund, v_previous, v_before;
 END
 $$;

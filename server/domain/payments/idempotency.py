@@ -40,6 +40,8 @@ class Outcome(Enum):
     FAILED = "failed"
     # The provider's answer was lost: the payment or refund stays pending until reconciled.
     UNKNOWN = "unknown"
+    # The payment waits for its customer (3-D Secure): the outcome comes later.
+    ACTION = "requires_action"
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,12 @@ class Result:
     row: asyncpg.Record
 
 
-_OUTCOMES = {"succeeded": Outcome.SUCCEEDED, "failed": Outcome.FAILED, "pending": Outcome.UNKNOWN}
+_OUTCOMES = {
+    "succeeded": Outcome.SUCCEEDED,
+    "failed": Outcome.FAILED,
+    "pending": Outcome.UNKNOWN,
+    "requires_action": Outcome.ACTION,
+}
 
 
 def result_for(row: asyncpg.Record) -> Result:

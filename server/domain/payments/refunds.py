@@ -17,6 +17,10 @@ holds no pooled connection while the provider is called:
    is back (restocking, if asked), and writes the events.
 
 A refund whose outcome stays unknown is settled by the reconciler, as charges are.
+A provider refusing a refund for its amount (the charge has less left than asked, as
+when it was refunded outside the service) is a refusal (409), its failed refund kept.
+A refund the provider reports failed after it had succeeded (an event) is undone
+(`undo`).
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ from server.domain.auth import Principal
 from server.domain.context import Context
 from server.domain.order_actors import OrderActor
 from server.domain.pages import keyset_page
-from server.domain.payments.idempotency import Result, begin_once, replay_known, result_for
+from server.domain.payments.idempotency import Outcome, Result, begin_once, replay_known, result_for
 from server.domain.payments.provider import RefundRequest, RefundResult, call_or_look_up
-from server.domain.payments.service import lease_seconds, provider_timeout, reconcile_in_actor
+from server.domain.payments.service import each_at_once, lease_seconds, provider_timeout, reconcile_in_actor
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +79,32 @@ async def refund(ctx: Context, admin_id: int, request: NewRefund, idempotency_ke
     # Answered without queueing behind the order's actor, as for payments.
     replay = await replay_known(ctx, admin_id, idempotency_key, fingerprint, "refund")
     if replay is not None:
-        return replay
+        return _refused_for_amount(replay)
     # Before any key is claimed or the order's actor is asked: no such payment is
     # refused, stores nothing and waits in no queue.
     payment = await payments_db.get(ctx.db, request.payment_id, None)
     if payment is None:
         raise Refusal("payment_not_found")
+    if payment["provider"] != ctx.provider.name:
+        # Made through another provider than the one configured now: only that one
+        # can give its money back.
+        raise Refusal("payment_of_another_provider", provider=payment["provider"])
 
     async def command(actor: OrderActor) -> Result:
         return await _refund_in_actor(ctx, admin_id, request, idempotency_key, fingerprint, payment["provider_ref"])
 
-    return await ctx.supervisor.ask(payment["order_id"], command, user_id=admin_id)
+    return _refused_for_amount(await ctx.supervisor.ask(payment["order_id"], command, user_id=admin_id))
+
+
+# The provider's codes for a refund refused because the charge has less left than asked.
+REFUSED_FOR_AMOUNT = frozenset({"amount_too_large", "charge_already_refunded"})
+
+
+def _refused_for_amount(result: Result) -> Result:
+    row = result.row
+    if result.outcome is Outcome.FAILED and row["failure_reason"] in REFUSED_FOR_AMOUNT:
+        raise Refusal("provider_refused_amount", reason=row["failure_reason"], refund_id=row["id"])
+    return result
 
 
 async def page(
@@ -123,17 +142,11 @@ async def _refund_in_actor(
     started = await begin_once(ctx, admin_id, idempotency_key, fingerprint, "refund", begin)
     if isinstance(started, Result):
         return started
-    refund_request = RefundRequest(
-        idempotency_key=started["provider_key"],
-        charge_ref=charge_ref,
-        amount=started["amount"],
-        currency=started["currency"],
-        reference=str(started["id"]),
-    )
+    refund_request = _request(started, charge_ref)
     result = await call_or_look_up(
         provider_timeout(ctx),
         lambda: ctx.provider.refund(refund_request),
-        lambda: ctx.provider.lookup_refund(refund_request.idempotency_key),
+        lambda: ctx.provider.lookup_refund(refund_request),
         {"refund_id": started["id"], "order_id": started["order_id"]},
     )
     if result is None:
@@ -141,6 +154,41 @@ async def _refund_in_actor(
         log.warning("refund outcome unknown; left to reconciliation", extra={"refund_id": started["id"]})
         return result_for(started)
     return result_for(await _settle(ctx, started["id"], result))
+
+
+def _request(refund: asyncpg.Record, charge_ref: str) -> RefundRequest:
+    """The refund a refunds row sends (and a lookup sends again)."""
+    return RefundRequest(
+        idempotency_key=refund["provider_key"],
+        charge_ref=charge_ref,
+        amount=refund["amount"],
+        currency=refund["currency"],
+        reference=str(refund["id"]),
+        metadata=(("refund_id", str(refund["id"])), ("order_id", str(refund["order_id"]))),
+    )
+
+
+async def _look_up(ctx: Context, refund: asyncpg.Record) -> RefundResult | None:
+    payment = await payments_db.get(ctx.db, refund["payment_id"], None)
+    assert payment is not None
+    return await ctx.provider.lookup_refund(_request(refund, payment["provider_ref"]))
+
+
+async def undo(ctx: Context, refund_id: int, failure_reason: str | None) -> asyncpg.Record | None:
+    """A succeeded refund the provider reports failed afterwards: undone on the payment
+    and the order (an order that became refunded goes back to its status before), with
+    refund.failed. None when it was not succeeded (nothing changed)."""
+    undone = await refunds_db.fail(ctx.db, refund_id, failure_reason=failure_reason)
+    if undone is None:
+        return None
+    ctx.metrics.refunds.labels("failed_later").inc()
+    if undone["restored_status"] is not None:
+        ctx.metrics.order_transition("refunded", undone["restored_status"])
+    log.warning(
+        "a refund failed at the provider after it had succeeded; undone",
+        extra={"refund_id": refund_id, "order_id": undone["order_id"], "reason": failure_reason},
+    )
+    return undone
 
 
 async def _settle(ctx: Context, refund_id: int, result: RefundResult | None) -> asyncpg.Record:
@@ -171,8 +219,11 @@ async def reconcile(ctx: Context) -> int:
     provider. Returns how many were settled."""
     settled = 0
     claimed = await refunds_db.claim_stale(
-        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), worker=ctx.liveness.worker
+        ctx.db,
+        batch=_RECONCILE_BATCH,
+        lease_seconds=lease_seconds(ctx),
+        worker=ctx.liveness.worker,
+        provider=ctx.provider.name,
     )
-    for refund_row in claimed:
-        settled += await reconcile_in_actor(ctx, "refund", refund_row, ctx.provider.lookup_refund, _settle)
+    settled += await each_at_once(claimed, lambda row: reconcile_in_actor(ctx, "refund", row, _look_up, _settle))
     return settled

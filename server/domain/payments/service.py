@@ -19,6 +19,13 @@ runs out (the provider did not answer, or the worker lost its lock). Meanwhile
 the pending row blocks any other payment of the order (a partial unique index), as
 well as cancelling, changing, deleting and expiring it.
 
+A provider may answer that the charge waits for its customer (3-D Secure): step 3
+then records the payment as `requires_action` (202, with what the customer's app
+needs); it still blocks a second payment of the order, but not the order's end. Its
+outcome comes later: a provider event (provider_events.py), or cancelling it, which
+answers the outcome it reached if too late. A new payment of the order first cancels
+it; the reconciler cancels those of orders that ended (expired, cancelled) meanwhile.
+
 Refunds (refunds.py) take the same three steps; both share the Idempotency-Key
 handling (idempotency.py), the provider's call discipline (provider.py) and
 reconciliation (`reconcile_in_actor`).
@@ -26,6 +33,7 @@ reconciliation (`reconcile_in_actor`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -36,7 +44,6 @@ from typing import TypeVar
 import asyncpg
 import orjson
 
-from db import orders as orders_db
 from db import payments as payments_db
 from db.pool import Executor
 from db.refusals import Refusal
@@ -50,6 +57,7 @@ from server.domain.payments.provider import ChargeRequest, ChargeResult, RefundR
 log = logging.getLogger(__name__)
 
 _RECONCILE_BATCH = 100
+_RECONCILE_AT_ONCE = 16
 R = TypeVar("R")  # what the provider's lookup answers (a charge's or a refund's result)
 
 
@@ -68,13 +76,27 @@ class PaymentRequest:
 
 
 def provider_timeout(ctx: Context) -> float:
-    return ctx.config.payment_provider_timeout_ms / 1000
+    """How long one call of the provider may take, its own retries included (each try
+    within PAYMENT_PROVIDER_TIMEOUT_MS)."""
+    return ctx.provider.call_seconds(ctx.config.payment_provider_timeout_ms / 1000)
 
 
 def lease_seconds(ctx: Context) -> float:
     """How long a payment's (or refund's) own worker may take to settle it (the call
     and one lookup, each bounded by the provider timeout) before the reconciler may."""
     return 2 * provider_timeout(ctx) + 5
+
+
+def charge_request(payment: asyncpg.Record) -> ChargeRequest:
+    """The charge a payment sends (and a lookup sends again)."""
+    return ChargeRequest(
+        idempotency_key=payment["provider_key"],
+        amount=payment["amount"],
+        currency=payment["currency"],
+        token=payment["payment_method"] or "",
+        reference=str(payment["id"]),
+        order_id=payment["order_id"],
+    )
 
 
 async def get(ctx: Context, principal: Principal, payment_id: int) -> asyncpg.Record:
@@ -97,11 +119,19 @@ async def pay(
     if replay is not None:
         return replay
     # Before any key is claimed or the order's actor is asked: someone else's order
-    # (or none) is refused, stores nothing and waits in no queue.
-    if await orders_db.owner(ctx.db, request.order_id) != user_id:
+    # (or none) is refused, stores nothing and waits in no queue; so is a total below
+    # the provider's smallest charge (nothing is sent).
+    order = await payments_db.payable(ctx.db, request.order_id)
+    if order is None or order["user_id"] != user_id:
         raise Refusal("order_not_found")
+    minimum = ctx.provider.minimum_amounts.get(order["currency"].lower())
+    if order["status"] == "pending" and minimum is not None and order["total"] < minimum:
+        raise Refusal("amount_below_minimum", minimum=minimum, currency=order["currency"])
+    waiting = bool(order["waiting"])
 
     async def command(actor: OrderActor) -> Result:
+        if waiting:
+            await _end_waiting_payment(ctx, request.order_id)
         return await _pay_in_actor(ctx, user_id, request, idempotency_key, fingerprint, client_ip)
 
     return await ctx.supervisor.ask(request.order_id, command, user_id=user_id)
@@ -114,17 +144,11 @@ async def _pay_in_actor(
     if isinstance(started, Result):
         return started
     payment = started
-    charge = ChargeRequest(
-        idempotency_key=payment["provider_key"],
-        amount=payment["amount"],
-        currency=payment["currency"],
-        token=request.token,
-        reference=str(payment["id"]),
-    )
+    charge = charge_request(payment)
     result = await call_or_look_up(
         provider_timeout(ctx),
         lambda: ctx.provider.charge(charge),
-        lambda: ctx.provider.lookup(charge.idempotency_key),
+        lambda: ctx.provider.lookup(charge),
         {"payment_id": payment["id"]},
     )
     if result is None:
@@ -132,6 +156,29 @@ async def _pay_in_actor(
         log.warning("payment outcome unknown; left to reconciliation", extra={"payment_id": payment["id"]})
         return result_for(payment)
     return result_for(await _settle(ctx, payment["id"], result))
+
+
+async def _end_waiting_payment(ctx: Context, order_id: int) -> None:
+    """Before a new payment of the order: its payment waiting for the customer (read
+    again in the order's actor), if any,
+    is cancelled at the provider and settled with the outcome (failed; or succeeded if
+    the customer finished it meanwhile, and then step 1 refuses: the order is paid)."""
+    waiting = await payments_db.waiting(ctx.db, order_id)
+    if waiting is not None:
+        await _cancel_waiting(ctx, waiting, refuse=True)
+
+
+async def _cancel_waiting(ctx: Context, payment: asyncpg.Record, *, refuse: bool) -> None:
+    answered, result = await bounded(
+        provider_timeout(ctx),
+        lambda: ctx.provider.cancel(payment["provider_ref"], f"{payment['provider_key']}-cancel"),
+    )
+    if not answered or result is None:
+        log.warning("cancelling a waiting payment failed; retried later", extra={"payment_id": payment["id"]})
+        if refuse:
+            raise Refusal("payment_in_flight")
+        return
+    await _settle(ctx, payment["id"], result)
 
 
 async def _begin(
@@ -157,6 +204,7 @@ async def _begin(
             max_declines_per_user=config.payment_max_declines_per_user,
             client_ip=client_ip,
             max_declines_per_ip=config.payment_max_declines_per_ip,
+            payment_method=request.token,
         )
 
     try:
@@ -169,19 +217,32 @@ async def _begin(
 
 async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> asyncpg.Record:
     """Step 3: record the outcome (None: the provider never made the charge)."""
+    secret = next_action = None
     if result is None:
         status, provider_ref, reason = "failed", None, "not_charged"
     elif result.status == "succeeded":
         status, provider_ref, reason = "succeeded", result.provider_ref, None
+    elif result.status == "requires_action":
+        status, provider_ref, reason = "requires_action", result.provider_ref, None
+        secret = result.client_secret
+        next_action = None if result.next_action is None else orjson.dumps(result.next_action).decode()
     else:
         status, provider_ref, reason = "failed", result.provider_ref, result.failure_reason
-    row = await payments_db.settle(ctx.db, payment_id, status=status, provider_ref=provider_ref, failure_reason=reason)
+    row = await payments_db.settle(
+        ctx.db,
+        payment_id,
+        status=status,
+        provider_ref=provider_ref,
+        failure_reason=reason,
+        client_secret=secret,
+        next_action=next_action,
+    )
     if row is None:
         # Settled by someone else meanwhile (a reconciler): report what it recorded.
         current = await payments_db.get(ctx.db, payment_id, None)
         assert current is not None
         return current
-    outcome = "refunded" if row["refund_due"] else ("succeeded" if row["status"] == "succeeded" else "declined")
+    outcome = "refunded" if row["refund_due"] else ("declined" if row["status"] == "failed" else row["status"])
     ctx.metrics.payments.labels(outcome).inc()
     if row["status"] == "succeeded":
         ctx.metrics.order_transition("pending", "paid")
@@ -198,6 +259,7 @@ async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
         amount=payment["amount"],
         currency=payment["currency"],
         reference=str(payment["id"]),
+        metadata=(("payment_id", str(payment["id"])), ("order_id", str(payment["order_id"]))),
     )
     answered, result = await bounded(provider_timeout(ctx), lambda: ctx.provider.refund(request))
     if not answered or result is None:
@@ -207,43 +269,92 @@ async def _refund_unpayable(ctx: Context, payment: asyncpg.Record) -> None:
         # The same key gives the same answer: this charge needs an operator.
         log.error("the provider refused to refund a charge kept for no order", extra={"payment_id": payment["id"]})
         return
-    await payments_db.set_refunded(ctx.db, payment["id"], result.provider_ref)
+    await payments_db.set_refunded(ctx.db, payment["id"], result.provider_ref or request.idempotency_key)
     log.warning("charge refunded: the order could no longer be paid", extra={"payment_id": payment["id"]})
 
 
 async def reconcile(ctx: Context) -> int:
     """Settle pending payments whose worker is gone or whose lease ran out, by asking
-    the provider; retry refunds that are due. Returns how many payments were settled."""
+    the provider; cancel the waiting payments of orders that ended; retry refunds that
+    are due. Returns how many payments were settled."""
     settled = 0
     claimed = await payments_db.claim_stale(
-        ctx.db, batch=_RECONCILE_BATCH, lease_seconds=lease_seconds(ctx), worker=ctx.liveness.worker
+        ctx.db,
+        batch=_RECONCILE_BATCH,
+        lease_seconds=lease_seconds(ctx),
+        worker=ctx.liveness.worker,
+        provider=ctx.provider.name,
     )
-    for payment in claimed:
-        settled += await reconcile_in_actor(ctx, "payment", payment, ctx.provider.lookup, _settle)
-    for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH):
+    settled += await each_at_once(claimed, lambda row: reconcile_in_actor(ctx, "payment", row, _look_up, _settle))
+    if ctx.provider.sends_events:
+        abandoned = await payments_db.claim_abandoned(
+            ctx.db,
+            batch=_RECONCILE_BATCH,
+            lease_seconds=lease_seconds(ctx),
+            worker=ctx.liveness.worker,
+            provider=ctx.provider.name,
+        )
+        settled += await each_at_once(abandoned, lambda row: _cancel_in_actor(ctx, row))
+    for due in await payments_db.refunds_due(ctx.db, _RECONCILE_BATCH, ctx.provider.name):
         await _refund_unpayable(ctx, due)
     return settled
+
+
+async def each_at_once(rows: list[asyncpg.Record], settle: Callable[[asyncpg.Record], Awaitable[int]]) -> int:
+    """`settle` each claimed row, _RECONCILE_AT_ONCE at a time (each in its own order's
+    actor): a provider that takes its time is asked about many at once, not one after
+    another. Returns the sum of what they answered."""
+    gate = asyncio.Semaphore(_RECONCILE_AT_ONCE)
+
+    async def one(row: asyncpg.Record) -> int:
+        async with gate:
+            return await settle(row)
+
+    return sum(await asyncio.gather(*(one(row) for row in rows)))
+
+
+async def _look_up(ctx: Context, payment: asyncpg.Record) -> ChargeResult | None:
+    return await ctx.provider.lookup(charge_request(payment))
+
+
+async def _cancel_in_actor(ctx: Context, payment: asyncpg.Record) -> int:
+    """The PaymentIntent of a payment still waiting for its customer when its order
+    ended: cancelled, and the payment settled with the outcome, in the order's actor."""
+
+    async def command(actor: OrderActor) -> None:
+        await _cancel_waiting(ctx, payment, refuse=False)
+        ctx.metrics.reconciliations.labels("payment", "cancelled").inc()
+        log.info("waiting payment of an ended order cancelled", extra={"payment_id": payment["id"]})
+
+    try:
+        await ctx.supervisor.ask(payment["order_id"], command)
+    except Refusal:
+        return 0
+    return 1
 
 
 async def reconcile_in_actor(
     ctx: Context,
     kind: str,
     row: asyncpg.Record,
-    lookup: Callable[[str], Awaitable[R | None]],
+    lookup: Callable[[Context, asyncpg.Record], Awaitable[R | None]],
     settle: Callable[[Context, int, R | None], Awaitable[asyncpg.Record]],
 ) -> int:
     """Ask the provider what became of one pending payment or refund (`kind`, its
-    claimed `row`) and settle it, in its order's actor. Returns 1 once the command ran
-    (a provider still unreachable leaves the row for a later round), 0 when the actor
-    could not take it (busy, or shutting down: the lease brings the row back)."""
+    claimed `row`, asked about with the request it sent) and settle it, in its order's
+    actor. Returns 1 once the command ran (a provider still unreachable leaves the row
+    for a later round), 0 when the actor could not take it (busy, or shutting down: the
+    lease brings the row back)."""
     ids = {f"{kind}_id": row["id"], "order_id": row["order_id"]}
 
     async def command(actor: OrderActor) -> None:
-        answered, result = await bounded(provider_timeout(ctx), lambda: lookup(row["provider_key"]))
+        answered, result = await bounded(provider_timeout(ctx), lambda: lookup(ctx, row))
         if not answered:
+            ctx.metrics.reconciliations.labels(kind, "unanswered").inc()
             log.warning("provider unreachable; reconciliation retried later", extra=ids)
             return
         settled = await settle(ctx, row["id"], result)
+        ctx.metrics.reconciliations.labels(kind, "settled").inc()
         log.info(f"{kind} reconciled", extra={**ids, "status": settled["status"]})
 
     try:
