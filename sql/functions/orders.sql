@@ -117,11 +117,16 @@ BEGIN
     IF p_max_held <= 0 THEN
         RETURN NULL;
     END IF;
-    v_orders := ARRAY(SELECT o.id FROM orders o
-                       WHERE (CASE WHEN p_user_id IS NOT NULL THEN o.user_id = p_user_id
-                                   ELSE o.client_ip = p_client_ip END)
-                         AND o.status = 'pending' AND o.deleted_at IS NULL
-                         AND o.id IS DISTINCT FROM p_except_order);
+    -- Two statements, each able to use its own partial index.
+    IF p_user_id IS NOT NULL THEN
+        v_orders := ARRAY(SELECT o.id FROM orders o
+                           WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
+                             AND o.id IS DISTINCT FROM p_except_order);
+    ELSE
+        v_orders := ARRAY(SELECT o.id FROM orders o
+                           WHERE o.client_ip = p_client_ip AND o.status = 'pending' AND o.deleted_at IS NULL
+                             AND o.id IS DISTINCT FROM p_except_order);
+    END IF;
     RETURN (SELECT jsonb_build_object('code', p_code, 'product_id', w.product_id)
               FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
              WHERE w.quantity + coalesce((
