@@ -346,3 +346,42 @@ async def overdue_count(db: Database, grace_seconds: float) -> int:
     """Pending orders more than `grace_seconds` past their expiry."""
     value: int = await db.fetchval(_OVERDUE, grace_seconds)
     return value
+
+
+# Each hold counter against a recount from the pending orders (a key missing on either
+# side counts as 0): the rows that differ, as (counter, key, kept, counted).
+_HOLD_VIOLATIONS = """
+WITH pending AS (
+    SELECT o.user_id, o.client_ip, i.product_id, i.quantity, i.line_no
+    FROM orders o JOIN order_items i ON i.order_id = o.id
+    WHERE o.status = 'pending' AND o.deleted_at IS NULL
+)
+SELECT 'customer_pending_orders' AS counter, coalesce(k.user_id, c.user_id)::text AS key,
+       coalesce(k.orders, 0) AS kept, coalesce(c.orders, 0) AS counted
+FROM customer_pending_orders k
+FULL JOIN (SELECT user_id, count(*) FILTER (WHERE line_no = 1) AS orders FROM pending GROUP BY user_id) c
+    ON c.user_id = k.user_id
+WHERE coalesce(k.orders, 0) <> coalesce(c.orders, 0)
+UNION ALL
+SELECT 'customer_holds', coalesce(k.user_id, c.user_id) || '/' || coalesce(k.product_id, c.product_id),
+       coalesce(k.units, 0), coalesce(c.units, 0)
+FROM customer_holds k
+FULL JOIN (SELECT user_id, product_id, sum(quantity) AS units FROM pending GROUP BY user_id, product_id) c
+    ON c.user_id = k.user_id AND c.product_id = k.product_id
+WHERE coalesce(k.units, 0) <> coalesce(c.units, 0)
+UNION ALL
+SELECT 'address_holds', coalesce(k.client_ip, c.client_ip) || '/' || coalesce(k.product_id, c.product_id),
+       coalesce(k.units, 0), coalesce(c.units, 0)
+FROM address_holds k
+FULL JOIN (SELECT client_ip, product_id, sum(quantity) AS units FROM pending
+           WHERE client_ip IS NOT NULL GROUP BY client_ip, product_id) c
+    ON c.client_ip = k.client_ip AND c.product_id = k.product_id
+WHERE coalesce(k.units, 0) <> coalesce(c.units, 0)
+ORDER BY 1, 2
+"""
+
+
+async def hold_violations(db: Executor) -> list[asyncpg.Record]:
+    """Hold counters (pending orders per customer, units held per customer and per
+    client address and product) that differ from a recount of the pending orders."""
+    return await db.fetch(_HOLD_VIOLATIONS)

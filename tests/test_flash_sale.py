@@ -65,6 +65,7 @@ async def _place(conn: asyncpg.Connection, product_id: int, orders: list[orders_
                     answers.append(refusal)
         stock = await conn.fetchval("SELECT stock FROM products WHERE id = $1", product_id)
         events = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'order.created'")
+        assert await orders_db.hold_violations(conn) == []  # the counters moved by what was placed
         return [_answer(a) for a in answers], stock, events
     finally:
         await transaction.rollback()

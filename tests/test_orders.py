@@ -519,6 +519,47 @@ async def test_the_invariant_checker_detects_a_stock_leak(api: Api, db: asyncpg.
     assert await invariant_violations(clean_db) == [f"product {product['id']}: received 5 != stock 4 + held 2 + sold 0"]
 
 
+async def _holds(db: asyncpg.Connection) -> tuple[list[tuple[Any, ...]], ...]:
+    """The hold counters, each table's rows in key order."""
+    queries = (
+        "SELECT user_id, orders FROM customer_pending_orders ORDER BY 1",
+        "SELECT user_id, product_id, units FROM customer_holds ORDER BY 1, 2",
+        "SELECT client_ip, product_id, units FROM address_holds ORDER BY 1, 2",
+    )
+    return tuple([[tuple(r) for r in await db.fetch(query)] for query in queries])
+
+
+async def test_hold_counters_follow_orders_as_they_are_placed_changed_and_ended(
+    api: Api, db: asyncpg.Connection, clean_db: str
+) -> None:
+    user = await api.customer()
+    p1, p2 = (await api.product(stock=10))["id"], (await api.product(stock=10))["id"]
+    first = (await api.order(user, (p1, 2))).json["id"]
+    second = (await api.order(user, (p1, 1), (p2, 1))).json["id"]
+    ip = "127.0.0.1"
+    assert await _holds(db) == ([(user.id, 2)], [(user.id, p1, 3), (user.id, p2, 1)], [(ip, p1, 3), (ip, p2, 1)])
+    items = [{"product_id": p2, "quantity": 3}]
+    assert (await api.call("PUT", f"/api/orders/{first}", json={"items": items}, token=user.token)).status == 200
+    assert await _holds(db) == ([(user.id, 2)], [(user.id, p1, 1), (user.id, p2, 4)], [(ip, p1, 1), (ip, p2, 4)])
+    await api.call("PUT", f"/api/orders/{second}", json={"status": "cancelled"}, token=user.token)
+    assert await _holds(db) == ([(user.id, 1)], [(user.id, p2, 3)], [(ip, p2, 3)])
+    assert await invariant_violations(clean_db) == []
+    assert (await api.call("DELETE", f"/api/orders/{first}", token=user.token)).status == 204
+    assert await _holds(db) == ([], [], [])
+
+
+async def test_the_invariant_checker_detects_a_hold_counter_that_drifted(
+    api: Api, db: asyncpg.Connection, clean_db: str
+) -> None:
+    user = await api.customer()
+    product = await api.product(stock=5)
+    await api.order(user, (product["id"], 2))
+    await db.execute("UPDATE customer_holds SET units = units + 1")
+    assert await invariant_violations(clean_db) == [
+        f"customer_holds {user.id}/{product['id']}: kept 3 != 2 counted from the pending orders"
+    ]
+
+
 async def test_stock_can_never_go_negative(db: asyncpg.Connection, api: Api) -> None:
     product = await api.product(stock=1)
     with pytest.raises(asyncpg.CheckViolationError):

@@ -20,7 +20,8 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
 
     Always: stock received = stock + held by pending orders + sold (refunded orders
     count as sold unless their completing refund restocked them, and then once),
-    stock >= 0; exactly one charge per paid order; refunds never exceed their
+    stock >= 0; the hold counters agree with the pending orders; exactly one charge
+    per paid order; refunds never exceed their
     payment, amount_refunded (payment and order) equals the sum of succeeded
     refunds, and the provider refunded exactly what we recorded; every order in a
     known status; every discount's times_redeemed is the number of orders holding
@@ -33,6 +34,10 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
         for r in await orders_db.stock_violations(
             db, order_status.HOLDS_STOCK, order_status.SOLD, order_status.SOLD_UNLESS_RESTOCKED
         )
+    ]
+    problems += [
+        f"{r['counter']} {r['key']}: kept {r['kept']} != {r['counted']} counted from the pending orders"
+        for r in await orders_db.hold_violations(db)
     ]
     problems += await payments_db.charge_violations(db, order_status.SOLD | order_status.SOLD_UNLESS_RESTOCKED)
     problems += await refunds_db.refund_violations(db)

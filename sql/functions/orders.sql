@@ -4,8 +4,8 @@
 -- Lock order, everywhere: the customer's row (when hold limits are checked; a batch's
 -- customers in ascending id order), then the order row(s), then the product rows in
 -- ascending id order, then the advisory locks and rows of the discount codes involved
--- (checkout.sql); so concurrent transactions can wait for each other but never
--- deadlock. Statuses are checked on the locked rows, so no decision is made on stale
+-- (checkout.sql), and last the hold counters (move_holds: once per transaction, in key
+-- order); so concurrent transactions can wait for each other but never deadlock. Statuses are checked on the locked rows, so no decision is made on stale
 -- data.
 --
 -- A refusal comes back as a jsonb document, {"code": ..., and what it is about}, with
@@ -92,58 +92,100 @@ BEGIN
 END
 $$;
 
+-- What pending orders hold moves (sql/028_hold_counters.sql): element i of the arrays
+-- is p_units[i] units of p_product_ids[i] taken (positive) or given back (negative) by
+-- an order of customer p_user_ids[i] placed from p_client_ips[i], and p_orders[i] the
+-- change of that customer's pending orders it carries (an order's on one element
+-- only). Each counter is moved once, in key order, and emptied ones are removed: the
+-- last thing a transaction does (the lock order above).
+CREATE OR REPLACE FUNCTION move_holds(
+    p_user_ids bigint[],
+    p_client_ips text[],
+    p_product_ids bigint[],
+    p_units integer[],
+    p_orders integer[]
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO customer_pending_orders AS c (user_id, orders)
+    SELECT m.user_id, sum(m.orders) FROM unnest(p_user_ids, p_orders) AS m (user_id, orders)
+     GROUP BY m.user_id HAVING sum(m.orders) <> 0 ORDER BY m.user_id
+        ON CONFLICT (user_id) DO UPDATE SET orders = c.orders + excluded.orders;
+    INSERT INTO customer_holds AS c (user_id, product_id, units)
+    SELECT m.user_id, m.product_id, sum(m.units)
+      FROM unnest(p_user_ids, p_product_ids, p_units) AS m (user_id, product_id, units)
+     GROUP BY m.user_id, m.product_id HAVING sum(m.units) <> 0 ORDER BY m.user_id, m.product_id
+        ON CONFLICT (user_id, product_id) DO UPDATE SET units = c.units + excluded.units;
+    INSERT INTO address_holds AS a (client_ip, product_id, units)
+    SELECT m.client_ip, m.product_id, sum(m.units)
+      FROM unnest(p_client_ips, p_product_ids, p_units) AS m (client_ip, product_id, units)
+     WHERE m.client_ip IS NOT NULL
+     GROUP BY m.client_ip, m.product_id HAVING sum(m.units) <> 0 ORDER BY m.client_ip, m.product_id
+        ON CONFLICT (client_ip, product_id) DO UPDATE SET units = a.units + excluded.units;
+    -- Rows this transaction has just locked: removing them takes no new lock.
+    DELETE FROM customer_pending_orders c WHERE c.user_id = ANY (p_user_ids) AND c.orders = 0;
+    DELETE FROM customer_holds c
+     WHERE c.user_id = ANY (p_user_ids) AND c.product_id = ANY (p_product_ids) AND c.units = 0;
+    DELETE FROM address_holds a
+     WHERE a.client_ip = ANY (p_client_ips) AND a.product_id = ANY (p_product_ids) AND a.units = 0;
+END
+$$;
+
+-- These orders stop holding (they leave `pending`): everything they held given back.
+CREATE OR REPLACE FUNCTION release_holds(p_order_ids bigint[]) RETURNS void
+LANGUAGE sql AS $$
+    SELECT move_holds(array_agg(o.user_id), array_agg(o.client_ip), array_agg(i.product_id),
+                      array_agg(-i.quantity), array_agg(CASE WHEN i.line_no = 1 THEN -1 ELSE 0 END))
+      FROM orders o JOIN order_items i ON i.order_id = o.id
+     WHERE o.id = ANY (p_order_ids)
+$$;
+
 -- Stock hoarding: the refusal p_code, naming the first product of which the pending
--- orders counted (but p_except_order, whose items are being replaced) plus these items
--- would hold more than p_max_held units (0: no limit, and nothing read); NULL when none
--- would. The orders counted are a customer's (p_user_id: 'too_many_held', asked under
--- the customer's lock), or those placed from one client address (p_client_ip:
--- 'too_many_held_at_address', so that fresh accounts do not multiply the limit; asked
--- once the products are locked, so orders of the same products from any account
--- decide one after the other, and being a statement of its own it sees what the
--- previous holder of their locks committed).
+-- orders counted plus these items plus p_offset_quantities (what this transaction's
+-- earlier orders of the same holder took, or minus what the order whose items are
+-- being replaced holds) would hold more than p_max_held units (0: no limit, and
+-- nothing read); NULL when none would. The holder is a customer (p_user_id:
+-- 'too_many_held', asked under the customer's lock), or the client address the orders
+-- were placed from (p_client_ip: 'too_many_held_at_address', so that fresh accounts
+-- do not multiply the limit; asked once the products are locked, so orders of the
+-- same products from any account decide one after the other, and in a statement of
+-- its own, which sees what the previous holder of their locks committed).
 CREATE OR REPLACE FUNCTION hoarding_refusal(
     p_code text,
     p_user_id bigint,
     p_client_ip text,
-    p_except_order bigint,
     p_product_ids bigint[],
     p_quantities integer[],
+    p_offset_ids bigint[],
+    p_offset_quantities integer[],
     p_max_held integer
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_orders bigint[];
-BEGIN
-    IF p_max_held <= 0 THEN
-        RETURN NULL;
-    END IF;
-    -- Two statements, each able to use its own partial index.
-    IF p_user_id IS NOT NULL THEN
-        v_orders := ARRAY(SELECT o.id FROM orders o
-                           WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
-                             AND o.id IS DISTINCT FROM p_except_order);
-    ELSE
-        v_orders := ARRAY(SELECT o.id FROM orders o
-                           WHERE o.client_ip = p_client_ip AND o.status = 'pending' AND o.deleted_at IS NULL
-                             AND o.id IS DISTINCT FROM p_except_order);
-    END IF;
-    RETURN (SELECT jsonb_build_object('code', p_code, 'product_id', w.product_id)
-              FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
-             WHERE w.quantity + coalesce((
-                       SELECT sum(i.quantity) FROM order_items i
-                        WHERE i.order_id = ANY (v_orders) AND i.product_id = w.product_id
-                   ), 0) > p_max_held
-             ORDER BY w.product_id
-             LIMIT 1);
-END
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('code', p_code, 'product_id', w.product_id)
+      FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
+     WHERE p_max_held > 0
+       AND w.quantity
+           + coalesce((SELECT sum(o.quantity) FROM unnest(p_offset_ids, p_offset_quantities) AS o (product_id, quantity)
+                        WHERE o.product_id = w.product_id), 0)
+           + coalesce(CASE WHEN p_user_id IS NOT NULL
+                           THEN (SELECT c.units FROM customer_holds c
+                                  WHERE c.user_id = p_user_id AND c.product_id = w.product_id)
+                           ELSE (SELECT a.units FROM address_holds a
+                                  WHERE a.client_ip = p_client_ip AND a.product_id = w.product_id)
+                      END, 0) > p_max_held
+     ORDER BY w.product_id
+     LIMIT 1
 $$;
 
 -- One new pending order and its order.created event, with the caller holding the
--- customer's row lock; or a refusal with nothing written. Its stock is not taken here:
--- the caller updates the products once for all the orders it places (create_order, one
--- order; create_orders, a batch), and p_taken_ids/p_taken_quantities are the units of
--- them this transaction's earlier orders took meanwhile (they count as gone). The
--- checks, in order: the customer's hoarding limits ('too_many_pending',
+-- customer's row lock; or a refusal with nothing written. Neither its stock nor its
+-- holds are taken here: the caller updates the products and moves the hold counters
+-- once for all the orders it places (create_order, one order; create_orders, a batch).
+-- p_taken_ids/p_taken_quantities are the units of them this transaction's earlier
+-- orders took meanwhile (they count as gone), p_taken_by_customer and
+-- p_taken_at_address the part of those taken by this customer's orders and by orders
+-- from this client address, and p_placed_by_customer the customer's earlier orders
+-- here (they count as held and pending). The checks, in order: the customer's hoarding limits ('too_many_pending',
 -- 'too_many_held'), the item rules (price_order_items, which locks the products), the
 -- address's hoarding limit ('too_many_held_at_address'), then the checkout's (an order
 -- that names an address, a method or a code: price_shipping, then price_discount, which
@@ -155,6 +197,9 @@ CREATE OR REPLACE FUNCTION place_order(
     p_quantities integer[],
     p_taken_ids bigint[],
     p_taken_quantities integer[],
+    p_taken_by_customer integer[],
+    p_taken_at_address integer[],
+    p_placed_by_customer integer,
     p_ttl_seconds double precision,
     p_max_pending integer,
     p_max_held integer,
@@ -178,21 +223,20 @@ DECLARE
     v_discount_id bigint;
     v_discount order_discount;
 BEGIN
-    -- Counted up to the limit only: the check costs at most that many index entries,
-    -- however many pending orders a customer holds.
-    IF (SELECT count(*) FROM (SELECT 1 FROM orders o
-                               WHERE o.user_id = p_user_id AND o.status = 'pending' AND o.deleted_at IS NULL
-                               LIMIT p_max_pending) AS pending) >= p_max_pending THEN
+    IF p_placed_by_customer + coalesce((SELECT c.orders FROM customer_pending_orders c WHERE c.user_id = p_user_id), 0)
+       >= p_max_pending THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], jsonb_build_object('code', 'too_many_pending');
         RETURN;
     END IF;
-    v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, NULL, p_product_ids, p_quantities, p_max_held);
+    v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, p_product_ids, p_quantities,
+                                  p_taken_ids, p_taken_by_customer, p_max_held);
     IF v_refusal IS NULL THEN
         SELECT * INTO v_priced
           FROM price_order_items(p_product_ids, p_quantities, p_taken_ids,
                                  ARRAY(SELECT -t.quantity FROM unnest(p_taken_quantities) AS t (quantity)));
         v_refusal := coalesce(v_priced.refusal, hoarding_refusal(
-            'too_many_held_at_address', NULL, p_client_ip, NULL, p_product_ids, p_quantities, p_max_held_at_address));
+            'too_many_held_at_address', NULL, p_client_ip, p_product_ids, p_quantities,
+            p_taken_ids, p_taken_at_address, p_max_held_at_address));
     END IF;
     -- Checkout: only an order that names them reads addresses, methods and discounts.
     IF v_refusal IS NULL AND (p_address IS NOT NULL OR p_address_id IS NOT NULL OR p_method_id IS NOT NULL) THEN
@@ -260,14 +304,18 @@ DECLARE
 BEGIN
     PERFORM 1 FROM users WHERE id = p_user_id FOR NO KEY UPDATE;
     SELECT * INTO v_placed
-      FROM place_order(p_user_id, p_client_ip, p_product_ids, p_quantities, '{}', '{}', p_ttl_seconds,
-                       p_max_pending, p_max_held, p_max_held_at_address,
+      FROM place_order(p_user_id, p_client_ip, p_product_ids, p_quantities, '{}', '{}', '{}', '{}', 0,
+                       p_ttl_seconds, p_max_pending, p_max_held, p_max_held_at_address,
                        p_address, p_address_id, p_method_id, p_code, p_max_unknown, p_guess_window);
     IF v_placed.refusal IS NULL THEN
         -- (The id = ANY condition lets the plan find the rows by primary key.)
         UPDATE products pr SET stock = pr.stock - w.quantity, updated_at = now()
           FROM unnest(p_product_ids, p_quantities) AS w (product_id, quantity)
          WHERE pr.id = ANY (p_product_ids) AND pr.id = w.product_id;
+        PERFORM move_holds(array_fill(p_user_id, ARRAY[cardinality(p_product_ids)]),
+                           array_fill(p_client_ip, ARRAY[cardinality(p_product_ids)]),
+                           p_product_ids, p_quantities,
+                           ARRAY[1] || array_fill(0, ARRAY[cardinality(p_product_ids) - 1]));
     END IF;
     RETURN QUERY SELECT v_placed.changed, v_placed.items, v_placed.refusal;
 END
@@ -298,24 +346,40 @@ CREATE OR REPLACE FUNCTION create_orders(
 ) RETURNS TABLE (changed orders, items order_item[], refusal jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_taken integer := 0;
     v_placed record;
+    v_prior record;
+    -- The orders placed so far: their customers, addresses and units.
+    v_users bigint[] := '{}';
+    v_ips text[] := '{}';
+    v_units integer[] := '{}';
 BEGIN
     PERFORM 1 FROM users WHERE id = ANY (p_user_ids) ORDER BY id FOR NO KEY UPDATE;
     FOR i IN 1 .. cardinality(p_user_ids) LOOP
+        SELECT coalesce(sum(u.units), 0)::integer AS taken,
+               coalesce(sum(u.units) FILTER (WHERE u.user_id = p_user_ids[i]), 0)::integer AS by_customer,
+               coalesce(sum(u.units) FILTER (WHERE u.client_ip = p_client_ips[i]), 0)::integer AS at_address,
+               count(*) FILTER (WHERE u.user_id = p_user_ids[i])::integer AS placed
+          INTO v_prior
+          FROM unnest(v_users, v_ips, v_units) AS u (user_id, client_ip, units);
         SELECT * INTO v_placed
           FROM place_order(p_user_ids[i], p_client_ips[i], ARRAY[p_product_id], ARRAY[p_quantities[i]],
-                           ARRAY[p_product_id], ARRAY[v_taken], p_ttl_seconds,
+                           ARRAY[p_product_id], ARRAY[v_prior.taken], ARRAY[v_prior.by_customer],
+                           ARRAY[v_prior.at_address], v_prior.placed, p_ttl_seconds,
                            p_max_pending, p_max_held, p_max_held_at_address,
                            p_addresses[i], p_address_ids[i], p_method_ids[i], p_codes[i],
                            p_max_unknown, p_guess_window);
         IF v_placed.refusal IS NULL THEN
-            v_taken := v_taken + p_quantities[i];
+            v_users := v_users || p_user_ids[i];
+            v_ips := v_ips || p_client_ips[i];
+            v_units := v_units || p_quantities[i];
         END IF;
         RETURN QUERY SELECT v_placed.changed, v_placed.items, v_placed.refusal;
     END LOOP;
-    IF v_taken > 0 THEN
-        UPDATE products pr SET stock = pr.stock - v_taken, updated_at = now() WHERE pr.id = p_product_id;
+    IF v_units <> '{}' THEN
+        UPDATE products pr SET stock = pr.stock - (SELECT sum(u) FROM unnest(v_units) AS u), updated_at = now()
+         WHERE pr.id = p_product_id;
+        PERFORM move_holds(v_users, v_ips, array_fill(p_product_id, ARRAY[cardinality(v_users)]), v_units,
+                           array_fill(1, ARRAY[cardinality(v_users)]));
     END IF;
 END
 $$;
@@ -341,12 +405,13 @@ END
 $$;
 
 -- End pending orders the caller has locked ('cancelled' or 'expired'): their stock
--- back, the new status, each one's event (order.cancelled, order.expired), and their
--- discounts' redemptions back (checkout.sql).
+-- back, the new status, each one's event (order.cancelled, order.expired), their
+-- discounts' redemptions back (checkout.sql), and their holds (the last locks).
 CREATE OR REPLACE FUNCTION end_pending_orders(p_order_ids bigint[], p_status text) RETURNS SETOF orders
 LANGUAGE plpgsql AS $$
 DECLARE
     v_order orders;
+    v_ended bigint[] := '{}';
     v_discounts bigint[] := '{}';
 BEGIN
     PERFORM return_stock(p_order_ids);
@@ -356,6 +421,7 @@ BEGIN
         RETURNING o.*
     LOOP
         PERFORM emit_event('order.' || p_status, order_snapshot(v_order, order_items_of(v_order.id)));
+        v_ended := v_ended || v_order.id;
         IF v_order.discount_id IS NOT NULL THEN
             v_discounts := v_discounts || v_order.discount_id;
         END IF;
@@ -364,6 +430,7 @@ BEGIN
     IF v_discounts <> '{}' THEN
         PERFORM release_redemptions(v_discounts);
     END IF;
+    PERFORM release_holds(v_ended);
 END
 $$;
 
@@ -456,8 +523,12 @@ BEGIN
         v_refusal := jsonb_build_object('code', 'payment_in_flight');
     END IF;
     IF v_refusal IS NULL AND p_product_ids IS NOT NULL THEN
-        v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, p_order_id,
-                                      p_product_ids, p_quantities, p_max_held);
+        -- What the order holds counts for it, not against it.
+        SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}')
+          INTO v_held_ids, v_held_quantities
+          FROM order_items i WHERE i.order_id = p_order_id;
+        v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, p_product_ids, p_quantities,
+                                      v_held_ids, ARRAY(SELECT -q FROM unnest(v_held_quantities) AS q), p_max_held);
     END IF;
     IF v_refusal IS NOT NULL THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
@@ -465,13 +536,10 @@ BEGIN
     END IF;
     SELECT * INTO v_order FROM orders o WHERE o.id = p_order_id;
     IF p_product_ids IS NOT NULL THEN
-        SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}')
-          INTO v_held_ids, v_held_quantities
-          FROM order_items i WHERE i.order_id = p_order_id;
         SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, v_held_ids, v_held_quantities);
         v_refusal := coalesce(v_priced.refusal, hoarding_refusal(
-            'too_many_held_at_address', NULL, v_order.client_ip, p_order_id,
-            p_product_ids, p_quantities, p_max_held_at_address));
+            'too_many_held_at_address', NULL, v_order.client_ip, p_product_ids, p_quantities,
+            v_held_ids, ARRAY(SELECT -q FROM unnest(v_held_quantities) AS q), p_max_held_at_address));
         v_items := v_priced.items;
         v_subtotal := v_priced.total;
         v_currency := v_priced.currency;
@@ -534,6 +602,14 @@ BEGIN
            discount_id = v_discount_id, discount = v_discount, updated_at = now()
      WHERE o.id = p_order_id
     RETURNING o.* INTO v_order;
+    IF p_product_ids IS NOT NULL THEN  -- the holds move by what it held minus what it now holds
+        PERFORM move_holds(
+            array_fill(p_user_id, ARRAY[cardinality(v_held_ids) + cardinality(p_product_ids)]),
+            array_fill(v_order.client_ip, ARRAY[cardinality(v_held_ids) + cardinality(p_product_ids)]),
+            v_held_ids || p_product_ids,
+            ARRAY(SELECT -q FROM unnest(v_held_quantities) AS q) || p_quantities,
+            array_fill(0, ARRAY[cardinality(v_held_ids) + cardinality(p_product_ids)]));
+    END IF;
 
     RETURN QUERY SELECT v_order, v_items, NULL::jsonb;
 END

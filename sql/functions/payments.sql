@@ -176,6 +176,7 @@ BEGIN
     END IF;
     IF (v_settled.paid_order).id IS NOT NULL THEN
         PERFORM emit_event('order.paid', order_snapshot(v_settled.paid_order, order_items_of((v_settled.paid_order).id)));
+        PERFORM release_holds(ARRAY[(v_settled.paid_order).id]);  -- paid: it no longer holds (the last locks)
     END IF;
 
     RETURN QUERY SELECT v_settled.payment, v_settled.refund_due;
