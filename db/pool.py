@@ -27,6 +27,9 @@ class PoolSettings:
     max_inactive_lifetime: float
     acquire_timeout: float
     command_timeout: float
+    # New work is turned away at once while the oldest new work in line has waited this
+    # long (0: never; acquire_timeout still bounds every wait).
+    shed_after: float
     connect_timeout: float
     statement_cache_size: int
 
@@ -72,13 +75,24 @@ class Database:
     times the median).
     """
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, watcher: SessionWatcher | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        acquire_timeout: float,
+        watcher: SessionWatcher | None = None,
+        shed_after: float = 0.0,
+    ) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
         self.on_wait: Callable[[float], None] | None = None
         self.watcher = watcher
         self._acquire: Callable[[Database], _Acquire] = _Acquire
-        self._line = _Line(pool.get_max_size(), acquire_timeout)
+        self._line = _Line(pool.get_max_size(), acquire_timeout, shed_after)
+
+    @property
+    def waiting(self) -> int:
+        """Requests (and actors) waiting in line for a connection now."""
+        return self._line.waiting
 
     def trace_with(self, tracer: Tracer) -> None:
         """Make each wait for a connection a span of its own (tracing is on)."""
@@ -131,6 +145,10 @@ def mark_work_started() -> None:
     _work_started.set(True)
 
 
+class Overloaded(TimeoutError):
+    """New work turned away at once: the line is already longer than it may wait."""
+
+
 class _Line:
     """First come, first served admission to `size` slots, with a deadline, in two
     lanes: work already started (a request's second statement, an actor's command)
@@ -138,16 +156,23 @@ class _Line:
     what it began and turns the excess away at its first wait (503 after the
     timeout), rather than making every request wait once per statement.
 
+    And it sheds (`shed_after` > 0): while the oldest new work in line has waited
+    `shed_after` seconds, new work is refused at once (Overloaded, a 503) instead of
+    queueing behind it, where it would wait at least as long. The line then holds
+    about `shed_after` seconds of work, whatever the number of clients: the requests
+    served keep a bounded wait, and the excess learns so immediately.
+
     Waiters that pass their deadline get TimeoutError from one shared timer
     (checking a few times a second), not from a timer each: the wait is measured
     in seconds, and a timer per request is a cost on the hot path.
     """
 
-    __slots__ = ("_free", "_new", "_reaper", "_started", "_timeout")
+    __slots__ = ("_free", "_new", "_reaper", "_shed_after", "_started", "_timeout")
 
-    def __init__(self, size: int, timeout: float) -> None:
+    def __init__(self, size: int, timeout: float, shed_after: float) -> None:
         self._free = size
         self._timeout = timeout
+        self._shed_after = shed_after
         self._started: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self._new: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self._reaper: asyncio.TimerHandle | None = None
@@ -159,6 +184,8 @@ class _Line:
             return 0.0
         loop = asyncio.get_running_loop()
         queued_at = loop.time()
+        if not started and self._shed_after and self._waited_longest(queued_at) >= self._shed_after:
+            raise Overloaded("too much work is waiting for the database")
         waiter: asyncio.Future[None] = loop.create_future()
         (self._started if started else self._new).append((queued_at + self._timeout, waiter))
         if self._reaper is None:
@@ -170,6 +197,17 @@ class _Line:
                 self.leave()  # the slot was handed over just as we were cancelled
             raise
         return loop.time() - queued_at
+
+    @property
+    def waiting(self) -> int:
+        return sum(not waiter.done() for lane in (self._started, self._new) for _, waiter in lane)
+
+    def _waited_longest(self, now: float) -> float:
+        """How long the oldest new work still in line has waited."""
+        lane = self._new
+        while lane and lane[0][1].done():  # gone (cancelled, timed out): not waiting
+            lane.popleft()
+        return now - (lane[0][0] - self._timeout) if lane else 0.0
 
     def leave(self) -> None:
         for lane in (self._started, self._new):
@@ -311,7 +349,7 @@ async def create_database(settings: PoolSettings, watcher: SessionWatcher | None
         init=_check_connection,
         reset=_keep_session,
     )
-    return Database(pool, settings.acquire_timeout, watcher)
+    return Database(pool, settings.acquire_timeout, watcher, settings.shed_after)
 
 
 _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (

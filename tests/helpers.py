@@ -222,6 +222,7 @@ class ServerProcess:
             "PASSWORD_HASH_TIME_COST": "1",
             "PASSWORD_HASH_MEMORY_KIB": "1024",
             "PASSWORD_HASH_PARALLELISM": "1",
+            "DB_POOL_SHED_AFTER": "0",  # as make_config (tests/conftest.py)
             "LOG_LEVEL": "WARNING",
             **(env or {}),
         }

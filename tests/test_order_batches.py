@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 
+from db.pool import Overloaded
 from db.refusals import Refusal
 from server.domain.order_batches import Batches
 
@@ -43,8 +44,10 @@ class Recorder:
         return [Refusal("short_stock") if order.startswith("x") else f"placed {order}" for order in orders]
 
 
-def batches(recorder: Recorder, max_batch: int = 64, timeout: float = 60.0) -> Batches[int, str, str]:
-    return Batches(recorder.one, recorder.many, max_batch=max_batch, timeout=timeout)
+def batches(
+    recorder: Recorder, max_batch: int = 64, timeout: float = 60.0, shed_after: float = 0.0
+) -> Batches[int, str, str]:
+    return Batches(recorder.one, recorder.many, max_batch=max_batch, timeout=timeout, shed_after=shed_after)
 
 
 async def settle(tasks: list[asyncio.Task[str]]) -> list[str | BaseException]:
@@ -143,6 +146,32 @@ async def test_an_order_that_waited_past_the_timeout_is_never_placed() -> None:
     answers = await settle([first, late])
     assert answers[0] == "placed a" and isinstance(answers[1], TimeoutError)
     assert recorder.calls == [["a"]]
+
+
+async def test_new_orders_are_shed_at_once_while_the_oldest_waiting_has_waited_shed_after() -> None:
+    recorder = Recorder()
+    b = batches(recorder, shed_after=0.05)
+    first = asyncio.create_task(b.place(1, "a"))
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(b.place(1, "b"))
+    await asyncio.sleep(0.1)  # "b" has now waited longer than shed_after
+    with pytest.raises(Overloaded):
+        await b.place(1, "c")
+    other = asyncio.create_task(b.place(2, "z"))  # another product's queue is its own
+    recorder.gate.set()
+    assert await settle([first, waiting, other]) == ["placed a", "placed b", "placed z"]
+    assert recorder.calls == [["a"], ["z"], ["b"]]
+
+
+async def test_no_order_is_shed_while_the_queue_is_younger_than_shed_after() -> None:
+    recorder = Recorder()
+    b = batches(recorder, shed_after=60.0)
+    first = asyncio.create_task(b.place(1, "a"))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(b.place(1, order)) for order in ("b", "c")]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert await settle([first, *rest]) == ["placed a", "placed b", "placed c"]
 
 
 async def test_a_cancelled_waiter_leaves_the_batch() -> None:

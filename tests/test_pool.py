@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from db.pool import Database, is_outage, new_request
+from db.pool import Database, Overloaded, is_outage, mark_work_started, new_request
 from db.refusals import Refusal
 from handlers.routing import CONTEXT
 from server.domain.auth import Tokens
-from tests.helpers import Api
+from tests.helpers import Api, eventually
 
 
 @pytest.fixture
@@ -88,6 +88,72 @@ async def test_a_request_that_waits_past_the_deadline_gets_timeout(tiny_db: Data
     for holder in holders:
         await holder.__aexit__(None, None, None)
     assert await tiny_db.fetchval("SELECT 1") == 1  # the slots came back
+
+
+async def _in_line(db: Database, count: int) -> bool:
+    return db.waiting == count
+
+
+async def test_new_work_is_shed_at_once_while_the_oldest_in_line_has_waited_shed_after(clean_db: str) -> None:
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    db = Database(pool, acquire_timeout=30.0, shed_after=0.05)
+    try:
+        holder = db.connection()
+        await holder.__aenter__()
+        new_request()  # what follows is new work again
+        first = asyncio.create_task(db.fetchval("SELECT 1"))
+        await eventually(lambda: _in_line(db, 1))
+        await asyncio.sleep(0.1)  # the first in line has now waited longer than shed_after
+        with pytest.raises(Overloaded):
+            await db.fetchval("SELECT 2")
+
+        async def started_work() -> Any:
+            mark_work_started()  # a request's second statement, an actor's command
+            return await db.fetchval("SELECT 3")
+
+        second = asyncio.create_task(started_work())  # never shed: it queues
+        await eventually(lambda: _in_line(db, 2))
+        await holder.__aexit__(None, None, None)
+        assert await asyncio.gather(first, second) == [1, 3]
+        assert await db.fetchval("SELECT 4") == 4  # the line is empty: nothing is shed
+    finally:
+        await pool.close()
+
+
+async def test_nothing_is_shed_while_the_line_is_younger_than_shed_after(clean_db: str) -> None:
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    db = Database(pool, acquire_timeout=30.0, shed_after=60.0)
+    try:
+        holder = db.connection()
+        await holder.__aenter__()
+        new_request()  # what follows is new work again
+        waiting = [asyncio.create_task(db.fetchval("SELECT $1::int", i)) for i in range(5)]
+        await eventually(lambda: _in_line(db, 5))
+        await holder.__aexit__(None, None, None)
+        assert await asyncio.gather(*waiting) == list(range(5))
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"db_pool_max_size": 1, "db_pool_min_size": 1, "db_pool_shed_after": 0.05}]
+)
+async def test_an_overloaded_worker_answers_new_requests_503_busy_at_once(api: Api, app: web.Application) -> None:
+    user = await api.customer()
+    db = app[CONTEXT].db
+    holder = db.connection()
+    await holder.__aenter__()
+    try:
+        first = asyncio.create_task(api.call("GET", "/api/users/profile", token=user.token))
+        await eventually(lambda: _in_line(db, 1))
+        await asyncio.sleep(0.1)  # the first in line has now waited longer than shed_after
+        reply = await api.call("GET", "/api/users/profile", token=user.token)
+        assert reply.status == 503
+        assert reply.headers["Retry-After"] == "1"
+        assert reply.json["detail"] == "the service is busy; retry shortly"
+    finally:
+        await holder.__aexit__(None, None, None)
+    assert (await first).status == 200
 
 
 @pytest.mark.parametrize("moment", ["while it waits", "just as a slot is handed to it"])

@@ -15,7 +15,10 @@ in a task of its own (an order's answer still means its reservation is committed
 a client that goes away cannot cancel the others' work), and a batch that fails for
 a reason other than an outage is retried order by order, so that one bad order
 cannot fail its neighbours. Waiting is bounded as the connection line bounds it
-(DB_POOL_ACQUIRE_TIMEOUT): an order that waited longer gets 503 and is never placed.
+(DB_POOL_ACQUIRE_TIMEOUT): an order that waited longer gets 503 and is never placed;
+and while the oldest order waiting for a product has waited DB_POOL_SHED_AFTER, new
+ones for it are answered 503 at once (Overloaded), so that the queue of a hot product
+holds a bounded wait however many buyers arrive.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from db.pool import is_outage, mark_work_started
+from db.pool import Overloaded, is_outage, mark_work_started
 from db.refusals import Refusal
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class Batches(Generic[K, Order, Answer]):
         *,
         max_batch: int,
         timeout: float,
+        shed_after: float = 0.0,
         observe: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._place_one = place_one
@@ -69,6 +73,7 @@ class Batches(Generic[K, Order, Answer]):
         self._place_many = place_many
         self._max_batch = max_batch
         self._timeout = timeout
+        self._shed_after = shed_after  # as the pool's line sheds (db/pool.py)
         # A key is here while a placement for it runs: with the orders waiting for the next.
         self._busy: dict[K, collections.deque[_Waiting[Order, Answer]]] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -86,9 +91,18 @@ class Batches(Generic[K, Order, Answer]):
             finally:
                 self._next(key)
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._shed_after and self._waited_longest(queue, now) >= self._shed_after:
+            raise Overloaded("too many orders are waiting for this product")
         reply: asyncio.Future[Answer] = loop.create_future()
-        queue.append(_Waiting(order, reply, loop.time() + self._timeout))
+        queue.append(_Waiting(order, reply, now + self._timeout))
         return await reply
+
+    def _waited_longest(self, queue: collections.deque[_Waiting[Order, Answer]], now: float) -> float:
+        """How long the oldest order still waiting for the key has waited."""
+        while queue and queue[0].reply.done():  # its request was cancelled
+            queue.popleft()
+        return now - (queue[0].deadline - self._timeout) if queue else 0.0
 
     def _next(self, key: K) -> None:
         """The placement for `key` is over: start the next batch, or free the key."""

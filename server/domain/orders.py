@@ -94,6 +94,7 @@ def batches(db: Database, config: Config, metrics: Metrics) -> OrderBatches:
         place_many,
         max_batch=config.order_batch_max,
         timeout=config.db_pool_acquire_timeout,
+        shed_after=config.db_pool_shed_after,
         observe=metrics.order_batch_size.observe,
     )
 

@@ -154,6 +154,14 @@ class Config(BaseModel):
         description="Seconds a request may wait for a free connection before its work starts; "
         "then 503 with Retry-After (the overload bound, with ACTOR_QUEUE_TIMEOUT_SECONDS).",
     )
+    db_pool_shed_after: float = Field(
+        0.5,
+        alias="DB_POOL_SHED_AFTER",
+        ge=0,
+        description="Overload shedding: while the oldest request waiting for a connection has waited this "
+        "many seconds, new requests are answered 503 with Retry-After at once instead of queueing "
+        "(0: never; DB_POOL_ACQUIRE_TIMEOUT bounds every wait either way).",
+    )
     db_command_timeout: float = Field(
         10.0,
         alias="DB_COMMAND_TIMEOUT",
@@ -632,6 +640,7 @@ def pool_settings(config: Config, dsn: str) -> PoolSettings:
         max_queries=config.db_pool_max_queries,
         max_inactive_lifetime=config.db_pool_max_inactive_lifetime,
         acquire_timeout=config.db_pool_acquire_timeout,
+        shed_after=config.db_pool_shed_after,
         command_timeout=config.db_command_timeout,
         connect_timeout=config.db_connect_timeout,
         statement_cache_size=config.db_statement_cache_size,

@@ -22,7 +22,7 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from db.pool import end_request, is_outage, new_request
+from db.pool import Overloaded, end_request, is_outage, new_request
 from server.runtime.config import Config, networks
 from server.runtime.logs import request_id_var
 from server.runtime.metrics import Metrics
@@ -85,6 +85,10 @@ def make_middleware(config: Config, metrics: Metrics, tracing: Tracing | None = 
             return exc.response()
         except web.HTTPException as exc:
             return _from_http_exception(exc)
+        except Overloaded:
+            # Shed at the door (DB_POOL_SHED_AFTER): expected under overload, so not logged
+            # one by one; the latency histogram counts these 503s by route.
+            return problem_response(problem(503, "the service is busy; retry shortly"), {"Retry-After": "1"})
         except Exception as exc:
             if is_outage(exc):
                 log.warning("database unavailable", extra={"error": type(exc).__name__, "path": request.path})
