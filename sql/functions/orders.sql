@@ -122,12 +122,15 @@ BEGIN
      WHERE m.client_ip IS NOT NULL
      GROUP BY m.client_ip, m.product_id HAVING sum(m.units) <> 0 ORDER BY m.client_ip, m.product_id
         ON CONFLICT (client_ip, product_id) DO UPDATE SET units = a.units + excluded.units;
-    -- Rows this transaction has just locked: removing them takes no new lock.
-    DELETE FROM customer_pending_orders c WHERE c.user_id = ANY (p_user_ids) AND c.orders = 0;
-    DELETE FROM customer_holds c
-     WHERE c.user_id = ANY (p_user_ids) AND c.product_id = ANY (p_product_ids) AND c.units = 0;
-    DELETE FROM address_holds a
-     WHERE a.client_ip = ANY (p_client_ips) AND a.product_id = ANY (p_product_ids) AND a.units = 0;
+    -- Only a decrease can empty a counter (placing orders never does). The rows are
+    -- ones this transaction has just locked: removing them takes no new lock.
+    IF 0 > ANY (p_units) OR 0 > ANY (p_orders) THEN
+        DELETE FROM customer_pending_orders c WHERE c.user_id = ANY (p_user_ids) AND c.orders = 0;
+        DELETE FROM customer_holds c
+         WHERE c.user_id = ANY (p_user_ids) AND c.product_id = ANY (p_product_ids) AND c.units = 0;
+        DELETE FROM address_holds a
+         WHERE a.client_ip = ANY (p_client_ips) AND a.product_id = ANY (p_product_ids) AND a.units = 0;
+    END IF;
 END
 $$;
 
