@@ -173,16 +173,14 @@ FROM create_orders($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) 
 """
 
 
-async def create_many(
-    db: Executor, product_id: int, orders: Sequence[NewOrder], terms: OrderTerms
-) -> list[asyncpg.Record | Refusal]:
-    """Orders of one product each (`product_id`, theirs only), placed in one transaction
-    in this order, each as `create` would place it after the ones before it: per
-    order, the order, or the Refusal it met (nothing written for it)."""
+async def create_many(db: Executor, orders: Sequence[NewOrder], terms: OrderTerms) -> list[asyncpg.Record | Refusal]:
+    """Orders of one item each, placed in one transaction in this order, each as
+    `create` would place it after the ones before it: per order, the order, or the
+    Refusal it met (nothing written for it)."""
     limits, guesses = terms.limits, terms.guesses
     rows = await db.fetch(
         _CREATE_MANY,
-        product_id,
+        [order.items[0][0] for order in orders],
         [order.user_id for order in orders],
         [order.client_ip for order in orders],
         [order.items[0][1] for order in orders],

@@ -46,16 +46,16 @@ def _answer(placed: asyncpg.Record | Refusal) -> Any:
     return ("placed", {name: placed[name] for name in _COMPARED})
 
 
-async def _place(conn: asyncpg.Connection, product_id: int, orders: list[orders_db.NewOrder], together: bool) -> Any:
-    """The answers to `orders` and the product's stock after them, placed together or
-    one by one, in a transaction rolled back after."""
+async def _place(conn: asyncpg.Connection, orders: list[orders_db.NewOrder], together: bool) -> Any:
+    """The answers to `orders` and their products' stocks after them, placed together
+    or one by one, in a transaction rolled back after."""
     # At most 2 pending orders and 3 units held per customer, 4 units per address.
     terms = orders_db.OrderTerms(900.0, orders_db.HoldLimits(2, 3, 4), orders_db.GuessLimit(20, 3600.0))
     transaction = conn.transaction()
     await transaction.start()
     try:
         if together:
-            answers = await orders_db.create_many(conn, product_id, orders, terms)
+            answers = await orders_db.create_many(conn, orders, terms)
         else:
             answers = []
             for order in orders:
@@ -63,7 +63,10 @@ async def _place(conn: asyncpg.Connection, product_id: int, orders: list[orders_
                     answers.append(await orders_db.create(conn, order, terms))
                 except Refusal as refusal:
                     answers.append(refusal)
-        stock = await conn.fetchval("SELECT stock FROM products WHERE id = $1", product_id)
+        products = sorted({order.items[0][0] for order in orders})
+        stock = [
+            r["stock"] for r in await conn.fetch("SELECT stock FROM products WHERE id = ANY($1) ORDER BY id", products)
+        ]
         events = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'order.created'")
         assert await orders_db.hold_violations(conn) == []  # the counters moved by what was placed
         return [_answer(a) for a in answers], stock, events
@@ -94,8 +97,8 @@ async def test_a_batch_answers_every_order_as_it_would_have_been_answered_alone(
         new(d.id, "10.0.0.3", [(product["id"], 1)], address),  # the last unit, shipped
         new(c.id, "10.0.0.4", [(product["id"], 1)]),  # short_stock, available 0
     ]
-    together = await _place(db, product["id"], orders, together=True)
-    alone = await _place(db, product["id"], orders, together=False)
+    together = await _place(db, orders, together=True)
+    alone = await _place(db, orders, together=False)
     assert together == alone
     answers, stock, events = together
     assert [answer[0] if answer[0] == "placed" else answer[1] for answer in answers] == [
@@ -103,7 +106,31 @@ async def test_a_batch_answers_every_order_as_it_would_have_been_answered_alone(
         "discount_exhausted", "placed", "short_stock",
     ]  # fmt: skip
     assert answers[-1][2]["available"] == 0
-    assert (stock, events) == (0, 4)
+    assert (stock, events) == ([0], 4)
+
+
+async def test_a_batch_of_orders_for_several_products_answers_each_as_it_would_alone(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    first, second = (await api.product(stock=3))["id"], (await api.product(stock=2))["id"]
+    a, b, c = [await api.customer() for _ in range(3)]
+    new = orders_db.NewOrder
+    orders = [
+        new(a.id, "10.0.0.1", [(first, 2)]),
+        new(b.id, "10.0.0.1", [(second, 2)]),  # the address holds 2 of each: under 4 of each
+        new(c.id, "10.0.0.2", [(first, 2)]),  # 1 of the first left: short_stock
+        new(a.id, "10.0.0.2", [(second, 1)]),  # none of the second left: short_stock
+        new(c.id, "10.0.0.1", [(first, 1)]),  # the address would hold 3 of the first: fine
+        new(a.id, "10.0.0.3", [(second, 1)]),  # still none of the second
+        new(b.id, "10.0.0.1", [(first, 1)]),  # none of the first left
+    ]
+    together = await _place(db, orders, together=True)
+    assert together == await _place(db, orders, together=False)
+    answers, stock, events = together
+    assert [answer[0] if answer[0] == "placed" else answer[1] for answer in answers] == [
+        "placed", "placed", "short_stock", "short_stock", "placed", "short_stock", "short_stock",
+    ]  # fmt: skip
+    assert (stock, events) == ([0, 0], 3)
 
 
 async def _sale(apis: list[Api], product_id: int, buyers: int) -> collections.Counter[Any]:

@@ -80,14 +80,15 @@ def order_terms(config: Config) -> orders_db.OrderTerms:
 
 
 def batches(db: Database, config: Config, metrics: Metrics) -> OrderBatches:
-    """This worker's batches of orders of one product (built once, by the composition root)."""
+    """This worker's batches of one-item orders, keyed by stream (`batch_stream`;
+    built once, by the composition root)."""
     terms = order_terms(config)
 
     async def place_one(order: orders_db.NewOrder) -> asyncpg.Record:
         return await orders_db.create(db, order, terms)
 
-    async def place_many(product_id: int, orders: Sequence[orders_db.NewOrder]) -> list[asyncpg.Record | Refusal]:
-        return await orders_db.create_many(db, product_id, orders, terms)
+    async def place_many(_stream: int, orders: Sequence[orders_db.NewOrder]) -> list[asyncpg.Record | Refusal]:
+        return await orders_db.create_many(db, orders, terms)
 
     return Batches(
         place_one,
@@ -108,13 +109,15 @@ async def create(
 ) -> asyncpg.Record:
     """A new pending order placed from `client_ip`, holding its stock (and its
     order.created event), shipped to and with what `checkout` names and discounted by
-    its code: the order with its items. An order of one product is placed with the
-    others of that product arriving at the same time (order_batches)."""
+    its code: the order with its items. A one-item order is placed with the others of
+    its stream (ORDER_BATCH_STREAMS: a product is always in the same one) that arrive
+    while that stream is busy (order_batches)."""
     merged, first_index = merge_items(items)
     new_order = orders_db.NewOrder(principal.id, client_ip, merged, checkout)
     with _naming_items(first_index):
         if len(merged) == 1:
-            order = await ctx.order_batches.place(merged[0][0], new_order)
+            stream = merged[0][0] % ctx.config.order_batch_streams
+            order = await ctx.order_batches.place(stream, new_order)
         else:
             order = await orders_db.create(ctx.db, new_order, order_terms(ctx.config))
     ctx.metrics.order_transition("new", "pending")

@@ -325,8 +325,16 @@ class Config(BaseModel):
         64,
         alias="ORDER_BATCH_MAX",
         ge=1,
-        description="Most orders of one product that arrived while one was being placed, placed "
-        "together in one transaction (one lock, one stock update, one commit; 1: each alone).",
+        description="Most one-item orders that arrived while their stream was placing others, placed "
+        "together next in one transaction (one commit; one lock and one stock update per product; "
+        "1: each alone).",
+    )
+    order_batch_streams: int = Field(
+        1,
+        alias="ORDER_BATCH_STREAMS",
+        ge=1,
+        description="Placements of one-item orders one worker runs at once: the products are shared "
+        "among this many streams (by id), each placing what arrived meanwhile as its next batch.",
     )
     order_max_pending_per_user: int = Field(
         20,

@@ -324,15 +324,16 @@ BEGIN
 END
 $$;
 
--- Orders of one product (p_product_id, p_quantities[i] units each) placed in one
+-- Orders of one product each (p_product_ids[i], p_quantities[i] units) placed in one
 -- transaction, in arrival order, each exactly as create_order would place it alone
 -- after the ones before it: one row per order, in order (its order, or its refusal).
--- All their customers' rows are locked first, in ascending id order (the global lock
--- order), then the product by the first order; the product's stock is updated once,
--- for every order placed. So a hot product's lock is taken, and its row written and
--- committed, once per batch (server/domain/order_batches.py) instead of once per order.
+-- All their customers' rows are locked first, then all their products, each in
+-- ascending id order (the global lock order); each product's stock is updated once,
+-- for every order of it placed, and the hold counters moved once. So the orders that
+-- arrive together (server/domain/order_batches.py) share one transaction and one
+-- commit, and a hot product's lock is taken, and its row written, once per batch.
 CREATE OR REPLACE FUNCTION create_orders(
-    p_product_id bigint,
+    p_product_ids bigint[],
     p_user_ids bigint[],
     p_client_ips text[],
     p_quantities integer[],
@@ -351,22 +352,25 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_placed record;
     v_prior record;
-    -- The orders placed so far: their customers, addresses and units.
+    -- The orders placed so far: their customers, addresses, products and units.
     v_users bigint[] := '{}';
     v_ips text[] := '{}';
+    v_products bigint[] := '{}';
     v_units integer[] := '{}';
 BEGIN
     PERFORM 1 FROM users WHERE id = ANY (p_user_ids) ORDER BY id FOR NO KEY UPDATE;
+    PERFORM 1 FROM products WHERE id = ANY (p_product_ids) ORDER BY id FOR UPDATE;
     FOR i IN 1 .. cardinality(p_user_ids) LOOP
         SELECT coalesce(sum(u.units), 0)::integer AS taken,
                coalesce(sum(u.units) FILTER (WHERE u.user_id = p_user_ids[i]), 0)::integer AS by_customer,
                coalesce(sum(u.units) FILTER (WHERE u.client_ip = p_client_ips[i]), 0)::integer AS at_address,
-               count(*) FILTER (WHERE u.user_id = p_user_ids[i])::integer AS placed
+               (SELECT count(*) FROM unnest(v_users) AS c (user_id) WHERE c.user_id = p_user_ids[i])::integer AS placed
           INTO v_prior
-          FROM unnest(v_users, v_ips, v_units) AS u (user_id, client_ip, units);
+          FROM unnest(v_users, v_ips, v_products, v_units) AS u (user_id, client_ip, product_id, units)
+         WHERE u.product_id = p_product_ids[i];
         SELECT * INTO v_placed
-          FROM place_order(p_user_ids[i], p_client_ips[i], ARRAY[p_product_id], ARRAY[p_quantities[i]],
-                           ARRAY[p_product_id], ARRAY[v_prior.taken], ARRAY[v_prior.by_customer],
+          FROM place_order(p_user_ids[i], p_client_ips[i], ARRAY[p_product_ids[i]], ARRAY[p_quantities[i]],
+                           ARRAY[p_product_ids[i]], ARRAY[v_prior.taken], ARRAY[v_prior.by_customer],
                            ARRAY[v_prior.at_address], v_prior.placed, p_ttl_seconds,
                            p_max_pending, p_max_held, p_max_held_at_address,
                            p_addresses[i], p_address_ids[i], p_method_ids[i], p_codes[i],
@@ -374,15 +378,18 @@ BEGIN
         IF v_placed.refusal IS NULL THEN
             v_users := v_users || p_user_ids[i];
             v_ips := v_ips || p_client_ips[i];
+            v_products := v_products || p_product_ids[i];
             v_units := v_units || p_quantities[i];
         END IF;
         RETURN QUERY SELECT v_placed.changed, v_placed.items, v_placed.refusal;
     END LOOP;
     IF v_units <> '{}' THEN
-        UPDATE products pr SET stock = pr.stock - (SELECT sum(u) FROM unnest(v_units) AS u), updated_at = now()
-         WHERE pr.id = p_product_id;
-        PERFORM move_holds(v_users, v_ips, array_fill(p_product_id, ARRAY[cardinality(v_users)]), v_units,
-                           array_fill(1, ARRAY[cardinality(v_users)]));
+        -- (The id = ANY condition lets the plan find the rows by primary key.)
+        UPDATE products pr SET stock = pr.stock - taken.units, updated_at = now()
+          FROM (SELECT u.product_id, sum(u.units)::integer AS units
+                  FROM unnest(v_products, v_units) AS u (product_id, units) GROUP BY u.product_id) taken
+         WHERE pr.id = ANY (v_products) AND pr.id = taken.product_id;
+        PERFORM move_holds(v_users, v_ips, v_products, v_units, array_fill(1, ARRAY[cardinality(v_users)]));
     END IF;
 END
 $$;
