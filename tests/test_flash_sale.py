@@ -16,7 +16,7 @@ import pytest
 from db import orders as orders_db
 from db.addresses import PostalAddress
 from db.refusals import Refusal
-from tests.helpers import ADDRESS, Api, ServerProcess, invariant_violations, session
+from tests.helpers import ADDRESS, Api, ServerProcess, eventually, invariant_violations, session
 
 # The answers compared: an order's fields that do not depend on when or as which id it
 # was written.
@@ -131,6 +131,41 @@ async def test_a_batch_of_orders_for_several_products_answers_each_as_it_would_a
         "placed", "placed", "short_stock", "short_stock", "placed", "short_stock", "short_stock",
     ]  # fmt: skip
     assert (stock, events) == ([0, 0], 3)
+
+
+async def _waits_for_a_lock(probe: asyncpg.Connection, pid: int) -> bool:
+    return bool(await probe.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid))
+
+
+async def test_a_batch_locks_the_limited_codes_it_names_in_id_order_before_placing_any_order(
+    api: Api, clean_db: str
+) -> None:
+    """Two batches naming two limited codes in opposite orders must not deadlock: a
+    batch takes every code it names first, in id order, whatever its orders' order."""
+    product = (await api.product(stock=10))["id"]
+    low, high = await api.discount(max_redemptions=5), await api.discount(max_redemptions=5)
+    a, b = await api.customer(), await api.customer()
+    orders = [
+        orders_db.NewOrder(a.id, "10.0.0.1", [(product, 1)], orders_db.Checkout(discount_code=high["code"])),
+        orders_db.NewOrder(b.id, "10.0.0.1", [(product, 1)], orders_db.Checkout(discount_code=low["code"])),
+    ]
+    terms = orders_db.OrderTerms(900.0, orders_db.HoldLimits(20, 1000, 0), orders_db.GuessLimit(20, 3600.0))
+    holder, batch, probe = [await asyncpg.connect(clean_db) for _ in range(3)]
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM discounts WHERE id = $1 FOR NO KEY UPDATE", low["id"])
+        placing = asyncio.create_task(orders_db.create_many(batch, orders, terms))
+        await eventually(lambda: _waits_for_a_lock(probe, batch.get_server_pid()))
+        # The batch waits for the lower code while holding no other code: the higher
+        # one is free (taken in arrival order, it would be held by the first order).
+        await probe.execute("SELECT 1 FROM discounts WHERE id = $1 FOR NO KEY UPDATE NOWAIT", high["id"])
+        await held.rollback()
+        answers = await placing
+        assert [isinstance(answer, Refusal) for answer in answers] == [False, False]
+    finally:
+        for conn in (holder, batch, probe):
+            await conn.close()
 
 
 async def _sale(apis: list[Api], product_id: int, buyers: int) -> collections.Counter[Any]:

@@ -328,7 +328,8 @@ $$;
 -- transaction, in arrival order, each exactly as create_order would place it alone
 -- after the ones before it: one row per order, in order (its order, or its refusal).
 -- All their customers' rows are locked first, then all their products, each in
--- ascending id order (the global lock order); each product's stock is updated once,
+-- ascending id order (the global lock order), then their discount codes' (as
+-- checkout.sql orders them); each product's stock is updated once,
 -- for every order of it placed, and the hold counters moved once. So the orders that
 -- arrive together (server/domain/order_batches.py) share one transaction and one
 -- commit, and a hot product's lock is taken, and its row written, once per batch.
@@ -360,6 +361,20 @@ DECLARE
 BEGIN
     PERFORM 1 FROM users WHERE id = ANY (p_user_ids) ORDER BY id FOR NO KEY UPDATE;
     PERFORM 1 FROM products WHERE id = ANY (p_product_ids) ORDER BY id FOR UPDATE;
+    -- And the codes named, as checkout.sql orders them (their advisory locks, then the
+    -- rows of those with max_redemptions in id order), before the orders take them in
+    -- arrival order: two batches naming two limited codes in opposite orders would
+    -- otherwise deadlock.
+    IF EXISTS (SELECT 1 FROM unnest(p_codes) AS c (code) WHERE c.code IS NOT NULL) THEN
+        PERFORM pg_advisory_xact_lock_shared(x'5707D15C'::integer, hashtext(named.code))
+           FROM (SELECT DISTINCT upper(c.code) AS code FROM unnest(p_codes) AS c (code)
+                  WHERE c.code IS NOT NULL ORDER BY 1) named;
+        PERFORM 1 FROM discounts d
+         WHERE d.code IN (SELECT upper(c.code) FROM unnest(p_codes) AS c (code))
+           AND d.deleted_at IS NULL AND d.max_redemptions IS NOT NULL
+         ORDER BY d.id
+           FOR NO KEY UPDATE;
+    END IF;
     FOR i IN 1 .. cardinality(p_user_ids) LOOP
         SELECT coalesce(sum(u.units), 0)::integer AS taken,
                coalesce(sum(u.units) FILTER (WHERE u.user_id = p_user_ids[i]), 0)::integer AS by_customer,
