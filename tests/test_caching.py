@@ -17,6 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from handlers.routing import CONTEXT
+from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache, Representation
+from server.runtime.metrics import Metrics
 from tests.helpers import Api
 
 # The in-process tests poll slowly: a change must be seen at once by the process
@@ -69,6 +71,29 @@ async def warm(api: Api, path: str) -> Any:
 
 
 # --- HTTP: ETag, If-None-Match, Cache-Control -----------------------------------------------
+
+
+def _cache_holding_one_entry() -> CatalogCache:
+    cache = CatalogCache(1 << 20, Metrics())
+    cache.confirm(time.monotonic(), resumed=False)
+    cache.put(1, Representation('W/"1"', b"{}"), cache.epoch)
+    assert cache.get(1, "product") is not None
+    return cache
+
+
+def test_after_a_short_stall_of_its_watch_the_cache_resumes_with_what_it_held() -> None:
+    cache = _cache_holding_one_entry()
+    cache.confirm(time.monotonic() - 2 * STALE_BOUND_SECONDS, resumed=True)  # a poll that came late
+    assert not cache.serving and cache.get(1, "product") is None  # stale meanwhile: nothing served
+    cache.confirm(time.monotonic(), resumed=True)  # the next poll brought every change since
+    assert cache.get(1, "product") is not None
+
+
+def test_after_a_gap_in_which_changes_may_have_been_missed_the_cache_starts_empty() -> None:
+    cache = _cache_holding_one_entry()
+    cache.stop_serving()  # the watch's connection was lost
+    cache.confirm(time.monotonic(), resumed=False)  # the first poll of a new watch
+    assert cache.serving and cache.get(1, "product") is None
 
 
 async def test_a_product_read_sends_an_etag_and_public_max_age(api: Api) -> None:

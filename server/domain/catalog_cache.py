@@ -12,7 +12,10 @@ in `catalog_changes`. Each process polls that table on a connection of its own
 cache serves only while the last successful poll started less than
 `STALE_BOUND_SECONDS` ago: when the watch is down, stalled or has not yet started,
 every read goes to the database, and the first successful poll after a gap empties
-the cache. So no read is served from a representation more than about a second
+the cache, unless the gap was a stall of the same watch shorter than the change
+record keeps what it may have missed (a busy event loop late for a poll: then that
+poll brings every change since the last, and the cache resumes with those dropped
+instead of refilling from nothing while the loop is busiest). So no read is served from a representation more than about a second
 older than the database.
 
 The process that makes a change drops it at once: its pooled sessions receive the
@@ -57,6 +60,9 @@ STALE_BOUND_SECONDS = 0.8
 _RETRY_SECONDS = 0.5
 # Change rows are purged once every watcher has certainly seen them (see purge below).
 _PURGE_SECONDS = 10.0
+# A watch whose previous poll succeeded less than this ago (on the same connection)
+# missed no change: the rows since are still recorded (purges spare that long).
+_RESUME_SECONDS = _PURGE_SECONDS / 2
 # Memory an entry costs beyond its body and ETag (the entry, its key, the dict slot).
 _ENTRY_OVERHEAD = 200
 # How long the time of a change is remembered. A standby read is only ever allowed
@@ -232,11 +238,12 @@ class CatalogCache:
 
     # --- freshness ---------------------------------------------------------------
 
-    def confirm(self, poll_started: float) -> None:
+    def confirm(self, poll_started: float, resumed: bool) -> None:
         """A poll that started at `poll_started` succeeded: every change committed
-        before it has been applied."""
-        if not self.serving:
-            # After a gap (start, reconnection, stall) changes may have been missed.
+        before it has been applied. `resumed`: the same watch polled successfully
+        less than _RESUME_SECONDS before, so none was missed since."""
+        if not self.serving and not resumed:
+            # After a gap (start, reconnection, long stall) changes may have been missed.
             self.clear()
         self._serve_until = poll_started + STALE_BOUND_SECONDS
 
@@ -305,11 +312,14 @@ class CatalogWatch:
             await asyncio.sleep(_RETRY_SECONDS)
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
-        cache, timeout = self._cache, STALE_BOUND_SECONDS
+        # A late poll is waited for longer than the cache would serve without one: the
+        # cache stops serving meanwhile all the same, and the watch can resume after.
+        cache, timeout = self._cache, _RESUME_SECONDS
         horizon = await catalog_changes.horizon(conn, timeout)
         applied: set[int] = set()  # transactions at or above the horizon already applied
         samples: collections.deque[tuple[float, int]] = collections.deque([(time.monotonic(), horizon)])
         purged_at = time.monotonic()
+        previous: float | None = None  # when this watch's last successful poll started
         while True:
             started = time.monotonic()
             horizon, changes = await catalog_changes.poll(conn, horizon, timeout)
@@ -318,7 +328,8 @@ class CatalogWatch:
                     applied.add(change.xid)
                     cache.invalidate(change.product_ids)
             applied = {xid for xid in applied if xid >= horizon}
-            cache.confirm(started)
+            cache.confirm(started, resumed=previous is not None and started - previous < _RESUME_SECONDS)
+            previous = started
             self._up = True
             samples.append((started, horizon))
             if started - purged_at >= _PURGE_SECONDS / 2 and started - samples[0][0] >= _PURGE_SECONDS:

@@ -83,7 +83,7 @@ async def serve(config: Config, options: Options, *, reuse_port: bool = False) -
     app = create_app(config, options)
     runner = make_runner(app, config)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=config.listen_backlog)
     await site.start()
     log.info("serving", extra={"host": config.host, "port": config.port})
     stop = asyncio.Event()

@@ -34,6 +34,14 @@ class Config(BaseModel):
     # --- serving -----------------------------------------------------------------
     host: str = Field("127.0.0.1", alias="HOST", description="Address to listen on.")
     port: int = Field(8080, alias="PORT", ge=0, le=65535, description="TCP port to listen on.")
+    listen_backlog: int = Field(
+        4096,
+        alias="LISTEN_BACKLOG",
+        ge=1,
+        description="Connections the kernel may hold for a worker before it accepts them (capped by "
+        "net.core.somaxconn). Below a burst of new connections, the excess is dropped and their "
+        "clients wait seconds for TCP to retry.",
+    )
     workers: int = Field(
         default_factory=_default_workers,
         alias="WORKERS",
