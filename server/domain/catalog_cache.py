@@ -15,8 +15,8 @@ every read goes to the database, and the first successful poll after a gap empti
 the cache, unless the gap was a stall of the same watch shorter than the change
 record keeps what it may have missed (a busy event loop late for a poll: then that
 poll brings every change since the last, and the cache resumes with those dropped
-instead of refilling from nothing while the loop is busiest). So no read is served from a representation more than about a second
-older than the database.
+instead of refilling from nothing while the loop is busiest). So no read is served
+from a representation more than about a second older than the database.
 
 The process that makes a change drops it at once: its pooled sessions receive the
 trigger's NOTICE (db/catalog_changes.py), and the cache (a `SessionWatcher` of the
