@@ -96,8 +96,9 @@ $$;
 -- is p_units[i] units of p_product_ids[i] taken (positive) or given back (negative) by
 -- an order of customer p_user_ids[i] placed from p_client_ips[i], and p_orders[i] the
 -- change of that customer's pending orders it carries (an order's on one element
--- only). Each counter is moved once, in key order, and emptied ones are removed: the
--- last thing a transaction does (the lock order above).
+-- only). Each counter is moved once, in key order, and those it empties are removed
+-- (by key: only a decrease can empty one): the last thing a transaction does (the
+-- lock order above).
 CREATE OR REPLACE FUNCTION move_holds(
     p_user_ids bigint[],
     p_client_ips text[],
@@ -106,41 +107,72 @@ CREATE OR REPLACE FUNCTION move_holds(
     p_orders integer[]
 ) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    -- The keys of the counters this move emptied (each move says which it left at 0).
+    v_users bigint[];
+    v_products bigint[];
+    v_ips text[];
 BEGIN
-    INSERT INTO customer_pending_orders AS c (user_id, orders)
-    SELECT m.user_id, sum(m.orders) FROM unnest(p_user_ids, p_orders) AS m (user_id, orders)
-     GROUP BY m.user_id HAVING sum(m.orders) <> 0 ORDER BY m.user_id
-        ON CONFLICT (user_id) DO UPDATE SET orders = c.orders + excluded.orders;
-    INSERT INTO customer_holds AS c (user_id, product_id, units)
-    SELECT m.user_id, m.product_id, sum(m.units)
-      FROM unnest(p_user_ids, p_product_ids, p_units) AS m (user_id, product_id, units)
-     GROUP BY m.user_id, m.product_id HAVING sum(m.units) <> 0 ORDER BY m.user_id, m.product_id
-        ON CONFLICT (user_id, product_id) DO UPDATE SET units = c.units + excluded.units;
-    INSERT INTO address_holds AS a (client_ip, product_id, units)
-    SELECT m.client_ip, m.product_id, sum(m.units)
-      FROM unnest(p_client_ips, p_product_ids, p_units) AS m (client_ip, product_id, units)
-     WHERE m.client_ip IS NOT NULL
-     GROUP BY m.client_ip, m.product_id HAVING sum(m.units) <> 0 ORDER BY m.client_ip, m.product_id
-        ON CONFLICT (client_ip, product_id) DO UPDATE SET units = a.units + excluded.units;
-    -- Only a decrease can empty a counter (placing orders never does). The rows are
-    -- ones this transaction has just locked: removing them takes no new lock.
-    IF 0 > ANY (p_units) OR 0 > ANY (p_orders) THEN
-        DELETE FROM customer_pending_orders c WHERE c.user_id = ANY (p_user_ids) AND c.orders = 0;
-        DELETE FROM customer_holds c
-         WHERE c.user_id = ANY (p_user_ids) AND c.product_id = ANY (p_product_ids) AND c.units = 0;
-        DELETE FROM address_holds a
-         WHERE a.client_ip = ANY (p_client_ips) AND a.product_id = ANY (p_product_ids) AND a.units = 0;
+    WITH moved AS (
+        INSERT INTO customer_pending_orders AS c (user_id, orders)
+        SELECT m.user_id, sum(m.orders) FROM unnest(p_user_ids, p_orders) AS m (user_id, orders)
+         GROUP BY m.user_id HAVING sum(m.orders) <> 0 ORDER BY m.user_id
+            ON CONFLICT (user_id) DO UPDATE SET orders = c.orders + excluded.orders
+        RETURNING c.user_id, c.orders
+    )
+    SELECT array_agg(moved.user_id) FILTER (WHERE moved.orders = 0) INTO v_users FROM moved;
+    IF v_users IS NOT NULL THEN  -- (rows this transaction holds: no new lock)
+        DELETE FROM customer_pending_orders c WHERE c.user_id = ANY (v_users) AND c.orders = 0;
+    END IF;
+
+    WITH moved AS (
+        INSERT INTO customer_holds AS c (user_id, product_id, units)
+        SELECT m.user_id, m.product_id, sum(m.units)
+          FROM unnest(p_user_ids, p_product_ids, p_units) AS m (user_id, product_id, units)
+         GROUP BY m.user_id, m.product_id HAVING sum(m.units) <> 0 ORDER BY m.user_id, m.product_id
+            ON CONFLICT (user_id, product_id) DO UPDATE SET units = c.units + excluded.units
+        RETURNING c.user_id, c.product_id, c.units
+    )
+    SELECT array_agg(moved.user_id) FILTER (WHERE moved.units = 0),
+           array_agg(moved.product_id) FILTER (WHERE moved.units = 0)
+      INTO v_users, v_products
+      FROM moved;
+    IF v_users IS NOT NULL THEN
+        DELETE FROM customer_holds c USING unnest(v_users, v_products) AS k (user_id, product_id)
+         WHERE c.user_id = k.user_id AND c.product_id = k.product_id AND c.units = 0;
+    END IF;
+
+    WITH moved AS (
+        INSERT INTO address_holds AS a (client_ip, product_id, units)
+        SELECT m.client_ip, m.product_id, sum(m.units)
+          FROM unnest(p_client_ips, p_product_ids, p_units) AS m (client_ip, product_id, units)
+         WHERE m.client_ip IS NOT NULL
+         GROUP BY m.client_ip, m.product_id HAVING sum(m.units) <> 0 ORDER BY m.client_ip, m.product_id
+            ON CONFLICT (client_ip, product_id) DO UPDATE SET units = a.units + excluded.units
+        RETURNING a.client_ip, a.product_id, a.units
+    )
+    SELECT array_agg(moved.client_ip) FILTER (WHERE moved.units = 0),
+           array_agg(moved.product_id) FILTER (WHERE moved.units = 0)
+      INTO v_ips, v_products
+      FROM moved;
+    IF v_ips IS NOT NULL THEN
+        DELETE FROM address_holds a USING unnest(v_ips, v_products) AS k (client_ip, product_id)
+         WHERE a.client_ip = k.client_ip AND a.product_id = k.product_id AND a.units = 0;
     END IF;
 END
 $$;
 
 -- These orders stop holding (they leave `pending`): everything they held given back.
+-- (PL/pgSQL, not SQL: its statement's plan is kept, where an SQL function's is made
+-- again on every call.)
 CREATE OR REPLACE FUNCTION release_holds(p_order_ids bigint[]) RETURNS void
-LANGUAGE sql AS $$
-    SELECT move_holds(array_agg(o.user_id), array_agg(o.client_ip), array_agg(i.product_id),
-                      array_agg(-i.quantity), array_agg(CASE WHEN i.line_no = 1 THEN -1 ELSE 0 END))
-      FROM orders o JOIN order_items i ON i.order_id = o.id
-     WHERE o.id = ANY (p_order_ids)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM move_holds(array_agg(o.user_id), array_agg(o.client_ip), array_agg(i.product_id),
+                       array_agg(-i.quantity), array_agg(CASE WHEN i.line_no = 1 THEN -1 ELSE 0 END))
+       FROM orders o JOIN order_items i ON i.order_id = o.id
+      WHERE o.id = ANY (p_order_ids);
+END
 $$;
 
 -- Stock hoarding: the refusal p_code, naming the first product of which the pending
