@@ -340,4 +340,7 @@ class CatalogWatch:
                     _, old = samples.popleft()
                 await catalog_changes.purge(conn, old, timeout)
                 purged_at = started
-            await asyncio.sleep(self._interval)
+            # Polls start every interval, however long the last one took: a busy event
+            # loop, late with a poll's answer, must not also delay the next one, or the
+            # cache lapses (and every read goes to the database) just when it is busiest.
+            await asyncio.sleep(max(0.0, started + self._interval - time.monotonic()))
