@@ -330,7 +330,7 @@ class Config(BaseModel):
         "beyond it 429 with Retry-After.",
     )
     order_batch_max: int = Field(
-        64,
+        256,
         alias="ORDER_BATCH_MAX",
         ge=1,
         description="Most one-item orders that arrived while their stream was placing others, placed "
