@@ -94,6 +94,16 @@ class Database:
         """Requests (and actors) waiting in line for a connection now."""
         return self._line.waiting
 
+    async def ping(self) -> None:
+        """One trivial statement that is never shed: a readiness probe asks whether
+        the database answers, not whether the service is busy (a busy replica taken
+        out of its load balancer only pushes its load onto the others)."""
+        token = _work_started.set(True)
+        try:
+            await self.fetchval("SELECT 1")
+        finally:
+            _work_started.reset(token)
+
     def trace_with(self, tracer: Tracer) -> None:
         """Make each wait for a connection a span of its own (tracing is on)."""
         self._acquire = functools.partial(_TracedAcquire, tracer=tracer)

@@ -23,7 +23,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
-            await context(request).db.fetchval("SELECT 1")
+            await context(request).db.ping()
     except Exception:
         raise ServiceUnavailable("the database does not answer") from None
     return json_response({"status": "ok"})

@@ -221,6 +221,9 @@ def _standby(config: Config, options: Options, metrics: Metrics) -> Resource:
             min_size=0,
             acquire_timeout=min(config.db_pool_acquire_timeout, _STANDBY_ACQUIRE_SECONDS),
             command_timeout=min(config.db_command_timeout, _STANDBY_COMMAND_SECONDS),
+            # Not shed: a read the standby cannot take soon fails over to the primary
+            # (which sheds), and would otherwise count as losing the standby.
+            shed_after=0.0,
         )
         replica = Standby(
             await create_database(settings),

@@ -24,6 +24,9 @@ CREATE TABLE address_holds (
     PRIMARY KEY (client_ip, product_id)
 );
 
+-- Counted with the orders held still: an order placed, paid or ended by a process
+-- still running the old functions while this counts would be missed for good.
+LOCK TABLE orders, order_items IN SHARE MODE;
 INSERT INTO customer_pending_orders (user_id, orders)
 SELECT o.user_id, count(*) FROM orders o
  WHERE o.status = 'pending' AND o.deleted_at IS NULL

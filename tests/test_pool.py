@@ -151,9 +151,13 @@ async def test_an_overloaded_worker_answers_new_requests_503_busy_at_once(api: A
         assert reply.status == 503
         assert reply.headers["Retry-After"] == "1"
         assert reply.json["detail"] == "the service is busy; retry shortly"
+        # The readiness probe is never shed: busy is not down (it waits its turn).
+        ready = asyncio.create_task(api.call("GET", "/readyz"))
+        await eventually(lambda: _in_line(db, 2))
     finally:
         await holder.__aexit__(None, None, None)
     assert (await first).status == 200
+    assert (await ready).status == 200
 
 
 @pytest.mark.parametrize("moment", ["while it waits", "just as a slot is handed to it"])

@@ -52,6 +52,7 @@ class Context:
         metrics.pool_idle.set(idle)
         metrics.pool_in_use.set(size - idle)
         metrics.pool_max.set(pool.get_max_size())
+        metrics.pool_waiting.set(self.db.waiting)
         metrics.actors_live.set(self.supervisor.live_count)
         metrics.mailbox_depth.set(self.supervisor.queued_count)
         metrics.catalog_cache_bytes.set(self.catalog.size_bytes)

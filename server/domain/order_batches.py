@@ -1,24 +1,27 @@
-"""Orders of one product placed together: the hot-product half of the orders design.
+"""Orders placed together: the batching half of the orders design.
 
 Every order takes its products' row locks until it commits, so orders for one product
 (a flash sale, a product drop) run one after another across the whole database
-however many cores there are, each paying for a lock hand-over and a commit. A worker
-sees such orders arrive together: while one order for a product is being placed,
-the next ones for it wait here, and when it is done they are placed as one batch, in
-arrival order, by one statement in one transaction (db/orders.py `create_many`): one
-lock acquisition, one stock update, one commit for all of them; each order still
+however many cores there are, and every order pays a transaction and a commit of its
+own. A worker sees orders arrive together: while one placement runs for a key (a
+stream of products, server/domain/orders.py), the orders that arrive for it wait
+here, and when it is done they are placed as one batch, in arrival order, by one
+statement in one transaction (db/orders.py `create_many`): one commit for all of
+them, and per product one lock acquisition and one stock update; each order still
 passes or fails every rule on its own, with the answer it would have had alone.
 
-Nothing waits for a batch to fill: an order that finds its product idle is placed at
+Nothing waits for a batch to fill: an order that finds its key idle is placed at
 once, alone, exactly as without batching, so a quiet shop pays nothing. A batch runs
 in a task of its own (an order's answer still means its reservation is committed;
 a client that goes away cannot cancel the others' work), and a batch that fails for
 a reason other than an outage is retried order by order, so that one bad order
 cannot fail its neighbours. Waiting is bounded as the connection line bounds it
 (DB_POOL_ACQUIRE_TIMEOUT): an order that waited longer gets 503 and is never placed;
-and while the oldest order waiting for a product has waited DB_POOL_SHED_AFTER, new
-ones for it are answered 503 at once (Overloaded), so that the queue of a hot product
-holds a bounded wait however many buyers arrive.
+and while the oldest order waiting for a key has waited DB_POOL_SHED_AFTER, new ones
+for it are answered 503 at once (Overloaded), so that the queue holds a bounded wait
+however many buyers arrive. Unlike the connection line, the queue sheds an order
+whatever its request did before (its token check, say): placing the order is the
+request's work, and every order for the key waits behind the queue.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ class _Waiting(Generic[Order, Answer]):
 
 
 class Batches(Generic[K, Order, Answer]):
-    """Per key (a product), at most one placement running; what arrives meanwhile is
-    placed together next, `max_batch` at a time."""
+    """Per key (a stream of products), at most one placement running; what arrives
+    meanwhile is placed together next, `max_batch` at a time."""
 
     def __init__(
         self,
@@ -93,7 +96,7 @@ class Batches(Generic[K, Order, Answer]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._shed_after and self._waited_longest(queue, now) >= self._shed_after:
-            raise Overloaded("too many orders are waiting for this product")
+            raise Overloaded("too many orders are waiting to be placed")
         reply: asyncio.Future[Answer] = loop.create_future()
         queue.append(_Waiting(order, reply, now + self._timeout))
         return await reply
@@ -114,7 +117,7 @@ class Batches(Generic[K, Order, Answer]):
             if waiting.reply.done():  # its request was cancelled
                 continue
             if waiting.deadline <= now:
-                waiting.reply.set_exception(TimeoutError("the order waited too long for its product"))
+                waiting.reply.set_exception(TimeoutError("the order waited too long to be placed"))
                 continue
             batch.append(waiting)
         if not batch:

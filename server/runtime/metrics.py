@@ -60,6 +60,12 @@ class Metrics:
         self.pool_max = Gauge(
             "db_pool_max_connections", "Pool size limit (DB_POOL_MAX_SIZE).", registry=r, multiprocess_mode="livesum"
         )
+        self.pool_waiting = Gauge(
+            "db_pool_waiting_requests",
+            "Requests and order actors waiting in line for a pooled connection.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.pool_wait = Histogram(
             "db_pool_acquire_wait_seconds",
             "Time requests that found every pooled connection busy waited for one.",

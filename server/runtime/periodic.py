@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from db.pool import is_outage
+from db.pool import is_outage, mark_work_started
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Periodic:
         at_start: bool,
         wake: asyncio.Event | None,
     ) -> None:
+        mark_work_started()  # the worker's own upkeep, never shed as a new request is
         # A random phase keeps the workers and replicas from all running a job at once.
         await asyncio.sleep(0 if at_start else random.uniform(0, seconds))
         while True:

@@ -5,8 +5,9 @@
 -- customers in ascending id order), then the order row(s), then the product rows in
 -- ascending id order, then the advisory locks and rows of the discount codes involved
 -- (checkout.sql), and last the hold counters (move_holds: once per transaction, in key
--- order); so concurrent transactions can wait for each other but never deadlock. Statuses are checked on the locked rows, so no decision is made on stale
--- data.
+-- order; nothing after it waits for a lock not already held); so concurrent
+-- transactions can wait for each other but never deadlock. Statuses are checked on
+-- the locked rows, so no decision is made on stale data.
 --
 -- A refusal comes back as a jsonb document, {"code": ..., and what it is about}, with
 -- nothing written (db/refusals.py decodes it; handlers/refusals.py words it). Merging
@@ -97,8 +98,8 @@ $$;
 -- an order of customer p_user_ids[i] placed from p_client_ips[i], and p_orders[i] the
 -- change of that customer's pending orders it carries (an order's on one element
 -- only). Each counter is moved once, in key order, and those it empties are removed
--- (by key: only a decrease can empty one): the last thing a transaction does (the
--- lock order above).
+-- (by key: only a decrease can empty one): the last lock a transaction takes (the
+-- lock order above; what follows it, if anything, touches rows it already holds).
 CREATE OR REPLACE FUNCTION move_holds(
     p_user_ids bigint[],
     p_client_ips text[],
@@ -557,6 +558,7 @@ DECLARE
     v_refusal jsonb;
     v_held_ids bigint[];
     v_held_quantities integer[];
+    v_given_back integer[];  -- minus v_held_quantities: what the order's own holds count
     v_priced record;
     v_order orders;
     v_items order_item[];
@@ -581,11 +583,12 @@ BEGIN
     END IF;
     IF v_refusal IS NULL AND p_product_ids IS NOT NULL THEN
         -- What the order holds counts for it, not against it.
-        SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}')
-          INTO v_held_ids, v_held_quantities
+        SELECT coalesce(array_agg(i.product_id), '{}'), coalesce(array_agg(i.quantity), '{}'),
+               coalesce(array_agg(-i.quantity), '{}')
+          INTO v_held_ids, v_held_quantities, v_given_back
           FROM order_items i WHERE i.order_id = p_order_id;
         v_refusal := hoarding_refusal('too_many_held', p_user_id, NULL, p_product_ids, p_quantities,
-                                      v_held_ids, ARRAY(SELECT -q FROM unnest(v_held_quantities) AS q), p_max_held);
+                                      v_held_ids, v_given_back, p_max_held);
     END IF;
     IF v_refusal IS NOT NULL THEN
         RETURN QUERY SELECT NULL::orders, NULL::order_item[], v_refusal;
@@ -596,7 +599,7 @@ BEGIN
         SELECT * INTO v_priced FROM price_order_items(p_product_ids, p_quantities, v_held_ids, v_held_quantities);
         v_refusal := coalesce(v_priced.refusal, hoarding_refusal(
             'too_many_held_at_address', NULL, v_order.client_ip, p_product_ids, p_quantities,
-            v_held_ids, ARRAY(SELECT -q FROM unnest(v_held_quantities) AS q), p_max_held_at_address));
+            v_held_ids, v_given_back, p_max_held_at_address));
         v_items := v_priced.items;
         v_subtotal := v_priced.total;
         v_currency := v_priced.currency;
@@ -664,7 +667,7 @@ BEGIN
             array_fill(p_user_id, ARRAY[cardinality(v_held_ids) + cardinality(p_product_ids)]),
             array_fill(v_order.client_ip, ARRAY[cardinality(v_held_ids) + cardinality(p_product_ids)]),
             v_held_ids || p_product_ids,
-            ARRAY(SELECT -q FROM unnest(v_held_quantities) AS q) || p_quantities,
+            v_given_back || p_quantities,
             array_fill(0, ARRAY[cardinality(v_held_ids) + cardinality(p_product_ids)]));
     END IF;
 
