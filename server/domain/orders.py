@@ -80,7 +80,7 @@ def order_terms(config: Config) -> orders_db.OrderTerms:
 
 
 def batches(db: Database, config: Config, metrics: Metrics) -> OrderBatches:
-    """This worker's batches of one-item orders, keyed by stream (`batch_stream`;
+    """This worker's batches of one-item orders, keyed by stream (ORDER_BATCH_STREAMS;
     built once, by the composition root)."""
     terms = order_terms(config)
 
