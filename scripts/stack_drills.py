@@ -419,6 +419,19 @@ async def run(args: argparse.Namespace, stack: Stack) -> tuple[dict[str, Any], l
     return routing, results
 
 
+# A handful of shoppers on one machine, all behind nginx's one address, stand for many:
+# the per-customer and per-address abuse limits (pending orders, held units, declines)
+# would otherwise stop them ordering or paying before the last drill (each limit has
+# its own tests in tests/test_abuse.py). Every drill of the stack runs with these.
+SHOPPERS_STAND_FOR_MANY = {
+    "ORDER_MAX_PENDING_PER_USER": "1000000",
+    "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP": "0",
+    "PAYMENT_MAX_DECLINES_PER_ORDER": "1000000",
+    "PAYMENT_MAX_DECLINES_PER_USER": "1000000",
+    "PAYMENT_MAX_DECLINES_PER_IP": "0",
+}
+
+
 def temporary_stack(prefix: str, settings: dict[str, str]) -> Stack:
     """A stack (not yet up) in a new temporary folder, whose replicas get `settings`
     besides the environment: two replicas of one worker unless API_REPLICAS and
@@ -458,15 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             # Payments cut by a fault are settled within the drill, not minutes later.
             "PAYMENT_RECONCILE_INTERVAL_SECONDS": "1",
             "PAYMENT_PROVIDER_LATENCY_MS": os.environ.get("PAYMENT_PROVIDER_LATENCY_MS", "50"),
-            # A handful of shoppers on one machine stand for many: the per-customer and
-            # per-address abuse limits (pending orders, held units, declines) would
-            # otherwise stop them ordering before the last drill (each limit has its own
-            # tests in tests/test_abuse.py).
-            "ORDER_MAX_PENDING_PER_USER": "1000000",
-            "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP": "0",
-            "PAYMENT_MAX_DECLINES_PER_ORDER": "1000000",
-            "PAYMENT_MAX_DECLINES_PER_USER": "1000000",
-            "PAYMENT_MAX_DECLINES_PER_IP": "0",
+            **SHOPPERS_STAND_FOR_MANY,
         },
     )
     folder = stack.folder.parent
