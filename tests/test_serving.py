@@ -46,4 +46,7 @@ def test_the_loops_own_server_takes_one_connection_per_turn_which_is_why_the_lis
     """libuv (under uvloop) accepts one connection per turn (libuv#3696): a burst
     waits behind every turn's work. Should this fail, libuv has changed, and the
     Listener may be unnecessary."""
-    assert uvloop.run(_turns_to_accept_a_burst(lambda runner, sock: web.SockSite(runner, sock, backlog=2 * _BURST))) >= _BURST
+    assert (
+        uvloop.run(_turns_to_accept_a_burst(lambda runner, sock: web.SockSite(runner, sock, backlog=2 * _BURST)))
+        >= _BURST
+    )
