@@ -1,16 +1,18 @@
-"""The listening socket (server/entry/serving.py): a burst of new connections is taken
-in at once, however busy the event loop is, instead of one per turn of the loop."""
+"""Serving (server/entry/serving.py): a burst of new connections is taken in at once,
+however busy the event loop is, instead of one per turn of the loop; and the garbage
+collector is tuned for a server."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
 
-from server.entry.serving import Listener, listening_socket
+from server.entry.serving import Listener, listening_socket, tune_garbage_collection
 
 _BURST = 200
 
@@ -50,3 +52,14 @@ def test_the_loops_own_server_takes_one_connection_per_turn_which_is_why_the_lis
         uvloop.run(_turns_to_accept_a_burst(lambda runner, sock: web.SockSite(runner, sock, backlog=2 * _BURST)))
         >= _BURST
     )
+
+
+def test_tuning_garbage_collection_freezes_what_exists_and_makes_young_collections_rarer() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collection()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] > before[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

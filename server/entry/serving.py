@@ -8,6 +8,7 @@ handler whose `handle_error` builds them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -138,6 +139,23 @@ def listening_socket(host: str, port: int, *, backlog: int, reuse_port: bool) ->
     return socket.create_server(address, family=family, backlog=backlog, reuse_port=reuse_port)
 
 
+# The cyclic garbage collector, tuned for a server's heap: a young collection after
+# 50,000 net new container objects instead of 700 (one request makes dozens, so the
+# default ran one every few requests, and with 1,024 open connections each older
+# collection walked all their objects), and what start-up made (modules, the app, the
+# settings) frozen out of every collection. Measured in docs/performance.md: at 1,024
+# connections product_get 1.27x, order_create served 2.6x with 1/100 of the 503s; at
+# 64, product_get 1.08x and profile_get 1.20x. Cycles are still collected, in larger
+# and rarer batches: memory grows by at most that many objects in between.
+_GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_garbage_collection() -> None:
+    """Once the app has started: what exists now lives as long as the process."""
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
+
+
 def make_runner(app: web.Application, config: Config) -> Runner:
     return Runner(
         app,
@@ -157,6 +175,7 @@ async def serve(config: Config, options: Options, *, reuse_port: bool = False) -
     await runner.setup()
     sock = listening_socket(config.host, config.port, backlog=config.listen_backlog, reuse_port=reuse_port)
     await Listener(runner, sock).start()
+    tune_garbage_collection()
     log.info("serving", extra={"host": config.host, "port": config.port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
