@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast
 
 import asyncpg
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Tracer, get_current_span
 
 
 @dataclass(frozen=True)
@@ -308,6 +308,8 @@ class _TracedAcquire(_Acquire):
         self._tracer = tracer
 
     async def __aenter__(self) -> asyncpg.Connection:
+        if not get_current_span().is_recording():  # a trace not sampled: no span to make
+            return await super().__aenter__()
         with self._tracer.start_as_current_span("db.pool.acquire"):
             return await super().__aenter__()
 
