@@ -152,7 +152,7 @@ def test_secrets_have_no_defaults(compose: dict[str, Any]) -> None:
         if re.match(r"^[A-Z_]+=", line)
     }
     assert env["JWT_SECRET"] == env["POSTGRES_PASSWORD"] == env["ADMIN_PASSWORD"] == ""
-    assert env["APP_DB_PASSWORD"] == env["METRICS_TOKEN"] == ""
+    assert env["APP_DB_PASSWORD"] == env["METRICS_TOKEN"] == env["STRIPE_API_KEY"] == env["STRIPE_WEBHOOK_SECRET"] == ""
 
 
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_a_base_argument() -> None:

@@ -118,6 +118,16 @@ def test_metrics_need_the_metrics_token_from_the_secret() -> None:
     assert not token["valueFrom"]["secretKeyRef"].get("optional", False)
 
 
+def test_stripes_secrets_come_from_the_secret_and_the_configmaps_provider_is_a_valid_setting() -> None:
+    resources = load(BASE)
+    (api,) = resources["Deployment"]["spec"]["template"]["spec"]["containers"]
+    secret_keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in api["env"] if "valueFrom" in e}
+    assert secret_keys["STRIPE_API_KEY"] == "STRIPE_API_KEY"
+    assert secret_keys["STRIPE_WEBHOOK_SECRET"] == "STRIPE_WEBHOOK_SECRET"
+    provider = resources["ConfigMap"]["data"]["PAYMENT_PROVIDER"]
+    assert load_config(environ=resources["ConfigMap"]["data"]).payment_provider == provider
+
+
 def test_client_addresses_are_believed_only_from_the_ingress() -> None:
     """TRUST_FORWARDED_FOR believes the right-most X-Forwarded-For entry from anyone:
     a client that reaches a pod directly picks its address. TRUSTED_PROXIES names the
