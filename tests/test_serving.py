@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import resource
 import socket
 from collections.abc import Callable
 
@@ -52,6 +54,37 @@ def test_the_loops_own_server_takes_one_connection_per_turn_which_is_why_the_lis
         uvloop.run(_turns_to_accept_a_burst(lambda runner, sock: web.SockSite(runner, sock, backlog=2 * _BURST)))
         >= _BURST
     )
+
+
+def test_out_of_descriptors_the_listener_pauses_and_then_takes_in_the_connections_that_waited() -> None:
+    async def scenario() -> tuple[int, int]:
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        sock = listening_socket("127.0.0.1", 0, backlog=64, reuse_port=False)
+        await Listener(runner, sock).start()
+        clients = [socket.create_connection(sock.getsockname()[:2]) for _ in range(20)]
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Room for a few more descriptors only: accept() fails with EMFILE after them.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 3, limits[1]))
+        try:
+            assert runner.server is not None
+            for _ in range(20):
+                await asyncio.sleep(0)
+            while_out = len(runner.server.connections)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        try:
+            while len(runner.server.connections) < len(clients):  # the listener resumes by itself
+                await asyncio.sleep(0.05)
+            return while_out, len(runner.server.connections)
+        finally:
+            for client in clients:
+                client.close()
+            await runner.cleanup()
+
+    while_out, after = uvloop.run(asyncio.wait_for(scenario(), 30))
+    assert while_out < 20
+    assert after == 20
 
 
 def test_tuning_garbage_collection_freezes_what_exists_and_makes_young_collections_rarer() -> None:

@@ -69,7 +69,7 @@ class Runner(web.AppRunner):
 
 
 # Connections accepted per readiness of the listening socket. libuv (under uvloop)
-# accepts one per event-loop iteration (libuv#3696, since 1.45); with a thousand busy
+# accepts one per event-loop iteration (libuv#3696); with a thousand busy
 # connections an iteration takes tens of milliseconds, so a burst of new connections
 # queued for seconds in the kernel while the old ones were served (product_get at 1,024
 # connections: p99 7 s, some requests waiting the whole run). A bound, so that a flood
@@ -116,11 +116,15 @@ class Listener(web.BaseSite):
             except OSError as exc:  # out of descriptors or memory: pause, keep serving
                 log.warning("accepting connections paused", extra={"error": repr(exc)})
                 loop.remove_reader(self._sock.fileno())
-                loop.call_later(_ACCEPT_RETRY_SECONDS, loop.add_reader, self._sock.fileno(), self._accept)
+                loop.call_later(_ACCEPT_RETRY_SECONDS, self._resume)
                 return
             task = loop.create_task(loop.connect_accepted_socket(server, conn))
             self._connecting.add(task)
             task.add_done_callback(self._connected)
+
+    def _resume(self) -> None:
+        if self._sock.fileno() != -1:  # not stopped meanwhile
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
 
     def _connected(self, task: asyncio.Task[Any]) -> None:
         self._connecting.discard(task)
@@ -146,7 +150,7 @@ def listening_socket(host: str, port: int, *, backlog: int, reuse_port: bool) ->
 # settings) frozen out of every collection. Measured in docs/performance.md: at 1,024
 # connections product_get 1.27x, order_create served 2.6x with 1/100 of the 503s; at
 # 64, product_get 1.08x and profile_get 1.20x. Cycles are still collected, in larger
-# and rarer batches: memory grows by at most that many objects in between.
+# and rarer batches.
 _GC_THRESHOLDS = (50_000, 20, 10)
 
 
