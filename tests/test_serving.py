@@ -14,7 +14,7 @@ from collections.abc import Callable
 import uvloop
 from aiohttp import web
 
-from server.entry.serving import Listener, listening_socket, tune_garbage_collection
+from server.entry.serving import Listener, listening_sockets, tune_garbage_collection
 
 _BURST = 200
 
@@ -24,7 +24,7 @@ async def _turns_to_accept_a_burst(site: Callable[[web.AppRunner, socket.socket]
     kernel's accept queue, takes to reach the HTTP server (at most 2 x _BURST)."""
     runner = web.AppRunner(web.Application())
     await runner.setup()
-    sock = listening_socket("127.0.0.1", 0, backlog=2 * _BURST, reuse_port=False)
+    (sock,) = listening_sockets("127.0.0.1", 0, backlog=2 * _BURST, reuse_port=False)
     await site(runner, sock).start()
     # The kernel completes each handshake by itself: while this coroutine holds the
     # loop, the whole burst queues for accept().
@@ -60,7 +60,7 @@ def test_out_of_descriptors_the_listener_pauses_and_then_takes_in_the_connection
     async def scenario() -> tuple[int, int]:
         runner = web.AppRunner(web.Application())
         await runner.setup()
-        sock = listening_socket("127.0.0.1", 0, backlog=64, reuse_port=False)
+        (sock,) = listening_sockets("127.0.0.1", 0, backlog=64, reuse_port=False)
         await Listener(runner, sock).start()
         clients = [socket.create_connection(sock.getsockname()[:2]) for _ in range(20)]
         limits = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -85,6 +85,16 @@ def test_out_of_descriptors_the_listener_pauses_and_then_takes_in_the_connection
     while_out, after = uvloop.run(asyncio.wait_for(scenario(), 30))
     assert while_out < 20
     assert after == 20
+
+
+def test_a_name_is_listened_on_at_every_address_it_resolves_to() -> None:
+    sockets = listening_sockets("localhost", 0, backlog=8, reuse_port=False)
+    try:
+        resolved = {family for family, *_ in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+        assert {sock.family for sock in sockets} == resolved
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def test_tuning_garbage_collection_freezes_what_exists_and_makes_young_collections_rarer() -> None:

@@ -137,10 +137,15 @@ class Listener(web.BaseSite):
         await super().stop()
 
 
-def listening_socket(host: str, port: int, *, backlog: int, reuse_port: bool) -> socket.socket:
-    """The bound, listening socket of `host:port` (its first address)."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return socket.create_server(address, family=family, backlog=backlog, reuse_port=reuse_port)
+def listening_sockets(host: str, port: int, *, backlog: int, reuse_port: bool) -> list[socket.socket]:
+    """Bound, listening sockets on every address `host` resolves to (as the loop's own
+    server binds them: `localhost` on IPv4 and IPv6, an IPv6 socket for IPv6 only)."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = dict.fromkeys((family, address) for family, _, _, _, address in found)
+    return [
+        socket.create_server(address, family=family, backlog=backlog, reuse_port=reuse_port)
+        for family, address in addresses
+    ]
 
 
 # The cyclic garbage collector, tuned for a server's heap: a young collection after
@@ -177,8 +182,8 @@ async def serve(config: Config, options: Options, *, reuse_port: bool = False) -
     app = create_app(config, options)
     runner = make_runner(app, config)
     await runner.setup()
-    sock = listening_socket(config.host, config.port, backlog=config.listen_backlog, reuse_port=reuse_port)
-    await Listener(runner, sock).start()
+    for sock in listening_sockets(config.host, config.port, backlog=config.listen_backlog, reuse_port=reuse_port):
+        await Listener(runner, sock).start()
     tune_garbage_collection()
     log.info("serving", extra={"host": config.host, "port": config.port})
     stop = asyncio.Event()
