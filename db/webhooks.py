@@ -135,6 +135,21 @@ async def fan_out_batch(db: Database, batch: int, plan: Plan) -> int | None:
         return len(events)
 
 
+# Committed events past the dispatch position that the feed does not show yet: an
+# older transaction, anywhere on the server, is still in flight (db/events.py).
+_HELD_BACK = """
+SELECT EXISTS (
+    SELECT 1 FROM events e, webhook_dispatch w
+    WHERE w.id = 1 AND (e.txid, e.id) > (w.txid, w.event_id)
+      AND e.txid >= pg_snapshot_xmin(pg_current_snapshot()))
+"""
+
+
+async def held_back(db: Database) -> bool:
+    """Whether committed events wait for older transactions before they can be fanned out."""
+    return bool(await db.fetchval(_HELD_BACK))
+
+
 # --- the queues -------------------------------------------------------------------------
 
 _CLAIMED = """

@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from db import webhooks as webhooks_db
+from db.pool import Database
 from handlers.routing import CONTEXT
 from server.domain import webhooks
 from server.runtime.config import load
@@ -243,6 +245,60 @@ async def test_an_event_goes_out_at_once_not_at_the_next_poll(api: Api, receiver
     poll here is an hour away, the receiver's wait 60 s)."""
     await add_webhook(api, receiver.url, ["product.created"])
     product = await api.product(name="At once")
+    await receiver.wait_for(lambda: len(receiver.received) == 1)
+    assert receiver.events()[0]["data"] == product
+
+
+async def _older_transaction(dsn: str) -> tuple[asyncpg.Connection, Any]:
+    """A connection with a transaction that holds a transaction id and stays open: every
+    event committed after it is held back from the feed until it ends."""
+    conn = await asyncpg.connect(dsn)
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.fetchval("SELECT pg_current_xact_id()")
+    return conn, transaction
+
+
+async def test_events_committed_behind_an_older_open_transaction_are_held_back_until_it_ends(
+    api: Api, clean_db: str
+) -> None:
+    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    try:
+        store = Database(pool, 5)
+        # The dispatch position (the deliverer makes it on its first turn).
+        await pool.execute("INSERT INTO webhook_dispatch VALUES (1, '0', 0) ON CONFLICT DO NOTHING")
+        conn, older = await _older_transaction(clean_db)
+        try:
+            await api.product(name="Behind")
+            assert await webhooks_db.held_back(store)
+        finally:
+            await older.rollback()
+            await conn.close()
+        assert not await webhooks_db.held_back(store)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("config_overrides", [{**FAST_DELIVERY, "webhook_poll_interval_seconds": 3600}])
+async def test_an_event_held_back_by_an_older_transaction_goes_out_when_it_ends_not_at_the_next_poll(
+    api: Api, receiver: Receiver, clean_db: str
+) -> None:
+    """The commit's wake finds the event held back (an older transaction is open): the
+    deliverer looks again shortly instead of leaving it to the poll, an hour away."""
+    await add_webhook(api, receiver.url, ["product.created"])
+    conn, older = await _older_transaction(clean_db)
+    try:
+        product = await api.product(name="Held back")
+        for _ in range(400):  # until a turn has found it held back (20 s at most)
+            text = (await api.call("GET", "/metrics")).body.decode()
+            if "\nwebhook_events_held_back_total 0.0" not in text:
+                break
+            await asyncio.sleep(0.05)
+        assert "\nwebhook_events_held_back_total 0.0" not in text
+    finally:
+        await older.rollback()
+        await conn.close()
+    # No commit wakes the deliverer from now on, and the poll is an hour away.
     await receiver.wait_for(lambda: len(receiver.received) == 1)
     assert receiver.events()[0]["data"] == product
 

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 SECRET_PREFIX = "whsec_"
 _SECRET_BYTES = 32
 _FAN_OUT_BATCH = 500
+# The first look again at events held back by an older transaction (doubling after).
+_HELD_BACK_FIRST_RETRY_SECONDS = 0.02
 
 
 # --- secrets ------------------------------------------------------------------------------
@@ -275,6 +277,8 @@ class Deliverer:
     busy: collections.Counter[int] = field(default_factory=collections.Counter)
     # Set when tracing is on: each send is a client span of its own.
     tracer: Tracer | None = None
+    # How soon to look again while committed events are held back (fan_out).
+    held_back_retry: float = field(default=_HELD_BACK_FIRST_RETRY_SECONDS, init=False)
 
     @property
     def lease_seconds(self) -> float:
@@ -295,7 +299,21 @@ class Deliverer:
             read = await webhooks_db.fan_out_batch(self.ctx.db, _FAN_OUT_BATCH, plan)
             total += read or 0
             if read != _FAN_OUT_BATCH:
-                return total
+                break
+        # (None: another process is fanning out, and it looks for itself.)
+        if read is not None and await webhooks_db.held_back(self.ctx.db):
+            self.ctx.metrics.webhook_events_held_back.inc()
+            self._turn_again_soon()
+        else:
+            self.held_back_retry = _HELD_BACK_FIRST_RETRY_SECONDS
+        return total
+
+    def _turn_again_soon(self) -> None:
+        """Events committed here woke this turn, but an older transaction still in
+        flight keeps them out of the feed: look again shortly, then less and less often
+        up to the poll interval, rather than leave them to the next poll."""
+        asyncio.get_running_loop().call_later(self.held_back_retry, self.wake.set)
+        self.held_back_retry = min(2 * self.held_back_retry, self.ctx.config.webhook_poll_interval_seconds)
 
     async def claim(self) -> None:
         config = self.ctx.config

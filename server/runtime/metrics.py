@@ -127,6 +127,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.webhook_events_held_back = Counter(
+            "webhook_events_held_back",
+            "Delivery turns that found committed events held back by an older transaction still in flight "
+            "(anywhere on the database server): a long transaction stalls every webhook.",
+            registry=r,
+        )
         self.webhook_outbox_lag = Gauge(
             "webhook_outbox_lag_seconds",
             "Age of the oldest event not yet delivered to every webhook it is owed to.",
