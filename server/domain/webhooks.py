@@ -301,17 +301,19 @@ class Deliverer:
             if read != _FAN_OUT_BATCH:
                 break
         # (None: another process is fanning out, and it looks for itself.)
-        if read is not None and await webhooks_db.held_back(self.ctx.db):
-            self.ctx.metrics.webhook_events_held_back.inc()
-            self._turn_again_soon()
-        else:
+        if read is None or not await webhooks_db.held_back(self.ctx.db):
             self.held_back_retry = _HELD_BACK_FIRST_RETRY_SECONDS
+            return total
+        self.ctx.metrics.webhook_events_held_back.inc()
+        if total:  # the feed moved: what is in the way is short, not one long transaction
+            self.held_back_retry = _HELD_BACK_FIRST_RETRY_SECONDS
+        self._turn_again_soon()
         return total
 
     def _turn_again_soon(self) -> None:
-        """Events committed here woke this turn, but an older transaction still in
-        flight keeps them out of the feed: look again shortly, then less and less often
-        up to the poll interval, rather than leave them to the next poll."""
+        """Committed events are kept out of the feed by an older transaction still in
+        flight: look again shortly, and while turns find nothing new, less and less
+        often up to the poll interval, rather than leave them to the next poll."""
         asyncio.get_running_loop().call_later(self.held_back_retry, self.wake.set)
         self.held_back_retry = min(2 * self.held_back_retry, self.ctx.config.webhook_poll_interval_seconds)
 
