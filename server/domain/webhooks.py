@@ -301,13 +301,12 @@ class Deliverer:
             if read != _FAN_OUT_BATCH:
                 break
         # (None: another process is fanning out, and it looks for itself.)
-        if read is None or not await webhooks_db.held_back(self.ctx.db):
+        held = read is not None and await webhooks_db.held_back(self.ctx.db)
+        if total or not held:  # the feed moved, or nothing waits: no long transaction in the way
             self.held_back_retry = _HELD_BACK_FIRST_RETRY_SECONDS
-            return total
-        self.ctx.metrics.webhook_events_held_back.inc()
-        if total:  # the feed moved: what is in the way is short, not one long transaction
-            self.held_back_retry = _HELD_BACK_FIRST_RETRY_SECONDS
-        self._turn_again_soon()
+        if held:
+            self.ctx.metrics.webhook_events_held_back.inc()
+            self._turn_again_soon()
         return total
 
     def _turn_again_soon(self) -> None:
