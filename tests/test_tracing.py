@@ -16,11 +16,23 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    Decision,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 
 from server.app import Options, create_app
 from server.runtime.config import Config
 from server.runtime.logs import JsonFormatter
-from server.runtime.tracing import exporter_from_environment
+from server.runtime.tracing import exporter_from_environment, root_decision
 from tests.conftest import JWT_SECRET
 from tests.helpers import Api
 from tests.test_webhooks import FAST_DELIVERY, add_webhook
@@ -192,6 +204,31 @@ async def test_a_request_the_sampler_keeps_is_a_whole_trace_at_the_configured_ra
     assert 140 <= len(roots) <= 260, len(roots)  # 200 expected; 6 standard deviations either side
     children = {span.context.trace_id for span in exporter.get_finished_spans() if span.parent is not None}
     assert all(root.context.trace_id in children for root in roots)  # each with its SQL statement
+
+
+class _DropsHealthChecks(TraceIdRatioBased):
+    """A sampler of the shop's own that decides on more than the trace id."""
+
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, *args: Any, **kwargs: Any) -> SamplingResult:
+        if name.endswith("/healthz"):
+            return SamplingResult(Decision.DROP)
+        return super().should_sample(parent_context, trace_id, name, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ParentBasedTraceIdRatio(0.1), TraceIdRatioBased(0.5), ALWAYS_ON, ALWAYS_OFF, DEFAULT_ON, DEFAULT_OFF,
+     _DropsHealthChecks(0.5)],
+    ids=["parentbased_ratio", "ratio", "always_on", "always_off", "parentbased_on", "parentbased_off", "custom"],
+)  # fmt: skip
+def test_the_root_decision_is_the_samplers_own(sampler: Sampler) -> None:
+    keeps = root_decision(sampler)
+    ids = RandomIdGenerator()
+    for name in ("GET /api/products/{id}", "GET /healthz"):
+        for _ in range(2_000):
+            trace_id = ids.generate_trace_id()
+            kept = sampler.should_sample(None, trace_id, name).decision is Decision.RECORD_AND_SAMPLE
+            assert keeps(trace_id, name) is kept, (name, format(trace_id, "032x"))
 
 
 def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:
