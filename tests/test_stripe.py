@@ -14,9 +14,13 @@ import sys
 import time
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 
+from server.app import Options, create_app
+from tests.conftest import JWT_SECRET, make_config
 from tests.helpers import ROOT, Api, Reply, ServerProcess, User, eventually
 from tests.stripe_standin import WEBHOOK_PATH, WEBHOOK_SECRET, Gateway
 
@@ -400,6 +404,61 @@ async def test_failed_and_unanswered_calls_are_retried_with_the_same_key(
             f'payment_provider_calls_total{{operation="create_payment_intent",outcome="{outcome}",provider="stripe"}}'
         )
         assert line in metrics, outcome
+
+
+class RateLimitingFront:
+    """A real HTTP server in front of the stand-in (which has no rate limit of its own):
+    the first `limited` calls to `path` get Stripe's 429 (nothing done, as Stripe's
+    rate limiter answers before the API acts), every other call is passed through."""
+
+    # What goes back from the stand-in; the rest (length, encoding, date) is the front's own.
+    _ANSWER_HEADERS = ("Content-Type", "Request-Id", "Stripe-Version", "Idempotency-Key", "Idempotent-Replayed")
+
+    def __init__(self, upstream: str, path: str, limited: int) -> None:
+        self.upstream, self.path, self.limited = upstream, path, limited
+        self.refused_keys: list[str | None] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.app.cleanup_ctx.append(self._session)
+
+    async def _session(self, _app: web.Application) -> Any:
+        async with aiohttp.ClientSession() as self.http:
+            yield
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.path == self.path and len(self.refused_keys) < self.limited:
+            self.refused_keys.append(request.headers.get("Idempotency-Key"))
+            error = {"type": "invalid_request_error", "code": "rate_limit", "message": "Request rate limit exceeded."}
+            return web.json_response({"error": error}, status=429)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with self.http.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body
+        ) as answer:
+            passed = {k: answer.headers[k] for k in self._ANSWER_HEADERS if k in answer.headers}
+            return web.Response(status=answer.status, body=await answer.read(), headers=passed)
+
+
+async def test_rate_limited_calls_are_retried_with_the_same_key_and_charge_once(
+    aiohttp_client: Any, aiohttp_server: Any, clean_db: str, gateway: Gateway
+) -> None:
+    assert gateway.standin is not None
+    front = RateLimitingFront(gateway.standin.url, "/v1/payment_intents", limited=2)
+    server = await aiohttp_server(front.app)
+    config = make_config(clean_db, **{**gateway.settings({}), "stripe_api_base": str(server.make_url("")).rstrip("/")})
+    api = Api(await aiohttp_client(create_app(config, Options(dsn=clean_db, jwt_secret=JWT_SECRET))))
+    user, order = await _pending_order(api)
+    reply = await api.pay(user, order["id"])
+    assert reply.status == 201, reply
+    sent = [r for r in gateway.standin.requests() if r["path"] == "/v1/payment_intents"]
+    assert len(front.refused_keys) == 2 and len(sent) == 1
+    assert {*front.refused_keys, sent[0]["idempotency_key"]} == {sent[0]["idempotency_key"]}
+    assert gateway.ledger()["summary"] == {**gateway.ledger()["summary"], "payment_intents": 1, "succeeded_charges": 1}
+    metrics = (await api.call("GET", "/metrics")).body.decode()
+    assert (
+        'payment_provider_calls_total{operation="create_payment_intent",outcome="rate_limited",provider="stripe"} 2.0'
+        in metrics
+    )
 
 
 # --- settings -----------------------------------------------------------------------------

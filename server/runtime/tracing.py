@@ -100,9 +100,7 @@ def root_decision(sampler: Sampler) -> Callable[[int, str], bool]:
     if type(root).should_sample is StaticSampler.should_sample:
         keeps = root._decision is Decision.RECORD_AND_SAMPLE  # type: ignore[attr-defined]
         return lambda _trace_id, _name: keeps
-    return lambda trace_id, name: (
-        sampler.should_sample(None, trace_id, name).decision is Decision.RECORD_AND_SAMPLE
-    )
+    return lambda trace_id, name: sampler.should_sample(None, trace_id, name).decision is Decision.RECORD_AND_SAMPLE
 
 
 class Tracing:
