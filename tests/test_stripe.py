@@ -340,6 +340,34 @@ async def test_the_same_event_posted_twice_pays_the_order_once(api: Api, db: asy
     assert await db.fetchval("SELECT count(*) FROM provider_events WHERE id = 'evt_twice_1'") == 1
 
 
+async def test_a_signed_event_for_another_amount_or_currency_changes_nothing(api: Api, db: asyncpg.Connection) -> None:
+    user, order, waiting = await _awaiting_action(api)
+    for number, (amount, currency) in enumerate([(waiting["amount"] + 1, "usd"), (waiting["amount"], "eur")]):
+        event = {
+            "id": f"evt_mismatched_{number}",
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "data": {
+                "object": {
+                    "id": waiting["provider_ref"],
+                    "object": "payment_intent",
+                    "status": "succeeded",
+                    "amount": amount,
+                    "currency": currency,
+                    "metadata": {"payment_id": str(waiting["id"]), "order_id": str(order["id"])},
+                }
+            },
+        }
+        body = json.dumps(event).encode()
+        reply = await api.call("POST", WEBHOOK_PATH, data=body, headers=_signed(body))
+        assert (reply.status, reply.json["outcome"]) == (200, "mismatched")
+    assert (await _get(api, user, f"/api/orders/{order['id']}"))["status"] == "pending"
+    assert await db.fetchval("SELECT status FROM payments WHERE id = $1", waiting["id"]) == "requires_action"
+    assert await db.fetchval("SELECT count(*) FROM provider_events") == 0
+    metrics = (await api.call("GET", "/metrics")).body.decode()
+    assert 'payment_provider_events_total{outcome="mismatched"} 2.0' in metrics
+
+
 async def test_an_event_of_a_type_not_used_is_200_and_ignored(api: Api, db: asyncpg.Connection) -> None:
     body = json.dumps({"id": "evt_other_1", "type": "customer.created", "data": {"object": {"id": "cus_1"}}}).encode()
     reply = await api.call("POST", WEBHOOK_PATH, data=body, headers=_signed(body))

@@ -172,7 +172,7 @@ class ProviderEventAck(Shape):
     """The answer to a payment provider's webhook."""
 
     received: bool
-    outcome: Literal["handled", "duplicate", "unchanged", "ignored"]
+    outcome: Literal["handled", "duplicate", "unchanged", "ignored", "mismatched"]
 
 
 class RefundOut(Shape):

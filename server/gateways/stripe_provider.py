@@ -303,8 +303,15 @@ def _event(event_id: str, event_type: str, obj: Any) -> ProviderEvent:
         else:
             error = obj.get("last_payment_error") or {}
             charge = ChargeResult("declined", intent_id, error.get("code") or "payment_failed")
+        amount, currency = obj.get("amount"), obj.get("currency")
         return ProviderEvent(
-            event_id, event_type, provider_ref=intent_id, payment_id=_number(metadata, "payment_id"), charge=charge
+            event_id,
+            event_type,
+            provider_ref=intent_id,
+            payment_id=_number(metadata, "payment_id"),
+            charge=charge,
+            amount=amount if isinstance(amount, int) else None,
+            currency=currency if isinstance(currency, str) else None,
         )
     if event_type in _REFUND_EVENTS and obj.get("object") == "refund":
         refund_id = str(obj.get("id"))

@@ -107,7 +107,8 @@ class Metrics:
             "payment_provider_events",
             "Webhook events from the payment provider: received (signature valid), rejected (missing, wrong or "
             "stale signature), ignored (a type not used), unchanged (its payment or refund already as it says), "
-            "duplicate (handled before), handled (it changed a payment or refund).",
+            "duplicate (handled before), handled (it changed a payment or refund), mismatched (signed, but its amount "
+            "or currency is not its payment's: nothing changed, logged as an error).",
             ["outcome"],
             registry=r,
         )

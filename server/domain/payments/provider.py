@@ -85,6 +85,10 @@ class ProviderEvent:
     refund_id: int | None = None
     charge: ChargeResult | None = None
     refund: RefundResult | None = None
+    # What the provider says the charge was for (minor units, lower-case ISO code), when
+    # it says: checked against the payment before the event may settle it.
+    amount: int | None = None
+    currency: str | None = None
 
 
 class ProviderUnavailable(Exception):

@@ -29,7 +29,11 @@ from server.domain.payments.provider import InvalidEvent, ProviderEvent
 
 log = logging.getLogger(__name__)
 
-Handled = Literal["handled", "duplicate", "unchanged", "ignored"]
+Handled = Literal["handled", "duplicate", "unchanged", "ignored", "mismatched"]
+
+
+class _Mismatched(Exception):
+    """A signed event whose charge is not for its payment's amount and currency."""
 
 
 async def receive(ctx: Context, payload: bytes, signature: str | None) -> Handled:
@@ -48,7 +52,23 @@ async def receive(ctx: Context, payload: bytes, signature: str | None) -> Handle
         # A type we do not use (most of what Stripe sends): nothing read or written.
         ctx.metrics.provider_events.labels("ignored").inc()
         return "ignored"
-    order_id = await _order_to_change(ctx, event)
+    try:
+        order_id = await _order_to_change(ctx, event)
+    except _Mismatched:
+        # Signed by the provider but not for what we asked it to charge (a bug, or a
+        # leaked signing secret): nothing changes; an operator is told. Answered 2xx:
+        # the provider's redelivery would change nothing either.
+        ctx.metrics.provider_events.labels("mismatched").inc()
+        log.error(
+            "provider event's amount is not its payment's",
+            extra={
+                "event": event.id,
+                "payment_id": event.payment_id,
+                "amount": event.amount,
+                "currency": event.currency,
+            },
+        )
+        return "mismatched"
     if order_id is None:
         # Settled as the event says already (by the call's own answer, usually), or not
         # ours: one read, nothing written.
@@ -69,13 +89,17 @@ async def receive(ctx: Context, payload: bytes, signature: str | None) -> Handle
 
 async def _order_to_change(ctx: Context, event: ProviderEvent) -> int | None:
     """The order whose payment or refund the event may change; None when it changes
-    nothing (not ours, or settled as the event says already: no actor is asked)."""
+    nothing (not ours, or settled as the event says already: no actor is asked).
+    Raises _Mismatched for a charge not of its payment's amount (which never changes,
+    so it is checked here, outside the actor)."""
     if event.charge is not None and event.payment_id is not None:
         payment = await payments_db.get(ctx.db, event.payment_id, None)
         if payment is None or payment["provider"] != ctx.provider.name:
             return None
         if payment["status"] not in ("pending", "requires_action"):
             return None
+        if not _for_the_payments_amount(event, payment["amount"], payment["currency"]):
+            raise _Mismatched
         order_id: int = payment["order_id"]
         return order_id
     if event.refund is not None and event.refund_id is not None:
@@ -87,6 +111,14 @@ async def _order_to_change(ctx: Context, event: ProviderEvent) -> int | None:
         order_id = refund["order_id"]
         return order_id
     return None
+
+
+def _for_the_payments_amount(event: ProviderEvent, amount: int, currency: str) -> bool:
+    """Whether the event's charge is for the payment's amount and currency (an event
+    that does not say is taken as it is; the currency's case is the provider's)."""
+    if event.amount is not None and event.amount != amount:
+        return False
+    return event.currency is None or event.currency.lower() == currency.lower()
 
 
 async def _apply(ctx: Context, event: ProviderEvent) -> None:
