@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,19 @@ from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """The cluster's directory, outside pytest's own temporary folder: as root the
+    cluster runs as an unprivileged user who is granted a way through the folders
+    above it, and any pytest session starting on the machine resets its folder to
+    owner-only (a CI-like run beside another suite failed on that)."""
+    folder = Path(tempfile.mkdtemp(prefix="storefront-embedded-pg-test-"))
+    try:
+        yield folder / "postgres"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stop_leftover(data_dir: Path) -> None:
@@ -76,9 +92,8 @@ def _serve(data_dir: Path, workers: int) -> tuple[subprocess.Popen[bytes], int]:
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_that_stops_the_service_stops_its_embedded_postgresql(
-    tmp_path: Path, workers: int, signum: signal.Signals
+    data_dir: Path, workers: int, signum: signal.Signals
 ) -> None:
-    data_dir = tmp_path / "postgres"
     service, _ = _serve(data_dir, workers)
     try:
         postmaster = _postmaster(data_dir)
@@ -92,8 +107,7 @@ def test_a_signal_that_stops_the_service_stops_its_embedded_postgresql(
         _stop_leftover(data_dir)
 
 
-def test_a_cluster_left_running_by_a_dead_run_is_taken_over_and_stopped_at_the_end(tmp_path: Path) -> None:
-    data_dir = tmp_path / "postgres"
+def test_a_cluster_left_running_by_a_dead_run_is_taken_over_and_stopped_at_the_end(data_dir: Path) -> None:
     leftover = EmbeddedPostgres(data_dir)
     leftover.start()  # as a run that then died: its owner file names a process that is gone
     leftover.owner_file.write_text("999999999\n")
