@@ -60,6 +60,26 @@ def _signed(body: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None)
     return {"Stripe-Signature": f"t={timestamp},v1={mac}", "Content-Type": "application/json"}
 
 
+def _succeeded_event(event_id: str, order: dict[str, Any], payment: dict[str, Any], **intent: Any) -> bytes:
+    """The body of Stripe's `payment_intent.succeeded` for this payment (its PaymentIntent
+    with our metadata, and any more of the intent's fields), as a test posts it."""
+    event = {
+        "id": event_id,
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {
+            "object": {
+                "id": payment["provider_ref"],
+                "object": "payment_intent",
+                "status": "succeeded",
+                "metadata": {"payment_id": str(payment["id"]), "order_id": str(order["id"])},
+                **intent,
+            }
+        },
+    }
+    return json.dumps(event).encode()
+
+
 # --- what is sent ---------------------------------------------------------------------------
 
 
@@ -235,20 +255,7 @@ async def test_a_forged_stale_or_unsigned_event_is_400_and_changes_nothing(
     api: Api, gateway: Gateway, db: asyncpg.Connection
 ) -> None:
     user, order, waiting = await _awaiting_action(api)
-    event = {
-        "id": "evt_forged_1",
-        "object": "event",
-        "type": "payment_intent.succeeded",
-        "data": {
-            "object": {
-                "id": waiting["provider_ref"],
-                "object": "payment_intent",
-                "status": "succeeded",
-                "metadata": {"payment_id": str(waiting["id"]), "order_id": str(order["id"])},
-            }
-        },
-    }
-    body = json.dumps(event).encode()
+    body = _succeeded_event("evt_forged_1", order, waiting)
     for headers in (
         {"Content-Type": "application/json"},  # unsigned
         _signed(body, secret="whsec_someoneelse0000000000000"),  # forged
@@ -316,20 +323,7 @@ async def test_a_redelivered_event_changes_nothing_the_second_time(
 
 async def test_the_same_event_posted_twice_pays_the_order_once(api: Api, db: asyncpg.Connection) -> None:
     user, order, waiting = await _awaiting_action(api)
-    event = {
-        "id": "evt_twice_1",
-        "object": "event",
-        "type": "payment_intent.succeeded",
-        "data": {
-            "object": {
-                "id": waiting["provider_ref"],
-                "object": "payment_intent",
-                "status": "succeeded",
-                "metadata": {"payment_id": str(waiting["id"]), "order_id": str(order["id"])},
-            }
-        },
-    }
-    body = json.dumps(event).encode()
+    body = _succeeded_event("evt_twice_1", order, waiting)
     first = await api.call("POST", WEBHOOK_PATH, data=body, headers=_signed(body))
     assert first.json == {"received": True, "outcome": "handled"}
     events = await db.fetchval("SELECT count(*) FROM events")
@@ -343,22 +337,7 @@ async def test_the_same_event_posted_twice_pays_the_order_once(api: Api, db: asy
 async def test_a_signed_event_for_another_amount_or_currency_changes_nothing(api: Api, db: asyncpg.Connection) -> None:
     user, order, waiting = await _awaiting_action(api)
     for number, (amount, currency) in enumerate([(waiting["amount"] + 1, "usd"), (waiting["amount"], "eur")]):
-        event = {
-            "id": f"evt_mismatched_{number}",
-            "object": "event",
-            "type": "payment_intent.succeeded",
-            "data": {
-                "object": {
-                    "id": waiting["provider_ref"],
-                    "object": "payment_intent",
-                    "status": "succeeded",
-                    "amount": amount,
-                    "currency": currency,
-                    "metadata": {"payment_id": str(waiting["id"]), "order_id": str(order["id"])},
-                }
-            },
-        }
-        body = json.dumps(event).encode()
+        body = _succeeded_event(f"evt_mismatched_{number}", order, waiting, amount=amount, currency=currency)
         reply = await api.call("POST", WEBHOOK_PATH, data=body, headers=_signed(body))
         assert (reply.status, reply.json["outcome"]) == (200, "mismatched")
     assert (await _get(api, user, f"/api/orders/{order['id']}"))["status"] == "pending"
