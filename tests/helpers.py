@@ -23,6 +23,7 @@ import orjson
 
 from db.pool import Database
 from server.domain import invariants
+from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache
 from server.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,6 +360,11 @@ async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) 
         assert time.monotonic() < deadline, f"{getattr(check, '__name__', 'the condition')} never held"
         await asyncio.sleep(interval)
     return value
+
+
+def watch_polled_since(cache: CatalogCache, moment: float) -> bool:
+    """The catalog watch has applied a poll begun after `moment` (on the monotonic clock)."""
+    return cache._serve_until - STALE_BOUND_SECONDS > moment
 
 
 async def feed(api: Api, query: str = "") -> dict[str, Any]:

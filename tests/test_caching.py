@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from handlers.routing import CONTEXT
 from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache, Representation
 from server.runtime.metrics import Metrics
-from tests.helpers import Api
+from tests.helpers import Api, eventually, watch_polled_since
 
 # The in-process tests poll slowly: a change must be seen at once by the process
 # that made it, without the help of the poll.
@@ -516,6 +516,40 @@ async def test_a_killed_watch_connection_stops_stale_reads(api: Api, client: Any
     for _ in range(20):
         assert (await api.call("GET", f"/api/products/{product['id']}")).json["price"] == new
         await asyncio.sleep(0.05)
+
+
+async def test_while_the_serving_loop_is_busy_the_watch_applies_changes_and_the_cache_serves_on(
+    api: Api, client: Any, clean_db: str
+) -> None:
+    """Under a thousand connections one turn of the serving loop may take longer than
+    the cache may serve without a poll. The watch polls on a thread of its own, so
+    while the serving loop never turns (here: busy in Python, giving up the interpreter
+    lock only as the interpreter makes it), changes are still applied and the cache
+    goes on serving what did not change."""
+    changed, unchanged = await api.product(price=100), await api.product(price=200)
+    cache = client.server.app[CONTEXT].catalog
+    created = time.monotonic()
+
+    async def watched_since_created() -> bool:
+        # Else the watch's news of the creations could drop the entries warmed below.
+        return watch_polled_since(cache, created)
+
+    await eventually(watched_since_created)
+    for product in (changed, unchanged):
+        await warm(api, f"/api/products/{product['id']}")
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("UPDATE products SET price = 101 WHERE id = $1", changed["id"])
+    finally:
+        await conn.close()
+    committed = time.monotonic()
+    # No await from here on: the serving loop does not turn until a poll begun well
+    # past the cache's stale bound after the change has been applied.
+    deadline = committed + 30
+    while not (cache.serving and watch_polled_since(cache, committed + 2 * STALE_BOUND_SECONDS)):
+        assert time.monotonic() < deadline, "the watch made no poll while the serving loop was busy"
+    assert changed["id"] not in cache._entries
+    assert unchanged["id"] in cache._entries
 
 
 # --- across processes -------------------------------------------------------------------------

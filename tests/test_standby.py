@@ -25,11 +25,11 @@ from aiohttp.test_utils import TestClient
 
 from db.pool import create_database
 from handlers.routing import CONTEXT
-from server.domain.catalog_cache import CHANGE_MEMORY_SECONDS, STALE_BOUND_SECONDS, CatalogCache
+from server.domain.catalog_cache import CHANGE_MEMORY_SECONDS, CatalogCache
 from server.runtime.config import Config, pool_settings
 from server.runtime.metrics import Metrics
 from server.runtime.standby import Coverage, Standby
-from tests.helpers import Api, eventually, free_port
+from tests.helpers import Api, eventually, free_port, watch_polled_since
 
 # --- the rule ------------------------------------------------------------------------
 
@@ -204,10 +204,9 @@ async def test_a_standby_read_older_than_a_change_the_cache_knows_of_is_not_kept
     created = time.monotonic()
 
     async def watched_since_created() -> bool:
-        # The watch has applied the product's own creation (a poll begun after it has
-        # succeeded): applied later, on a busy machine, it would be a newer change than
-        # the coverage set below.
-        return cache._serve_until - STALE_BOUND_SECONDS > created
+        # The watch has applied the product's own creation: applied later, on a busy
+        # machine, it would be a newer change than the coverage set below.
+        return watch_polled_since(cache, created)
 
     await eventually(watched_since_created)
     covered_until(standby, time.monotonic())
