@@ -41,6 +41,14 @@ async def get(db: Database, product_id: int) -> asyncpg.Record | None:
     return await db.fetchrow(_GET, product_id)
 
 
+_GET_MANY = "SELECT * FROM products WHERE id = ANY($1::bigint[]) AND deleted_at IS NULL"
+
+
+async def get_many(db: Database, product_ids: Sequence[int]) -> list[asyncpg.Record]:
+    """The live products among these ids, in no particular order."""
+    return await db.fetch(_GET_MANY, product_ids)
+
+
 _UPDATE = "SELECT * FROM update_product($1, $2, $3, $4, $5, $6, $7, $8)"
 
 

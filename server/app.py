@@ -31,7 +31,7 @@ from db import idempotency, maintenance, password_resets, provider_events, rate_
 from db.pool import Database, SessionWatcher, create_database
 from handlers import api, openapi
 from handlers.routing import CONTEXT, register
-from server.domain import discounts, orders, users, webhooks
+from server.domain import catalog, discounts, orders, users, webhooks
 from server.domain.auth import Passwords, Tokens
 from server.domain.catalog_cache import CatalogCache, CatalogWatch, FreshReadLimit
 from server.domain.context import Context
@@ -336,10 +336,11 @@ def _actors(config: Config, metrics: Metrics, tracer: Tracer | None) -> Resource
 
 def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer | None) -> Resource:
     async def context(app: web.Application) -> AsyncIterator[None]:
+        primary_reads = ReadTarget(app[_DATABASE], app[_CATALOG_DATABASE])
         ctx = Context(
             config=config,
             db=app[_DATABASE],
-            primary_reads=ReadTarget(app[_DATABASE], app[_CATALOG_DATABASE]),
+            primary_reads=primary_reads,
             standby=app[_STANDBY],
             passwords=app[_PASSWORDS],
             tokens=Tokens(options.jwt_secret, config.jwt_ttl_seconds),
@@ -351,12 +352,14 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
             liveness=app[_LIVENESS],
             fresh_reads=FreshReadLimit(config.catalog_fresh_reads_per_ip),
             order_batches=orders.batches(app[_DATABASE], config, metrics),
+            product_reads=catalog.product_reads(primary_reads, metrics, config),
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
             await users.ensure_admin(ctx, config.admin_email, config.admin_password)
         yield
         await ctx.order_batches.close()  # before the pool: the batches under way commit
+        await ctx.product_reads.close()
 
     return context
 

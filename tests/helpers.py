@@ -362,6 +362,16 @@ async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) 
     return value
 
 
+async def catalog_reads(api: Api) -> dict[str, float]:
+    """Catalog reads made on a database so far, by target (primary, standby)."""
+    reply = await api.call("GET", "/metrics")
+    reads: dict[str, float] = {}
+    for line in reply.body.decode().splitlines():
+        if line.startswith("catalog_reads_total{"):
+            reads[line.split('target="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return reads
+
+
 def watch_polled_since(cache: CatalogCache, moment: float) -> bool:
     """The catalog watch has applied a poll begun after `moment` (on the monotonic clock)."""
     return cache._serve_until - STALE_BOUND_SECONDS > moment

@@ -16,10 +16,12 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from db.refusals import Refusal
 from handlers.routing import CONTEXT
+from server.domain import catalog
 from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache, Representation
 from server.runtime.metrics import Metrics
-from tests.helpers import Api, eventually, watch_polled_since
+from tests.helpers import Api, catalog_reads, eventually, watch_polled_since
 
 # The in-process tests poll slowly: a change must be seen at once by the process
 # that made it, without the help of the poll.
@@ -494,6 +496,26 @@ async def test_a_change_by_any_other_writer_is_seen_within_one_second(api: Api, 
         await conn.close()
     await within_one_second(api, f"/api/products/{product['id']}", lambda r: r.json["stock"] == 7)
     await within_one_second(api, "/api/products", lambda r: r.json["items"][0]["stock"] == 7)
+
+
+async def test_products_that_miss_the_cache_together_are_read_in_one_statement(api: Api, client: Any) -> None:
+    """While one read runs, those that arrive meanwhile (here: in the same turn of the
+    loop) are read together next; each gets the answer it would have had alone."""
+    products = [await api.product(price=100 + n) for n in range(5)]
+    alone = {p["id"]: (await api.call("GET", f"/api/products/{p['id']}")).body for p in products}
+    missing = max(alone) + 1000
+    ctx = client.server.app[CONTEXT]
+    ctx.catalog.invalidate(None)  # every read below misses the cache
+    before = await catalog_reads(api)
+    wanted = [p["id"] for p in products] * 4 + [missing]
+    answers = await asyncio.gather(*(catalog.product(ctx, pid, fresh=False) for pid in wanted), return_exceptions=True)
+    after = await catalog_reads(api)
+    assert after["primary"] - before["primary"] == 2  # the first alone, the other 20 together
+    for pid, answer in zip(wanted, answers, strict=True):
+        if pid == missing:
+            assert isinstance(answer, Refusal) and answer.code == "product_not_found"
+        else:
+            assert isinstance(answer, Representation) and answer.body == alone[pid]
 
 
 # --- the watch: down means not serving -------------------------------------------------------

@@ -29,7 +29,7 @@ from server.domain.catalog_cache import CHANGE_MEMORY_SECONDS, CatalogCache
 from server.runtime.config import Config, pool_settings
 from server.runtime.metrics import Metrics
 from server.runtime.standby import Coverage, Standby
-from tests.helpers import Api, eventually, free_port, watch_polled_since
+from tests.helpers import Api, catalog_reads, eventually, free_port, watch_polled_since
 
 # --- the rule ------------------------------------------------------------------------
 
@@ -233,15 +233,6 @@ async def test_a_product_missing_on_the_standby_is_404_without_a_second_read(api
 
 
 # --- no usable standby ---------------------------------------------------------------
-
-
-async def catalog_reads(api: Api) -> dict[str, float]:
-    reply = await api.call("GET", "/metrics")
-    reads: dict[str, float] = {}
-    for line in reply.body.decode().splitlines():
-        if line.startswith("catalog_reads_total{"):
-            reads[line.split('target="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
-    return reads
 
 
 async def standby_lag(api: Api) -> float:

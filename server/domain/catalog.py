@@ -10,23 +10,35 @@ it names the bytes.
 Anonymous reads that miss the cache go to the standby when DATABASE_READ_URL names
 one and it is fresh enough for them (`_read`); what they find is cached only when the
 standby showed every change this process knows of.
+
+Products that miss the cache are read together (`product_reads`): while one read
+runs, those that arrive meanwhile are read next in one statement, each with the
+answer it would have had alone. Under a thousand connections a cold cache, or a hot
+product that every order invalidates, would otherwise send a read per request to the
+pool, where each waits its turn for a connection behind the others.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+
+import asyncpg
 
 from db import products as products_db
 from db.pool import is_outage
+from db.refusals import Refusal
 from server.domain import products
 from server.domain.catalog_cache import Representation
-from server.domain.context import Context
+from server.domain.context import Context, ProductReads
+from server.domain.order_batches import Batches
 from server.domain.shapes import ProductOut, render
+from server.runtime.config import Config
 from server.runtime.jsonio import dumps
-from server.runtime.standby import ReadTarget
+from server.runtime.metrics import Metrics
+from server.runtime.standby import ReadTarget, Standby
 
 T = TypeVar("T")
 
@@ -52,7 +64,8 @@ async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
             return hit
     epoch = cache.epoch
     own_change = cache.own_changes.of_product(product_id)
-    row, covered = await _read(ctx, fresh, own_change, lambda reads: products.get(reads, product_id))
+    standby = None if fresh else ctx.standby
+    row, covered = await ctx.product_reads.place(standby, (standby, product_id, own_change))
     body = dumps(render(ProductOut, row))
     entry = Representation(_etag(body), body)
     if covered > cache.known_changes.of_product(product_id):
@@ -77,8 +90,9 @@ async def page(
             return hit
     epoch = cache.epoch
     (rows, next_cursor), covered = await _read(
-        ctx,
-        fresh,
+        ctx.primary_reads,
+        None if fresh else ctx.standby,
+        ctx.metrics,
         cache.own_changes.of_any(),
         lambda reads: products.page(ctx, reads, sort, filters, cursor, limit),
     )
@@ -89,17 +103,55 @@ async def page(
     return entry
 
 
+def product_reads(primary: ReadTarget, metrics: Metrics, config: Config) -> ProductReads:
+    """This worker's reads of products that missed the cache, batched by the standby
+    they may use (None: the primary only): a read of (standby, product id, this
+    process's last write of it) answers what `_read` does, or refuses
+    product_not_found. Waiting is bounded as the connection line bounds it. Built
+    once, by the composition root."""
+
+    async def read_one(wanted: tuple[Standby | None, int, float]) -> tuple[asyncpg.Record, float]:
+        standby, product_id, own_change = wanted
+        return await _read(primary, standby, metrics, own_change, lambda reads: products.get(reads, product_id))
+
+    async def read_many(
+        standby: Standby | None, wanted: Sequence[tuple[Standby | None, int, float]]
+    ) -> list[tuple[asyncpg.Record, float] | Refusal]:
+        # The standby must show the latest of these products' own writes to serve any.
+        own_change = max(own for _, _, own in wanted)
+        ids = sorted({product_id for _, product_id, _ in wanted})
+        found, covered = await _read(primary, standby, metrics, own_change, lambda reads: products.get_many(reads, ids))
+        return [(found[pid], covered) if pid in found else Refusal("product_not_found") for _, pid, _ in wanted]
+
+    return Batches(
+        read_one,
+        read_many,
+        max_batch=_READ_BATCH_MAX,
+        timeout=config.db_pool_acquire_timeout,
+        shed_after=config.db_pool_shed_after,
+        observe=metrics.catalog_read_batch_size.observe,
+    )
+
+
+# Products read together at most: a statement of a few milliseconds however cold the cache.
+_READ_BATCH_MAX = 512
+
+
 async def _read(
-    ctx: Context, fresh: bool, own_change: float, read: Callable[[ReadTarget], Awaitable[T]]
+    primary: ReadTarget,
+    standby: Standby | None,
+    metrics: Metrics,
+    own_change: float,
+    read: Callable[[ReadTarget], Awaitable[T]],
 ) -> tuple[T, float]:
-    """`read` on the standby when there is one within its lag bound that shows
+    """`read` on `standby` when there is one within its lag bound that shows
     `own_change` (this process's last write of what is read), else on the primary;
     with the moment before which every commit shows in what was read (+inf: the
     primary), for the caller to decide whether the cache may keep it. A fresh read (a
-    reload, or an authenticated one) always goes to the primary. A standby that fails
-    is given up until its monitor sees it again, and the read is made on the primary."""
-    standby = ctx.standby
-    if standby is not None and not fresh and standby.covers(own_change):
+    reload, or an authenticated one) is given no standby: it always goes to the
+    primary. A standby that fails is given up until its monitor sees it again, and the
+    read is made on the primary."""
+    if standby is not None and standby.covers(own_change):
         covered = standby.covered_at  # before the read: what its snapshot shows at least
         try:
             result = await read(standby.reads)
@@ -108,8 +160,8 @@ async def _read(
                 raise
             standby.lost(exc)
         else:
-            ctx.metrics.count_catalog_read["standby"]()
+            metrics.count_catalog_read["standby"]()
             return result, covered
-    result = await read(ctx.primary_reads)
-    ctx.metrics.count_catalog_read["primary"]()
+    result = await read(primary)
+    metrics.count_catalog_read["primary"]()
     return result, math.inf

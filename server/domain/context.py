@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import asyncpg
 
@@ -18,6 +19,11 @@ from server.runtime.config import Config
 from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
 from server.runtime.standby import ReadTarget, Standby
+
+# Products that missed the catalog cache, read together (server/domain/catalog.py):
+# (the standby the read may use, product id, this process's last write of it) ->
+# (row, the moment before which every commit shows in it); batched by standby.
+ProductReads: TypeAlias = Batches[Standby | None, tuple[Standby | None, int, float], tuple[asyncpg.Record, float]]
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Context:
     fresh_reads: FreshReadLimit
     # Orders of one product arriving together, placed together (server/domain/orders.py).
     order_batches: Batches[int, NewOrder, asyncpg.Record]
+    product_reads: ProductReads
 
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""

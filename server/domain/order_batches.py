@@ -22,6 +22,9 @@ for it are answered 503 at once (Overloaded), so that the queue holds a bounded 
 however many buyers arrive. Unlike the connection line, the queue sheds an order
 whatever its request did before (its token check, say): placing the order is the
 request's work, and every order for the key waits behind the queue.
+
+Reads of products that missed the catalog cache are batched the same way
+(server/domain/catalog.py `product_reads`): there an "order" is a product to read.
 """
 
 from __future__ import annotations

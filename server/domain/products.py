@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,11 @@ async def get(reads: ReadTarget, product_id: int) -> asyncpg.Record:
     if row is None:
         raise Refusal("product_not_found")
     return row
+
+
+async def get_many(reads: ReadTarget, product_ids: Sequence[int]) -> dict[int, asyncpg.Record]:
+    """The live products among these ids, by id."""
+    return {row["id"]: row for row in await products_db.get_many(reads.db, product_ids)}
 
 
 async def update(ctx: Context, product_id: int, changes: dict[str, Any]) -> asyncpg.Record:

@@ -180,6 +180,12 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.catalog_read_batch_size = Histogram(
+            "catalog_read_batch_products",
+            "Products that missed the catalog cache read together in one statement (batches of two or more).",
+            buckets=(2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
         self.count_catalog_read = {target: self.catalog_reads.labels(target).inc for target in ("primary", "standby")}
         self.standby_lag = Gauge(
             "standby_lag_seconds",
