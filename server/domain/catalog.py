@@ -107,8 +107,12 @@ def product_reads(primary: ReadTarget, metrics: Metrics, config: Config) -> Prod
     """This worker's reads of products that missed the cache, batched by the standby
     they may use (None: the primary only): a read of (standby, product id, this
     process's last write of it) answers what `_read` does, or refuses
-    product_not_found. Waiting is bounded as the connection line bounds it. Built
-    once, by the composition root."""
+    product_not_found. A read still waiting for its batch after
+    DB_POOL_ACQUIRE_TIMEOUT is answered 503 when the next batch forms. The queue
+    sheds nothing by itself: a batch held up by a stalled standby (until it fails
+    over to the primary) must not turn the reads behind it into 503s, and the
+    primary's connection line sheds when it is the one overloaded. Built once, by
+    the composition root."""
 
     async def read_one(wanted: tuple[Standby | None, int, float]) -> tuple[asyncpg.Record, float]:
         standby, product_id, own_change = wanted
@@ -128,7 +132,6 @@ def product_reads(primary: ReadTarget, metrics: Metrics, config: Config) -> Prod
         read_many,
         max_batch=_READ_BATCH_MAX,
         timeout=config.db_pool_acquire_timeout,
-        shed_after=config.db_pool_shed_after,
         observe=metrics.catalog_read_batch_size.observe,
     )
 

@@ -161,9 +161,12 @@ class ChangeTimes:
 
 class CatalogCache:
     """Products by id (int keys) and list pages (tuple keys), least recently used
-    first out. Used from the serving thread and the watch's thread: whatever reads
-    and changes entries, the epoch or the change records holds `_lock`; a single
-    read or write of an attribute (`serving`, `epoch`, `stop_serving`) needs none."""
+    first out. Used from the serving thread and the watch's thread: whatever changes
+    entries, the epoch or the change records, and whatever reads entries, holds
+    `_lock`. Single reads need none under the interpreter lock: `serving`, `epoch`,
+    `stop_serving`, and a change record's `of_product`/`of_any` (a reader that races
+    with a change still stores nothing, because the change moves the epoch, which
+    `put` checks under the lock)."""
 
     def __init__(self, max_bytes: int, metrics: Metrics) -> None:
         self.max_bytes = max_bytes
@@ -308,8 +311,9 @@ class CatalogWatch:
     def start(self) -> None:
         # The task is made before the thread runs the loop, so `stop` always finds it.
         self._task = self._loop.create_task(self._run(), name="catalog-watch")
-        self._thread = threading.Thread(target=self._serve, name="catalog-watch", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._serve, name="catalog-watch", daemon=True)
+        thread.start()
+        self._thread = thread  # only a started thread can be joined
 
     def _serve(self) -> None:
         assert self._task is not None

@@ -146,7 +146,7 @@ class Batches(Generic[K, Order, Answer]):
                     for waiting in batch:
                         _reply_error(waiting, exc)
                     return
-                log.warning("a batch of orders failed; placing them one by one", exc_info=exc)
+                log.warning("a batch failed; answering its requests one by one", exc_info=exc)
                 for waiting in batch:
                     await self._answer_alone(waiting)
                 return
@@ -159,6 +159,8 @@ class Batches(Generic[K, Order, Answer]):
             self._next(key)
 
     async def _answer_alone(self, waiting: _Waiting[Order, Answer]) -> None:
+        if waiting.reply.done():  # its request was cancelled while the batch ran
+            return
         try:
             answer = await self._place_one(waiting.order)
         except Exception as exc:
