@@ -377,6 +377,15 @@ def watch_polled_since(cache: CatalogCache, moment: float) -> bool:
     return cache._serve_until - STALE_BOUND_SECONDS > moment
 
 
+async def watch_poll_after(cache: CatalogCache, moment: float) -> None:
+    """Until the catalog watch has applied a poll begun after `moment`."""
+
+    async def polled() -> bool:
+        return watch_polled_since(cache, moment)
+
+    await eventually(polled)
+
+
 async def feed(api: Api, query: str = "") -> dict[str, Any]:
     admin = await api.admin_user()
     reply = await api.call("GET", f"/api/events{query}", token=admin.token)

@@ -21,7 +21,7 @@ from handlers.routing import CONTEXT
 from server.domain import catalog
 from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache, Representation
 from server.runtime.metrics import Metrics
-from tests.helpers import Api, catalog_reads, eventually, watch_polled_since
+from tests.helpers import Api, catalog_reads, watch_poll_after, watch_polled_since
 
 # The in-process tests poll slowly: a change must be seen at once by the process
 # that made it, without the help of the poll.
@@ -550,13 +550,8 @@ async def test_while_the_serving_loop_is_busy_the_watch_applies_changes_and_the_
     goes on serving what did not change."""
     changed, unchanged = await api.product(price=100), await api.product(price=200)
     cache = client.server.app[CONTEXT].catalog
-    created = time.monotonic()
-
-    async def watched_since_created() -> bool:
-        # Else the watch's news of the creations could drop the entries warmed below.
-        return watch_polled_since(cache, created)
-
-    await eventually(watched_since_created)
+    # Else the watch's news of the creations could drop the entries warmed below.
+    await watch_poll_after(cache, time.monotonic())
     for product in (changed, unchanged):
         await warm(api, f"/api/products/{product['id']}")
     conn = await asyncpg.connect(clean_db)

@@ -25,7 +25,7 @@ class Recorder:
         self.slow = asyncio.Event()  # what orders starting with 'slow' wait for too
         self.calls: list[list[str]] = []
 
-    async def one(self, order: str) -> str:
+    async def one(self, product: int, order: str) -> str:
         self.calls.append([order])
         await self.gate.wait()
         if order.startswith("slow"):

@@ -29,7 +29,7 @@ from server.domain.catalog_cache import CHANGE_MEMORY_SECONDS, CatalogCache
 from server.runtime.config import Config, pool_settings
 from server.runtime.metrics import Metrics
 from server.runtime.standby import Coverage, Standby
-from tests.helpers import Api, catalog_reads, eventually, free_port, watch_polled_since
+from tests.helpers import Api, catalog_reads, free_port, watch_poll_after
 
 # --- the rule ------------------------------------------------------------------------
 
@@ -201,14 +201,9 @@ async def test_a_standby_read_older_than_a_change_the_cache_knows_of_is_not_kept
 ) -> None:
     product = await api.product()
     cache: CatalogCache = client.server.app[CONTEXT].catalog
-    created = time.monotonic()
-
-    async def watched_since_created() -> bool:
-        # The watch has applied the product's own creation: applied later, on a busy
-        # machine, it would be a newer change than the coverage set below.
-        return watch_polled_since(cache, created)
-
-    await eventually(watched_since_created)
+    # The watch has applied the product's own creation: applied later, on a busy
+    # machine, it would be a newer change than the coverage set below.
+    await watch_poll_after(cache, time.monotonic())
     covered_until(standby, time.monotonic())
     await asyncio.sleep(0.05)
     cache.invalidate([product["id"]])  # another writer's change, seen by the watch

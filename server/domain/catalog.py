@@ -65,7 +65,7 @@ async def product(ctx: Context, product_id: int, fresh: bool) -> Representation:
     epoch = cache.epoch
     own_change = cache.own_changes.of_product(product_id)
     standby = None if fresh else ctx.standby
-    row, covered = await ctx.product_reads.place(standby, (standby, product_id, own_change))
+    row, covered = await ctx.product_reads.place(standby, (product_id, own_change))
     body = dumps(render(ProductOut, row))
     entry = Representation(_etag(body), body)
     if covered > cache.known_changes.of_product(product_id):
@@ -105,8 +105,8 @@ async def page(
 
 def product_reads(primary: ReadTarget, metrics: Metrics, config: Config) -> ProductReads:
     """This worker's reads of products that missed the cache, batched by the standby
-    they may use (None: the primary only): a read of (standby, product id, this
-    process's last write of it) answers what `_read` does, or refuses
+    they may use (None: the primary only): a read of (product id, this process's
+    last write of it) answers what `_read` does, or refuses
     product_not_found. A read still waiting for its batch after
     DB_POOL_ACQUIRE_TIMEOUT is answered 503 when the next batch forms. The queue
     sheds nothing by itself: a batch held up by a stalled standby (until it fails
@@ -114,18 +114,18 @@ def product_reads(primary: ReadTarget, metrics: Metrics, config: Config) -> Prod
     primary's connection line sheds when it is the one overloaded. Built once, by
     the composition root."""
 
-    async def read_one(wanted: tuple[Standby | None, int, float]) -> tuple[asyncpg.Record, float]:
-        standby, product_id, own_change = wanted
+    async def read_one(standby: Standby | None, wanted: tuple[int, float]) -> tuple[asyncpg.Record, float]:
+        product_id, own_change = wanted
         return await _read(primary, standby, metrics, own_change, lambda reads: products.get(reads, product_id))
 
     async def read_many(
-        standby: Standby | None, wanted: Sequence[tuple[Standby | None, int, float]]
+        standby: Standby | None, wanted: Sequence[tuple[int, float]]
     ) -> list[tuple[asyncpg.Record, float] | Refusal]:
         # The standby must show the latest of these products' own writes to serve any.
-        own_change = max(own for _, _, own in wanted)
-        ids = sorted({product_id for _, product_id, _ in wanted})
+        own_change = max(own for _, own in wanted)
+        ids = sorted({product_id for product_id, _ in wanted})
         found, covered = await _read(primary, standby, metrics, own_change, lambda reads: products.get_many(reads, ids))
-        return [(found[pid], covered) if pid in found else Refusal("product_not_found") for _, pid, _ in wanted]
+        return [(found[pid], covered) if pid in found else Refusal("product_not_found") for pid, _ in wanted]
 
     return Batches(
         read_one,

@@ -21,9 +21,9 @@ from server.runtime.metrics import Metrics
 from server.runtime.standby import ReadTarget, Standby
 
 # Products that missed the catalog cache, read together (server/domain/catalog.py):
-# (the standby the read may use, product id, this process's last write of it) ->
-# (row, the moment before which every commit shows in it); batched by standby.
-ProductReads: TypeAlias = Batches[Standby | None, tuple[Standby | None, int, float], tuple[asyncpg.Record, float]]
+# batched by the standby they may use (None: the primary only), (product id, this
+# process's last write of it) -> (row, the moment before which every commit shows in it).
+ProductReads: TypeAlias = Batches[Standby | None, tuple[int, float], tuple[asyncpg.Record, float]]
 
 
 @dataclass

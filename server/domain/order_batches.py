@@ -47,7 +47,8 @@ K = TypeVar("K", bound=Hashable)
 Order = TypeVar("Order")  # an order to place
 Answer = TypeVar("Answer")  # what placing it answers
 
-PlaceOne = Callable[[Order], Awaitable[Answer]]
+# An order placed alone (with its key, as a batch is given it).
+PlaceOne = Callable[[K, Order], Awaitable[Answer]]
 # Orders of one key placed together: one answer per order, in order (the placed
 # order, or the Refusal it met).
 PlaceMany = Callable[[K, Sequence[Order]], Awaitable[Sequence[Answer | Refusal]]]
@@ -66,7 +67,7 @@ class Batches(Generic[K, Order, Answer]):
 
     def __init__(
         self,
-        place_one: PlaceOne[Order, Answer],
+        place_one: PlaceOne[K, Order, Answer],
         place_many: PlaceMany[K, Order, Answer],
         *,
         max_batch: int,
@@ -93,7 +94,7 @@ class Batches(Generic[K, Order, Answer]):
         if queue is None:
             self._busy[key] = collections.deque()
             try:
-                return await self._place_one(order)
+                return await self._place_one(key, order)
             finally:
                 self._next(key)
         loop = asyncio.get_running_loop()
@@ -136,7 +137,7 @@ class Batches(Generic[K, Order, Answer]):
         mark_work_started()  # admitted work: these orders were taken in, not new arrivals
         try:
             if len(batch) == 1:
-                await self._answer_alone(batch[0])
+                await self._answer_alone(key, batch[0])
                 return
             self._observe(len(batch))
             try:
@@ -148,7 +149,7 @@ class Batches(Generic[K, Order, Answer]):
                     return
                 log.warning("a batch failed; answering its requests one by one", exc_info=exc)
                 for waiting in batch:
-                    await self._answer_alone(waiting)
+                    await self._answer_alone(key, waiting)
                 return
             for waiting, answer in zip(batch, answers, strict=True):
                 if isinstance(answer, Refusal):
@@ -158,11 +159,11 @@ class Batches(Generic[K, Order, Answer]):
         finally:
             self._next(key)
 
-    async def _answer_alone(self, waiting: _Waiting[Order, Answer]) -> None:
+    async def _answer_alone(self, key: K, waiting: _Waiting[Order, Answer]) -> None:
         if waiting.reply.done():  # its request was cancelled while the batch ran
             return
         try:
-            answer = await self._place_one(waiting.order)
+            answer = await self._place_one(key, waiting.order)
         except Exception as exc:
             _reply_error(waiting, exc)
         else:

@@ -84,7 +84,7 @@ def batches(db: Database, config: Config, metrics: Metrics) -> OrderBatches:
     built once, by the composition root)."""
     terms = order_terms(config)
 
-    async def place_one(order: orders_db.NewOrder) -> asyncpg.Record:
+    async def place_one(_stream: int, order: orders_db.NewOrder) -> asyncpg.Record:
         return await orders_db.create(db, order, terms)
 
     async def place_many(_stream: int, orders: Sequence[orders_db.NewOrder]) -> list[asyncpg.Record | Refusal]:
