@@ -94,6 +94,12 @@ class Database:
         """Requests (and actors) waiting in line for a connection now."""
         return self._line.waiting
 
+    @property
+    def new_work_waiting(self) -> int:
+        """New work (requests at their first statement) waiting in line now: the lane
+        shedding is measured on, without the worker's upkeep and actors' commands."""
+        return self._line.new_work_waiting
+
     async def ping(self) -> None:
         """One trivial statement that is never shed: a readiness probe asks whether
         the database answers, not whether the service is busy (a busy replica taken
@@ -211,6 +217,10 @@ class _Line:
     @property
     def waiting(self) -> int:
         return sum(not waiter.done() for lane in (self._started, self._new) for _, waiter in lane)
+
+    @property
+    def new_work_waiting(self) -> int:
+        return sum(not waiter.done() for _, waiter in self._new)
 
     def _waited_longest(self, now: float) -> float:
         """How long the oldest new work still in line has waited."""
