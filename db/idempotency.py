@@ -4,6 +4,7 @@ only for a request that was carried out: it names the payment or refund it start
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
@@ -14,17 +15,15 @@ from db.pool import Database, Executor
 # returns that row as the record named `<kind>`.
 Kind = Literal["payment", "refund"]
 
-_CLAIM = """
-INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)
-ON CONFLICT (user_id, key) DO NOTHING
-RETURNING true
-"""
 
+@dataclass(frozen=True)
+class Claim:
+    """A request's Idempotency-Key and the hash of the request, to claim for the user
+    who makes it in the transaction that starts its work (db/payments.py and
+    db/refunds.py `begin`; sql/functions/idempotency.sql)."""
 
-async def claim(db: Executor, user_id: int, key: str, request_hash: bytes) -> bool:
-    """Take the key for a new request; False if it was already taken (perhaps by a
-    request still in flight, whose transaction this waits for)."""
-    return bool(await db.fetchval(_CLAIM, user_id, key, request_hash))
+    key: str
+    request_hash: bytes
 
 
 # The record, with the payment or refund it started (if any) in its current state:
@@ -41,17 +40,6 @@ WHERE k.user_id = $1 AND k.key = $2
 
 async def find(db: Executor, user_id: int, key: str) -> asyncpg.Record | None:
     return await db.fetchrow(_FIND, user_id, key)
-
-
-_ATTACH: dict[Kind, str] = {
-    "payment": "UPDATE idempotency_keys SET payment_id = $3 WHERE user_id = $1 AND key = $2",
-    "refund": "UPDATE idempotency_keys SET refund_id = $3 WHERE user_id = $1 AND key = $2",
-}
-
-
-async def attach(db: Executor, user_id: int, key: str, kind: Kind, resource_id: int) -> None:
-    """Name the payment or refund that the key's request started."""
-    await db.execute(_ATTACH[kind], user_id, key, resource_id)
 
 
 _PURGE = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"

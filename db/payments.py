@@ -8,11 +8,16 @@ from collections.abc import Collection
 
 import asyncpg
 
+from db.idempotency import Claim
 from db.liveness import LIVE_WORKERS, claim_stale_sql
 from db.pool import Database, Executor
 from db.refusals import Refusal, refused
 
 _BEGIN = "SELECT (r.payment).*, r.refusal FROM begin_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) r"
+_BEGIN_ONCE = """
+SELECT (r.payment).*, r.refusal, r.key_taken
+FROM begin_payment_once($13, $14, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) r
+"""
 
 
 async def begin(
@@ -30,17 +35,21 @@ async def begin(
     client_ip: str,
     max_declines_per_ip: int,
     payment_method: str | None,
-) -> asyncpg.Record:
+    claim: Claim | None = None,
+) -> asyncpg.Record | None:
     """Step 1: record a pending payment for the user's order (the payments row, with
     its provider_key), or raise the refusal (the decline limits, the order's checks, or
     'payment_in_flight'). `worker`: the liveness lock id of the process that will call
     the provider; `client_ip`: where the request came from (0 for
     `max_declines_per_ip` turns that limit off); `payment_method` what the customer paid
-    with, kept so that a lost answer can be asked for by replaying the request. One
-    statement: on a Database it is a transaction of its own."""
+    with, kept so that a lost answer can be asked for by replaying the request. With
+    the request's Idempotency-Key `claim`, the key is claimed and names the payment, in
+    the same transaction (a refusal keeps no record); None when the key was taken
+    already. One statement: on a Database it is a transaction of its own."""
+    keyed = () if claim is None else (claim.key, claim.request_hash)
     try:
         row = await db.fetchrow(
-            _BEGIN,
+            _BEGIN if claim is None else _BEGIN_ONCE,
             order_id,
             user_id,
             amount,
@@ -53,12 +62,13 @@ async def begin(
             client_ip,
             max_declines_per_ip,
             payment_method,
+            *keyed,
         )
     except asyncpg.UniqueViolationError:
         # The partial unique index on pending payments: another one is in flight.
         raise Refusal("payment_in_flight") from None
     assert row is not None
-    return refused(row)
+    return None if claim is not None and row["key_taken"] else refused(row)
 
 
 _SETTLE = "SELECT (s.payment).*, s.refund_due FROM settle_payment($1, $2, $3, $4, $5, $6) AS s"

@@ -8,11 +8,15 @@ from collections.abc import Collection
 
 import asyncpg
 
+from db.idempotency import Claim
 from db.liveness import claim_stale_sql
 from db.pool import Database, Executor
 from db.refusals import refused
 
 _BEGIN = "SELECT (r.refund).*, r.refusal FROM begin_refund($1, $2, $3, $4, $5, $6, $7, $8) r"
+_BEGIN_ONCE = """
+SELECT (r.refund).*, r.refusal, r.key_taken FROM begin_refund_once($9, $10, $1, $2, $3, $4, $5, $6, $7, $8) r
+"""
 
 
 async def begin(
@@ -26,15 +30,28 @@ async def begin(
     provider_key: str,
     worker: int | None,
     lease_seconds: float,
-) -> asyncpg.Record:
+    claim: Claim | None = None,
+) -> asyncpg.Record | None:
     """Step 1: reserve the amount (None: what is left) on the payment and record a
-    pending refund, or raise the refusal (the refund rules, in refund_refusal). One
-    statement: on a Database it is a transaction of its own."""
+    pending refund, or raise the refusal (the refund rules, in refund_refusal). With
+    the request's Idempotency-Key `claim` (of `requested_by`), as db/payments.py
+    `begin` does it. One statement: on a Database it is a transaction
+    of its own."""
+    keyed = () if claim is None else (claim.key, claim.request_hash)
     row = await db.fetchrow(
-        _BEGIN, payment_id, requested_by, amount, reason, restock, provider_key, worker, lease_seconds
+        _BEGIN if claim is None else _BEGIN_ONCE,
+        payment_id,
+        requested_by,
+        amount,
+        reason,
+        restock,
+        provider_key,
+        worker,
+        lease_seconds,
+        *keyed,
     )
     assert row is not None
-    return refused(row)
+    return None if claim is not None and row["key_taken"] else refused(row)
 
 
 _SETTLE = """

@@ -6,8 +6,8 @@
 -- and, under a lock of the client address (transaction-scoped, after the customer's),
 -- per address; then the order's lock, its checks (and the amount's), and the pending
 -- payment with its provider-side idempotency key, the worker that will call the
--- provider and the client address. A call without an Idempotency-Key is its own
--- transaction; with a key it runs inside the transaction that claims the key.
+-- provider and the client address. A request with an Idempotency-Key calls it through
+-- begin_payment_once, between the key's claim and the claim's end, in one statement.
 --
 -- Each statement of a PL/pgSQL function takes a fresh snapshot (READ COMMITTED), so
 -- the count of declines, made after the customer's lock is granted, sees what the
@@ -112,6 +112,43 @@ BEGIN
     ELSE
         RETURN QUERY SELECT NULL::payments, jsonb_build_object('code', 'amount_mismatch', 'total', v_order.total);
     END IF;
+END
+$$;
+
+-- Step 1 for a request with an Idempotency-Key, in one call: the key claimed (key_taken
+-- when it was already: the caller replays what it names), begin_payment, and the
+-- claim ended with what that started (a refusal keeps no record). A second pending
+-- payment fails on its index as in begin_payment, and the claim rolls back with it.
+CREATE OR REPLACE FUNCTION begin_payment_once(
+    p_key text,
+    p_request_hash bytea,
+    p_order_id bigint,
+    p_user_id bigint,
+    p_amount bigint,
+    p_provider text,
+    p_provider_key text,
+    p_lease_seconds double precision,
+    p_worker bigint,
+    p_max_declines_per_order integer,
+    p_max_declines_per_user integer,
+    p_client_ip text,
+    p_max_declines_per_ip integer,
+    p_payment_method text
+) RETURNS TABLE (payment payments, refusal jsonb, key_taken boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_begun record;
+BEGIN
+    IF NOT claim_idempotency_key(p_user_id, p_key, p_request_hash) THEN
+        RETURN QUERY SELECT NULL::payments, NULL::jsonb, true;
+        RETURN;
+    END IF;
+    SELECT r.payment, r.refusal INTO v_begun
+      FROM begin_payment(p_order_id, p_user_id, p_amount, p_provider, p_provider_key, p_lease_seconds, p_worker,
+                         p_max_declines_per_order, p_max_declines_per_user, p_client_ip, p_max_declines_per_ip,
+                         p_payment_method) r;
+    PERFORM end_idempotency_claim(p_user_id, p_key, (v_begun.payment).id, NULL);
+    RETURN QUERY SELECT v_begun.payment, v_begun.refusal, false;
 END
 $$;
 

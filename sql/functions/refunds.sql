@@ -89,6 +89,36 @@ BEGIN
 END
 $$;
 
+-- begin_refund for a request with an Idempotency-Key, in one call, as begin_payment_once
+-- does it for a payment.
+CREATE OR REPLACE FUNCTION begin_refund_once(
+    p_key text,
+    p_request_hash bytea,
+    p_payment_id bigint,
+    p_requested_by bigint,
+    p_amount bigint,
+    p_reason text,
+    p_restock boolean,
+    p_provider_key text,
+    p_worker bigint,
+    p_lease_seconds double precision
+) RETURNS TABLE (refund refunds, refusal jsonb, key_taken boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_begun record;
+BEGIN
+    IF NOT claim_idempotency_key(p_requested_by, p_key, p_request_hash) THEN
+        RETURN QUERY SELECT NULL::refunds, NULL::jsonb, true;
+        RETURN;
+    END IF;
+    SELECT r.refund, r.refusal INTO v_begun
+      FROM begin_refund(p_payment_id, p_requested_by, p_amount, p_reason, p_restock, p_provider_key, p_worker,
+                        p_lease_seconds) r;
+    PERFORM end_idempotency_claim(p_requested_by, p_key, NULL, (v_begun.refund).id);
+    RETURN QUERY SELECT v_begun.refund, v_begun.refusal, false;
+END
+$$;
+
 -- Step 3: record the provider's answer for a pending refund ('succeeded' or 'failed'):
 -- the reservation moves to amount_refunded (or goes back), the order follows its
 -- payment (amount_refunded, and `refunded` from one of p_refundable once the whole

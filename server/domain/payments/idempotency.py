@@ -10,7 +10,8 @@ one implementation, so both behave alike.
   repeat is judged afresh and refused requests cost no storage.
 
 The key is claimed in the transaction of step 1 (which records the pending payment
-or refund), so the claim and the work it names commit, or roll back, together.
+or refund), so the claim and the work it names commit, or roll back, together: one
+statement (sql/functions/idempotency.sql).
 
 The domain answers with a `Result` (what became of the request, and the payment or
 refund); the handler maps outcomes to HTTP statuses.
@@ -25,8 +26,7 @@ from enum import Enum
 import asyncpg
 
 from db import idempotency as idempotency_db
-from db.idempotency import Kind
-from db.pool import Executor
+from db.idempotency import Claim, Kind
 from db.refusals import Refusal
 from server.domain.context import Context
 
@@ -90,21 +90,19 @@ async def begin_once(
     key: str | None,
     fingerprint: bytes,
     kind: Kind,
-    begin: Callable[[Executor], Awaitable[asyncpg.Record]],
+    begin: Callable[[Claim | None], Awaitable[asyncpg.Record | None]],
 ) -> asyncpg.Record | Result:
     """Step 1 of a payment or refund, once per key: `begin` (one statement) records the
-    pending payment or refund, in the transaction that claims the key. Returns what
-    `begin` recorded, or the result to replay. A refusal rolls the claim back with
-    everything else. Without a key, `begin` runs on the pool: one statement is a
-    transaction of its own (a BEGIN and COMMIT around it would be two round trips for
-    nothing)."""
+    pending payment or refund and, given the key's claim, claims the key and names
+    what it started in the same transaction (None when the key was taken already).
+    Returns what `begin` recorded, or the result to replay. A refusal keeps no record."""
     if key is None:
-        return await begin(ctx.db)
-    async with ctx.db.transaction() as conn:
-        if not await idempotency_db.claim(conn, user_id, key, fingerprint):
-            record = await idempotency_db.find(conn, user_id, key)
-            assert record is not None
-            return _replay(record, fingerprint, kind)
-        started = await begin(conn)
-        await idempotency_db.attach(conn, user_id, key, kind, started["id"])
+        started = await begin(None)
+        assert started is not None  # only a claim can find its key taken
         return started
+    while (started := await begin(Claim(key, fingerprint))) is None:
+        record = await idempotency_db.find(ctx.db, user_id, key)
+        if record is not None:
+            return _replay(record, fingerprint, kind)
+        # Gone between the two statements (purged past its TTL): judged afresh.
+    return started

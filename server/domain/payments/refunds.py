@@ -9,7 +9,7 @@ holds no pooled connection while the provider is called:
    the refund that completes it: sql/functions/refunds.sql), reserves the amount on the
    payment row (whose CHECK constraint is the ceiling's last guard) and records a
    `pending` refund with a fresh provider-side idempotency key (claiming the request's
-   Idempotency-Key in the same transaction, if any);
+   Idempotency-Key in the same statement, if any: `begin_refund_once`);
 2. the provider call, bounded by PAYMENT_PROVIDER_TIMEOUT_MS, looked up when its
    answer is lost (provider.call_or_look_up);
 3. `settle_refund` (one statement) records the outcome, moves the reservation to
@@ -35,7 +35,7 @@ import orjson
 
 from db import payments as payments_db
 from db import refunds as refunds_db
-from db.pool import Executor
+from db.idempotency import Claim
 from db.refusals import Refusal
 from server.domain import order_status
 from server.domain.auth import Principal
@@ -126,9 +126,9 @@ async def _refund_in_actor(
     worker, lease = ctx.liveness.worker, lease_seconds(ctx)
     provider_key = f"re_{secrets.token_hex(12)}"
 
-    async def begin(db: Executor) -> asyncpg.Record:
+    async def begin(claim: Claim | None) -> asyncpg.Record | None:
         return await refunds_db.begin(
-            db,
+            ctx.db,
             payment_id=request.payment_id,
             requested_by=admin_id,
             amount=request.amount,
@@ -137,6 +137,7 @@ async def _refund_in_actor(
             provider_key=provider_key,
             worker=worker,
             lease_seconds=lease,
+            claim=claim,
         )
 
     started = await begin_once(ctx, admin_id, idempotency_key, fingerprint, "refund", begin)

@@ -6,7 +6,7 @@ while the provider is called:
 1. `begin_payment` (one statement) locks the customer and the order, checks the
    decline limits, that the order is pending (and the amount), and records a
    `pending` payment with a fresh provider-side idempotency key (claiming the
-   request's Idempotency-Key in the same transaction, if any);
+   request's Idempotency-Key in the same statement, if any: `begin_payment_once`);
 2. the provider call, bounded by PAYMENT_PROVIDER_TIMEOUT_MS; when its answer is
    lost, the provider is asked with the idempotency key (provider.call_or_look_up);
 3. `settle_payment` (one statement) records the outcome, on success marks the order
@@ -45,7 +45,7 @@ import asyncpg
 import orjson
 
 from db import payments as payments_db
-from db.pool import Executor
+from db.idempotency import Claim
 from db.refusals import Refusal
 from server.domain import orders
 from server.domain.auth import Principal
@@ -190,9 +190,9 @@ async def _begin(
     config, worker, lease = ctx.config, ctx.liveness.worker, lease_seconds(ctx)
     provider_key = f"pay_{secrets.token_hex(12)}"
 
-    async def begin(db: Executor) -> asyncpg.Record:
+    async def begin(claim: Claim | None) -> asyncpg.Record | None:
         return await payments_db.begin(
-            db,
+            ctx.db,
             order_id=request.order_id,
             user_id=user_id,
             amount=request.amount,
@@ -205,6 +205,7 @@ async def _begin(
             client_ip=client_ip,
             max_declines_per_ip=config.payment_max_declines_per_ip,
             payment_method=request.token,
+            claim=claim,
         )
 
     try:
