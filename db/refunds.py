@@ -35,8 +35,7 @@ async def begin(
     """Step 1: reserve the amount (None: what is left) on the payment and record a
     pending refund, or raise the refusal (the refund rules, in refund_refusal). With
     the request's Idempotency-Key `claim` (of `requested_by`), as db/payments.py
-    `begin` does it. One statement: on a Database it is a transaction
-    of its own."""
+    `begin` does it. One statement: on a Database it is a transaction of its own."""
     keyed = () if claim is None else (claim.key, claim.request_hash)
     row = await db.fetchrow(
         _BEGIN if claim is None else _BEGIN_ONCE,
