@@ -52,6 +52,18 @@ async def test_every_field_is_stored_as_given(api: Api) -> None:
     assert (stored["max_redemptions"], stored["max_per_customer"]) == (100, 2)
 
 
+async def test_the_first_and_last_instants_postgresql_holds_are_answered_in_utc(api: Api) -> None:
+    # asyncpg reads these two as naive datetimes (its sentinels for -infinity and
+    # infinity): answered without their Z, they would not be RFC 3339.
+    window = {"starts_at": "0001-01-01T00:00:00Z", "ends_at": "9999-12-31T23:59:59.999999Z"}
+    reply = await _create(api, **window)
+    assert reply.status == 201, reply
+    admin = await api.admin_user()
+    again = await api.call("GET", reply.headers["Location"], token=admin.token)
+    for answered in (reply.json, again.json):
+        assert (answered["starts_at"], answered["ends_at"]) == (window["starts_at"], window["ends_at"])
+
+
 @pytest.mark.parametrize("code", ["AB", "A" * 33, "WITH SPACE", "ÜBER10", "a.b.c", ""])
 async def test_a_code_is_3_to_32_of_letters_digits_underscore_and_hyphen(api: Api, code: str) -> None:
     reply = await _create(api, code=code)

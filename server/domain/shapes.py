@@ -299,7 +299,10 @@ def _document(value: str | dict[str, Any]) -> dict[str, Any]:
 def _timestamp(value: datetime | str) -> datetime:
     if isinstance(value, str):
         return datetime.fromisoformat(value).astimezone(UTC)
-    return value
+    # asyncpg reads PostgreSQL's instants of datetime.min and datetime.max (a client may
+    # send 0001-01-01T00:00:00Z) as those naive datetimes, its sentinels for -infinity
+    # and infinity: every column is timestamptz, so they are UTC too.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # What each event type's data is: its resource's shape.
