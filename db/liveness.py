@@ -44,6 +44,17 @@ RETURNING *
 """
 
 
+def release_claim_sql(table: str) -> str:
+    """The statement that gives back a claim on a pending row of `table` whose
+    reconciliation found the provider unreachable: $1 the row, $2 the worker that
+    claimed it, due again in $3 seconds (a later round), not when its lease runs out (a
+    lease covers a call and a lookup with all their retries: tens of seconds)."""
+    return f"""
+UPDATE {table} SET lease_until = now() + make_interval(secs => $3)
+WHERE id = $1 AND worker = $2 AND status = 'pending'
+"""
+
+
 async def try_lock(conn: asyncpg.Connection, worker: int) -> bool:
     """Take the liveness lock of `worker` for this session; False if it is held."""
     return bool(await conn.fetchval(_TRY_LOCK, worker))

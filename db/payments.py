@@ -9,7 +9,7 @@ from collections.abc import Collection
 import asyncpg
 
 from db.idempotency import Claim
-from db.liveness import LIVE_WORKERS, claim_stale_sql
+from db.liveness import LIVE_WORKERS, claim_stale_sql, release_claim_sql
 from db.pool import Database, Executor
 from db.refusals import Refusal, refused
 
@@ -111,6 +111,13 @@ async def claim_stale(
     db: Database, *, batch: int, lease_seconds: float, worker: int | None, provider: str
 ) -> list[asyncpg.Record]:
     return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker, provider)
+
+
+_RELEASE_CLAIM = release_claim_sql("payments")
+
+
+async def release_claim(db: Database, row_id: int, worker: int | None, retry_seconds: float) -> None:
+    await db.execute(_RELEASE_CLAIM, row_id, worker, retry_seconds)
 
 
 # Payments waiting for their customer (3-D Secure) whose order ended meanwhile (expired,

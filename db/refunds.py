@@ -9,7 +9,7 @@ from collections.abc import Collection
 import asyncpg
 
 from db.idempotency import Claim
-from db.liveness import claim_stale_sql
+from db.liveness import claim_stale_sql, release_claim_sql
 from db.pool import Database, Executor
 from db.refusals import refused
 
@@ -119,6 +119,13 @@ async def claim_stale(
     db: Database, *, batch: int, lease_seconds: float, worker: int | None, provider: str
 ) -> list[asyncpg.Record]:
     return await db.fetch(_CLAIM_STALE, batch, lease_seconds, worker, provider)
+
+
+_RELEASE_CLAIM = release_claim_sql("refunds")
+
+
+async def release_claim(db: Database, row_id: int, worker: int | None, retry_seconds: float) -> None:
+    await db.execute(_RELEASE_CLAIM, row_id, worker, retry_seconds)
 
 
 _PENDING_COUNT = "SELECT count(*) FROM refunds WHERE status = 'pending'"

@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from server.app import Options, create_app
+from server.app import CONTEXT, Options, create_app
+from server.domain.payments import service as payments
 from tests.conftest import JWT_SECRET, make_config
 from tests.helpers import ROOT, Api, Reply, ServerProcess, User, eventually
 from tests.stripe_standin import WEBHOOK_PATH, WEBHOOK_SECRET, Gateway
@@ -411,6 +412,32 @@ async def test_failed_and_unanswered_calls_are_retried_with_the_same_key(
             f'payment_provider_calls_total{{operation="create_payment_intent",outcome="{outcome}",provider="stripe"}}'
         )
         assert line in metrics, outcome
+
+
+# Only the reconciliation the test runs: the workers' own rounds wait an hour.
+@pytest.mark.parametrize(
+    "config_overrides", [{"payment_provider_timeout_ms": 300, "payment_reconcile_interval_seconds": 3600}]
+)
+async def test_a_reconciliation_stripe_leaves_unanswered_is_due_again_in_seconds_not_a_lease(
+    api: Api, app: web.Application, gateway: Gateway, db: asyncpg.Connection
+) -> None:
+    user, order = await _pending_order(api)
+    gateway.standin.configure(fail_rate=1.0)  # type: ignore[union-attr]
+    reply = await api.pay(user, order["id"])
+    assert reply.status == 202, reply  # the call and its lookup both failed: outcome unknown
+    payment_id = reply.json["id"]
+    await db.execute("UPDATE payments SET lease_until = now() - interval '1 second' WHERE id = $1", payment_id)
+    ctx = app[CONTEXT]
+    assert await payments.reconcile(ctx) == 1  # claimed and asked: Stripe still fails
+    due_in = await db.fetchval("SELECT extract(epoch FROM lease_until - now()) FROM payments WHERE id = $1", payment_id)
+    # Claimed with a lease of a call and a lookup with all their retries (tens of
+    # seconds), then given back: due again within the retry's 2 s.
+    assert payments.lease_seconds(ctx) > 10
+    assert due_in <= 2
+    gateway.standin.configure(fail_rate=0.0)  # type: ignore[union-attr]
+    await db.execute("UPDATE payments SET lease_until = now() - interval '1 second' WHERE id = $1", payment_id)
+    assert await payments.reconcile(ctx) == 1
+    assert (await _get(api, user, reply.headers["Location"]))["status"] == "succeeded"
 
 
 class RateLimitingFront:

@@ -226,5 +226,7 @@ async def reconcile(ctx: Context) -> int:
         worker=ctx.liveness.worker,
         provider=ctx.provider.name,
     )
-    settled += await each_at_once(claimed, lambda row: reconcile_in_actor(ctx, "refund", row, _look_up, _settle))
+    settled += await each_at_once(
+        claimed, lambda row: reconcile_in_actor(ctx, "refund", row, _look_up, _settle, refunds_db.release_claim)
+    )
     return settled

@@ -46,6 +46,7 @@ import orjson
 
 from db import payments as payments_db
 from db.idempotency import Claim
+from db.pool import Database
 from db.refusals import Refusal
 from server.domain import orders
 from server.domain.auth import Principal
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 
 _RECONCILE_BATCH = 100
 _RECONCILE_AT_ONCE = 16
+# How soon a payment or refund whose reconciliation found the provider unreachable is
+# asked about again (by any worker's next round after it).
+_UNANSWERED_RETRY_SECONDS = 2.0
 R = TypeVar("R")  # what the provider's lookup answers (a charge's or a refund's result)
 
 
@@ -286,7 +290,9 @@ async def reconcile(ctx: Context) -> int:
         worker=ctx.liveness.worker,
         provider=ctx.provider.name,
     )
-    settled += await each_at_once(claimed, lambda row: reconcile_in_actor(ctx, "payment", row, _look_up, _settle))
+    settled += await each_at_once(
+        claimed, lambda row: reconcile_in_actor(ctx, "payment", row, _look_up, _settle, payments_db.release_claim)
+    )
     if ctx.provider.sends_events:
         abandoned = await payments_db.claim_abandoned(
             ctx.db,
@@ -340,12 +346,13 @@ async def reconcile_in_actor(
     row: asyncpg.Record,
     lookup: Callable[[Context, asyncpg.Record], Awaitable[R | None]],
     settle: Callable[[Context, int, R | None], Awaitable[asyncpg.Record]],
+    release: Callable[[Database, int, int | None, float], Awaitable[None]],
 ) -> int:
     """Ask the provider what became of one pending payment or refund (`kind`, its
     claimed `row`, asked about with the request it sent) and settle it, in its order's
-    actor. Returns 1 once the command ran (a provider still unreachable leaves the row
-    for a later round), 0 when the actor could not take it (busy, or shutting down: the
-    lease brings the row back)."""
+    actor. Returns 1 once the command ran (a provider still unreachable: the claim is
+    given back with `release`, due again in _UNANSWERED_RETRY_SECONDS), 0 when the actor could not
+    take it (busy, or shutting down: the lease brings the row back)."""
     ids = {f"{kind}_id": row["id"], "order_id": row["order_id"]}
 
     async def command(actor: OrderActor) -> None:
@@ -353,6 +360,9 @@ async def reconcile_in_actor(
         if not answered:
             ctx.metrics.reconciliations.labels(kind, "unanswered").inc()
             log.warning("provider unreachable; reconciliation retried later", extra=ids)
+            # A lookup only reads: ask again soon, not when the lease (sized for a call
+            # and a lookup with all their retries) runs out.
+            await release(ctx.db, row["id"], ctx.liveness.worker, _UNANSWERED_RETRY_SECONDS)
             return
         settled = await settle(ctx, row["id"], result)
         ctx.metrics.reconciliations.labels(kind, "settled").inc()
