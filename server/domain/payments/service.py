@@ -360,8 +360,9 @@ async def reconcile_in_actor(
         if not answered:
             ctx.metrics.reconciliations.labels(kind, "unanswered").inc()
             log.warning("provider unreachable; reconciliation retried later", extra=ids)
-            # A lookup only reads: ask again soon, not when the lease (sized for a call
-            # and a lookup with all their retries) runs out.
+            # A lookup is safe to repeat (a read, or the same request under the same
+            # key): ask again soon, not when the lease (sized for a call and a lookup
+            # with all their retries) runs out.
             await release(ctx.db, row["id"], ctx.liveness.worker, _UNANSWERED_RETRY_SECONDS)
             return
         settled = await settle(ctx, row["id"], result)
