@@ -48,11 +48,15 @@ DATABASE_URL="${SERVER_URL%/*}/$db" PORT="$port" WORKERS=1 JWT_SECRET="fuzz-secr
 pid=$!
 cleanup() {
     status=$?
+    # Every step below runs whatever the one before it did: under `set -e` a failing
+    # command would end the trap early, leaving the server running and its database
+    # behind (grep finds nothing in an empty log, and a refused check logs nothing).
+    set +e
     # A failure's cause is in the server's log (a 500 is logged with its traceback).
     [ "$status" = 0 ] || { echo "--- server log (errors) ---"; grep -v '"level":"info"' "$log" | tail -n 60; }
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    "$PY" scripts/pgdb.py drop "$SERVER_URL" "$db" || true
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    "$PY" scripts/pgdb.py drop "$SERVER_URL" "$db"
     rm -f "$log"
 }
 trap cleanup EXIT
