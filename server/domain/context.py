@@ -60,6 +60,7 @@ class Context:
         metrics.pool_in_use.set(size - idle)
         metrics.pool_max.set(pool.get_max_size())
         metrics.pool_waiting.set(self.db.waiting)
+        metrics.pool_waiting_new.set(self.db.new_work_waiting)
         metrics.actors_live.set(self.supervisor.live_count)
         metrics.mailbox_depth.set(self.supervisor.queued_count)
         metrics.catalog_cache_bytes.set(self.catalog.size_bytes)

@@ -66,6 +66,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.pool_waiting_new = Gauge(
+            "db_pool_waiting_new_requests",
+            "Of those, requests at their first statement: the line that is shed with 503 once its oldest has "
+            "waited DB_POOL_SHED_AFTER (order actors and the worker's own jobs wait in another, never shed).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.pool_wait = Histogram(
             "db_pool_acquire_wait_seconds",
             "Time requests that found every pooled connection busy waited for one.",
