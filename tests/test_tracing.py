@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -32,7 +33,7 @@ from opentelemetry.sdk.trace.sampling import (
 from server.app import Options, create_app
 from server.runtime.config import Config
 from server.runtime.logs import JsonFormatter
-from server.runtime.tracing import exporter_from_environment, root_decision
+from server.runtime.tracing import exporter_from_environment, root_decision, start
 from tests.conftest import JWT_SECRET
 from tests.helpers import Api
 from tests.test_webhooks import FAST_DELIVERY, add_webhook
@@ -242,6 +243,23 @@ def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:
     )
     assert exporter_from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}) is not None
     assert exporter_from_environment({"OTEL_TRACES_EXPORTER": "console"}) is not None
+
+
+def test_spans_carry_the_environments_resource_hashed_as_the_sdk_hashes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The exporter groups spans by resource: a hash unlike the SDK's would split them.
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "storefront-test")
+    exporter = InMemorySpanExporter()
+    tracing = start(SimpleSpanProcessor(exporter))
+    assert tracing is not None
+    try:
+        with tracing.tracer.start_as_current_span("GET /healthz"):
+            pass
+    finally:
+        tracing.close()
+    [span] = exporter.get_finished_spans()
+    assert span.resource.attributes["service.name"] == "storefront-test"
+    assert span.resource == Resource.create()
+    assert hash(span.resource) == hash(Resource.create())
 
 
 async def test_a_webhook_delivery_is_a_client_span_with_its_answer(api: Api, exporter: InMemorySpanExporter) -> None:

@@ -29,6 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -47,6 +48,20 @@ class _PresetTraceIds(RandomIdGenerator):
     def generate_trace_id(self) -> int:
         preset = _PRESET_TRACE_ID.get()
         return super().generate_trace_id() if preset is None else preset
+
+
+class _HashedOnce(Resource):
+    """The SDK's resource, hashed once. The OTLP encoder groups each exported span by
+    its resource, a dict lookup, and the SDK's hash serialises every attribute to JSON
+    on each call: about 5 us a span, a tenth of its encoding. A resource never changes
+    once made, so neither does its hash."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def exporter_from_environment(environ: Mapping[str, str]) -> SpanExporter | None:
@@ -115,7 +130,7 @@ class Tracing:
 
     def __init__(self, processor: SpanProcessor) -> None:
         # Resource and sampler from the OTEL_* variables.
-        self.provider = TracerProvider(id_generator=_PresetTraceIds())
+        self.provider = TracerProvider(resource=_HashedOnce(Resource.create()), id_generator=_PresetTraceIds())
         self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer(TRACER_NAME)
         self._keeps_root = root_decision(self.provider.sampler)
