@@ -246,7 +246,7 @@ def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:
 
 
 def test_spans_carry_the_environments_resource_hashed_as_the_sdk_hashes_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The exporter groups spans by resource: a hash unlike the SDK's would split them.
+    # The exporter groups spans by resource, in a dict: equal resources must hash alike.
     monkeypatch.setenv("OTEL_SERVICE_NAME", "storefront-test")
     exporter = InMemorySpanExporter()
     tracing = start(SimpleSpanProcessor(exporter))

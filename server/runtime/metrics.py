@@ -68,8 +68,8 @@ class Metrics:
         )
         self.pool_waiting_new = Gauge(
             "db_pool_waiting_new_requests",
-            "Of those, requests at their first statement: the line that is shed with 503 once its oldest has "
-            "waited DB_POOL_SHED_AFTER (order actors and the worker's own jobs wait in another, never shed).",
+            "New requests waiting in line for a pooled connection (part of db_pool_waiting_requests): shed with "
+            "503 once the oldest has waited DB_POOL_SHED_AFTER; order actors and the worker's own jobs are never shed.",
             registry=r,
             multiprocess_mode="livesum",
         )
