@@ -130,7 +130,7 @@ async def _apply(ctx: Context, event: ProviderEvent) -> None:
         if payment["provider_ref"] not in (None, event.provider_ref):
             log.error("provider event names another PaymentIntent", extra={"payment_id": payment["id"]})
             return
-        settled = await payments._settle(ctx, payment["id"], event.charge)
+        settled = await payments.settle(ctx, payment["id"], event.charge)
         log.info(
             "payment settled by a provider event", extra={"payment_id": payment["id"], "status": settled["status"]}
         )
@@ -139,6 +139,6 @@ async def _apply(ctx: Context, event: ProviderEvent) -> None:
         refund = await refunds_db.get(ctx.db, event.refund_id)
         assert refund is not None
         if refund["status"] == "pending":
-            await refunds._settle(ctx, refund["id"], event.refund)
+            await refunds.settle(ctx, refund["id"], event.refund)
         elif refund["status"] == "succeeded" and event.refund.status == "failed":
             await refunds.undo(ctx, refund["id"], event.refund.failure_reason)

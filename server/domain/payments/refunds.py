@@ -154,7 +154,7 @@ async def _refund_in_actor(
         ctx.metrics.refunds.labels("unknown").inc()
         log.warning("refund outcome unknown; left to reconciliation", extra={"refund_id": started["id"]})
         return result_for(started)
-    return result_for(await _settle(ctx, started["id"], result))
+    return result_for(await settle(ctx, started["id"], result))
 
 
 def _request(refund: asyncpg.Record, charge_ref: str) -> RefundRequest:
@@ -192,9 +192,9 @@ async def undo(ctx: Context, refund_id: int, failure_reason: str | None) -> asyn
     return undone
 
 
-async def _settle(ctx: Context, refund_id: int, result: RefundResult | None) -> asyncpg.Record:
-    """Step 3: record the outcome (None: the provider never made the refund), with its
-    events, in one statement."""
+async def settle(ctx: Context, refund_id: int, result: RefundResult | None) -> asyncpg.Record:
+    """Step 3, in the order's actor: record the outcome (None: the provider never made
+    the refund), with its events, in one statement."""
     status: str = "failed" if result is None else result.status
     settled = await refunds_db.settle(
         ctx.db,
@@ -227,6 +227,6 @@ async def reconcile(ctx: Context) -> int:
         provider=ctx.provider.name,
     )
     settled += await each_at_once(
-        claimed, lambda row: reconcile_in_actor(ctx, "refund", row, _look_up, _settle, refunds_db.release_claim)
+        claimed, lambda row: reconcile_in_actor(ctx, "refund", row, _look_up, settle, refunds_db.release_claim)
     )
     return settled

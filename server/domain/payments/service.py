@@ -159,7 +159,7 @@ async def _pay_in_actor(
         ctx.metrics.payments.labels("unknown").inc()
         log.warning("payment outcome unknown; left to reconciliation", extra={"payment_id": payment["id"]})
         return result_for(payment)
-    return result_for(await _settle(ctx, payment["id"], result))
+    return result_for(await settle(ctx, payment["id"], result))
 
 
 async def _end_waiting_payment(ctx: Context, order_id: int) -> None:
@@ -182,7 +182,7 @@ async def _cancel_waiting(ctx: Context, payment: asyncpg.Record, *, refuse: bool
         if refuse:
             raise Refusal("payment_in_flight")
         return
-    await _settle(ctx, payment["id"], result)
+    await settle(ctx, payment["id"], result)
 
 
 async def _begin(
@@ -220,8 +220,9 @@ async def _begin(
         raise
 
 
-async def _settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> asyncpg.Record:
-    """Step 3: record the outcome (None: the provider never made the charge)."""
+async def settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> asyncpg.Record:
+    """Step 3, in the order's actor: record the outcome (None: the provider never made
+    the charge)."""
     secret = next_action = None
     if result is None:
         status, provider_ref, reason = "failed", None, "not_charged"
@@ -291,7 +292,7 @@ async def reconcile(ctx: Context) -> int:
         provider=ctx.provider.name,
     )
     settled += await each_at_once(
-        claimed, lambda row: reconcile_in_actor(ctx, "payment", row, _look_up, _settle, payments_db.release_claim)
+        claimed, lambda row: reconcile_in_actor(ctx, "payment", row, _look_up, settle, payments_db.release_claim)
     )
     if ctx.provider.sends_events:
         abandoned = await payments_db.claim_abandoned(
