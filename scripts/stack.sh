@@ -110,8 +110,11 @@ install_missing() {
     fi
 }
 
+# A port for one of the stack's servers: below the ephemeral range, where no client
+# connection takes it before its server binds it, and never one given already
+# (server/runtime/ports.py).
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    python3 "$ROOT/server/runtime/ports.py" --taken "$STACK_DIR/ports.taken"
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
@@ -660,6 +663,7 @@ load_state() {
 cmd_up() {
     if [ -f "$STATE" ]; then die "a stack is already in $STACK_DIR (scripts/stack.sh status, or down first)"; fi
     mkdir -p "$STACK_DIR"
+    rm -f "$STACK_DIR/ports.taken"  # from an `up` that failed before it wrote its state
     install_missing
     PG_BIN="$(pg_bin)"
     API_REPLICAS="${API_REPLICAS:-2}"
