@@ -35,7 +35,7 @@ python3 dev.py tools schemathesis --version >/dev/null  # installs the tools ext
 
 db="fuzz_$$"
 "$PY" scripts/pgdb.py create "$SERVER_URL" "$db"
-port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+port="$("$PY" -m server.runtime.ports)"
 base="http://127.0.0.1:$port"
 log="$(mktemp)"
 DATABASE_URL="${SERVER_URL%/*}/$db" PORT="$port" WORKERS=1 JWT_SECRET="fuzz-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
