@@ -7,8 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from server.runtime.ports import _LOWEST, _ephemeral_start, free_port
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.skipif(
+    _ephemeral_start() - _LOWEST < 1_000, reason="this machine's ephemeral range starts low: the OS picks ports here"
+)
 
 
 def test_a_free_port_lies_below_the_ephemeral_range_and_can_be_listened_on() -> None:
