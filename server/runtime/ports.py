@@ -40,17 +40,21 @@ def _listenable(port: int) -> bool:
         return True
 
 
+def _any_port() -> int:
+    """A port the OS picks (inside the ephemeral range)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def free_port(taken: frozenset[int] = frozenset()) -> int:
     """A port nothing listens on right now and not in `taken` (the caller binds it later,
     so another process could still bind it first: rare, among ~20,000)."""
     highest = _ephemeral_start()
-    if highest - _LOWEST < 1_000:  # a machine whose ephemeral range starts low
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-            return port
+    below_range = highest - _LOWEST >= 1_000  # else a machine whose range starts low
     while True:
-        port = random.randrange(_LOWEST, highest)
+        port = random.randrange(_LOWEST, highest) if below_range else _any_port()
         if port not in taken and _listenable(port):
             return port
 
