@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.sampling import (
 from server.app import Options, create_app
 from server.runtime.config import Config
 from server.runtime.logs import JsonFormatter
-from server.runtime.tracing import exporter_from_environment, root_decision, start
+from server.runtime.tracing import exporter_from_environment, root_sampling, start
 from tests.conftest import JWT_SECRET
 from tests.helpers import Api
 from tests.test_webhooks import FAST_DELIVERY, add_webhook
@@ -207,6 +207,21 @@ async def test_a_request_the_sampler_keeps_is_a_whole_trace_at_the_configured_ra
     assert all(root.context.trace_id in children for root in roots)  # each with its SQL statement
 
 
+@pytest.mark.parametrize("config_overrides", [TRUSTING])
+async def test_a_continued_trace_after_a_dropped_request_on_its_connection_keeps_its_statements(
+    aiohttp_client: Any, config: Config, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dropped request's context is attached and never detached: the next request's
+    trace on that keep-alive connection must not inherit it."""
+    api = await _sampled_api(aiohttp_client, config, exporter, monkeypatch, "0")
+    assert (await api.call("GET", "/readyz")).status == 200  # dropped
+    assert (await api.call("GET", "/readyz", headers={"traceparent": TRACEPARENT})).status == 200
+    assert (await api.call("GET", "/readyz")).status == 200  # dropped again
+    spans = exporter.get_finished_spans()
+    assert {format(span.context.trace_id, "032x") for span in spans if span.context} == {TRACE_ID}
+    assert any(span.attributes and span.attributes.get("db.system") == "postgresql" for span in spans)
+
+
 class _DropsHealthChecks(TraceIdRatioBased):
     """A sampler of the shop's own that decides on more than the trace id."""
 
@@ -223,13 +238,22 @@ class _DropsHealthChecks(TraceIdRatioBased):
     ids=["parentbased_ratio", "ratio", "always_on", "always_off", "parentbased_on", "parentbased_off", "custom"],
 )  # fmt: skip
 def test_the_root_decision_is_the_samplers_own(sampler: Sampler) -> None:
-    keeps = root_decision(sampler)
-    ids = RandomIdGenerator()
+    ids, drawn = RandomIdGenerator(), []
+
+    def draw(bits: int) -> int:
+        assert bits == 128
+        drawn.append(ids.generate_trace_id())
+        return drawn[-1]
+
+    sampled_root = root_sampling(sampler, draw)
     for name in ("GET /api/products/{id}", "GET /healthz"):
         for _ in range(2_000):
-            trace_id = ids.generate_trace_id()
-            kept = sampler.should_sample(None, trace_id, name).decision is Decision.RECORD_AND_SAMPLE
-            assert keeps(trace_id, name) is kept, (name, format(trace_id, "032x"))
+            before = len(drawn)
+            trace_id = sampled_root(name)
+            # A sampler that drops everything needs no draw: any id is dropped.
+            asked = drawn[-1] if len(drawn) > before else ids.generate_trace_id()
+            kept = sampler.should_sample(None, asked, name).decision is Decision.RECORD_AND_SAMPLE
+            assert trace_id == (asked if kept else None), (name, format(asked, "032x"))
 
 
 def test_tracing_is_off_unless_the_environment_names_an_exporter() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -96,26 +97,46 @@ UNSAMPLED = otel_context.set_value(
 )
 
 
-def root_decision(sampler: Sampler) -> Callable[[int, str], bool]:
-    """Whether `sampler` keeps a new root span (no parent) with this trace id and name.
+def root_sampling(sampler: Sampler, draw: Callable[[int], int] = random.getrandbits) -> Callable[[str], int | None]:
+    """A function that draws the trace id of a new root span (no parent) named as it
+    is given, and returns the id when `sampler` keeps the span, None when it drops it.
 
-    For the SDK's own samplers (what OTEL_TRACES_SAMPLER chooses) this is the test they
+    Ids are drawn as the SDK's RandomIdGenerator draws them (`draw(128)`). For the
+    SDK's own samplers (what OTEL_TRACES_SAMPLER chooses) the decision is the test they
     make, without the call: a root span under ParentBased goes to its root sampler,
     TraceIdRatioBased compares the id's low 64 bits with its bound, a static one always
-    answers the same. Asking the sampler costs ~5 us (argument binding, a SamplingResult,
-    the parent lookup) on every request, most of which it drops; the test costs a
-    fraction of one. Any other sampler is asked. Exact classes only: a subclass may
-    decide otherwise (tests/test_tracing.py checks the tests against the samplers)."""
+    answers the same. Asking the sampler costs ~5 us (argument binding, a
+    SamplingResult, the parent lookup) on every request, most of which it drops; the
+    test costs a fraction of one, and draw and test are one call. Any other sampler is
+    asked. Exact classes only: a subclass may decide otherwise (tests/test_tracing.py
+    checks the tests against the samplers). 0 is not a valid trace id: that draw (one
+    in 2**128) is dropped."""
     root = sampler
     if type(root).should_sample is ParentBased.should_sample:
         root = root._root  # type: ignore[attr-defined]  # where ParentBased sends a span with no parent
     if type(root).should_sample is TraceIdRatioBased.should_sample:
         bound, low_bits = root.bound, TraceIdRatioBased.TRACE_ID_LIMIT  # type: ignore[attr-defined]
-        return lambda trace_id, _name: trace_id & low_bits < bound
+
+        def by_ratio(_name: str) -> int | None:
+            trace_id = draw(128)
+            return trace_id if trace_id & low_bits < bound and trace_id else None
+
+        return by_ratio
     if type(root).should_sample is StaticSampler.should_sample:
-        keeps = root._decision is Decision.RECORD_AND_SAMPLE  # type: ignore[attr-defined]
-        return lambda _trace_id, _name: keeps
-    return lambda trace_id, name: sampler.should_sample(None, trace_id, name).decision is Decision.RECORD_AND_SAMPLE
+        if root._decision is not Decision.RECORD_AND_SAMPLE:  # type: ignore[attr-defined]
+            return lambda _name: None
+
+        def always(_name: str) -> int | None:
+            return draw(128) or None
+
+        return always
+
+    def asked(name: str) -> int | None:
+        trace_id = draw(128)
+        kept = sampler.should_sample(None, trace_id, name).decision is Decision.RECORD_AND_SAMPLE
+        return trace_id if kept and trace_id else None
+
+    return asked
 
 
 class Tracing:
@@ -133,15 +154,11 @@ class Tracing:
         self.provider = TracerProvider(resource=_HashedOnce(Resource.create()), id_generator=_PresetTraceIds())
         self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer(TRACER_NAME)
-        self._keeps_root = root_decision(self.provider.sampler)
+        # The trace id of a new root span `name` that the sampler keeps; None when it
+        # drops it.
+        self.sampled_root = root_sampling(self.provider.sampler)
         self._asyncpg = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
         self._asyncpg.instrument(tracer_provider=self.provider)
-
-    def sampled_root(self, name: str) -> int | None:
-        """The trace id of a new root span `name` that the sampler keeps; None when
-        it drops it."""
-        trace_id = self.provider.id_generator.generate_trace_id()
-        return trace_id if self._keeps_root(trace_id, name) else None
 
     @staticmethod
     def preset(trace_id: int) -> object:
