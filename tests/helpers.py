@@ -20,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from db.pool import Database
 from server.domain import invariants
@@ -362,14 +364,30 @@ async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) 
     return value
 
 
+@dataclass(frozen=True)
+class Scrape:
+    """One read of /metrics, parsed by prometheus_client's own parser."""
+
+    text: str
+
+    def samples(self, name: str) -> list[Sample]:
+        families = text_string_to_metric_families(self.text)
+        return [sample for family in families for sample in family.samples if sample.name == name]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples `name` whose labels include `labels`; 0 when there is none."""
+        return sum(sample.value for sample in self.samples(name) if labels.items() <= sample.labels.items())
+
+
+async def scrape(api: Api) -> Scrape:
+    reply = await api.call("GET", "/metrics")
+    assert reply.status == 200, reply
+    return Scrape(reply.body.decode())
+
+
 async def catalog_reads(api: Api) -> dict[str, float]:
     """Catalog reads made on a database so far, by target (primary, standby)."""
-    reply = await api.call("GET", "/metrics")
-    reads: dict[str, float] = {}
-    for line in reply.body.decode().splitlines():
-        if line.startswith("catalog_reads_total{"):
-            reads[line.split('target="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
-    return reads
+    return {sample.labels["target"]: sample.value for sample in (await scrape(api)).samples("catalog_reads_total")}
 
 
 def watch_polled_since(cache: CatalogCache, moment: float) -> bool:

@@ -21,7 +21,7 @@ from handlers.routing import CONTEXT
 from server.domain import catalog
 from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache, Representation
 from server.runtime.metrics import Metrics
-from tests.helpers import Api, catalog_reads, watch_poll_after, watch_polled_since
+from tests.helpers import Api, catalog_reads, scrape, watch_poll_after, watch_polled_since
 
 # The in-process tests poll slowly: a change must be seen at once by the process
 # that made it, without the help of the poll.
@@ -370,9 +370,7 @@ async def test_the_cache_stays_within_its_bytes(api: Api, client: Any) -> None:
         await api.call("GET", f"/api/products/{product['id']}")
     cache = client.server.app[CONTEXT].catalog
     assert 0 < cache.size_bytes <= 4096
-    metrics = (await api.call("GET", "/metrics")).body.decode()
-    evictions = [line for line in metrics.splitlines() if line.startswith("catalog_cache_evictions_total")]
-    assert float(evictions[0].split()[-1]) > 0
+    assert (await scrape(api)).value("catalog_cache_evictions_total") > 0
 
 
 # --- invalidation by every kind of change, seen at once by the process that made it ----------

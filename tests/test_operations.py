@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Api, ServerProcess, session
+from tests.helpers import ROOT, Api, ServerProcess, scrape, session
 
 FAMILIES = [
     'http_request_duration_seconds_count{method="GET",route="/api/products/{id}",status="200"}',
@@ -66,14 +66,9 @@ async def test_metrics_add_up_across_workers(clean_db: str) -> None:
             api = Api(http)
             for _ in range(40):
                 await api.call("GET", "/healthz", headers={"Connection": "close"})
-            text = (await api.call("GET", "/metrics")).body.decode()
-        line = next(
-            x
-            for x in text.splitlines()
-            if x.startswith('http_request_duration_seconds_count{method="GET",route="/healthz"')
-        )
-        assert float(line.split()[-1]) >= 40
-        assert "db_pool_max_connections" in text
+            metrics = await scrape(api)
+        assert metrics.value("http_request_duration_seconds_count", method="GET", route="/healthz") >= 40
+        assert metrics.samples("db_pool_max_connections")
     finally:
         server.stop()
 

@@ -11,13 +11,12 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from db.pool import Database, Overloaded, is_outage, mark_work_started, new_request
 from db.refusals import Refusal
 from handlers.routing import CONTEXT
 from server.domain.auth import Tokens
-from tests.helpers import Api, eventually
+from tests.helpers import Api, eventually, scrape
 
 
 @pytest.fixture
@@ -188,18 +187,12 @@ async def test_the_pool_gauges_show_the_new_requests_waiting_apart_from_the_whol
     try:
         waiting = [asyncio.create_task(api.call("GET", "/api/users/profile", token=user.token)) for _ in range(2)]
         await eventually(lambda: _requests_in_line(ctx.db, 2))
-        gauges = _gauges((await api.call("GET", "/metrics")).body.decode())
+        metrics = await scrape(api)
     finally:
         await holder.__aexit__(None, None, None)
-    assert gauges["db_pool_waiting_new_requests"] == 2
-    assert gauges["db_pool_waiting_requests"] >= 2  # the worker's own jobs may wait too
+    assert metrics.value("db_pool_waiting_new_requests") == 2
+    assert metrics.value("db_pool_waiting_requests") >= 2  # the worker's own jobs may wait too
     assert [reply.status for reply in await asyncio.gather(*waiting)] == [200, 200]
-
-
-def _gauges(metrics: str) -> dict[str, float]:
-    """The unlabelled samples of a Prometheus text page, by name."""
-    families = text_string_to_metric_families(metrics)
-    return {sample.name: sample.value for family in families for sample in family.samples if not sample.labels}
 
 
 @pytest.mark.parametrize("moment", ["while it waits", "just as a slot is handed to it"])

@@ -13,7 +13,7 @@ from aiohttp import web
 from handlers.routing import CONTEXT
 from server.app import Options, create_app
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import Api, Reply, User, hold_provider, watch_provider
+from tests.helpers import Api, Reply, User, hold_provider, scrape, watch_provider
 from tests.stripe_standin import Gateway, both_providers  # noqa: F401 (runs every test with both providers)
 
 REFUND_FIELDS = {
@@ -530,13 +530,13 @@ async def test_refunds_are_counted_by_outcome(gateway: Gateway, api: Api) -> Non
     await _refund(api, unrefundable["id"])
     if gateway.stripe:
         await _wait_failed(api, unrefundable["id"])
-        text = (await api.call("GET", "/metrics")).body.decode()
-        assert 'refunds_total{outcome="succeeded"} 2.0' in text
-        assert 'refunds_total{outcome="failed_later"} 1.0' in text
+        metrics = await scrape(api)
+        assert metrics.value("refunds_total", outcome="succeeded") == 2
+        assert metrics.value("refunds_total", outcome="failed_later") == 1
         return
-    text = (await api.call("GET", "/metrics")).body.decode()
-    assert 'refunds_total{outcome="succeeded"} 1.0' in text
-    assert 'refunds_total{outcome="failed"} 1.0' in text
+    metrics = await scrape(api)
+    assert metrics.value("refunds_total", outcome="succeeded") == 1
+    assert metrics.value("refunds_total", outcome="failed") == 1
 
 
 # --- lost answers and dead processes ------------------------------------------------------------

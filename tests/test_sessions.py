@@ -21,7 +21,7 @@ from db import password_resets as password_resets_db
 from db import sessions as sessions_db
 from db.pool import Database
 from handlers.routing import CONTEXT
-from tests.helpers import Api, Reply, ServerProcess, User, all_events, unique_email
+from tests.helpers import Api, Reply, ServerProcess, User, all_events, scrape, unique_email
 
 REFRESH = "/api/users/token/refresh"
 LOGOUT = "/api/users/logout"
@@ -441,15 +441,15 @@ async def test_metrics_count_refreshes_reuse_and_resets(api: Api, db: asyncpg.Co
     token = await _request_reset(api, db, user)
     await api.call("POST", CONFIRM, json={"token": token, "password": "reset-password-1"})
     await api.call("POST", CONFIRM, json={"token": token, "password": "reset-password-1"})
-    text = (await api.call("GET", "/metrics")).body.decode()
-    for line in (
-        'session_refreshes_total{outcome="rotated"} 1.0',
-        'session_refreshes_total{outcome="reuse_detected"} 1.0',
-        'password_resets_total{outcome="requested"} 1.0',
-        'password_resets_total{outcome="confirmed"} 1.0',
-        'password_resets_total{outcome="rejected"} 1.0',
+    metrics = await scrape(api)
+    for name, outcome in (
+        ("session_refreshes_total", "rotated"),
+        ("session_refreshes_total", "reuse_detected"),
+        ("password_resets_total", "requested"),
+        ("password_resets_total", "confirmed"),
+        ("password_resets_total", "rejected"),
     ):
-        assert line in text, line
+        assert metrics.value(name, outcome=outcome) == 1, (name, outcome)
 
 
 # --- across real processes ---------------------------------------------------------

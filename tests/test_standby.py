@@ -29,7 +29,7 @@ from server.domain.catalog_cache import CHANGE_MEMORY_SECONDS, CatalogCache
 from server.runtime.config import Config, pool_settings
 from server.runtime.metrics import Metrics
 from server.runtime.standby import Coverage, Standby
-from tests.helpers import Api, catalog_reads, free_port, watch_poll_after
+from tests.helpers import Api, catalog_reads, free_port, scrape, watch_poll_after
 
 # --- the rule ------------------------------------------------------------------------
 
@@ -231,9 +231,8 @@ async def test_a_product_missing_on_the_standby_is_404_without_a_second_read(api
 
 
 async def standby_lag(api: Api) -> float:
-    reply = await api.call("GET", "/metrics")
-    (line,) = [line for line in reply.body.decode().splitlines() if line.startswith("standby_lag_seconds ")]
-    return float(line.rsplit(" ", 1)[1])
+    (lag,) = (await scrape(api)).samples("standby_lag_seconds")
+    return lag.value
 
 
 async def wait_for_monitor(client: TestClient[Any, Any]) -> None:
