@@ -169,11 +169,11 @@ def make_middleware(config: Config, metrics: Metrics, tracing: Tracing | None = 
     trust_any, proxies = config.otel_trust_incoming_context, networks(config.trusted_proxies)
 
     def parent(request: web.Request) -> Context | None:
-        """The trace context of the caller's `traceparent` when it may be believed: from anyone with
-        OTEL_TRUST_INCOMING_CONTEXT, else only from a trusted proxy; None for anyone
-        else, whose request is a new root that our sampler decides on: a client's
-        `traceparent` must not choose the trace id, nor have spans exported that the
-        sampling would not keep."""
+        """The trace context of the caller's `traceparent` when it may be believed:
+        from anyone with OTEL_TRUST_INCOMING_CONTEXT, else only from a trusted proxy;
+        None for anyone else, whose request is a new root that our sampler decides on:
+        a client's `traceparent` must not choose the trace id, nor have spans exported
+        that the sampling would not keep."""
         if not trust_any:
             if not proxies:
                 return None
