@@ -5,14 +5,24 @@ wrk's req/s moves by 15% between runs.
     python3 dev.py tools python -m loadtests.instructions --path '/api/products?limit=20' \\
         --env DATABASE_URL=postgresql://postgres@127.0.0.1:5432/<seeded db> --env WORKERS=1 \\
         -- .venv/bin/python -m server
+    python3 dev.py tools python -m loadtests.instructions --pay --requests 500 \\
+        --env DATABASE_URL=postgresql://postgres@127.0.0.1:5432/<empty db> --env WORKERS=1 \\
+        -- .venv/bin/python -m server                   # a payment (POST /api/payments)
 
 The server runs under callgrind with instrumentation off while it starts and serves
 --warmup requests; instrumentation is on for exactly --requests requests (sent by
---concurrency keep-alive clients), then the counts are dumped and summed. Only
-user-space instructions of the server process count: not the kernel, not
-PostgreSQL, and not cache misses, so it ranks the work a request costs, not its
-latency. The server must stay one process (WORKERS=1 for this one). Needs valgrind
-(Debian package).
+--concurrency keep-alive clients), then the counts are dumped and summed, in all and
+for the main thread (the event loop) alone: the other threads (the span exporter's,
+the catalog watch's) work on their own schedule. Only user-space instructions of the
+server process count: not the kernel, not PostgreSQL, and not cache misses, so it
+ranks the work a request costs, not its latency. The server must stay one process
+(WORKERS=1 for this one). Needs valgrind (Debian package).
+
+With --pay the requests are payments of fresh pending orders with the simulated
+provider answering at once: the tool makes an admin (ADMIN_EMAIL and ADMIN_PASSWORD
+of its own), 50 products and 20 customers, and their orders, before it counts; the
+order and decline limits are lifted so that one address may place them all (each of
+these settings can be given again with --env).
 """
 
 from __future__ import annotations
@@ -24,22 +34,90 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+_ADMIN = {"email": "instructions-admin@example.com", "password": "instructions-admin-password"}
+_PAY_ENV = {
+    "ADMIN_EMAIL": _ADMIN["email"],
+    "ADMIN_PASSWORD": _ADMIN["password"],
+    "PAYMENT_PROVIDER_LATENCY_MS": "0",
+    "PAYMENT_MAX_DECLINES_PER_IP": "0",
+    "ORDER_MAX_PENDING_PER_USER": "1000000",
+    "ORDER_MAX_HELD_UNITS_PER_PRODUCT": "1000000",
+    "ORDER_MAX_HELD_UNITS_PER_PRODUCT_PER_IP": "0",
+}
+_PRODUCTS, _CUSTOMERS = 50, 20
 
-async def _send(url: str, count: int, concurrency: int) -> None:
-    async with aiohttp.ClientSession() as session:
+# Sends `count` requests with `concurrency` keep-alive clients.
+Load = Callable[[int, int], Awaitable[None]]
 
-        async def client(share: int) -> None:
-            for _ in range(share):
-                async with session.get(url) as response:
-                    await response.read()
-                    if response.status >= 400:
-                        raise SystemExit(f"{url} answered {response.status}")
 
-        await asyncio.gather(*(client(count // concurrency) for _ in range(concurrency)))
+async def _call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> Any:
+    async with session.request(method, url, **kwargs) as response:
+        body = await response.read()
+        if response.status >= 400:
+            raise SystemExit(f"{method} {url} answered {response.status}: {body[:200]!r}")
+        return await response.json() if body else None
+
+
+async def _in_parallel(count: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
+    """`one(i)` for i below count // concurrency * concurrency, by `concurrency` clients."""
+
+    async def client(first: int) -> None:
+        for i in range(first, count // concurrency * concurrency, concurrency):
+            await one(i)
+
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+
+
+def _gets(session: aiohttp.ClientSession, url: str) -> Load:
+    async def load(count: int, concurrency: int) -> None:
+        async def one(_i: int) -> None:
+            await _call(session, "GET", url)
+
+        await _in_parallel(count, concurrency, one)
+
+    return load
+
+
+async def _payments(session: aiohttp.ClientSession, base: str, orders_needed: int) -> Load:
+    """Makes the catalog, the customers and `orders_needed` pending orders; the load
+    pays the next ones."""
+    admin = await _call(session, "POST", f"{base}/api/users/login", json=_ADMIN)
+    as_admin = {"Authorization": f"Bearer {admin['access_token']}"}
+    products = []
+    for n in range(_PRODUCTS):
+        product = {"name": f"Counted {n}", "description": "-", "price": 1000, "currency": "EUR", "stock": 10**6}
+        products.append((await _call(session, "POST", f"{base}/api/products", json=product, headers=as_admin))["id"])
+    customers = []
+    for n in range(_CUSTOMERS):
+        login = {"email": f"counted-{n}-{time.time_ns()}@example.com", "password": "counted-password-1"}
+        await _call(session, "POST", f"{base}/api/users/register", json={**login, "name": f"Counted {n}"})
+        grant = await _call(session, "POST", f"{base}/api/users/login", json=login)
+        customers.append({"Authorization": f"Bearer {grant['access_token']}"})
+    orders = []
+    for n in range(orders_needed):
+        owner = customers[n % _CUSTOMERS]
+        lines = {"items": [{"product_id": products[n % _PRODUCTS], "quantity": 1}]}
+        orders.append((owner, (await _call(session, "POST", f"{base}/api/orders", json=lines, headers=owner))["id"]))
+    paid = 0
+
+    async def load(count: int, concurrency: int) -> None:
+        nonlocal paid
+        start, paid = paid, paid + count
+
+        async def one(i: int) -> None:
+            owner, order_id = orders[start + i]
+            body = {"order_id": order_id, "payment_method": {"type": "card", "token": "tok_visa"}}
+            await _call(session, "POST", f"{base}/api/payments", json=body, headers=owner)
+
+        await _in_parallel(count, concurrency, one)
+
+    return load
 
 
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -48,28 +126,49 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float) -
         if process.poll() is not None:
             raise SystemExit("the server exited while starting (see its log)")
         try:
-            asyncio.run(_send(base + "/healthz", 1, 1))
+            asyncio.run(_ping(base + "/healthz"))
             return
         except (aiohttp.ClientError, OSError):
             time.sleep(1)
     raise SystemExit(f"the server did not answer /healthz within {timeout:.0f} s")
 
 
+async def _ping(url: str) -> None:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        await response.read()
+
+
 def _callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
 
 
-def _total_instructions(out_dir: Path) -> int:
-    total = 0
+def _instructions(out_dir: Path) -> tuple[int, int]:
+    """All threads' instructions and the main thread's (the dumps of thread 1)."""
+    total = main_thread = 0
     for dump in out_dir.glob("callgrind.out*"):
         for line in dump.read_text().splitlines():
             if line.startswith("totals:"):
-                total += int(line.split()[1])
-    return total
+                count = int(line.split()[1])
+                total += count
+                main_thread += count if dump.name.endswith("-01") else 0
+    return total, main_thread
 
 
-def measure(command: list[str], env: dict[str, str], args: argparse.Namespace) -> float:
-    """Instructions per request of `command` serving args.path."""
+async def _drive(base: str, pid: int, args: argparse.Namespace) -> None:
+    async with aiohttp.ClientSession() as session:
+        if args.pay:
+            load = await _payments(session, base, args.warmup + args.requests)
+        else:
+            load = _gets(session, base + args.path)
+        await load(args.warmup, args.concurrency)
+        _callgrind_control("--instr=on", pid)
+        await load(args.requests, args.concurrency)
+        _callgrind_control("--instr=off", pid)
+        _callgrind_control("--dump", pid)
+
+
+def measure(command: list[str], env: dict[str, str], args: argparse.Namespace) -> tuple[float, float]:
+    """Instructions per request of `command` (all threads, the main thread)."""
     base = f"http://127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp, (Path(tmp) / "server.log").open("wb") as log:
         out_dir = Path(tmp)
@@ -77,31 +176,30 @@ def measure(command: list[str], env: dict[str, str], args: argparse.Namespace) -
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
+            "--separate-threads=yes",
             f"--callgrind-out-file={out_dir}/callgrind.out",
         ]
         process = subprocess.Popen(
             [*callgrind, *command],
-            env={**os.environ, "PORT": str(args.port), **env},
+            env={**os.environ, "PORT": str(args.port), **(_PAY_ENV if args.pay else {}), **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
             _wait_healthy(base, process, args.start_timeout)
-            asyncio.run(_send(base + args.path, args.warmup, args.concurrency))
-            _callgrind_control("--instr=on", process.pid)
-            asyncio.run(_send(base + args.path, args.requests, args.concurrency))
-            _callgrind_control("--instr=off", process.pid)
-            _callgrind_control("--dump", process.pid)
+            asyncio.run(_drive(base, process.pid, args))
         finally:
             process.terminate()
             process.wait(timeout=120)
         counted: int = args.requests // args.concurrency * args.concurrency
-        return _total_instructions(out_dir) / counted
+        total, main_thread = _instructions(out_dir)
+        return total / counted, main_thread / counted
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--path", default="/api/products?limit=20", help="the request to count (GET)")
+    p.add_argument("--pay", action="store_true", help="count payments instead (POST /api/payments)")
     p.add_argument("--requests", type=int, default=2000, help="requests counted (default 2000)")
     p.add_argument("--warmup", type=int, default=400, help="requests before counting (default 400)")
     p.add_argument("--concurrency", type=int, default=8, help="keep-alive clients (default 8)")
@@ -115,8 +213,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
-    per_request = measure(args.command, env, args)
-    print(f"{per_request:,.0f} instructions per request ({args.requests} x GET {args.path})")
+    total, main_thread = measure(args.command, env, args)
+    what = "POST /api/payments" if args.pay else f"GET {args.path}"
+    print(f"{total:,.0f} instructions per request, {main_thread:,.0f} in the main thread ({args.requests} x {what})")
     return 0
 
 
