@@ -3,7 +3,8 @@
 With WORKERS=1 the main process serves. With more, it becomes a small supervisor:
 it starts the workers (`python -m server worker`, each with its own pool and
 actors; the kernel spreads connections over them), restarts one that dies, and on
-SIGTERM, SIGINT or SIGHUP forwards the signal and waits for all of them to drain and exit.
+SIGTERM, SIGINT or SIGHUP tells each to stop (SIGTERM) and waits for all of them to drain
+and exit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from server.runtime.config import Config
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.2
+# While stopping, the signal is forwarded again this often to the workers still alive.
+# Once was seen not to stop a worker (a fault-suite run: the worker had its handlers
+# and stopped on a later SIGHUP, cause not found); again costs a draining worker
+# nothing, since its stop is already under way.
+_RESIGNAL_SECONDS = 5.0
 # A worker that dies sooner than this after starting is restarted after a growing
 # pause, so a worker that cannot start does not spin.
 _HEALTHY_AFTER_SECONDS = 10.0
@@ -69,13 +75,21 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
     stopping = False
+    forwarded_at = 0.0
+
+    def forward() -> None:
+        nonlocal forwarded_at
+        forwarded_at = time.monotonic()
+        for worker in workers:
+            if worker.process.poll() is None:
+                # SIGTERM: a SIGINT reaching a worker whose loop has closed would end it
+                # with a KeyboardInterrupt traceback; a worker stops alike on all three.
+                worker.process.send_signal(signal.SIGTERM)
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for worker in workers:
-            if worker.process.poll() is None:
-                worker.process.send_signal(signum)
+        forward()
 
     def start(index: int, failures: int = 0) -> _Worker:
         process = subprocess.Popen([sys.executable, "-m", "server", "worker"], env=env)
@@ -91,6 +105,8 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
             if stopping:
                 if all(w.process.poll() is not None for w in workers):
                     return 0
+                if time.monotonic() - forwarded_at >= _RESIGNAL_SECONDS:
+                    forward()
                 continue
             for slot, worker in enumerate(workers):
                 code = worker.process.poll()
