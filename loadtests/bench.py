@@ -293,6 +293,7 @@ async def _configuration(
     if receiver is not None:
         env = {"WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", **env}
     standin = None
+    env = dict(env)  # the variant's own dict is read again by the next round
     events = env.pop("STANDIN_EVENTS", "on") != "off"  # (a setting of the bench, not of the service)
     if env.get("PAYMENT_PROVIDER") == "stripe":
         standin, stripe_env = _stripe_standin(options)
@@ -308,6 +309,9 @@ async def _configuration(
             standin.configure(webhook_url=f"{server.url}{WEBHOOK_PATH}")
         pay_orders = options.pay_orders if "order_pay" in options.scenarios else 0
         await _seed(server.url, data_dir, pay_orders)
+        # Each point of a connections curve pays orders of its own (an order is paid once).
+        pay_lines = (data_dir / "pay_orders.txt").read_text().splitlines()
+        pay_share = len(pay_lines) // len(options.connections)
         await _admin_sql(options.pg_url.rsplit("/", 1)[0] + f"/{db}", "VACUUM ANALYZE")
         if receiver is not None:
             # After the seeding: the webhook gets (and hangs on) what the scenarios do.
@@ -316,8 +320,9 @@ async def _configuration(
             if len(options.connections) > 1:
                 config = {**config, "connections": connections}
             if scenario == "order_pay":
-                # A quarter of the orders for the warm-up, the rest measured.
-                lines = (data_dir / "pay_orders.txt").read_text().splitlines()
+                # A quarter of this point's orders for the warm-up, the rest measured.
+                point = options.connections.index(connections)
+                lines = pay_lines[point * pay_share : (point + 1) * pay_share]
                 split = len(lines) // 4
                 (data_dir / "pay_orders.txt").write_text("\n".join(lines[:split]) + "\n")
                 _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json", connections)
@@ -505,7 +510,12 @@ def parse(argv: list[str] | None = None) -> Options:
         help="CPUs of Stripe's stand-in (default: unpinned; it stands for a gateway elsewhere)",
     )
     parser.add_argument("--payment-latency-ms", type=int, default=100)
-    parser.add_argument("--pay-orders", type=int, default=8000, help="pending orders made for order_pay")
+    parser.add_argument(
+        "--pay-orders",
+        type=int,
+        default=8000,
+        help="pending orders made for order_pay (shared out between the points of a connections curve)",
+    )
     parser.add_argument(
         "--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
