@@ -534,8 +534,28 @@ async def test_the_secrets_are_never_logged(clean_db: str, gateway: Gateway, tmp
         server.stop()
     text = log.read_text()
     assert "payment" in text  # something was logged
+    assert '"logger":"stripe"' in text  # and the SDK's own lines are among what was read
     assert gateway.api_key not in text
     assert WEBHOOK_SECRET not in text
+
+
+async def test_the_sdks_line_per_call_is_logged_only_with_the_access_log(
+    clean_db: str, gateway: Gateway, tmp_path: Any
+) -> None:
+    log = tmp_path / "server.log"
+    server = ServerProcess(clean_db, env={**gateway.env({}), "LOG_LEVEL": "INFO"}, log_path=log).start()
+    try:
+        from tests.helpers import session
+
+        async with session(server.url) as http:
+            api = Api(http)
+            user, order = await _pending_order(api)
+            assert (await api.pay(user, order["id"])).status == 201
+    finally:
+        server.stop()
+    text = log.read_text()
+    assert '"level":"info"' in text  # INFO lines are logged
+    assert '"logger":"stripe"' not in text
 
 
 async def test_a_payment_of_another_provider_is_not_refunded_through_this_one(api: Api, db: asyncpg.Connection) -> None:

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    logs.configure(config.log_level)
+    logs.configure(config.log_level, config.access_log)
     try:
         return _COMMANDS[args.command](config, args)
     except EmbeddedPostgresError as exc:

@@ -47,7 +47,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(level: str) -> None:
+def configure(level: str, access_log: bool = False) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -55,3 +55,8 @@ def configure(level: str) -> None:
     root.setLevel(level)
     # aiohttp's own access logger is replaced by ours (see ACCESS_LOG).
     logging.getLogger("aiohttp.access").disabled = True
+    # Stripe's SDK logs every call it makes at INFO, its request and its response: an
+    # access log of outbound calls, two lines a payment, so ACCESS_LOG governs it like
+    # ours. The calls are counted either way (payment_provider_calls_total), and the
+    # provider logs what fails.
+    logging.getLogger("stripe").setLevel(logging.NOTSET if access_log else logging.WARNING)
