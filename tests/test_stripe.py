@@ -539,7 +539,7 @@ async def test_the_secrets_are_never_logged(clean_db: str, gateway: Gateway, tmp
     assert WEBHOOK_SECRET not in text
 
 
-async def test_the_sdks_line_per_call_is_logged_only_with_the_access_log(
+async def test_the_sdks_lines_per_call_are_logged_only_with_the_access_log(
     clean_db: str, gateway: Gateway, tmp_path: Any
 ) -> None:
     log = tmp_path / "server.log"

@@ -6,10 +6,9 @@ client's `raw_request_async` and its answers read as the JSON they are: the type
 services (`client.v1.payment_intents...`) send the same request, and raise the same
 errors, but turn each answer into StripeObjects, which took as much CPU as the rest of
 the call (0.67 against 0.37 ms a PaymentIntent, measured at the client, in
-docs/performance.md). Every call that moves
-money carries our idempotency key (the payment's or refund's `provider_key`), so a
-repeated call is answered from Stripe's record of the first one and never makes a
-second PaymentIntent, charge or refund.
+docs/performance.md). Every call that moves money carries our idempotency key (the
+payment's or refund's `provider_key`), so a repeated call is answered from Stripe's
+record of the first one and never makes a second PaymentIntent, charge or refund.
 
 - A charge is one PaymentIntent, created and confirmed in one call: the order's total
   and currency, cards only and never a redirect (`automatic_payment_methods` with
