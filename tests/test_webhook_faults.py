@@ -10,7 +10,7 @@ from collections import defaultdict
 import asyncpg
 import pytest
 
-from tests.helpers import Api, ServerProcess, free_port, session
+from tests.helpers import Api, ServerProcess, eventually, free_port, session
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.faults
@@ -66,7 +66,11 @@ async def test_deliveries_pending_at_a_kill_9_are_all_delivered_after_restart(
         await receiver.wait_for(lambda: {int(r.headers["webhook-id"]) for r in receiver.received} >= set(events), 60)
         # Each delivery is recorded as succeeded just after the receiver answers it: wait
         # for the last records rather than read them at the moment of the last answer.
-        await _until(db, "SELECT (count(*) = 0)::int FROM webhook_deliveries WHERE status <> 'succeeded'", 1)
+
+        async def all_recorded_succeeded() -> bool:
+            return bool(await db.fetchval("SELECT count(*) = 0 FROM webhook_deliveries WHERE status <> 'succeeded'"))
+
+        await eventually(all_recorded_succeeded)
         position = {event_id: i for i, event_id in enumerate(events)}
         per_order: dict[int, list[int]] = defaultdict(list)
         for got in receiver.received:

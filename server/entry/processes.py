@@ -74,8 +74,8 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
         "JWT_SECRET": secret,  # every worker must accept every worker's tokens
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
-    stopping = False
-    forwarded_at = 0.0
+    # When the stop was last forwarded to the workers; None until a signal asks to stop.
+    forwarded_at: float | None = None
 
     def forward() -> None:
         nonlocal forwarded_at
@@ -87,8 +87,6 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
                 worker.process.send_signal(signal.SIGTERM)
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
         forward()
 
     def start(index: int, failures: int = 0) -> _Worker:
@@ -102,7 +100,7 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
     try:
         while True:
             time.sleep(_POLL_SECONDS)
-            if stopping:
+            if forwarded_at is not None:
                 if all(w.process.poll() is not None for w in workers):
                     return 0
                 if time.monotonic() - forwarded_at >= _RESIGNAL_SECONDS:
@@ -121,7 +119,7 @@ def _supervise(config: Config, dsn: str, secret: str) -> int:
                     extra={"worker": worker.index, "pid": worker.process.pid, "exit_code": code, "pause_s": pause},
                 )
                 time.sleep(pause)
-                if not stopping:
+                if forwarded_at is None:
                     workers[slot] = start(worker.index, failures)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
