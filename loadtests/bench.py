@@ -381,9 +381,8 @@ def _stripe_standin(options: Options) -> tuple[StandIn, dict[str, str]]:
         )
     standin = StandIn(path, "--latency-ms", str(options.payment_latency_ms))
     standin.start()
-    if standin.process is not None and options.standin_cpus:
-        subprocess.run(["taskset", "-a", "-p", "-c", options.standin_cpus, str(standin.process.pid)],
-                       check=False, capture_output=True)  # fmt: skip
+    if options.standin_cpus:
+        standin.pin(options.standin_cpus)
     return standin, stripe_env(standin, new_api_key())
 
 

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,9 +44,17 @@ def _start_standin(latency_ms: int, cpus: str) -> StandIn:
     if path is None:
         raise SystemExit("needs Stripe's stand-in (../shared/stripe-standin or STRIPE_STANDIN)")
     standin = StandIn(path, "--latency-ms", str(latency_ms)).start()
-    if standin.process is not None and cpus:
-        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(standin.process.pid)], check=True, capture_output=True)
+    if cpus:
+        standin.pin(cpus)
     return standin
+
+
+def _client(url: str) -> tuple[stripe.StripeClient, stripe.AIOHTTPClient]:
+    """A client as the Stripe provider makes one (no SDK retries), and its HTTP client
+    to close."""
+    http = stripe.AIOHTTPClient()
+    client = stripe.StripeClient(new_api_key(), base_addresses={"api": url}, http_client=http, max_network_retries=0)
+    return client, http
 
 
 def _calls(client: stripe.StripeClient) -> dict[str, Call]:
@@ -69,8 +76,7 @@ def _calls(client: stripe.StripeClient) -> dict[str, Call]:
 
 
 async def _rate(url: str, concurrency: int, seconds: float) -> str:
-    http = stripe.AIOHTTPClient()
-    client = stripe.StripeClient(new_api_key(), base_addresses={"api": url}, http_client=http, max_network_retries=0)
+    client, http = _client(url)
     charge = _calls(client)["raw"]
     latencies: list[float] = []
     end = time.perf_counter() + seconds
@@ -94,8 +100,7 @@ async def _rate(url: str, concurrency: int, seconds: float) -> str:
 
 async def _cpu(url: str, calls: int) -> list[str]:
     """CPU time of this process per call, typed and raw alternately (twice each)."""
-    http = stripe.AIOHTTPClient()
-    client = stripe.StripeClient(new_api_key(), base_addresses={"api": url}, http_client=http, max_network_retries=0)
+    client, http = _client(url)
     lines = []
     for name, charge in [*_calls(client).items()] * 2:
         for _ in range(30):  # the connection and the caches warm

@@ -67,6 +67,12 @@ class StandIn:
                 break
         raise RuntimeError("the Stripe stand-in did not start")
 
+    def pin(self, cpus: str) -> None:
+        """Run every thread of the stand-in on `cpus` (a taskset list, e.g. "1"): in a
+        benchmark it stands for a gateway elsewhere, so it is kept off the server's CPUs."""
+        assert self.process is not None
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(self.process.pid)], check=True, capture_output=True)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
