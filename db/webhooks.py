@@ -135,6 +135,14 @@ async def fan_out_batch(db: Database, batch: int, plan: Plan) -> int | None:
         return len(events)
 
 
+_ANY_ENABLED = "SELECT EXISTS (SELECT 1 FROM webhooks WHERE enabled)"
+
+
+async def any_enabled(db: Database) -> bool:
+    """Whether any webhook is enabled: whether events have anyone to go to."""
+    return bool(await db.fetchval(_ANY_ENABLED))
+
+
 # Committed events past the dispatch position that the feed does not show yet: an
 # older transaction, anywhere on the server, is still in flight (db/events.py).
 _HELD_BACK = """

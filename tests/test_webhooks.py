@@ -249,6 +249,30 @@ async def test_an_event_goes_out_at_once_not_at_the_next_poll(api: Api, receiver
     assert receiver.events()[0]["data"] == product
 
 
+@pytest.mark.parametrize("config_overrides", [{**FAST_DELIVERY, "webhook_poll_interval_seconds": 3600}])
+async def test_a_webhook_enabled_by_another_process_gets_the_next_event_without_a_poll(
+    api: Api, receiver: Receiver, clean_db: str
+) -> None:
+    """With no webhook enabled at its first turn, the deliverer's wake at a commit only
+    asks whether one is enabled now (and fans nothing out). One added behind its back,
+    as another process would, is found by such a look: not left to the poll, an hour
+    away. The event from before it is not sent to it."""
+    await api.product(name="Before any webhook")
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute(
+            "INSERT INTO webhooks (url, events, description, secret) VALUES ($1, $2, '', $3)",
+            receiver.url,
+            ["product.created"],
+            webhooks.new_secret(),
+        )
+    finally:
+        await conn.close()
+    product = await api.product(name="After the webhook")
+    await receiver.wait_for(lambda: len(receiver.received) == 1)
+    assert receiver.events()[0]["data"] == product
+
+
 async def _older_transaction(dsn: str) -> tuple[asyncpg.Connection, Any]:
     """A connection with a transaction that holds a transaction id and stays open: every
     event committed after it is held back from the feed until it ends."""

@@ -57,6 +57,10 @@ _SECRET_BYTES = 32
 _FAN_OUT_BATCH = 500
 # The first look again at events held back by an older transaction (doubling after).
 _HELD_BACK_FIRST_RETRY_SECONDS = 0.02
+# While no webhook is enabled, how often a commit's wake may ask whether one is now
+# (Deliverer.turn): a webhook enabled anywhere gets its first events this much later
+# at most, and a busy worker asks ten times a second instead of at every commit.
+_LISTENERS_LOOK_SECONDS = 0.1
 
 
 # --- secrets ------------------------------------------------------------------------------
@@ -268,7 +272,8 @@ class Deliverer:
     actors, and the sender they share. A turn runs every WEBHOOK_POLL_INTERVAL_SECONDS,
     and at once when this process commits an event or a send frees a slot (`wake`): so
     new events go out without waiting for a poll, and a freed slot takes the next due
-    delivery, while one turn at a time claims within the in-flight limits."""
+    delivery, while one turn at a time claims within the in-flight limits. While no
+    webhook is enabled, a wake only asks whether one is (see `turn`)."""
 
     ctx: Context
     supervisor: Supervisor[QueueKey]
@@ -279,6 +284,12 @@ class Deliverer:
     tracer: Tracer | None = None
     # How soon to look again while committed events are held back (fan_out).
     held_back_retry: float = field(default=_HELD_BACK_FIRST_RETRY_SECONDS, init=False)
+    # Whether a webhook was enabled at the last look (turn), when the next poll may be,
+    # and when the next look.
+    listening: bool = field(default=False, init=False)
+    next_poll: float = field(default=0.0, init=False)
+    next_look: float = field(default=0.0, init=False)
+    look_scheduled: bool = field(default=False, init=False)
 
     @property
     def lease_seconds(self) -> float:
@@ -290,8 +301,38 @@ class Deliverer:
         return sum(self.busy.values())
 
     async def turn(self) -> None:
+        """Fan out and claim; but while no webhook is enabled, a turn woken by a commit
+        only asks whether one is now, at most every _LISTENERS_LOOK_SECONDS, and fans
+        out only if so. The fan-out is a write transaction (it locks and moves the
+        dispatch position), and commits wake it every few payments: with nobody to
+        deliver to, that was PostgreSQL's work for nothing. The poll still fans out,
+        so the position never falls behind by more than a poll interval's events."""
+        now = asyncio.get_running_loop().time()
+        if now >= self.next_poll:
+            # Half an interval: the poll's own turn counts as one even when its timer
+            # fires a little early, and a stream of wakes still polls twice an interval.
+            self.next_poll = now + self.ctx.config.webhook_poll_interval_seconds / 2
+            self.listening = await webhooks_db.any_enabled(self.ctx.db)
+        elif not self.listening and not await self._listened_to(now):
+            return
         await self.fan_out()
         await self.claim()
+
+    async def _listened_to(self, now: float) -> bool:
+        """Whether a webhook is enabled now; asked at most every _LISTENERS_LOOK_SECONDS.
+        A wake within that time is not lost: it is kept for the next look."""
+        if now < self.next_look:
+            if not self.look_scheduled:
+                self.look_scheduled = True
+                asyncio.get_running_loop().call_later(self.next_look - now, self._look_due)
+            return False
+        self.next_look = now + _LISTENERS_LOOK_SECONDS
+        self.listening = await webhooks_db.any_enabled(self.ctx.db)
+        return self.listening
+
+    def _look_due(self) -> None:
+        self.look_scheduled = False
+        self.wake.set()
 
     async def fan_out(self) -> int:
         total = 0
