@@ -4,7 +4,6 @@ delivered at least once, none is lost, and each order's events arrive in order."
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 
 import asyncpg
@@ -22,15 +21,6 @@ ENV = {
     "WEBHOOK_TIMEOUT_SECONDS": "1",
     "WEBHOOK_MAX_ATTEMPTS": "100",
 }
-
-
-async def _until(db: asyncpg.Connection, query: str, minimum: int, timeout: float = 30) -> int:
-    for _ in range(int(timeout / 0.1)):
-        value: int = await db.fetchval(query)
-        if value >= minimum:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{query}: still below {minimum}")
 
 
 async def test_deliveries_pending_at_a_kill_9_are_all_delivered_after_restart(
@@ -54,7 +44,12 @@ async def test_deliveries_pending_at_a_kill_9_are_all_delivered_after_restart(
                 assert (await api.pay(user, order["id"])).status == 201
             for i in range(10):
                 await api.product(name=f"P{i}")
-        attempts = await _until(db, "SELECT count(*) FROM webhook_attempts", 20)
+
+        async def twenty_failed_attempts() -> int:
+            failed: int = await db.fetchval("SELECT count(*) FROM webhook_attempts")
+            return failed if failed >= 20 else 0
+
+        attempts = await eventually(twenty_failed_attempts)
         first.kill()
         pending = await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
         events = [r["id"] for r in await db.fetch("SELECT id FROM events ORDER BY txid, id")]
