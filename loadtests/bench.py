@@ -56,7 +56,7 @@ import aiohttp
 import asyncpg
 
 from server.runtime.ports import free_port
-from tests.stripe_standin import WEBHOOK_PATH, StandIn, new_api_key, standin_path, stripe_env
+from tests.stripe_standin import WEBHOOK_PATH, StandIn, for_load, new_api_key, stripe_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk" / "scenarios.lua"
@@ -374,15 +374,7 @@ async def _configuration(
 def _stripe_standin(options: Options) -> tuple[StandIn, dict[str, str]]:
     """Stripe's stand-in answering every call after --payment-latency-ms, on the wrk
     CPUs (it stands for a gateway elsewhere), and the server's settings for it."""
-    path = standin_path()
-    if path is None:
-        raise SystemExit(
-            "PAYMENT_PROVIDER=stripe needs the Stripe stand-in (../shared/stripe-standin or STRIPE_STANDIN)"
-        )
-    standin = StandIn(path, "--latency-ms", str(options.payment_latency_ms))
-    standin.start()
-    if options.standin_cpus:
-        standin.pin(options.standin_cpus)
+    standin = for_load(options.payment_latency_ms, options.standin_cpus, "PAYMENT_PROVIDER=stripe")
     return standin, stripe_env(standin, new_api_key())
 
 

@@ -118,6 +118,19 @@ class StandIn:
         self._request("POST", "/_standin/redeliver", {"event_id": event_id})
 
 
+def for_load(latency_ms: int, cpus: str | None, needed_by: str) -> StandIn:
+    """A started stand-in for a load tool, answering every call after `latency_ms` and
+    pinned to `cpus` (unpinned when empty); SystemExit naming `needed_by` when none is
+    beside the checkout."""
+    path = standin_path()
+    if path is None:
+        raise SystemExit(f"{needed_by} needs the Stripe stand-in (../shared/stripe-standin or STRIPE_STANDIN)")
+    standin = StandIn(path, "--latency-ms", str(latency_ms)).start()
+    if cpus:
+        standin.pin(cpus)
+    return standin
+
+
 def new_api_key() -> str:
     """A fresh account at the stand-in."""
     return f"sk_test_{secrets.token_hex(12)}"

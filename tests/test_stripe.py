@@ -22,7 +22,7 @@ from aiohttp import web
 from server.app import CONTEXT, Options, create_app
 from server.domain.payments import service as payments
 from tests.conftest import JWT_SECRET, make_config
-from tests.helpers import ROOT, Api, Reply, ServerProcess, User, eventually, scrape
+from tests.helpers import ROOT, Api, Reply, ServerProcess, User, eventually, scrape, session
 from tests.stripe_standin import WEBHOOK_PATH, WEBHOOK_SECRET, Gateway
 
 
@@ -521,8 +521,6 @@ async def test_the_secrets_are_never_logged(clean_db: str, gateway: Gateway, tmp
     env = {**gateway.env({}), "LOG_LEVEL": "DEBUG", "ACCESS_LOG": "true", "PAYMENT_PROVIDER_TIMEOUT_MS": "300"}
     server = ServerProcess(clean_db, env=env, log_path=log).start()
     try:
-        from tests.helpers import session
-
         async with session(server.url) as http:
             api = Api(http)
             user, order = await _pending_order(api)
@@ -545,8 +543,6 @@ async def test_the_sdks_lines_per_call_are_logged_only_with_the_access_log(
     log = tmp_path / "server.log"
     server = ServerProcess(clean_db, env={**gateway.env({}), "LOG_LEVEL": "INFO"}, log_path=log).start()
     try:
-        from tests.helpers import session
-
         async with session(server.url) as http:
             api = Api(http)
             user, order = await _pending_order(api)

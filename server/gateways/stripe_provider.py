@@ -101,15 +101,7 @@ class StripeProvider:
         self._webhook_secret = webhook_secret
         self._timeout = timeout
         self._record = record or (lambda operation, outcome: None)
-        # Each try is bounded by `timeout` (asyncio.timeout in _call); aiohttp's own
-        # bound is only a backstop.
-        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout + 1))
-        self._client = stripe.StripeClient(
-            api_key,
-            base_addresses={"api": api_base.rstrip("/")},
-            http_client=self._http,
-            max_network_retries=0,
-        )
+        self._client, self._http = make_client(api_key, api_base, timeout)
 
     def call_seconds(self, timeout: float) -> float:
         return ATTEMPTS * timeout + (ATTEMPTS - 1) * _BACKOFF_MAX_SECONDS
@@ -250,6 +242,17 @@ class StripeProvider:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
         log.warning("Stripe call unanswered; its outcome is unknown", extra={"operation": operation})
         raise ProviderUnavailable(f"{operation}: {outcome}")
+
+
+def make_client(api_key: str, api_base: str, timeout: float) -> tuple[stripe.StripeClient, stripe.AIOHTTPClient]:
+    """The SDK's async client on aiohttp, with no retries of its own (_call retries,
+    with our keys), and its HTTP client (to close). Each try is bounded by `timeout`
+    (asyncio.timeout in _call); aiohttp's own bound is only a backstop."""
+    http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout + 1))
+    client = stripe.StripeClient(
+        api_key, base_addresses={"api": api_base.rstrip("/")}, http_client=http, max_network_retries=0
+    )
+    return client, http
 
 
 def _intent_path(provider_ref: str) -> str:

@@ -201,17 +201,18 @@ def make_middleware(config: Config, metrics: Metrics, tracing: Tracing | None = 
         later request sets its own context here first (a continued trace starts from an
         empty one), so nothing of it could leak into another anyway."""
         route = _route_name(request)
+        name = f"{request.method} {route}"
         context = parent(request) if "traceparent" in request.headers else None
         if context is not None:
-            return in_span(request, handler, route, context, None)
-        trace_id = tracing.sampled_root(f"{request.method} {route}")
+            return in_span(request, handler, route, name, context, None)
+        trace_id = tracing.sampled_root(name)
         if trace_id is None:
             otel_context.attach(UNSAMPLED)
             return handle(request, handler, route)
-        return in_span(request, handler, route, Context(), tracing.preset(trace_id))
+        return in_span(request, handler, route, name, Context(), tracing.preset(trace_id))
 
     async def in_span(
-        request: web.Request, handler: Handler, route: str, context: Context, preset: object | None
+        request: web.Request, handler: Handler, route: str, name: str, context: Context, preset: object | None
     ) -> web.StreamResponse:
         """The request in its server span, a child of `context`'s span if it has one.
 
@@ -222,9 +223,7 @@ def make_middleware(config: Config, metrics: Metrics, tracing: Tracing | None = 
         add here is nothing: `handle` answers every exception a handler raises, so none
         reaches the span."""
         attributes = {"http.request.method": request.method, "http.route": route, "url.path": request.path}
-        span = tracer.start_span(
-            f"{request.method} {route}", context=context, kind=SpanKind.SERVER, attributes=attributes
-        )
+        span = tracer.start_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes)
         if preset is not None:
             tracing.unpreset(preset)  # the span has its trace id: later ones draw their own
         otel_context.attach(set_span_in_context(span))
