@@ -12,6 +12,8 @@ service, with wrk, writing a results table and a plot.
     python3 dev.py tools python -m loadtests.bench --scenarios order_pay --payment-latency-ms 100 \
         --env PAYMENT_PROVIDER=simulated --env PAYMENT_PROVIDER=stripe --rounds 3
                                                                         # paying through Stripe's stand-in
+    python3 dev.py tools python -m loadtests.bench --scenarios order_pay --observe
+                                                                        # and where each run's time went
 
 A variant with PAYMENT_PROVIDER=stripe pays through Stripe's stand-in
 (../shared/stripe-standin, or STRIPE_STANDIN), started for it with --payment-latency-ms
@@ -25,7 +27,10 @@ fresh server (pinned with taskset to --server-cpus; wrk to --wrk-cpus), seeded
 through the API (1,000 products, 50 customers logged in, pending orders for
 order_pay). With --webhooks hanging, a webhook subscribed to every event points at a
 receiver that accepts connections and never answers. Every scenario has a warm-up,
-then a measured run. Results go to
+then a measured run. With --observe, each measured run is watched as well
+(loadtests/observe.py: the server's event loop on a CPU or waiting for one, PostgreSQL's
+CPU, transactions, sequential scans and WAL flushes, what its sessions waited on), and
+what was seen is printed under the run and kept in results.json. Results go to
 --out-dir: results.json, results.md (the table) and results.png (the plot).
 Needs wrk (Debian package) and a PostgreSQL where databases may be created
 (--pg-url, default the local server).
@@ -55,6 +60,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from loadtests.observe import Observation, Observer
 from server.runtime.ports import free_port
 from tests.stripe_standin import WEBHOOK_PATH, StandIn, for_load, new_api_key, stripe_env
 
@@ -77,6 +83,7 @@ class Run:
     non_2xx: int
     socket_errors: int
     exhausted: bool = False
+    observed: Observation | None = None
 
 
 @dataclass
@@ -99,6 +106,7 @@ class Options:
     out_dir: Path
     checkouts: list[Path]
     flamegraphs: Path | None = None
+    observe: bool = False
     runs: list[Run] = field(default_factory=list)
 
 
@@ -332,11 +340,16 @@ async def _configuration(
                 _wrk(options, server.url, scenario, data_dir, options.warmup, data_dir / "warm.json", connections)
                 planned = 0
             profiler = _start_profiler(options, server, scenario, config)
+            observer = None
+            if options.observe and server.process is not None:
+                observer = Observer(server.process.pid, server.env["DATABASE_URL"], options.pg_url)
+                observer.start()
             summary = _wrk(
                 options, server.url, scenario, data_dir, options.duration, data_dir / "run.json", connections
             )
             if profiler is not None:
                 profiler.wait()
+            observed = None if observer is None else observer.stop(summary["requests"])
             statuses = {int(k): v for k, v in summary["statuses"].items()}
             ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
             run = Run(
@@ -353,6 +366,7 @@ async def _configuration(
                 # When the orders run out, wrk stops with one request in flight on each
                 # connection, never counted: the rate is then the supply's, not the server's.
                 exhausted=bool(planned) and summary["requests"] + connections >= planned,
+                observed=observed,
             )
             options.runs.append(run)
             print(
@@ -361,6 +375,8 @@ async def _configuration(
                 + ("  EXHAUSTED" if run.exhausted else ""),
                 flush=True,
             )
+            if observed is not None:
+                print(f"    {observed.line()}", flush=True)
     finally:
         server.stop()
         if standin is not None:
@@ -515,6 +531,11 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--flamegraphs", help="record a py-spy flame graph (SVG) of each measured run into this folder")
     parser.add_argument(
+        "--observe",
+        action="store_true",
+        help="watch each measured run: the server's event loop, PostgreSQL's CPU, transactions, scans and waits",
+    )
+    parser.add_argument(
         "--checkout",
         action="append",
         default=[],
@@ -542,6 +563,7 @@ def parse(argv: list[str] | None = None) -> Options:
         out_dir=Path(args.out_dir or ROOT / "loadtests" / "reports" / f"bench-{stamp}"),
         checkouts=[Path(c).resolve() for c in args.checkout] or [ROOT],
         flamegraphs=Path(args.flamegraphs) if args.flamegraphs else None,
+        observe=args.observe,
     )
 
 
