@@ -149,7 +149,7 @@ class Observation:
         )
         sessions = ", ".join(f"{state} {mean:.2f}" for state, mean in list(self.sessions.items())[:4])
         return (
-            f"server loop: on a CPU {self.loop_on_cpu:.0%}, waiting for one {self.loop_waiting_for_cpu:.0%}, "
+            f"server loops (summed): on a CPU {self.loop_on_cpu:.0%}, waiting for one {self.loop_waiting_for_cpu:.0%}, "
             f"{self.preemptions_per_s:,.0f} preemptions/s | a request: PostgreSQL CPU "
             f"{self.backend_cpu_ms_per_request:.2f} ms, {self.transactions_per_request:.2f} transactions, "
             f"{self.wal_bytes_per_request / 1024:.1f} kB of WAL, seq-scanned tuples: {scanned or 'none'} | "
