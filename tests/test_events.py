@@ -336,3 +336,39 @@ async def test_an_event_of_a_transaction_still_open_is_held_back_not_skipped(
     await all_events(api, clean_db)
     after = await feed(api, f"?after={page['next_cursor']}")
     assert [e["type"] for e in after["items"]] == ["product.updated", "product.created"]
+
+
+async def _told_of_events(clean_db: str, statements: list[str]) -> list[str]:
+    """The notices a service session (application_name storefront...) gets for these
+    statements, run one after another (each a transaction of its own)."""
+    conn = await asyncpg.connect(clean_db, server_settings={"application_name": "storefront-test"})
+    told: list[str] = []
+    conn.add_log_listener(lambda _conn, message: told.append(message.message))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+    return told
+
+
+async def test_a_transaction_that_writes_several_events_tells_its_session_once(clean_db: str) -> None:
+    told = await _told_of_events(
+        clean_db,
+        [
+            "BEGIN; SELECT emit_event('order.paid', '{}'); SELECT emit_event('payment.succeeded', '{}'); COMMIT",
+            "SELECT emit_event('order.created', '{}')",
+        ],
+    )
+    assert told == ["events:written", "events:written"]
+
+
+async def test_an_event_after_a_savepoint_rolled_back_with_its_events_tells_again(clean_db: str) -> None:
+    told = await _told_of_events(
+        clean_db,
+        [
+            "BEGIN; SAVEPOINT s; SELECT emit_event('order.created', '{}'); ROLLBACK TO SAVEPOINT s;"
+            " SELECT emit_event('order.created', '{}'); COMMIT"
+        ],
+    )
+    assert told == ["events:written", "events:written"]

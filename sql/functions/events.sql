@@ -13,12 +13,17 @@
 -- NOTICE, so that the writing process wakes its webhook deliverer as soon as the
 -- transaction is over, without waiting for its poll (server/domain/webhooks.py,
 -- EventCommits). Not pg_notify: a notifying transaction serializes every commit
--- (sql/014_caching.sql).
+-- (sql/014_caching.sql). Told once a transaction, however many events it writes (a
+-- settled payment writes two, a batch of orders one an order): the notice only says
+-- that it wrote some, and each costs both sides a message. The mark is transaction-local
+-- (set_config's is_local), so a rolled-back savepoint takes it back with its events.
 CREATE OR REPLACE FUNCTION emit_event(p_type text, p_data jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO events (type, data) VALUES (p_type, p_data);
-    IF current_setting('application_name') LIKE 'storefront%' THEN
+    IF current_setting('application_name') LIKE 'storefront%'
+       AND current_setting('storefront.events_told', true) IS DISTINCT FROM 'yes' THEN
+        PERFORM set_config('storefront.events_told', 'yes', true);
         RAISE NOTICE 'events:written';
     END IF;
 END
