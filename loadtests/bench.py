@@ -344,12 +344,16 @@ async def _configuration(
             if options.observe and server.process is not None:
                 observer = Observer(server.process.pid, server.env["DATABASE_URL"], options.pg_url)
                 observer.start()
-            summary = _wrk(
-                options, server.url, scenario, data_dir, options.duration, data_dir / "run.json", connections
-            )
+            try:
+                summary = _wrk(
+                    options, server.url, scenario, data_dir, options.duration, data_dir / "run.json", connections
+                )
+            finally:
+                if observer is not None:
+                    observer.stop()
             if profiler is not None:
                 profiler.wait()
-            observed = None if observer is None else observer.stop(summary["requests"])
+            observed = None if observer is None else observer.observation(summary["requests"])
             statuses = {int(k): v for k, v in summary["statuses"].items()}
             ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
             run = Run(

@@ -183,9 +183,13 @@ class Observer:
         self._started.wait()
         self._raise_error()
 
-    def stop(self, requests: int) -> Observation:
+    def stop(self) -> None:
+        """Ends the watch (with the last snapshot); call it even when the run failed."""
         self._stopping.set()
         self._thread.join()
+
+    def observation(self, requests: int) -> Observation:
+        """What was seen between `start` and `stop`, for a run of `requests` requests."""
         self._raise_error()
         first, last = self._snapshots
         return _observation(first, last, requests, self._states, self.samples)

@@ -47,7 +47,8 @@ async def test_transactions_and_sequential_scans_are_counted_per_request(empty_d
         await conn.fetchval("SELECT 1")
     finally:
         await conn.close()
-    observed = observer.stop(requests=SCANS)
+    observer.stop()
+    observed = observer.observation(requests=SCANS)
     assert observed.seq_tuples_per_request["scanned"] == ROWS
     assert observed.transactions_per_request >= 1
 
@@ -67,7 +68,9 @@ async def test_a_session_waiting_for_a_row_lock_is_seen_waiting_on_it(empty_data
         waiter_pid = waiter.get_server_pid()
 
         async def waiting() -> bool:
-            event = await watcher.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", waiter_pid)
+            event: str | None = await watcher.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", waiter_pid
+            )
             return event == "Lock"
 
         await eventually(waiting)
@@ -80,7 +83,7 @@ async def test_a_session_waiting_for_a_row_lock_is_seen_waiting_on_it(empty_data
         await lock.rollback()
         await blocked
     finally:
-        observed = observer.stop(requests=1)
+        observer.stop()
         for conn in (holder, waiter, watcher):
             await conn.close()
-    assert observed.sessions.get("Lock:transactionid", 0) > 0
+    assert observer.observation(requests=1).sessions.get("Lock:transactionid", 0) > 0
