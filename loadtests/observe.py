@@ -40,6 +40,11 @@ SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname =
        (SELECT wal_sync FROM pg_stat_wal) AS wal_syncs
 """
 _SEQ_TUPLES = "SELECT relname::text AS name, seq_tup_read AS tuples FROM pg_stat_user_tables"
+# The run's backends (this watch's own session aside).
+_BACKENDS = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+"""
 
 # Each active session of the run's database once: running, or the event it waits on.
 _ACTIVITY = """
@@ -89,21 +94,12 @@ def session_processes(session: int) -> list[int]:
     return found
 
 
-def backend_cpu_seconds(database: str) -> float:
-    """User and system CPU of the PostgreSQL backends connected to `database` (a
-    backend's command line names its database: `postgres: <cluster>: <user> <db> ...`)."""
-    ticks = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if not command.startswith("postgres:") or f" {database} " not in command:
-            continue
-        fields = _stat_fields(pid)
-        if fields is not None:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / _CLOCK_TICKS
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process `pid` so far (0 when it is gone). PostgreSQL's
+    backends are processes of this machine's when it runs here: their pids come from
+    pg_stat_activity."""
+    fields = _stat_fields(str(pid))
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def _loop_times(server_pid: int) -> ThreadTimes:
@@ -229,7 +225,7 @@ class Observer:
         return _Snapshot(
             at=time.monotonic(),
             loop=_loop_times(self.server_pid),
-            backend_cpu=backend_cpu_seconds(self.database),
+            backend_cpu=sum(cpu_seconds(row["pid"]) for row in await conn.fetch(_BACKENDS)),
             transactions=counters["transactions"],
             wal_bytes=counters["wal_bytes"],
             wal_syncs=counters["wal_syncs"],

@@ -38,18 +38,8 @@ import asyncpg
 
 from db import orders as orders_db
 from loadtests import bench
+from loadtests.observe import cpu_seconds
 from server.runtime.config import Config, load
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-
 
 _SERVICE = ["storefront", "storefront-catalog-watch"]
 _PGBENCH = ["storefront-pgbench"]
@@ -61,7 +51,7 @@ async def _sample(conn: asyncpg.Connection, db: str, applications: list[str]) ->
         "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = ANY($2)", db, applications
     )
     orders = await conn.fetchval("SELECT count(*) FROM orders")
-    return sum(_cpu_seconds(r["pid"]) for r in pids), int(orders)
+    return sum(cpu_seconds(r["pid"]) for r in pids), int(orders)
 
 
 # What the checkout variant's orders name: an inline address (as POST /api/orders
