@@ -55,6 +55,11 @@ GROUP BY 1
 """
 
 
+class ObservationFailed(RuntimeError):
+    """The watch broke off (a database connection it reads through went away): the run
+    has its rate, and no observation."""
+
+
 @dataclass(frozen=True)
 class ThreadTimes:
     """A thread's scheduling so far (its schedstat and status under /proc)."""
@@ -175,7 +180,8 @@ class Observer:
         self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
 
     def start(self) -> None:
-        """Returns once the first snapshot is taken."""
+        """Returns once the first snapshot is taken; raises ObservationFailed when it
+        cannot be."""
         self._thread.start()
         self._started.wait()
         self._raise_error()
@@ -186,14 +192,15 @@ class Observer:
         self._thread.join()
 
     def observation(self, requests: int) -> Observation:
-        """What was seen between `start` and `stop`, for a run of `requests` requests."""
+        """What was seen between `start` and `stop`, for a run of `requests` requests;
+        raises ObservationFailed when the watch broke off."""
         self._raise_error()
         first, last = self._snapshots
         return _observation(first, last, requests, self._states, self.samples)
 
     def _raise_error(self) -> None:
         if self._error is not None:
-            raise RuntimeError("the observer failed") from self._error
+            raise ObservationFailed(f"the watch broke off: {self._error!r}") from self._error
 
     def _run(self) -> None:
         try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 
-from loadtests.observe import Observer, thread_times
+from loadtests.observe import ObservationFailed, Observer, thread_times
 from tests.helpers import eventually
 
 ROWS = 100
@@ -87,3 +89,22 @@ async def test_a_session_waiting_for_a_row_lock_is_seen_waiting_on_it(empty_data
         for conn in (holder, waiter, watcher):
             await conn.close()
     assert observer.observation(requests=1).sessions.get("Lock:transactionid", 0) > 0
+
+
+async def test_a_watch_whose_database_goes_away_mid_run_says_so(empty_database: str, pg_server: str) -> None:
+    observer = Observer(os.getpid(), empty_database, pg_server)
+    observer.start()
+    admin = await asyncpg.connect(pg_server)
+    try:
+        # The observer's own session on the run's database, ended as a failover would.
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            urlsplit(empty_database).path.lstrip("/"),
+        )
+    finally:
+        await admin.close()
+    assert ended == 1
+    observer.stop()
+    with pytest.raises(ObservationFailed, match="broke off"):
+        observer.observation(requests=1)
