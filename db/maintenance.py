@@ -31,9 +31,10 @@ async def analyze_grown_tables(db: Database, minimum: int = 100) -> list[str]:
     load on a young database that is most of the database's work. An ANALYZE
     invalidates those plans.
 
-    A young table is analyzed early and often (past 100 rows, then 300, 700, 1,500...):
-    a few ANALYZEs of small tables, where with a larger first step (1,000 rows) each
-    payment read a few thousand rows by sequential scans until the table got there.
+    A young table is analyzed early (past 100 rows, then past twice that and 100 more:
+    about 300, 700, 1,500...): a few ANALYZEs of small tables, where with a first step
+    of 1,000 rows each payment read a few thousand rows by sequential scans until the
+    table got there.
     """
     grown = [r["relname"] for r in await db.fetch(_GROWN, list(GROWING_TABLES), minimum)]
     for table in grown:
