@@ -177,11 +177,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _violations(dsn: str) -> list[str]:
     """What the service's own invariant checker finds (as `check-invariants` runs it)."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    db = Database(await asyncpg.create_pool(dsn, min_size=1, max_size=1), 10)
     try:
-        return await invariants.violations(Database(pool, 10), settled=False)
+        return await invariants.violations(db, settled=False)
     finally:
-        await pool.close()
+        await db.close(10)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,17 +117,17 @@ async def _clean_external(database_url: str) -> None:
     """Empty a running deployment's tables. Ids are not restarted, so an id a running
     process still remembers (an order actor, say) never names a new row; the admin the
     deployment made at its start is made again."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, statement_cache_size=0)
+    db = Database(await asyncpg.create_pool(database_url, min_size=1, max_size=1, statement_cache_size=0), 10)
     try:
-        await pool.execute(f"TRUNCATE {await pool.fetchval(_TABLES)} CASCADE")
+        await db.execute(f"TRUNCATE {await db.fetchval(_TABLES)} CASCADE")
         hasher = PasswordHasher(
             time_cost=FAST_HASHING["password_hash_time_cost"],
             memory_cost=FAST_HASHING["password_hash_memory_kib"],
             parallelism=FAST_HASHING["password_hash_parallelism"],
         )
-        await users_db.upsert_admin(Database(pool, 10), ADMIN_EMAIL, "Administrator", hasher.hash(ADMIN_PASSWORD), True)
+        await users_db.upsert_admin(db, ADMIN_EMAIL, "Administrator", hasher.hash(ADMIN_PASSWORD), True)
     finally:
-        await pool.close()
+        await db.close(10)
 
 
 def make_config(database_url: str, **overrides: Any) -> Config:

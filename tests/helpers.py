@@ -277,11 +277,11 @@ class ServerProcess:
 
 async def invariant_violations(dsn: str, *, settled: bool = False) -> list[str]:
     """The service's own invariant checker (as `check-invariants` runs it) on `dsn`."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    db = Database(await asyncpg.create_pool(dsn, min_size=1, max_size=1), 10)
     try:
-        return await invariants.violations(Database(pool, 10), settled=settled)
+        return await invariants.violations(db, settled=settled)
     finally:
-        await pool.close()
+        await db.close(10)
 
 
 def session(base_url: str, **kwargs: Any) -> aiohttp.ClientSession:

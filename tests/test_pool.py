@@ -21,11 +21,11 @@ from tests.helpers import Api, eventually, scrape
 
 @pytest.fixture
 async def tiny_db(clean_db: str) -> Any:
-    pool = await asyncpg.create_pool(clean_db, min_size=2, max_size=2)
+    db = Database(await asyncpg.create_pool(clean_db, min_size=2, max_size=2), acquire_timeout=0.3)
     try:
-        yield Database(pool, acquire_timeout=0.3)
+        yield db
     finally:
-        await pool.close()
+        await db.close(5)
 
 
 async def test_waiting_requests_get_connections_in_arrival_order(tiny_db: Database) -> None:
@@ -95,8 +95,7 @@ async def _in_line(db: Database, count: int) -> bool:
 
 
 async def test_new_work_is_shed_at_once_while_the_oldest_in_line_has_waited_shed_after(clean_db: str) -> None:
-    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
-    db = Database(pool, acquire_timeout=30.0, shed_after=0.05)
+    db = Database(await asyncpg.create_pool(clean_db, min_size=1, max_size=1), acquire_timeout=30.0, shed_after=0.05)
     try:
         holder = db.connection()
         await holder.__aenter__()
@@ -117,12 +116,11 @@ async def test_new_work_is_shed_at_once_while_the_oldest_in_line_has_waited_shed
         assert await asyncio.gather(first, second) == [1, 3]
         assert await db.fetchval("SELECT 4") == 4  # the line is empty: nothing is shed
     finally:
-        await pool.close()
+        await db.close(5)
 
 
 async def test_nothing_is_shed_while_the_line_is_younger_than_shed_after(clean_db: str) -> None:
-    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
-    db = Database(pool, acquire_timeout=30.0, shed_after=60.0)
+    db = Database(await asyncpg.create_pool(clean_db, min_size=1, max_size=1), acquire_timeout=30.0, shed_after=60.0)
     try:
         holder = db.connection()
         await holder.__aenter__()
@@ -132,7 +130,7 @@ async def test_nothing_is_shed_while_the_line_is_younger_than_shed_after(clean_d
         await holder.__aexit__(None, None, None)
         assert await asyncio.gather(*waiting) == list(range(5))
     finally:
-        await pool.close()
+        await db.close(5)
 
 
 async def _requests_in_line(db: Database, count: int) -> bool:
@@ -222,11 +220,11 @@ async def test_a_cancelled_waiter_does_not_lose_a_slot(tiny_db: Database, moment
 
 @pytest.fixture
 async def one_connection_db(clean_db: str) -> Any:
-    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    db = Database(await asyncpg.create_pool(clean_db, min_size=1, max_size=1), acquire_timeout=1.0)
     try:
-        yield Database(pool, acquire_timeout=1.0)
+        yield db
     finally:
-        await pool.close()
+        await db.close(5)
 
 
 async def test_a_cancelled_statement_gives_its_connection_back_to_the_pool(one_connection_db: Database) -> None:
@@ -343,3 +341,71 @@ async def test_a_write_on_a_member_that_became_a_standby_is_an_outage(clean_db: 
     finally:
         await conn.close()
     assert is_outage(raised.value)
+
+
+async def _backend(db: Database) -> int:
+    pid: int = await db.fetchval("SELECT pg_backend_pid()")
+    return pid
+
+
+async def test_a_connection_is_kept_for_the_next_statement_and_counted_idle(tiny_db: Database) -> None:
+    first = await _backend(tiny_db)
+    assert tiny_db.pool.get_idle_size() < tiny_db.pool.get_size()  # asyncpg lent it out still...
+    assert tiny_db.idle == tiny_db.pool.get_size()  # ...but nothing is using it
+    assert await _backend(tiny_db) == first
+
+
+async def test_a_kept_connection_unused_for_a_while_goes_back_to_the_pool(tiny_db: Database) -> None:
+    await _backend(tiny_db)
+
+    async def all_back() -> bool:
+        return tiny_db.pool.get_idle_size() == tiny_db.pool.get_size()
+
+    await eventually(all_back)  # from then DB_POOL_MAX_INACTIVE_LIFETIME counts
+    assert tiny_db.idle == tiny_db.pool.get_size()
+
+
+async def test_a_kept_connection_still_goes_back_to_the_pool_often_enough_to_be_replaced(clean_db: str) -> None:
+    # asyncpg closes a connection past max_queries when it is given back to it.
+    db = Database(await asyncpg.create_pool(clean_db, min_size=1, max_size=1, max_queries=5), acquire_timeout=5.0)
+    try:
+        backends = {await _backend(db) for _ in range(200)}
+    finally:
+        await db.close(5)
+    assert len(backends) > 1
+
+
+async def test_a_connection_lost_while_kept_is_not_handed_out(clean_db: str, one_connection_db: Database) -> None:
+    async with one_connection_db.connection() as kept:
+        backend = await kept.fetchval("SELECT pg_backend_pid()")
+    admin = await asyncpg.connect(clean_db)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", backend)
+    finally:
+        await admin.close()
+
+    async def taken_back_by_asyncpg() -> bool:
+        try:
+            kept.is_closed()
+        except asyncpg.InterfaceError:  # its proxy is detached: asyncpg noticed the loss
+            return True
+        return False
+
+    await eventually(taken_back_by_asyncpg)
+    assert await _backend(one_connection_db) != backend
+
+
+async def test_a_connection_whose_statement_failed_goes_back_to_the_pool_at_once(tiny_db: Database) -> None:
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await tiny_db.fetchval("SELECT 1 / 0")
+    assert tiny_db.pool.get_idle_size() == tiny_db.pool.get_size()  # asyncpg reset it
+
+
+async def test_closing_gives_kept_connections_back_without_waiting_for_them(
+    clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("db.pool._KEPT_IDLE_SECONDS", 3600.0)  # never given back by the idle timer
+    db = Database(await asyncpg.create_pool(clean_db, min_size=2, max_size=2), acquire_timeout=5.0)
+    await asyncio.gather(_backend(db), _backend(db))
+    # asyncpg's close waits for every connection lent out; the kept ones must come back.
+    await asyncio.wait_for(db.close(600), 30)

@@ -219,13 +219,13 @@ async def test_ended_sessions_and_their_spent_tokens_are_purged(api: Api, clean_
     await _refresh(api, kept["refresh_token"])
     ended = (await _refresh(api, ended["refresh_token"])).json  # a chain of two tokens goes too
     await api.call("POST", LOGOUT, json={}, token=ended["access_token"])
-    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    db = Database(await asyncpg.create_pool(clean_db, min_size=1, max_size=1), 5)
     try:
-        assert await sessions_db.purge(Database(pool, 5)) == 1
-        live = await pool.fetchval("SELECT count(*) FROM sessions")
-        tokens = await pool.fetchval("SELECT count(*) FROM refresh_tokens")
+        assert await sessions_db.purge(db) == 1
+        live = await db.fetchval("SELECT count(*) FROM sessions")
+        tokens = await db.fetchval("SELECT count(*) FROM refresh_tokens")
     finally:
-        await pool.close()
+        await db.close(5)
     assert live == 2  # the customer() login's session and `kept`
     assert tokens == 3  # their first tokens and `kept`'s rotation: a spent token of a live session is kept
     assert await _profile_status(api, ended["access_token"]) == 401

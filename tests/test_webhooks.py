@@ -286,11 +286,10 @@ async def _older_transaction(dsn: str) -> tuple[asyncpg.Connection, Any]:
 async def test_events_committed_behind_an_older_open_transaction_are_held_back_until_it_ends(
     api: Api, clean_db: str
 ) -> None:
-    pool = await asyncpg.create_pool(clean_db, min_size=1, max_size=1)
+    store = Database(await asyncpg.create_pool(clean_db, min_size=1, max_size=1), 5)
     try:
-        store = Database(pool, 5)
         # The dispatch position (the deliverer makes it on its first turn).
-        await pool.execute("INSERT INTO webhook_dispatch VALUES (1, '0', 0) ON CONFLICT DO NOTHING")
+        await store.execute("INSERT INTO webhook_dispatch VALUES (1, '0', 0) ON CONFLICT DO NOTHING")
         conn, older = await _older_transaction(clean_db)
         try:
             await api.product(name="Behind")
@@ -306,7 +305,7 @@ async def test_events_committed_behind_an_older_open_transaction_are_held_back_u
             await asyncio.sleep(0.05)
         assert released
     finally:
-        await pool.close()
+        await store.close(5)
 
 
 @pytest.mark.parametrize("config_overrides", [{**FAST_DELIVERY, "webhook_poll_interval_seconds": 3600}])

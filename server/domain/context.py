@@ -54,7 +54,7 @@ class Context:
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""
         pool, metrics = self.db.pool, self.metrics
-        size, idle = pool.get_size(), pool.get_idle_size()
+        size, idle = pool.get_size(), self.db.idle
         metrics.pool_size.set(size)
         metrics.pool_idle.set(idle)
         metrics.pool_in_use.set(size - idle)
