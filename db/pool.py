@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import errno
 import functools
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any, Protocol, cast
 
 import asyncpg
 from opentelemetry.trace import Tracer, get_current_span
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -272,8 +275,8 @@ class _Kept:
     cost as much of the event loop's time as a short statement itself (a `SELECT 1`:
     about 35 us more than on a connection held throughout, 80 against 47).
 
-    A connection is kept only after a clean end (no error, no transaction left open),
-    and is given back to asyncpg every `_KEPT_USES`th use, so that the pool's own rules
+    A connection is kept only after a clean end: no error, and asyncpg and the server
+    both done with it (`_at_rest`). It is given back to asyncpg every `_KEPT_USES`th use, so that the pool's own rules
     still apply at that release (DB_POOL_MAX_QUERIES closes it), and once it has sat
     unused for `_KEPT_IDLE_SECONDS`, so that DB_POOL_MAX_INACTIVE_LIFETIME counts from
     then. The most recently used is taken first: under light load the others go back
@@ -297,7 +300,8 @@ class _Kept:
 
     @property
     def count(self) -> int:
-        return len(self._conns)
+        """Kept connections still open (one lost stays listed until taken or timed out)."""
+        return sum(_is_open(conn) for _, conn, _ in self._conns)
 
     def take(self) -> tuple[Any, int] | None:
         """The most recently kept connection that is still open, and its uses."""
@@ -316,7 +320,7 @@ class _Kept:
         if uses >= _KEPT_USES or self._closing:
             return False
         try:
-            if conn.is_closed() or conn.is_in_transaction():
+            if not _at_rest(conn):
                 return False
         except asyncpg.InterfaceError:
             return False  # lost just now: asyncpg has it back already
@@ -340,7 +344,13 @@ class _Kept:
     def _give_back(self, conn: Any) -> None:
         task = asyncio.ensure_future(_release(self._pool, self._watcher, conn))
         self._giving_back.add(task)
-        task.add_done_callback(self._giving_back.discard)
+        task.add_done_callback(self._given_back)
+
+    def _given_back(self, task: asyncio.Task[None]) -> None:
+        self._giving_back.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # asyncpg terminates a connection whose release fails; nobody waits for this one.
+            log.warning("giving a kept connection back to the pool failed", exc_info=error)
 
     async def give_all_back(self) -> None:
         """For closing: from now on every connection goes straight back to asyncpg."""
@@ -357,6 +367,23 @@ class _Kept:
 # A kept connection goes back to asyncpg after this many uses, or this long unused.
 _KEPT_USES = 64
 _KEPT_IDLE_SECONDS = 1.0
+
+
+def _at_rest(conn: Any) -> bool:
+    """Whether `conn` may serve the next caller as it is: open, no transaction as the
+    server last said, none as asyncpg knows it (a BEGIN still unanswered counts), and no
+    cancellation under way. The last two are asyncpg's own attributes (read through its
+    proxy): its pool's release waits out the same before it resets a connection."""
+    return not (
+        conn.is_closed() or conn.is_in_transaction() or conn._top_xact is not None or conn._protocol._is_cancelling()
+    )
+
+
+def _is_open(conn: Any) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False  # lost: asyncpg detached it
 
 
 async def _release(pool: asyncpg.Pool, watcher: SessionWatcher | None, conn: Any) -> None:
@@ -461,8 +488,10 @@ class _Transaction:
         try:
             self._tx = conn.transaction()
             await self._tx.start()
-        except BaseException:
-            await self._acquire.__aexit__(None, None, None)
+        except BaseException as error:
+            # With the error: a BEGIN cancelled or timed out may be answered later, and
+            # leave the session in a transaction that the next caller must never inherit.
+            await self._acquire.__aexit__(type(error), error, error.__traceback__)
             raise
         return conn
 

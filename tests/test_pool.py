@@ -395,6 +395,85 @@ async def test_a_connection_lost_while_kept_is_not_handed_out(clean_db: str, one
     assert await _backend(one_connection_db) != backend
 
 
+async def test_the_idle_count_leaves_out_a_connection_lost_while_kept(clean_db: str, tiny_db: Database) -> None:
+    async with tiny_db.connection() as kept:
+        backend = await kept.fetchval("SELECT pg_backend_pid()")
+    admin = await asyncpg.connect(clean_db)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", backend)
+    finally:
+        await admin.close()
+
+    async def taken_back_by_asyncpg() -> bool:
+        try:
+            kept.is_closed()
+        except asyncpg.InterfaceError:  # its proxy is detached: asyncpg noticed the loss
+            return True
+        return False
+
+    await eventually(taken_back_by_asyncpg)
+    assert tiny_db.idle <= tiny_db.pool.get_size()
+
+
+async def _committed_users(dsn: str) -> list[str]:
+    """The users another session sees: what was really committed."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [row["email"] for row in await conn.fetch("SELECT email FROM users ORDER BY email")]
+    finally:
+        await conn.close()
+
+
+_ADD_USER = "INSERT INTO users (email, name, password_hash) VALUES ($1, 'K', 'x')"
+
+
+async def test_a_transaction_cancelled_during_its_begin_leaves_no_transaction_to_the_next_caller(
+    clean_db: str, one_connection_db: Database
+) -> None:
+    backend = await _backend(one_connection_db)  # the connection is kept from now on
+
+    async def cancelled() -> None:
+        async with one_connection_db.transaction() as conn:
+            await conn.execute(_ADD_USER, "never@x.io")
+
+    victim = asyncio.create_task(cancelled())
+    await asyncio.sleep(0)  # it has sent BEGIN and waits for the answer
+    victim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    admin = await asyncpg.connect(clean_db)
+    try:
+
+        async def begin_answered() -> bool:
+            state = await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", backend)
+            return state != "active"
+
+        await eventually(begin_answered)  # the session is in a transaction, unless it was rolled back
+    finally:
+        await admin.close()
+    async with one_connection_db.transaction() as conn:
+        await conn.execute(_ADD_USER, "next@x.io")
+    await one_connection_db.execute(_ADD_USER, "after@x.io")
+    assert await _committed_users(clean_db) == ["after@x.io", "next@x.io"]
+
+
+async def test_a_connection_left_in_a_transaction_is_not_kept(clean_db: str, one_connection_db: Database) -> None:
+    async with one_connection_db.connection() as conn:
+        await conn.execute("BEGIN")
+        await conn.execute(_ADD_USER, "uncommitted@x.io")
+    await one_connection_db.execute(_ADD_USER, "committed@x.io")
+    assert await _committed_users(clean_db) == ["committed@x.io"]
+
+
+async def test_a_connection_still_cancelling_a_statement_is_not_kept(one_connection_db: Database) -> None:
+    async with one_connection_db.connection() as conn:
+        with contextlib.suppress(TimeoutError):  # asyncpg now cancels it at the server
+            await conn.execute("SELECT pg_sleep(5)", timeout=0.05)
+    # Given back to asyncpg, which waited for the cancellation before taking it.
+    assert one_connection_db.pool.get_idle_size() == one_connection_db.pool.get_size()
+    assert await one_connection_db.fetchval("SELECT 7") == 7
+
+
 async def test_a_connection_whose_statement_failed_goes_back_to_the_pool_at_once(tiny_db: Database) -> None:
     with pytest.raises(asyncpg.DivisionByZeroError):
         await tiny_db.fetchval("SELECT 1 / 0")
