@@ -317,13 +317,8 @@ class _Kept:
 
     def keep(self, conn: Any, uses: int) -> bool:
         """Keep `conn` for the next statement, unless it is due back to asyncpg."""
-        if uses >= _KEPT_USES or self._closing:
+        if uses >= _KEPT_USES or self._closing or not _at_rest(conn):
             return False
-        try:
-            if not _at_rest(conn):
-                return False
-        except asyncpg.InterfaceError:
-            return False  # lost just now: asyncpg has it back already
         loop = asyncio.get_running_loop()
         self._conns.append((loop.time(), conn, uses))
         if self._timer is None:
@@ -370,12 +365,15 @@ _KEPT_IDLE_SECONDS = 1.0
 
 
 def _at_rest(conn: Any) -> bool:
-    """Whether `conn` may serve the next caller as it is: open, no transaction as the
-    server last said, none as asyncpg knows it (a BEGIN still unanswered counts), and no
-    cancellation under way. The last two are asyncpg's own attributes (read through its
-    proxy): its pool's release waits out the same before it resets a connection."""
-    return not (
-        conn.is_closed() or conn.is_in_transaction() or conn._top_xact is not None or conn._protocol._is_cancelling()
+    """Whether `conn` (the pool's proxy) may serve the next caller as it is: still
+    attached (asyncpg detaches one it lost), open, no transaction as the server last
+    said, none as asyncpg knows it (a BEGIN still unanswered counts), and no
+    cancellation under way. These are asyncpg's own attributes, which its pool's
+    release checks too; read on the connection itself, as the proxy forwards
+    attributes through a failed lookup (about 3 us a statement)."""
+    con = conn._con
+    return con is not None and not (
+        con.is_closed() or con.is_in_transaction() or con._top_xact is not None or con._protocol._is_cancelling()
     )
 
 
