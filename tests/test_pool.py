@@ -375,10 +375,12 @@ async def test_a_kept_connection_still_goes_back_to_the_pool_often_enough_to_be_
     assert len(backends) > 1
 
 
-async def test_a_connection_lost_while_kept_is_not_handed_out(clean_db: str, one_connection_db: Database) -> None:
-    async with one_connection_db.connection() as kept:
-        backend = await kept.fetchval("SELECT pg_backend_pid()")
-    admin = await asyncpg.connect(clean_db)
+async def _lose_a_kept_connection(db: Database, dsn: str) -> int:
+    """Keep a connection, end its backend from another session, and wait until asyncpg
+    has noticed (it detaches the proxy). Returns the ended backend's pid."""
+    async with db.connection() as kept:
+        backend: int = await kept.fetchval("SELECT pg_backend_pid()")
+    admin = await asyncpg.connect(dsn)
     try:
         await admin.execute("SELECT pg_terminate_backend($1)", backend)
     finally:
@@ -387,31 +389,21 @@ async def test_a_connection_lost_while_kept_is_not_handed_out(clean_db: str, one
     async def taken_back_by_asyncpg() -> bool:
         try:
             kept.is_closed()
-        except asyncpg.InterfaceError:  # its proxy is detached: asyncpg noticed the loss
+        except asyncpg.InterfaceError:  # the proxy is detached
             return True
         return False
 
     await eventually(taken_back_by_asyncpg)
+    return backend
+
+
+async def test_a_connection_lost_while_kept_is_not_handed_out(clean_db: str, one_connection_db: Database) -> None:
+    backend = await _lose_a_kept_connection(one_connection_db, clean_db)
     assert await _backend(one_connection_db) != backend
 
 
 async def test_the_idle_count_leaves_out_a_connection_lost_while_kept(clean_db: str, tiny_db: Database) -> None:
-    async with tiny_db.connection() as kept:
-        backend = await kept.fetchval("SELECT pg_backend_pid()")
-    admin = await asyncpg.connect(clean_db)
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", backend)
-    finally:
-        await admin.close()
-
-    async def taken_back_by_asyncpg() -> bool:
-        try:
-            kept.is_closed()
-        except asyncpg.InterfaceError:  # its proxy is detached: asyncpg noticed the loss
-            return True
-        return False
-
-    await eventually(taken_back_by_asyncpg)
+    await _lose_a_kept_connection(tiny_db, clean_db)
     assert tiny_db.idle <= tiny_db.pool.get_size()
 
 
