@@ -222,8 +222,10 @@ class _Line:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.leave()  # the slot was handed over just as we were cancelled
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # The slot was handed over just as we were cancelled (not a deadline the
+                # reaper set: then no slot was ours to give back).
+                self.leave()
             raise
         return loop.time() - queued_at
 
@@ -285,6 +287,11 @@ class _Kept:
 
     A connection lost while kept (the database restarted or failed over) is taken
     back by asyncpg at once (its proxy detached): it is skipped when taken.
+
+    What asyncpg's release also did, and this does not: detach the proxy, so that a
+    connection used after its `async with` block raised instead of running on the next
+    caller's session. No code here keeps a connection past its block (no task,
+    cursor or prepared statement outlives one), and none may.
     """
 
     __slots__ = ("_closing", "_conns", "_giving_back", "_pool", "_timer", "_watcher")
@@ -485,7 +492,9 @@ class _Transaction:
         conn = await self._acquire.__aenter__()
         try:
             self._tx = conn.transaction()
-            await self._tx.start()
+            # As a context manager: asyncpg then knows the transaction is managed, and
+            # does not report resetting one whose BEGIN was cancelled as an error.
+            await self._tx.__aenter__()
         except BaseException as error:
             # With the error: a BEGIN cancelled or timed out may be answered later, and
             # leave the session in a transaction that the next caller must never inherit.
@@ -500,12 +509,11 @@ class _Transaction:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc_type is None:
-                await self._tx.commit()
-            else:
-                await self._tx.rollback()
-        finally:
-            await self._acquire.__aexit__(exc_type, exc, tb)
+            await self._tx.__aexit__(exc_type, exc, tb)  # COMMIT, or ROLLBACK after an error
+        except BaseException as error:
+            await self._acquire.__aexit__(type(error), error, error.__traceback__)  # never kept
+            raise
+        await self._acquire.__aexit__(exc_type, exc, tb)
 
 
 async def create_database(settings: PoolSettings, watcher: SessionWatcher | None = None) -> Database:

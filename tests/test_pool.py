@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from db.pool import Database, Overloaded, is_outage, mark_work_started, new_request
+from db.pool import Database, Overloaded, _Line, is_outage, mark_work_started, new_request
 from db.refusals import Refusal
 from handlers.routing import CONTEXT
 from server.domain.auth import Tokens
@@ -88,6 +88,23 @@ async def test_a_request_that_waits_past_the_deadline_gets_timeout(tiny_db: Data
     for holder in holders:
         await holder.__aexit__(None, None, None)
     assert await tiny_db.fetchval("SELECT 1") == 1  # the slots came back
+
+
+async def test_a_waiter_cancelled_after_its_deadline_passed_gives_back_no_slot() -> None:
+    line = _Line(1, timeout=0.0, shed_after=0.0)  # every wait is past its deadline at once
+    await line.enter()  # the only slot, held
+    waiting = asyncio.create_task(line.enter())
+    await asyncio.sleep(0)  # in line
+    line._reap()  # the reaper's turn: the waiter gets TimeoutError...
+    waiting.cancel()  # ...and its task is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    line.leave()  # the holder leaves: one slot is free, not two
+    assert await line.enter() == 0.0
+    second = asyncio.create_task(line.enter())
+    await asyncio.sleep(0)
+    assert not second.done()  # waits: no slot was made up
+    second.cancel()
 
 
 async def _in_line(db: Database, count: int) -> bool:
