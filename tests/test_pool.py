@@ -372,6 +372,20 @@ async def test_a_connection_is_kept_for_the_next_statement_and_counted_idle(tiny
     assert await _backend(tiny_db) == first
 
 
+async def test_a_kept_connection_used_past_its_block_refuses(tiny_db: Database) -> None:
+    async with tiny_db.connection() as conn:
+        await conn.fetchval("SELECT 1")
+    with pytest.raises(asyncpg.InterfaceError):
+        await conn.fetchval("SELECT 2")  # as after asyncpg's own release: never the next caller's session
+
+
+async def test_a_prepared_statement_used_past_its_block_refuses(tiny_db: Database) -> None:
+    async with tiny_db.connection() as conn:
+        statement = await conn.prepare("SELECT 1")
+    with pytest.raises(asyncpg.InterfaceError):
+        await statement.fetchval()
+
+
 async def test_a_kept_connection_unused_for_a_while_goes_back_to_the_pool(tiny_db: Database) -> None:
     await _backend(tiny_db)
 
