@@ -408,23 +408,20 @@ async def test_a_kept_connection_still_goes_back_to_the_pool_often_enough_to_be_
 
 async def _lose_a_kept_connection(db: Database, dsn: str) -> int:
     """Keep a connection, end its backend from another session, and wait until asyncpg
-    has noticed (it detaches the proxy). Returns the ended backend's pid."""
+    has noticed. Returns the ended backend's pid."""
     async with db.connection() as kept:
         backend: int = await kept.fetchval("SELECT pg_backend_pid()")
+        connection = kept._con  # asyncpg's connection behind this use's proxy
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute("SELECT pg_terminate_backend($1)", backend)
     finally:
         await admin.close()
 
-    async def taken_back_by_asyncpg() -> bool:
-        try:
-            kept.is_closed()
-        except asyncpg.InterfaceError:  # the proxy is detached
-            return True
-        return False
+    async def noticed() -> bool:
+        return bool(connection.is_closed())
 
-    await eventually(taken_back_by_asyncpg)
+    await eventually(noticed)
     return backend
 
 
