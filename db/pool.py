@@ -344,11 +344,14 @@ class _Kept:
         cutoff = loop.time() - _KEPT_IDLE_SECONDS
         idle = [entry for entry in self._conns if entry[0] <= cutoff]
         self._conns = [entry for entry in self._conns if entry[0] > cutoff]
-        for _, holder, con, _ in idle:
-            if _still_lent(holder, con):
-                self._give_back(_lend(holder, con))
+        self._give_back_kept(idle)
         if self._conns:
             self._timer = loop.call_later(_KEPT_IDLE_SECONDS, self._give_idle_back)
+
+    def _give_back_kept(self, entries: list[tuple[float, Any, asyncpg.Connection, int]]) -> None:
+        for _, holder, con, _ in entries:
+            if _still_lent(holder, con):  # (one lost while kept is asyncpg's already)
+                self._give_back(_lend(holder, con))
 
     def _give_back(self, conn: Any) -> None:
         task = asyncio.ensure_future(_release(self._pool, self._watcher, conn))
@@ -368,9 +371,7 @@ class _Kept:
             self._timer.cancel()
             self._timer = None
         conns, self._conns = self._conns, []
-        for _, holder, con, _ in conns:
-            if _still_lent(holder, con):
-                self._give_back(_lend(holder, con))
+        self._give_back_kept(conns)
         await asyncio.gather(*self._giving_back, return_exceptions=True)
 
 
@@ -460,9 +461,9 @@ class _Acquire:
         assert self._conn is not None
         db = self._db
         try:
+            if db.watcher is not None:
+                db.watcher.released(self._conn)
             if exc is None and db._kept.keep(self._conn, self._uses):
-                if db.watcher is not None:
-                    db.watcher.released(self._conn)
                 return
             # A connection lost mid-statement (the database restarted, failed over) is
             # already back in the pool: asyncpg detaches the proxy, which then refuses
@@ -474,8 +475,6 @@ class _Acquire:
                     # server never finished: never hand it to the next request. (The pool
                     # replaces it; its release of a closed connection just frees the slot.)
                     self._conn.terminate()
-            if db.watcher is not None:
-                db.watcher.released(self._conn)
             await _release(db.pool, db.watcher, self._conn)
         finally:
             db._line.leave()
