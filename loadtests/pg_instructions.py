@@ -1,0 +1,240 @@
+"""PostgreSQL's instructions per payment, counted by valgrind's callgrind: the database
+side of a payment as a figure that does not move with the machine's noise, for
+comparing two versions of the stored functions or of the schema, where wrk's rate and
+PostgreSQL's CPU time per request move by 10 to 20% between runs.
+
+    python3 dev.py tools python -m loadtests.pg_instructions
+    python3 dev.py tools python -m loadtests.pg_instructions --payments 300 --warmup 50
+
+A throwaway cluster (initdb, the project's migrations) is seeded like the benchmark
+(1,000 products, 50 customers, --orders one-product orders from one address) through the
+service's own order statement. Then a single-user backend (`postgres --single`: no
+network, no other process) runs under callgrind what a payment asks of the database,
+as prepared statements with generic plans, as the service's sessions do: the owner
+check, step 1 (`begin_payment`), the simulated gateway's ledger insert and step 3
+(`settle_payment`), each its own transaction. It runs twice on copies of the cluster,
+for --warmup payments and for --warmup + --payments; the difference divided by
+--payments is one payment's instructions, with the backend's start and the plans'
+first use taken out. Commits are counted, not the time their flushes take.
+
+Needs valgrind and PostgreSQL's server binaries (Debian packages; --pg-bin finds them
+under /usr/lib/postgresql by default). When run as root, PostgreSQL runs as the
+`postgres` user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from db import migrations
+from db import orders as orders_db
+from server.domain.orders import order_terms
+from server.runtime.config import load
+
+_PRODUCTS, _CUSTOMERS = 1000, 50
+_DATABASE = "instructions"
+
+_SEED_PRODUCTS = """
+INSERT INTO products (name, description, price, currency, stock, stock_received)
+SELECT 'Product ' || n, repeat('d', 230), 100 + n, 'USD', 1000000000, 1000000000 FROM generate_series(1, $1) n
+"""
+_SEED_CUSTOMERS = """
+INSERT INTO users (email, name, password_hash)
+SELECT 'customer-' || n || '@example.com', 'Customer', 'x' FROM generate_series(1, $1) n
+"""
+
+# The statements a payment makes, in its order (db/payments.py, db/simulated_provider.py),
+# as the session sees them: application_name as the service sets it (its events' notice),
+# generic plans as the database is set to (sql/005_plan_cache.sql).
+_PREPARE = (
+    "SET plan_cache_mode = force_generic_plan",
+    "SET application_name = 'storefront-instructions'",
+    """
+    PREPARE payable(bigint) AS
+    SELECT o.user_id, o.status, o.total, o.currency,
+           EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'requires_action') AS waiting
+    FROM orders o WHERE o.id = $1 AND o.deleted_at IS NULL
+    """,
+    """
+    PREPARE begin_payment(bigint, bigint, text) AS
+    SELECT (r.payment).*, r.refusal
+    FROM begin_payment($1, $2, NULL, 'simulated', $3, 30, NULL, 5, 20, '127.0.0.1', 0, 'tok_visa') r
+    """,
+    """
+    PREPARE record_charge(text, text) AS
+    INSERT INTO simulated_provider_charges
+        (idempotency_key, reference, amount, currency, status, failure_reason, refundable)
+    VALUES ($1, $2, 100, 'USD', 'succeeded', NULL, true)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING status, reference, failure_reason
+    """,
+    """
+    PREPARE settle_payment(text, text) AS
+    SELECT (s.payment).*, s.refund_due
+    FROM settle_payment((SELECT id FROM payments WHERE provider_key = $1), 'succeeded', $2, NULL, NULL, NULL) AS s
+    """,
+)
+
+
+def _pg_bin(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql: give --pg-bin")
+    return Path(found[-1]).parent
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _script(orders: list[tuple[int, int]]) -> str:
+    # A single-user backend reads one statement a line.
+    lines = [" ".join(statement.split()) + ";\n" for statement in _PREPARE]
+    for order_id, user_id in orders:
+        key = f"pay_instructions_{order_id}"
+        lines.append(f"EXECUTE payable({order_id});\n")
+        lines.append(f"EXECUTE begin_payment({order_id}, {user_id}, '{key}');\n")
+        lines.append(f"EXECUTE record_charge('{key}', 'sim_{order_id}');\n")
+        lines.append(f"EXECUTE settle_payment('{key}', 'sim_{order_id}');\n")
+    return "".join(lines)
+
+
+async def _seed(server: str, orders: int) -> list[tuple[int, int]]:
+    """The catalog, the customers and their pending orders; (order id, customer id) each."""
+    admin = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await admin.execute(f"CREATE DATABASE {_DATABASE}")
+    finally:
+        await admin.close()
+    dsn = f"{server}/{_DATABASE}"
+    await migrations.apply_pending(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
+    try:
+        await pool.execute(_SEED_PRODUCTS, _PRODUCTS)
+        await pool.execute(_SEED_CUSTOMERS, _CUSTOMERS)
+        products = [r["id"] for r in await pool.fetch("SELECT id FROM products ORDER BY id")]
+        users = [r["id"] for r in await pool.fetch("SELECT id FROM users ORDER BY id")]
+        terms = order_terms(load(environ={}, order_max_pending_per_user=1_000_000))
+        queue = list(range(orders))
+
+        async def client() -> None:
+            while queue:
+                n = queue.pop()
+                item = [(products[n % len(products)], 1)]
+                await orders_db.create(pool, orders_db.NewOrder(users[n % len(users)], "127.0.0.1", item), terms)
+
+        await asyncio.gather(*(client() for _ in range(4)))
+        await pool.execute("ANALYZE")
+        rows = await pool.fetch("SELECT id, user_id FROM orders WHERE status = 'pending' ORDER BY id")
+        return [(r["id"], r["user_id"]) for r in rows]
+    finally:
+        await pool.close()
+
+
+def _count(pg_bin: Path, cluster: Path, script: str, work: Path, name: str) -> int:
+    """The instructions of a single-user backend running `script` on a copy of `cluster`."""
+    copy = work / f"run-{name}"
+    subprocess.run(["cp", "-a", str(cluster), str(copy)], check=True)  # its owner kept
+    out = work / f"callgrind.{name}"
+    (work / f"{name}.sql").write_text(script)
+    command = _as_postgres(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            str(pg_bin / "postgres"),
+            "--single",
+            "-D",
+            str(copy),
+            _DATABASE,
+        ]
+    )
+    with open(work / f"{name}.sql") as stdin, open(work / f"{name}.out", "w") as stdout:
+        subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL, check=True)
+    answers = (work / f"{name}.out").read_text()
+    if "ERROR" in answers:
+        raise SystemExit(f"a statement failed: see {work / f'{name}.out'}")
+    totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+    assert totals is not None, out
+    shutil.rmtree(copy)
+    return int(totals.group(1))
+
+
+def run(args: argparse.Namespace) -> int:
+    pg_bin = _pg_bin(args.pg_bin)
+    work = Path(tempfile.mkdtemp(prefix="pg_instructions_"))
+    cluster = work / "cluster"
+    port = _free_port()
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(work, "postgres")
+        subprocess.run(
+            _as_postgres([str(pg_bin / "initdb"), "-D", str(cluster), "-A", "trust", "-U", "postgres"]),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={work} -c autovacuum=off"
+        start = [str(pg_bin / "pg_ctl"), "-D", str(cluster), "-l", str(work / "server.log"), "-o", options, "-w"]
+        subprocess.run(_as_postgres([*start, "start"]), check=True, stdout=subprocess.DEVNULL)
+        try:
+            orders = asyncio.run(_seed(f"postgresql://postgres@127.0.0.1:{port}", args.orders))
+        finally:
+            subprocess.run(
+                _as_postgres([str(pg_bin / "pg_ctl"), "-D", str(cluster), "-w", "stop"]),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        # The newest orders are paid (each payment touches one customer's and one
+        # product's counters: their order does not matter).
+        orders = orders[-(args.warmup + args.payments) :]
+        warm = _count(pg_bin, cluster, _script(orders[: args.warmup]), work, "warmup")
+        full = _count(pg_bin, cluster, _script(orders), work, "measured")
+        per_payment = (full - warm) / args.payments
+        print(f"PostgreSQL instructions per payment: {per_payment:,.0f} ({args.payments} payments after {args.warmup})")
+        if args.keep:
+            print(f"kept: {work} (callgrind.warmup, callgrind.measured: callgrind_annotate them)")
+        return 0
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=5000, help="pending orders seeded (the newest are paid)")
+    parser.add_argument("--payments", type=int, default=300, help="payments counted")
+    parser.add_argument("--warmup", type=int, default=50, help="payments before them (taken out)")
+    parser.add_argument("--pg-bin", help="PostgreSQL's server binaries (default: the newest under /usr/lib/postgresql)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder with both callgrind files")
+    args = parser.parse_args(argv)
+    if args.orders < args.warmup + args.payments:
+        parser.error("--orders must be at least --warmup + --payments")
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
