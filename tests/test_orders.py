@@ -548,6 +548,23 @@ async def test_hold_counters_follow_orders_as_they_are_placed_changed_and_ended(
     assert await _holds(db) == ([], [], [])
 
 
+async def test_hold_counters_of_one_product_orders_go_down_as_they_are_paid_and_vanish_at_zero(
+    api: Api, db: asyncpg.Connection, clean_db: str
+) -> None:
+    """Orders of one product move the counters one row at a time (move_holds' own path)."""
+    user = await api.customer()
+    product = (await api.product(stock=10))["id"]
+    first = (await api.order(user, (product, 2))).json["id"]
+    second = (await api.order(user, (product, 3))).json["id"]
+    ip = "127.0.0.1"
+    assert await _holds(db) == ([(user.id, 2)], [(user.id, product, 5)], [(ip, product, 5)])
+    assert (await api.pay(user, first)).status == 201
+    assert await _holds(db) == ([(user.id, 1)], [(user.id, product, 3)], [(ip, product, 3)])
+    assert (await api.pay(user, second)).status == 201
+    assert await _holds(db) == ([], [], [])
+    assert await invariant_violations(clean_db) == []
+
+
 async def test_the_invariant_checker_detects_a_hold_counter_that_drifted(
     api: Api, db: asyncpg.Connection, clean_db: str
 ) -> None:
