@@ -16,7 +16,9 @@ check, step 1 (`begin_payment`), the simulated gateway's ledger insert and step 
 (`settle_payment`), each its own transaction. It runs twice on copies of the cluster,
 for --warmup payments and for --warmup + --payments; the difference divided by
 --payments is one payment's instructions, with the backend's start and the plans'
-first use taken out. Commits are counted, not the time their flushes take.
+first use taken out. Commits are counted, not the time their flushes take. The
+backend prints each answer as text (about a tenth of the count, where the service's
+sessions get them in binary): compare versions that answer in the same shape.
 
 Needs valgrind and PostgreSQL's server binaries (Debian packages; --pg-bin finds them
 under /usr/lib/postgresql by default). When run as root, PostgreSQL runs as the

@@ -109,8 +109,8 @@ $$;
 --
 -- One element (an order of one product placed, paid or ended: the usual case) takes
 -- a path of its own, of single-row statements in the same order: the grouping and
--- sorting that a batch needs cost more than the moves themselves, about a twentieth
--- of a payment's work in PostgreSQL (loadtests/pg_instructions.py).
+-- sorting that a batch needs cost more than the moves themselves, about 6% of a
+-- payment's instructions in PostgreSQL (loadtests/pg_instructions.py).
 CREATE OR REPLACE FUNCTION move_holds(
     p_user_ids bigint[],
     p_client_ips text[],
