@@ -113,8 +113,9 @@ def _free_port() -> int:
         return port
 
 
-def _script(orders: list[tuple[int, int]]) -> str:
-    # A single-user backend reads one statement a line.
+def payment_script(orders: list[tuple[int, int]]) -> str:
+    """The statements that pay these (order id, customer id) pending orders, one a line
+    (as a single-user backend reads them), after the statements' preparation."""
     lines = [" ".join(statement.split()) + ";\n" for statement in _PREPARE]
     for order_id, user_id in orders:
         key = f"pay_instructions_{order_id}"
@@ -236,8 +237,8 @@ def run(args: argparse.Namespace) -> int:
         # The newest pending orders are paid (each payment touches one customer's and
         # one product's counters: which ones does not matter).
         orders = orders[-(args.warmup + args.payments) :]
-        warm = _count(pg_bin, cluster, _script(orders[: args.warmup]), work, "warmup")
-        full = _count(pg_bin, cluster, _script(orders), work, "measured")
+        warm = _count(pg_bin, cluster, payment_script(orders[: args.warmup]), work, "warmup")
+        full = _count(pg_bin, cluster, payment_script(orders), work, "measured")
         per_payment = (full - warm) / args.payments
         print(f"PostgreSQL instructions per payment: {per_payment:,.0f} ({args.payments} payments after {args.warmup})")
         if args.keep:
