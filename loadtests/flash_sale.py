@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import uvloop
 
-from db.pool import Database
 from loadtests import bench
 from server.domain import invariants
 
@@ -167,21 +165,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for kept in [warmup] * args.warmup_rounds + [rounds] * args.rounds:
                 tokens = await _buyers(http, args.buyers)  # fresh buyers: each holds no order yet
                 kept.append(await _round(server.url, admin, tokens, args.stock))
-        violations = await _violations(f"{args.pg_url.rsplit('/', 1)[0]}/{db}")
+        violations = await invariants.violations_at(f"{args.pg_url.rsplit('/', 1)[0]}/{db}")
     finally:
         server.stop()
         await bench._admin_sql(args.pg_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     return {"stock": args.stock, "buyers": args.buyers, "workers": args.workers, "warmup": warmup,
             "rounds": rounds, "invariant_violations": violations}  # fmt: skip
-
-
-async def _violations(dsn: str) -> list[str]:
-    """What the service's own invariant checker finds (as `check-invariants` runs it)."""
-    db = Database(await asyncpg.create_pool(dsn, min_size=1, max_size=1), 10)
-    try:
-        return await invariants.violations(db, settled=False)
-    finally:
-        await db.close(10)
 
 
 def main(argv: list[str] | None = None) -> int:

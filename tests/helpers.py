@@ -23,7 +23,6 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from db.pool import Database
 from server.domain import invariants
 from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache
 from server.runtime.ports import free_port
@@ -275,13 +274,8 @@ class ServerProcess:
             return None
 
 
-async def invariant_violations(dsn: str, *, settled: bool = False) -> list[str]:
-    """The service's own invariant checker (as `check-invariants` runs it) on `dsn`."""
-    db = Database(await asyncpg.create_pool(dsn, min_size=1, max_size=1), 10)
-    try:
-        return await invariants.violations(db, settled=settled)
-    finally:
-        await db.close(10)
+# The service's own invariant checker (as `check-invariants` runs it) on a database.
+invariant_violations = invariants.violations_at
 
 
 def session(base_url: str, **kwargs: Any) -> aiohttp.ClientSession:

@@ -3,6 +3,8 @@ checker behind `python -m server check-invariants` and the tests."""
 
 from __future__ import annotations
 
+import asyncpg
+
 from db import discounts as discounts_db
 from db import orders as orders_db
 from db import payments as payments_db
@@ -63,3 +65,13 @@ async def violations(db: Database, *, settled: bool) -> list[str]:
         if overdue:
             problems.append(f"{overdue} order(s) pending long past their expiry")
     return problems
+
+
+async def violations_at(dsn: str, *, settled: bool = False) -> list[str]:
+    """`violations` on the database at `dsn`, through a connection of its own: the
+    checker as the tests and the drills run it from outside a service."""
+    db = Database(await asyncpg.create_pool(dsn, min_size=1, max_size=1), 10)
+    try:
+        return await violations(db, settled=settled)
+    finally:
+        await db.close(10)
