@@ -16,9 +16,15 @@ check, step 1 (`begin_payment`), the simulated gateway's ledger insert and step 
 (`settle_payment`), each its own transaction. It runs twice on copies of the cluster,
 for --warmup payments and for --warmup + --payments; the difference divided by
 --payments is one payment's instructions, with the backend's start and the plans'
-first use taken out. Commits are counted, not the time their flushes take. The
+first use taken out (and the longer run's larger checkpoint at its end left in).
+Commits are counted, not the time their flushes take. Step 3 finds its payment by the
+key step 1 was given, one index lookup more than the service, which passes the id. The
 backend prints each answer as text (about a tenth of the count, where the service's
-sessions get them in binary): compare versions that answer in the same shape.
+sessions get them in binary): compare versions that answer in the same shape. The
+counted payments move hold counters that stay above zero, as the benchmark's do.
+
+A run that does not pay every order it was given (a statement failed, or a step
+refused) prints no figure and keeps its work folder.
 
 Needs valgrind and PostgreSQL's server binaries (Debian packages; --pg-bin finds them
 under /usr/lib/postgresql by default). When run as root, PostgreSQL runs as the
@@ -31,6 +37,7 @@ import argparse
 import asyncio
 import glob
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -92,6 +99,9 @@ _PREPARE = (
 )
 
 
+_PAID = "SELECT count(*) AS paid FROM payments WHERE provider_key LIKE 'pay_instructions_%' AND status = 'succeeded'"
+
+
 def _pg_bin(given: str | None) -> Path:
     if given:
         return Path(given)
@@ -113,9 +123,14 @@ def _free_port() -> int:
         return port
 
 
+class CountFailed(Exception):
+    """The run did not pay every order it was given: its figure would be of less work."""
+
+
 def payment_script(orders: list[tuple[int, int]]) -> str:
     """The statements that pay these (order id, customer id) pending orders, one a line
-    (as a single-user backend reads them), after the statements' preparation."""
+    (as a single-user backend reads them), after the statements' preparation, and the
+    count of the payments they made that succeeded (`paid`)."""
     lines = [" ".join(statement.split()) + ";\n" for statement in _PREPARE]
     for order_id, user_id in orders:
         key = f"pay_instructions_{order_id}"
@@ -123,6 +138,7 @@ def payment_script(orders: list[tuple[int, int]]) -> str:
         lines.append(f"EXECUTE begin_payment({order_id}, {user_id}, '{key}');\n")
         lines.append(f"EXECUTE record_charge('{key}', 'sim_{order_id}');\n")
         lines.append(f"EXECUTE settle_payment('{key}', 'sim_{order_id}');\n")
+    lines.append(_PAID + ";\n")
     return "".join(lines)
 
 
@@ -181,12 +197,13 @@ async def _seed(server: str, orders: int) -> list[tuple[int, int]]:
         await pool.close()
 
 
-def _count(pg_bin: Path, cluster: Path, script: str, work: Path, name: str) -> int:
-    """The instructions of a single-user backend running `script` on a copy of `cluster`."""
+def _count(pg_bin: Path, cluster: Path, orders: list[tuple[int, int]], work: Path, name: str) -> int:
+    """The instructions of a single-user backend paying `orders` on a copy of `cluster`;
+    CountFailed unless it paid them all."""
     copy = work / f"run-{name}"
     subprocess.run(["cp", "-a", str(cluster), str(copy)], check=True)  # its owner kept
     out = work / f"callgrind.{name}"
-    (work / f"{name}.sql").write_text(script)
+    (work / f"{name}.sql").write_text(payment_script(orders))
     command = _as_postgres(
         [
             "valgrind",
@@ -199,11 +216,19 @@ def _count(pg_bin: Path, cluster: Path, script: str, work: Path, name: str) -> i
             _DATABASE,
         ]
     )
-    with open(work / f"{name}.sql") as stdin, open(work / f"{name}.out", "w") as stdout:
-        subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL, check=True)
-    answers = (work / f"{name}.out").read_text()
-    if "ERROR" in answers:
-        raise SystemExit(f"a statement failed: see {work / f'{name}.out'}")
+    # A single-user backend writes answers to stdout and errors to stderr, and goes on
+    # after an error.
+    with (
+        open(work / f"{name}.sql") as stdin,
+        open(work / f"{name}.out", "w") as stdout,
+        open(work / f"{name}.err", "w") as stderr,
+    ):
+        subprocess.run(command, stdin=stdin, stdout=stdout, stderr=stderr, check=True)
+    if "ERROR:" in (work / f"{name}.err").read_text():
+        raise CountFailed(f"a statement failed: see {work / f'{name}.err'}")
+    paid = re.findall(r'paid = "(\d+)"', (work / f"{name}.out").read_text())
+    if paid != [str(len(orders))]:
+        raise CountFailed(f"paid {paid} of {len(orders)} orders: see {work / f'{name}.out'}")
     totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
     assert totals is not None, out
     shutil.rmtree(copy)
@@ -234,16 +259,18 @@ def run(args: argparse.Namespace) -> int:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-        # The newest pending orders are paid (each payment touches one customer's and
-        # one product's counters: which ones does not matter).
         orders = orders[-(args.warmup + args.payments) :]
-        warm = _count(pg_bin, cluster, payment_script(orders[: args.warmup]), work, "warmup")
-        full = _count(pg_bin, cluster, payment_script(orders), work, "measured")
+        warm = _count(pg_bin, cluster, orders[: args.warmup], work, "warmup")
+        full = _count(pg_bin, cluster, orders, work, "measured")
         per_payment = (full - warm) / args.payments
         print(f"PostgreSQL instructions per payment: {per_payment:,.0f} ({args.payments} payments after {args.warmup})")
         if args.keep:
             print(f"kept: {work} (callgrind.warmup, callgrind.measured: callgrind_annotate them)")
         return 0
+    except CountFailed as failed:
+        print(f"no figure: {failed}", file=sys.stderr)
+        args.keep = True
+        return 1
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -261,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--orders must be at least twice --warmup + --payments")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            raise SystemExit("run as root, PostgreSQL runs as the user postgres, and there is none") from None
     return run(args)
 
 
