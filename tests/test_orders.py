@@ -565,6 +565,48 @@ async def test_hold_counters_of_one_product_orders_go_down_as_they_are_paid_and_
     assert await invariant_violations(clean_db) == []
 
 
+_HELD = (
+    "INSERT INTO customer_pending_orders VALUES (7, 1)",
+    "INSERT INTO customer_holds VALUES (7, 11, 2)",
+    "INSERT INTO address_holds VALUES ('10.0.0.1', 11, 2)",
+)
+
+
+async def _moved(db: asyncpg.Connection, held: bool, elements: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The counters after move_holds(elements) from none, or from one order of 2 units
+    (`held`); rolled back."""
+    transaction = db.transaction()
+    await transaction.start()
+    try:
+        for statement in _HELD if held else ():
+            await db.execute(statement)
+        columns = [list(column) for column in zip(*elements, strict=True)]
+        await db.execute("SELECT move_holds($1::bigint[], $2::text[], $3::bigint[], $4::int[], $5::int[])", *columns)
+        return await _holds(db)
+    finally:
+        await transaction.rollback()
+
+
+@pytest.mark.parametrize(
+    ("held", "element"),
+    [
+        (False, (7, "10.0.0.1", 11, 2, 1)),  # an order placed
+        (True, (7, "10.0.0.1", 11, -2, -1)),  # ... and ended: every counter emptied
+        (True, (7, "10.0.0.1", 11, 3, 0)),  # items added to a held order
+        (True, (7, "10.0.0.1", 11, -1, 0)),  # some taken away
+        (True, (7, "10.0.0.1", 11, 0, 1)),  # an order and no units
+        (True, (7, None, 11, -2, -1)),  # an order placed from no known address
+    ],
+)
+async def test_move_holds_moves_one_element_as_its_batch_path_does(
+    db: asyncpg.Connection, held: bool, element: tuple[Any, ...]
+) -> None:
+    """One element takes move_holds' own path; beside an element that moves nothing, the
+    same element takes the batch path. The two must agree."""
+    nothing = (999, None, 999, 0, 0)
+    assert await _moved(db, held, [element]) == await _moved(db, held, [element, nothing])
+
+
 async def test_the_invariant_checker_detects_a_hold_counter_that_drifted(
     api: Api, db: asyncpg.Connection, clean_db: str
 ) -> None:

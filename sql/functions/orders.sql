@@ -124,7 +124,7 @@ DECLARE
     v_users bigint[];
     v_products bigint[];
     v_ips text[];
-    v_left integer;
+    v_left integer;  -- what a one-element move left in a counter
 BEGIN
     IF cardinality(p_user_ids) = 1 THEN
         IF p_orders[1] <> 0 THEN
