@@ -31,11 +31,11 @@ from server.runtime.config import load
 
 _SEED_PRODUCTS = """
 INSERT INTO products (name, description, price, currency, stock, stock_received)
-SELECT 'Profile ' || n, repeat('d', 230), 100 + n, 'USD', 1000000000, 1000000000 FROM generate_series(1, $1) n
+SELECT 'Product ' || n, repeat('d', 230), 100 + n, 'USD', 1000000000, 1000000000 FROM generate_series(1, $1) n
 """
 _SEED_USERS = """
 INSERT INTO users (email, name, password_hash)
-SELECT 'profile-' || n || '@example.com', 'Profile', 'x' FROM generate_series(1, $1) n
+SELECT 'customer-' || n || '@example.com', 'Customer', 'x' FROM generate_series(1, $1) n
 """
 # How many of each hot table's updates were HOT (no index touched).
 _TABLES = """
@@ -51,6 +51,16 @@ LIMIT $1
 """
 
 
+async def seed(pool: asyncpg.Pool, products: int, users: int) -> tuple[list[int], list[int]]:
+    """`products` products whose stock never runs out (one price each) and `users`
+    customers, straight into the tables; their ids."""
+    await pool.execute(_SEED_PRODUCTS, products)
+    await pool.execute(_SEED_USERS, users)
+    product_ids = [r["id"] for r in await pool.fetch("SELECT id FROM products ORDER BY id")]
+    user_ids = [r["id"] for r in await pool.fetch("SELECT id FROM users ORDER BY id")]
+    return product_ids, user_ids
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = args.pg_url.rsplit("/", 1)[0]
     name = f"order_profile_{secrets.token_hex(3)}"
@@ -61,10 +71,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await migrations.apply_pending(dsn)
         pool = await asyncpg.create_pool(dsn, min_size=args.clients, max_size=args.clients)
         await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        await pool.execute(_SEED_PRODUCTS, args.products)
-        await pool.execute(_SEED_USERS, args.users)
-        products = [r["id"] for r in await pool.fetch("SELECT id FROM products ORDER BY id")]
-        users = [r["id"] for r in await pool.fetch("SELECT id FROM users ORDER BY id")]
+        products, users = await seed(pool, args.products, args.users)
         config = load(environ={}, order_max_pending_per_user=1_000_000)
         terms = order_terms(config)
 

@@ -51,20 +51,12 @@ import asyncpg
 from db import migrations
 from db import orders as orders_db
 from db import payments as payments_db
+from loadtests.order_profile import seed
 from server.domain.orders import order_terms
 from server.runtime.config import load
 
 _PRODUCTS, _CUSTOMERS = 1000, 50
 _DATABASE = "instructions"
-
-_SEED_PRODUCTS = """
-INSERT INTO products (name, description, price, currency, stock, stock_received)
-SELECT 'Product ' || n, repeat('d', 230), 100 + n, 'USD', 1000000000, 1000000000 FROM generate_series(1, $1) n
-"""
-_SEED_CUSTOMERS = """
-INSERT INTO users (email, name, password_hash)
-SELECT 'customer-' || n || '@example.com', 'Customer', 'x' FROM generate_series(1, $1) n
-"""
 
 # The statements a payment makes, in its order (db/payments.py, db/simulated_provider.py),
 # as the session sees them: application_name as the service sets it (its events' notice),
@@ -154,10 +146,7 @@ async def _seed(server: str, orders: int) -> list[tuple[int, int]]:
     await migrations.apply_pending(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
     try:
-        await pool.execute(_SEED_PRODUCTS, _PRODUCTS)
-        await pool.execute(_SEED_CUSTOMERS, _CUSTOMERS)
-        products = [r["id"] for r in await pool.fetch("SELECT id FROM products ORDER BY id")]
-        users = [r["id"] for r in await pool.fetch("SELECT id FROM users ORDER BY id")]
+        products, users = await seed(pool, _PRODUCTS, _CUSTOMERS)
         terms = order_terms(load(environ={}, order_max_pending_per_user=1_000_000))
         queue = list(range(orders))
 
