@@ -107,10 +107,10 @@ $$;
 -- (by key: only a decrease can empty one): the last lock a transaction takes (the
 -- lock order above; what follows it, if anything, touches rows it already holds).
 --
--- One element (an order of one product placed, paid or ended: the usual case) takes
--- a path of its own, of single-row statements in the same order: the grouping and
--- sorting that a batch needs cost more than the moves themselves, about 6% of a
--- payment's instructions in PostgreSQL (loadtests/pg_instructions.py).
+-- One element (an order of one product placed, paid or ended) takes a path of its
+-- own, of single-row statements in the same order: the grouping and sorting that a
+-- batch needs cost more than the moves themselves, about 6% of a payment's
+-- instructions in PostgreSQL (loadtests/pg_instructions.py).
 CREATE OR REPLACE FUNCTION move_holds(
     p_user_ids bigint[],
     p_client_ips text[],
