@@ -10,10 +10,10 @@ A throwaway cluster (initdb, the project's migrations) is seeded like the benchm
 (1,000 products, 50 customers, --orders one-product orders from one address) through the
 service's own order statement, with the older half of them paid, and analyzed. Then a
 single-user backend (`postgres --single`: no network, no other process) runs under
-callgrind what a payment asks of the database,
-as prepared statements with generic plans, as the service's sessions do: the owner
-check, step 1 (`begin_payment`), the simulated gateway's ledger insert and step 3
-(`settle_payment`), each its own transaction. It runs twice on copies of the cluster,
+callgrind what a payment asks of the database, as prepared statements with generic
+plans, as the service's sessions do: the owner check, step 1 (`begin_payment`), the
+simulated gateway's ledger insert and step 3 (`settle_payment`), each its own
+transaction. It runs twice on copies of the cluster,
 for --warmup payments and for --warmup + --payments; the difference divided by
 --payments is one payment's instructions, with the backend's start and the plans'
 first use taken out (and the longer run's larger checkpoint at its end left in).
