@@ -595,7 +595,7 @@ async def _moved(db: asyncpg.Connection, held: bool, elements: list[tuple[Any, .
         (True, (7, "10.0.0.1", 11, 3, 0)),  # items added to a held order
         (True, (7, "10.0.0.1", 11, -1, 0)),  # some taken away
         (True, (7, "10.0.0.1", 11, 0, 1)),  # an order and no units
-        (True, (7, None, 11, -2, -1)),  # an order placed from no known address
+        (True, (7, None, 11, -2, -1)),  # one placed from no known address, ended
     ],
 )
 async def test_move_holds_moves_one_element_as_its_batch_path_does(
