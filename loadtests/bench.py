@@ -20,7 +20,9 @@ A variant with PAYMENT_PROVIDER=stripe pays through Stripe's stand-in
 on every call (unpinned unless --standin-cpus) and sending its signed events to the
 server, as Stripe would (STANDIN_EVENTS=off in the variant: none sent). The stand-in
 sends every type of event, three per payment; Stripe sends the types registered for
-the endpoint (one per payment: docs/payments.md).
+the endpoint (one per payment: docs/payments.md). A variant with BENCH_SERVER=pay_floor
+is seeded through the service, then measured on the payment floor (loadtests/pay_floor.py:
+a payment's database work and nothing else) in its place; it serves order_pay only.
 
 Each configuration (pool size x workers x --env variant) gets a fresh database and a
 fresh server (pinned with taskset to --server-cpus; wrk to --wrk-cpus), seeded
@@ -183,8 +185,8 @@ class Server:
         self.cpus = options.server_cpus
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        command = ["taskset", "-c", self.cpus, sys.executable, "-m", "server"]
+    def start(self, module: str = "server") -> None:
+        command = ["taskset", "-c", self.cpus, sys.executable, "-m", module]
         self.process = subprocess.Popen(
             command, cwd=self.checkout, env=self.env, stdout=subprocess.DEVNULL, start_new_session=True
         )
@@ -302,7 +304,8 @@ async def _configuration(
         env = {"WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", **env}
     standin = None
     env = dict(env)  # the variant's own dict is read again by the next round
-    events = env.pop("STANDIN_EVENTS", "on") != "off"  # (a setting of the bench, not of the service)
+    events = env.pop("STANDIN_EVENTS", "on") != "off"  # (settings of the bench, not of the service)
+    floor = env.pop("BENCH_SERVER", "service") == "pay_floor"
     if env.get("PAYMENT_PROVIDER") == "stripe":
         standin, stripe_env = _stripe_standin(options)
         env = {**stripe_env, **env}
@@ -322,6 +325,10 @@ async def _configuration(
         pay_share = len(pay_lines) // len(options.connections)
         database = options.pg_url.rsplit("/", 1)[0] + f"/{db}"
         await _admin_sql(database, "VACUUM ANALYZE")
+        if floor:
+            server.stop()
+            server.start("loadtests.pay_floor")
+            await server.ready()
         if receiver is not None:
             # After the seeding: the webhook gets (and hangs on) what the scenarios do.
             await _add_webhook(server.url, receiver.url)
@@ -586,6 +593,11 @@ async def main_async(options: Options) -> None:
     for scenario in options.scenarios:
         if scenario not in SCENARIOS:
             raise SystemExit(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
+    floors = {env.get("BENCH_SERVER", "service") for env in options.env_variants} - {"service"}
+    if floors - {"pay_floor"}:
+        raise SystemExit("BENCH_SERVER takes service or pay_floor")
+    if floors and options.scenarios != ["order_pay"]:
+        raise SystemExit("BENCH_SERVER=pay_floor serves order_pay only: --scenarios order_pay")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     if not set(options.webhooks) <= {"none", "hanging"}:
