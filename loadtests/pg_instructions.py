@@ -17,11 +17,11 @@ transaction. It runs twice on copies of the cluster,
 for --warmup payments and for --warmup + --payments; the difference divided by
 --payments is one payment's instructions, with the backend's start and the plans'
 first use taken out (and the longer run's larger checkpoint at its end left in).
-Commits are counted, not the time their flushes take. Step 3 finds its payment by the
-key step 1 was given, one index lookup more than the service, which passes the id. The
-backend prints each answer as text (about a tenth of the count, where the service's
-sessions get them in binary): compare versions that answer in the same shape. The
-counted payments move hold counters that stay above zero, as the benchmark's do.
+Commits are counted, not the time their flushes take. The statements are the service's
+own text, given the arguments the service gives them. The backend prints each answer as
+text (about a tenth of the count, where the service's sessions get them in binary):
+compare versions that answer in the same shape. The counted payments move hold counters
+that stay above zero, as the benchmark's do.
 
 A run that does not pay every order it was given (a statement failed, or a step
 refused) prints no figure and keeps its work folder.
@@ -51,6 +51,7 @@ import asyncpg
 from db import migrations
 from db import orders as orders_db
 from db import payments as payments_db
+from db import simulated_provider as ledger_db
 from loadtests.order_profile import seed
 from server.domain.orders import order_terms
 from server.runtime.config import load
@@ -58,36 +59,17 @@ from server.runtime.config import load
 _PRODUCTS, _CUSTOMERS = 1000, 50
 _DATABASE = "instructions"
 
-# The statements a payment makes, in its order (db/payments.py, db/simulated_provider.py),
-# as the session sees them: application_name as the service sets it (its events' notice),
-# generic plans as the database is set to (sql/005_plan_cache.sql).
+# The statements a payment makes, in its order, prepared from the service's own text
+# (db/payments.py, db/simulated_provider.py), as the session sees them: application_name
+# as the service sets it (its events' notice), generic plans as the database is set to
+# (sql/005_plan_cache.sql).
 _PREPARE = (
     "SET plan_cache_mode = force_generic_plan",
     "SET application_name = 'storefront-instructions'",
-    """
-    PREPARE payable(bigint) AS
-    SELECT o.user_id, o.status, o.total, o.currency,
-           EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'requires_action') AS waiting
-    FROM orders o WHERE o.id = $1 AND o.deleted_at IS NULL
-    """,
-    """
-    PREPARE begin_payment(bigint, bigint, text) AS
-    SELECT (r.payment).*, r.refusal
-    FROM begin_payment($1, $2, NULL, 'simulated', $3, 30, NULL, 5, 20, '127.0.0.1', 0, 'tok_visa') r
-    """,
-    """
-    PREPARE record_charge(text, text) AS
-    INSERT INTO simulated_provider_charges
-        (idempotency_key, reference, amount, currency, status, failure_reason, refundable)
-    VALUES ($1, $2, 100, 'USD', 'succeeded', NULL, true)
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING status, reference, failure_reason
-    """,
-    """
-    PREPARE settle_payment(text, text) AS
-    SELECT (s.payment).*, s.refund_due
-    FROM settle_payment((SELECT id FROM payments WHERE provider_key = $1), 'succeeded', $2, NULL, NULL, NULL) AS s
-    """,
+    f"PREPARE payable AS {payments_db._PAYABLE}",
+    f"PREPARE begin_payment AS {payments_db._BEGIN}",
+    f"PREPARE record_charge AS {ledger_db._RECORD_CHARGE}",
+    f"PREPARE settle_payment AS {payments_db._SETTLE}",
 )
 
 
@@ -126,10 +108,17 @@ def payment_script(orders: list[tuple[int, int]]) -> str:
     lines = [" ".join(statement.split()) + ";\n" for statement in _PREPARE]
     for order_id, user_id in orders:
         key = f"pay_instructions_{order_id}"
+        # The arguments the service passes with the benchmark's settings; step 3 is given
+        # the id step 1's insert took, as the service passes the id step 1 answered.
         lines.append(f"EXECUTE payable({order_id});\n")
-        lines.append(f"EXECUTE begin_payment({order_id}, {user_id}, '{key}');\n")
-        lines.append(f"EXECUTE record_charge('{key}', 'sim_{order_id}');\n")
-        lines.append(f"EXECUTE settle_payment('{key}', 'sim_{order_id}');\n")
+        lines.append(
+            f"EXECUTE begin_payment({order_id}, {user_id}, NULL, 'simulated', '{key}', 30, NULL, 5, 20, "
+            "'127.0.0.1', 0, 'tok_visa');\n"
+        )
+        lines.append(f"EXECUTE record_charge('{key}', 'sim_{order_id}', 100, 'USD', 'succeeded', NULL, true);\n")
+        lines.append(
+            f"EXECUTE settle_payment(currval('payments_id_seq'), 'succeeded', 'sim_{order_id}', NULL, NULL, NULL);\n"
+        )
     lines.append(_PAID + ";\n")
     return "".join(lines)
 
