@@ -8,6 +8,10 @@ wrk's req/s moves by 15% between runs.
     python3 dev.py tools python -m loadtests.instructions --pay --requests 500 \\
         --env DATABASE_URL=postgresql://postgres@127.0.0.1:5432/<empty db> --env WORKERS=1 \\
         -- .venv/bin/python -m server                   # a payment (POST /api/payments)
+    python3 dev.py tools python -m loadtests.instructions --pay --requests 500 \\
+        --orders-by '.venv/bin/python -m server' \\
+        --env DATABASE_URL=postgresql://postgres@127.0.0.1:5432/<empty db> --env WORKERS=1 \\
+        -- .venv/bin/python -m loadtests.pay_floor      # a payment on the payment floor
 
 The server runs under callgrind with instrumentation off while it starts and serves
 --warmup requests; instrumentation is on for exactly --requests requests (sent by
@@ -22,7 +26,9 @@ With --pay the requests are payments of fresh pending orders with the simulated
 provider answering at once: the tool makes an admin (ADMIN_EMAIL and ADMIN_PASSWORD
 of its own), 50 products and 20 customers, and their orders, before it counts; the
 order and decline limits are lifted so that one address may place them all (each of
-these settings can be given again with --env).
+these settings can be given again with --env). With --orders-by, another server makes
+them (the service, not counted) and stops, and the counted one only pays them: the
+payment floor (loadtests/pay_floor.py), which serves nothing else.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -84,9 +91,12 @@ def _gets(session: aiohttp.ClientSession, url: str) -> Load:
     return load
 
 
-async def _payments(session: aiohttp.ClientSession, base: str, orders_needed: int) -> Load:
-    """Makes the catalog, the customers and `orders_needed` pending orders; the load
-    pays the next ones."""
+# A pending order to pay: its owner's Authorization header and its id.
+Order = tuple[dict[str, str], int]
+
+
+async def _pending_orders(session: aiohttp.ClientSession, base: str, orders_needed: int) -> list[Order]:
+    """Makes the catalog, the customers and `orders_needed` pending orders."""
     admin = await _call(session, "POST", f"{base}/api/users/login", json=_ADMIN)
     as_admin = {"Authorization": f"Bearer {admin['access_token']}"}
     products = []
@@ -104,6 +114,11 @@ async def _payments(session: aiohttp.ClientSession, base: str, orders_needed: in
         owner = customers[n % _CUSTOMERS]
         lines = {"items": [{"product_id": products[n % _PRODUCTS], "quantity": 1}]}
         orders.append((owner, (await _call(session, "POST", f"{base}/api/orders", json=lines, headers=owner))["id"]))
+    return orders
+
+
+def _payments(session: aiohttp.ClientSession, base: str, orders: list[Order]) -> Load:
+    """The load that pays the next of `orders`."""
     paid = 0
 
     async def load(count: int, concurrency: int) -> None:
@@ -154,10 +169,10 @@ def _instructions(out_dir: Path) -> tuple[int, int]:
     return total, main_thread
 
 
-async def _drive(base: str, pid: int, args: argparse.Namespace) -> None:
+async def _drive(base: str, pid: int, args: argparse.Namespace, orders: list[Order] | None) -> None:
     async with aiohttp.ClientSession() as session:
         if args.pay:
-            load = await _payments(session, base, args.warmup + args.requests)
+            load = _payments(session, base, orders or await _pending_orders(session, base, args.warmup + args.requests))
         else:
             load = _gets(session, base + args.path)
         await load(args.warmup, args.concurrency)
@@ -167,8 +182,32 @@ async def _drive(base: str, pid: int, args: argparse.Namespace) -> None:
         _callgrind_control("--dump", pid)
 
 
+def _orders_made_by(command: list[str], env: dict[str, str], args: argparse.Namespace) -> list[Order]:
+    """The pending orders to pay, made through the server `command` (not counted),
+    which is then stopped."""
+    base = f"http://127.0.0.1:{args.port}"
+
+    async def make() -> list[Order]:
+        async with aiohttp.ClientSession() as session:
+            return await _pending_orders(session, base, args.warmup + args.requests)
+
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "PORT": str(args.port), **_PAY_ENV, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_healthy(base, process, args.start_timeout)
+        return asyncio.run(make())
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+
+
 def measure(command: list[str], env: dict[str, str], args: argparse.Namespace) -> tuple[float, float]:
     """Instructions per request of `command` (all threads, the main thread)."""
+    orders = _orders_made_by(shlex.split(args.orders_by), env, args) if args.orders_by else None
     base = f"http://127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp, (Path(tmp) / "server.log").open("wb") as log:
         out_dir = Path(tmp)
@@ -187,7 +226,7 @@ def measure(command: list[str], env: dict[str, str], args: argparse.Namespace) -
         )
         try:
             _wait_healthy(base, process, args.start_timeout)
-            asyncio.run(_drive(base, process.pid, args))
+            asyncio.run(_drive(base, process.pid, args, orders))
         finally:
             process.terminate()
             process.wait(timeout=120)
@@ -200,6 +239,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--path", default="/api/products?limit=20", help="the request to count (GET)")
     p.add_argument("--pay", action="store_true", help="count payments instead (POST /api/payments)")
+    p.add_argument(
+        "--orders-by",
+        metavar="COMMAND",
+        help="with --pay: make the orders through this server (not counted, stopped before the counted one "
+        "starts), for a counted server that only pays (loadtests/pay_floor.py)",
+    )
     p.add_argument("--requests", type=int, default=2000, help="requests counted (default 2000)")
     p.add_argument("--warmup", type=int, default=400, help="requests before counting (default 400)")
     p.add_argument("--concurrency", type=int, default=8, help="keep-alive clients (default 8)")

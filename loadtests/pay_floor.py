@@ -119,6 +119,7 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(pools)
     app.router.add_post("/api/payments", pay)
     app.router.add_get("/readyz", ready)
+    app.router.add_get("/healthz", ready)
     return app
 
 
