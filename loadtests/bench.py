@@ -210,6 +210,7 @@ class Server:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()  # the port is bound again at once (the payment floor)
 
 
 async def _seed(url: str, data_dir: Path, pay_orders: int) -> None:
@@ -589,15 +590,33 @@ def parse(argv: list[str] | None = None) -> Options:
     )
 
 
+def refuse_unservable_floor(options: Options) -> None:
+    """Exits naming what a BENCH_SERVER=pay_floor variant cannot serve: the floor pays
+    orders (nothing else) in one process, through the simulated gateway, with no
+    webhooks, and only a checkout that has it can start it."""
+    floors = [env for env in options.env_variants if env.get("BENCH_SERVER", "service") != "service"]
+    if any(env["BENCH_SERVER"] != "pay_floor" for env in floors):
+        raise SystemExit("BENCH_SERVER takes service or pay_floor")
+    if not floors:
+        return
+    if options.scenarios != ["order_pay"]:
+        raise SystemExit("BENCH_SERVER=pay_floor serves order_pay only: --scenarios order_pay")
+    if options.workers != [1]:
+        raise SystemExit("BENCH_SERVER=pay_floor runs one process: --workers 1")
+    if options.webhooks != ["none"]:
+        raise SystemExit("BENCH_SERVER=pay_floor has no webhooks: --webhooks none")
+    if any(env.get("PAYMENT_PROVIDER", "simulated") != "simulated" for env in floors):
+        raise SystemExit("BENCH_SERVER=pay_floor pays through the simulated gateway only")
+    for checkout in options.checkouts:
+        if not (checkout / "loadtests" / "pay_floor.py").is_file():
+            raise SystemExit(f"{checkout} has no loadtests/pay_floor.py for BENCH_SERVER=pay_floor")
+
+
 async def main_async(options: Options) -> None:
     for scenario in options.scenarios:
         if scenario not in SCENARIOS:
             raise SystemExit(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
-    floors = {env.get("BENCH_SERVER", "service") for env in options.env_variants} - {"service"}
-    if floors - {"pay_floor"}:
-        raise SystemExit("BENCH_SERVER takes service or pay_floor")
-    if floors and options.scenarios != ["order_pay"]:
-        raise SystemExit("BENCH_SERVER=pay_floor serves order_pay only: --scenarios order_pay")
+    refuse_unservable_floor(options)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     if not set(options.webhooks) <= {"none", "hanging"}:

@@ -172,7 +172,9 @@ def _instructions(out_dir: Path) -> tuple[int, int]:
 async def _drive(base: str, pid: int, args: argparse.Namespace, orders: list[Order] | None) -> None:
     async with aiohttp.ClientSession() as session:
         if args.pay:
-            load = _payments(session, base, orders or await _pending_orders(session, base, args.warmup + args.requests))
+            if orders is None:
+                orders = await _pending_orders(session, base, args.warmup + args.requests)
+            load = _payments(session, base, orders)
         else:
             load = _gets(session, base + args.path)
         await load(args.warmup, args.concurrency)
@@ -191,11 +193,9 @@ def _orders_made_by(command: list[str], env: dict[str, str], args: argparse.Name
         async with aiohttp.ClientSession() as session:
             return await _pending_orders(session, base, args.warmup + args.requests)
 
+    # Its warnings and errors on this terminal: a server that cannot start says why here.
     process = subprocess.Popen(
-        command,
-        env={**os.environ, "PORT": str(args.port), **_PAY_ENV, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, env={**os.environ, "PORT": str(args.port), "LOG_LEVEL": "WARNING", **_PAY_ENV, **env}
     )
     try:
         _wait_healthy(base, process, args.start_timeout)
@@ -256,7 +256,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    options = parser()
+    args = options.parse_args(argv)
+    if args.orders_by and not args.pay:
+        options.error("--orders-by makes orders to pay: it goes with --pay")
     env = dict(item.split("=", 1) for item in args.env)
     total, main_thread = measure(args.command, env, args)
     what = "POST /api/payments" if args.pay else f"GET {args.path}"

@@ -43,7 +43,8 @@ from server.runtime.config import Config, load, pool_settings
 _DB = web.AppKey("db", Database)
 _GATEWAY = web.AppKey("gateway", SimulatedProvider)
 _CONFIG = web.AppKey("config", Config)
-# How long the service's own worker may take (its lease); no reconciler runs here.
+# The payment's lease (how long its own worker may take before a reconciler may): no
+# reconciler runs here, so any lease longer than a call does the same work.
 _LEASE_SECONDS = 60.0
 
 
@@ -103,20 +104,25 @@ async def ready(request: web.Request) -> web.Response:
 
 
 def make_app(config: Config) -> web.Application:
+    if not config.database_url:
+        raise SystemExit("the payment floor needs DATABASE_URL: a database the service has made and seeded")
+    settings = pool_settings(config, config.database_url)
     app = web.Application()
     app[_CONFIG] = config
 
-    async def pools(app: web.Application) -> AsyncIterator[None]:
-        settings = pool_settings(config, config.database_url or "")
+    async def pool(app: web.Application) -> AsyncIterator[None]:
         app[_DB] = await create_database(settings)
+        yield
+        await app[_DB].close(timeout=config.shutdown_grace_seconds)
+
+    async def gateway(app: web.Application) -> AsyncIterator[None]:
         # The gateway's ledger through a pool of its own, as the service keeps it.
         ledger = await create_database(dataclasses.replace(settings, min_size=0, max_size=4))
         app[_GATEWAY] = SimulatedProvider(ledger, latency_ms=config.payment_provider_latency_ms)
         yield
         await app[_GATEWAY].close()
-        await app[_DB].close(timeout=5)
 
-    app.cleanup_ctx.append(pools)
+    app.cleanup_ctx.extend((pool, gateway))
     app.router.add_post("/api/payments", pay)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/healthz", ready)

@@ -18,10 +18,10 @@ for --warmup payments and for --warmup + --payments; the difference divided by
 --payments is one payment's instructions, with the backend's start and the plans'
 first use taken out (and the longer run's larger checkpoint at its end left in).
 Commits are counted, not the time their flushes take. The statements are the service's
-own text, given the arguments the service gives them. The backend prints each answer as
-text (about a tenth of the count, where the service's sessions get them in binary):
-compare versions that answer in the same shape. The counted payments move hold counters
-that stay above zero, as the benchmark's do.
+own text, given arguments of the shape the service gives them. The backend prints each
+answer as text (about a tenth of the count, where the service's sessions get them in
+binary): compare versions that answer in the same shape. The counted payments move hold
+counters that stay above zero, as the benchmark's do.
 
 A run that does not pay every order it was given (a statement failed, or a step
 refused) prints no figure and keeps its work folder.
@@ -60,9 +60,12 @@ _PRODUCTS, _CUSTOMERS = 1000, 50
 _DATABASE = "instructions"
 
 # The statements a payment makes, in its order, prepared from the service's own text
-# (db/payments.py, db/simulated_provider.py), as the session sees them: application_name
-# as the service sets it (its events' notice), generic plans as the database is set to
-# (sql/005_plan_cache.sql).
+# (db/payments.py, db/simulated_provider.py: their private constants on purpose, so that
+# what is counted cannot drift from what the service runs), as the session sees them:
+# application_name as the service sets it (its events' notice), generic plans as the
+# database is set to (sql/005_plan_cache.sql). Each is squeezed onto one line for the
+# single-user backend, so none may hold a `--` comment (tests/test_pg_instructions.py
+# would fail).
 _PREPARE = (
     "SET plan_cache_mode = force_generic_plan",
     "SET application_name = 'storefront-instructions'",
@@ -108,8 +111,12 @@ def payment_script(orders: list[tuple[int, int]]) -> str:
     lines = [" ".join(statement.split()) + ";\n" for statement in _PREPARE]
     for order_id, user_id in orders:
         key = f"pay_instructions_{order_id}"
-        # The arguments the service passes with the benchmark's settings; step 3 is given
-        # the id step 1's insert took, as the service passes the id step 1 answered.
+        # Arguments of the shape the service passes with the benchmark's settings (the
+        # lease, the worker, the ledger's amount and reference differ: the work does not).
+        # Step 3 is given the id step 1's insert took, as the service passes the id step 1
+        # answered; had step 1 refused, that would be the previous payment's, already
+        # settled: step 3 would change nothing and the final count of paid orders fails
+        # the run.
         lines.append(f"EXECUTE payable({order_id});\n")
         lines.append(
             f"EXECUTE begin_payment({order_id}, {user_id}, NULL, 'simulated', '{key}', 30, NULL, 5, 20, "
