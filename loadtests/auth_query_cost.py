@@ -15,6 +15,8 @@ import asyncio
 import secrets
 import statistics
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -24,7 +26,7 @@ from db.users import _GET as CURRENT
 BEFORE_SESSIONS = "SELECT id, email, name, role, created_at, updated_at, token_version FROM users WHERE id = $1"
 
 
-async def _per_query_us(conn: asyncpg.Connection, query: str, args: list[tuple[int, ...]]) -> float:
+async def _per_query_us(conn: asyncpg.Connection, query: str, args: Sequence[tuple[Any, ...]]) -> float:
     statement = await conn.prepare(query)
     started = time.perf_counter()
     for arg in args:

@@ -37,7 +37,7 @@ async def metric_totals(stack: stack_drills.Stack, prefixes: tuple[str, ...]) ->
                     for line in (await response.text()).splitlines():
                         if line.startswith(prefixes):
                             name, value = line.rsplit(" ", 1)
-                            totals[name] += float(value)
+                            totals[name] += int(float(value))  # counters: whole numbers, printed as floats
     return totals
 
 

@@ -311,7 +311,7 @@ async def catalog_reads(stack: Stack) -> dict[str, float]:
                 for line in (await response.text()).splitlines():
                     if line.startswith("catalog_reads_total{"):
                         target = line.split('target="', 1)[1].split('"', 1)[0]
-                        totals[target] += float(line.rsplit(" ", 1)[1])
+                        totals[target] += int(float(line.rsplit(" ", 1)[1]))  # a counter, printed as a float
     return dict(totals)
 
 
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
 def read_routing_passed(routing: dict[str, Any]) -> bool:
     """Changes visible within 1 s; reads on the standby while it is up, none while it
     is stopped, and on it again once it is back."""
-    return (
+    return bool(
         routing["change_visible_max_s"] < 1.0
         and routing["reads_standby_up"]["standby"] > 0
         and routing["reads_standby_stopped"]["standby"] == 0

@@ -12,6 +12,7 @@ tests/test_security.py's matrix.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -33,7 +34,8 @@ async def access_violations(api: Api, routes: list[Route], customer: User, admin
     """Every way in which the service's answers break the routes' declared `auth`."""
     violations = []
     for route in routes:
-        path, body = _concrete(route.path), {} if route.body is not None else None
+        path = _concrete(route.path)
+        body: dict[str, Any] | None = {} if route.body is not None else None
         anonymous = await api.call(route.method, path, json=body)
         as_customer = await api.call(route.method, path, json=body, token=customer.token)
         as_admin = await api.call(route.method, path, json=body, token=admin.token)

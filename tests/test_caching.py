@@ -30,7 +30,7 @@ SLOW_POLL = {"catalog_changes_poll_seconds": 0.5}
 
 async def cache_serving(client: TestClient[Any, Any]) -> None:
     """Wait until the app's catalog watch has made its first poll."""
-    cache = client.server.app[CONTEXT].catalog
+    cache = client.app[CONTEXT].catalog
     deadline = time.monotonic() + 10
     while not cache.serving:
         assert time.monotonic() < deadline, "the catalog cache never started serving"
@@ -368,7 +368,7 @@ async def test_the_cache_stays_within_its_bytes(api: Api, client: Any) -> None:
     products = [await api.product(description="x" * 500) for _ in range(20)]
     for product in products:
         await api.call("GET", f"/api/products/{product['id']}")
-    cache = client.server.app[CONTEXT].catalog
+    cache = client.app[CONTEXT].catalog
     assert 0 < cache.size_bytes <= 4096
     assert (await scrape(api)).value("catalog_cache_evictions_total") > 0
 
@@ -502,7 +502,7 @@ async def test_products_that_miss_the_cache_together_are_read_in_one_statement(a
     products = [await api.product(price=100 + n) for n in range(5)]
     alone = {p["id"]: (await api.call("GET", f"/api/products/{p['id']}")).body for p in products}
     missing = max(alone) + 1000
-    ctx = client.server.app[CONTEXT]
+    ctx = client.app[CONTEXT]
     ctx.catalog.invalidate(None)  # every read below misses the cache
     before = await catalog_reads(api)
     wanted = [p["id"] for p in products] * 4 + [missing]
@@ -547,7 +547,7 @@ async def test_while_the_serving_loop_is_busy_the_watch_applies_changes_and_the_
     lock only as the interpreter makes it), changes are still applied and the cache
     goes on serving what did not change."""
     changed, unchanged = await api.product(price=100), await api.product(price=200)
-    cache = client.server.app[CONTEXT].catalog
+    cache = client.app[CONTEXT].catalog
     # Else the watch's news of the creations could drop the entries warmed below.
     await watch_poll_after(cache, time.monotonic())
     for product in (changed, unchanged):

@@ -252,7 +252,7 @@ async def test_kill_9_with_charges_and_refunds_in_flight_settles_them_within_5_s
             )
             after = await api.call("POST", f"/api/payments/{left}/refunds", json={}, token=admin.token)
         _report("kill -9 with charges and refunds in flight", payments=len(payments), refunds=len(refunds),
-                provider_made=dict(provider_made), pending_at_kill={"payments": pending_payments,
+                provider_made=dict(provider_made or {}), pending_at_kill={"payments": pending_payments,
                 "refunds": pending_refunds}, settled_after_s=settled_after and round(settled_after, 2),
                 succeeded={"payments": sum(r["status"] == "succeeded" for r in payments),
                            "refunds": sum(r["status"] == "succeeded" for r in refunds)},

@@ -43,7 +43,7 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_series(metrics_text: str) -> set[str]:
     """Every series name the exposition can hold, including families with no sample yet."""
-    names = set()
+    names: set[str] = set()
     for family in text_string_to_metric_families(metrics_text):
         names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)

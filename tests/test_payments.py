@@ -377,8 +377,9 @@ async def test_a_charge_for_an_order_that_can_no_longer_be_paid_is_refunded(
         assert await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"]) == refund["id"]
         return
     charge = await db.fetchrow("SELECT status, reference, amount FROM simulated_provider_charges")
-    assert charge["status"] == "succeeded"
+    assert charge is not None and charge["status"] == "succeeded"
     refund = await db.fetchrow("SELECT reference, amount, status FROM simulated_provider_refunds")
+    assert refund is not None
     assert (refund["status"], refund["amount"]) == ("succeeded", charge["amount"])
     assert await db.fetchval("SELECT refund_ref FROM payments WHERE id = $1", reply.json["id"]) == refund["reference"]
 

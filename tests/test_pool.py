@@ -130,7 +130,7 @@ async def test_new_work_is_shed_at_once_while_the_oldest_in_line_has_waited_shed
         second = asyncio.create_task(started_work())  # never shed: it queues
         await eventually(lambda: _in_line(db, 2))
         await holder.__aexit__(None, None, None)
-        assert await asyncio.gather(first, second) == [1, 3]
+        assert list(await asyncio.gather(first, second)) == [1, 3]
         assert await db.fetchval("SELECT 4") == 4  # the line is empty: nothing is shed
     finally:
         await db.close(5)
@@ -411,7 +411,7 @@ async def _lose_a_kept_connection(db: Database, dsn: str) -> int:
     has noticed. Returns the ended backend's pid."""
     async with db.connection() as kept:
         backend: int = await kept.fetchval("SELECT pg_backend_pid()")
-        connection = kept._con  # asyncpg's connection behind this use's proxy
+        connection = kept._con  # type: ignore[attr-defined]  # asyncpg's connection behind this use's proxy
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute("SELECT pg_terminate_backend($1)", backend)
@@ -466,7 +466,7 @@ async def test_a_transaction_cancelled_during_its_begin_leaves_no_transaction_to
 
         async def begin_answered() -> bool:
             state = await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", backend)
-            return state != "active"
+            return bool(state != "active")
 
         await eventually(begin_answered)  # the session is in a transaction, unless it was rolled back
     finally:

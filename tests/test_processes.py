@@ -15,7 +15,8 @@ import asyncpg
 import pytest
 
 from db.migrations import discover
-from tests.helpers import ROOT, Api, ServerProcess, free_port, session
+from server.runtime.ports import free_port
+from tests.helpers import ROOT, Api, ServerProcess, session
 
 
 @pytest.fixture

@@ -48,9 +48,11 @@ async def _totals(gateway: Gateway, dsn: str, payment_id: int) -> tuple[int, int
             made = [r["amount"] for r in gateway.ledger()["refunds"] if r["status"] == "succeeded"]
             theirs = (len(made), sum(made))
         else:
-            theirs = await conn.fetchrow(
+            row = await conn.fetchrow(
                 "SELECT count(*), coalesce(sum(amount), 0) FROM simulated_provider_refunds WHERE status = 'succeeded'"
             )
+            assert row is not None
+            theirs = (row[0], row[1])
         assert ours is not None
         assert theirs is not None
         return ours[0], ours[1], theirs[0], theirs[1]

@@ -28,8 +28,9 @@ from handlers.routing import CONTEXT
 from server.domain.catalog_cache import CHANGE_MEMORY_SECONDS, CatalogCache
 from server.runtime.config import Config, pool_settings
 from server.runtime.metrics import Metrics
+from server.runtime.ports import free_port
 from server.runtime.standby import Coverage, Standby
-from tests.helpers import Api, catalog_reads, free_port, scrape, watch_poll_after
+from tests.helpers import Api, catalog_reads, scrape, watch_poll_after
 
 # --- the rule ------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ async def standby(client: TestClient[Any, Any], config: Config) -> AsyncIterator
     replica = Standby(
         await create_database(settings), await create_database(settings), Coverage(), Metrics(), max_lag=0.5
     )
-    ctx = client.server.app[CONTEXT]
+    ctx = client.app[CONTEXT]
     ctx.standby = replica
     yield replica
     ctx.standby = None
@@ -200,7 +201,7 @@ async def test_a_standby_read_older_than_a_change_the_cache_knows_of_is_not_kept
     api: Api, client: Any, standby: Standby
 ) -> None:
     product = await api.product()
-    cache: CatalogCache = client.server.app[CONTEXT].catalog
+    cache: CatalogCache = client.app[CONTEXT].catalog
     # The watch has applied the product's own creation: applied later, on a busy
     # machine, it would be a newer change than the coverage set below.
     await watch_poll_after(cache, time.monotonic())
@@ -238,7 +239,7 @@ async def standby_lag(api: Api) -> float:
 async def wait_for_monitor(client: TestClient[Any, Any]) -> None:
     """Until the standby monitor has given its verdict (a try or two)."""
     await asyncio.sleep(1.2)
-    assert client.server.app[CONTEXT].standby is not None
+    assert client.app[CONTEXT].standby is not None
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from server.app import CONTEXT, Options, create_app
+from handlers.routing import CONTEXT
+from server.app import Options, create_app
 from server.domain.payments import service as payments
 from tests.conftest import JWT_SECRET, make_config
 from tests.helpers import ROOT, Api, Reply, ServerProcess, User, eventually, scrape, session
@@ -175,7 +176,7 @@ async def test_once_the_customer_authenticates_stripes_event_pays_the_order(
     gateway.standin.authenticate(payment["provider_ref"], "succeed")  # type: ignore[union-attr]
 
     async def paid() -> bool:
-        return (await _get(api, user, f"/api/orders/{order['id']}"))["status"] == "paid"
+        return bool((await _get(api, user, f"/api/orders/{order['id']}"))["status"] == "paid")
 
     await eventually(paid)
     settled = await _get(api, user, f"/api/payments/{payment['id']}")
@@ -236,7 +237,7 @@ async def test_an_order_that_ends_cancels_its_waiting_payment_intent(
         await db.execute("UPDATE orders SET expires_at = now() WHERE id = $1", order["id"])
 
         async def expired() -> bool:
-            return (await _get(api, user, f"/api/orders/{order['id']}"))["status"] == "expired"
+            return bool((await _get(api, user, f"/api/orders/{order['id']}"))["status"] == "expired")
 
         await eventually(expired)
 
@@ -288,7 +289,8 @@ async def test_a_redelivered_event_changes_nothing_the_second_time(
     async def undoing_event() -> str | None:
         # The event that undid the refund (refund.updated or refund.failed, whichever came
         # first; the other found it undone already).
-        return await db.fetchval("SELECT id FROM provider_events WHERE type LIKE 'refund.%'")
+        found: str | None = await db.fetchval("SELECT id FROM provider_events WHERE type LIKE 'refund.%'")
+        return found
 
     event_id = await eventually(undoing_event)
     # The amount is refunded again; then Stripe delivers the old failure once more.
@@ -366,7 +368,8 @@ async def test_a_refund_stripe_refuses_for_its_amount_is_409(api: Api, gateway: 
     # Refunded outside the service (Stripe's dashboard): Stripe has nothing left.
     import stripe
 
-    client = stripe.StripeClient(gateway.api_key or "", base_addresses={"api": gateway.standin.url})  # type: ignore[union-attr]
+    assert gateway.standin is not None
+    client = stripe.StripeClient(gateway.api_key or "", base_addresses={"api": gateway.standin.url})
     await client.v1.refunds.create_async({"payment_intent": payment["provider_ref"], "amount": 2000})
     reply = await _refund(api, payment["id"], amount=1000)
     assert reply.status == 409, reply

@@ -48,7 +48,11 @@ async def test_commands_for_one_order_run_one_at_a_time_in_order() -> None:
         running -= 1
         return tag
 
-    results = await asyncio.gather(*(supervisor.ask(7, lambda actor, t=i: command(t)) for i in range(5)))
+    async def asking(tag: int) -> int:
+        answer: int = await supervisor.ask(7, lambda actor: command(tag))
+        return answer
+
+    results = await asyncio.gather(*(asking(i) for i in range(5)))
     assert results == log == [0, 1, 2, 3, 4]
     await supervisor.drain(1)
 
@@ -197,7 +201,10 @@ async def test_drain_finishes_queued_commands_then_refuses_new_ones() -> None:
         await asyncio.sleep(0.05)
         done.append(n)
 
-    tasks = [asyncio.create_task(supervisor.ask(1, lambda a, n=n: work(a, n))) for n in range(3)]
+    async def asking(n: int) -> None:
+        await supervisor.ask(1, lambda actor: work(actor, n))
+
+    tasks = [asyncio.create_task(asking(n)) for n in range(3)]
     await asyncio.sleep(0.01)
     await supervisor.drain(5)
     await asyncio.gather(*tasks)

@@ -9,7 +9,8 @@ from collections import defaultdict
 import asyncpg
 import pytest
 
-from tests.helpers import Api, ServerProcess, eventually, free_port, session
+from server.runtime.ports import free_port
+from tests.helpers import Api, ServerProcess, eventually, session
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.faults
