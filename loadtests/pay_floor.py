@@ -29,16 +29,16 @@ import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 
-import orjson
 import uvloop
 from aiohttp import web
 
 from db import payments as payments_db
 from db.pool import Database, create_database
 from db.refusals import Refusal
-from server.domain.payments.provider import ChargeRequest
+from server.domain.payments.service import charge_request
 from server.gateways.simulated_provider import SimulatedProvider
 from server.runtime.config import Config, load, pool_settings
+from server.runtime.jsonio import json_response, loads
 
 _DB = web.AppKey("db", Database)
 _GATEWAY = web.AppKey("gateway", SimulatedProvider)
@@ -48,17 +48,13 @@ _CONFIG = web.AppKey("config", Config)
 _LEASE_SECONDS = 60.0
 
 
-def _answer(status: int, body: object) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
 async def pay(request: web.Request) -> web.Response:
-    body = orjson.loads(await request.read())
+    body = loads(await request.read())
     order_id, token = int(body["order_id"]), str(body["payment_method"]["token"])
     db, gateway, config = request.app[_DB], request.app[_GATEWAY], request.app[_CONFIG]
     order = await payments_db.payable(db, order_id)
     if order is None:
-        return _answer(404, {"code": "order_not_found"})
+        return json_response({"code": "order_not_found"}, 404)
     try:
         payment = await payments_db.begin(
             db,
@@ -76,18 +72,9 @@ async def pay(request: web.Request) -> web.Response:
             payment_method=token,
         )
     except Refusal as refusal:
-        return _answer(409, {"code": refusal.code})
+        return json_response({"code": refusal.code}, 409)
     assert payment is not None  # only a claimed Idempotency-Key answers None
-    result = await gateway.charge(
-        ChargeRequest(
-            idempotency_key=payment["provider_key"],
-            amount=payment["amount"],
-            currency=payment["currency"],
-            token=token,
-            reference=str(payment["id"]),
-            order_id=order_id,
-        )
-    )
+    result = await gateway.charge(charge_request(payment))
     settled = await payments_db.settle(
         db,
         payment["id"],
@@ -96,11 +83,11 @@ async def pay(request: web.Request) -> web.Response:
         failure_reason=result.failure_reason,
     )
     assert settled is not None  # nothing else settles payments here
-    return _answer(201, dict(settled))
+    return json_response(dict(settled), 201)
 
 
 async def ready(request: web.Request) -> web.Response:
-    return _answer(200, {"status": "ready"})
+    return json_response({"status": "ready"})
 
 
 def make_app(config: Config) -> web.Application:

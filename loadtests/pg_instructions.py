@@ -109,6 +109,8 @@ def payment_script(orders: list[tuple[int, int]]) -> str:
     (as a single-user backend reads them), after the statements' preparation, and the
     count of the payments they made that succeeded (`paid`)."""
     lines = [" ".join(statement.split()) + ";\n" for statement in _PREPARE]
+    defaults = load(environ={})
+    limits = f"{defaults.payment_max_declines_per_order}, {defaults.payment_max_declines_per_user}"
     for order_id, user_id in orders:
         key = f"pay_instructions_{order_id}"
         # Arguments of the shape the service passes with the benchmark's settings (the
@@ -119,7 +121,7 @@ def payment_script(orders: list[tuple[int, int]]) -> str:
         # the run.
         lines.append(f"EXECUTE payable({order_id});\n")
         lines.append(
-            f"EXECUTE begin_payment({order_id}, {user_id}, NULL, 'simulated', '{key}', 30, NULL, 5, 20, "
+            f"EXECUTE begin_payment({order_id}, {user_id}, NULL, 'simulated', '{key}', 30, NULL, {limits}, "
             "'127.0.0.1', 0, 'tok_visa');\n"
         )
         lines.append(f"EXECUTE record_charge('{key}', 'sim_{order_id}', 100, 'USD', 'succeeded', NULL, true);\n")
