@@ -353,6 +353,7 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
             fresh_reads=FreshReadLimit(config.catalog_fresh_reads_per_ip),
             order_batches=orders.batches(app[_DATABASE], config, metrics),
             product_reads=catalog.product_reads(primary_reads, metrics, config),
+            token_checks=users.token_checks(app[_DATABASE], config, metrics),
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:
@@ -360,6 +361,7 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
         yield
         await ctx.order_batches.close()  # before the pool: the batches under way commit
         await ctx.product_reads.close()
+        await ctx.token_checks.close()
 
     return context
 

@@ -24,6 +24,9 @@ from server.runtime.standby import ReadTarget, Standby
 # batched by the standby they may use (None: the primary only), (product id, this
 # process's last write of it) -> (row, the moment before which every commit shows in it).
 ProductReads: TypeAlias = Batches[Standby | None, tuple[int, float], tuple[asyncpg.Record, float]]
+# Token checks made together (server/domain/users.py): all under one key, (user id,
+# session id) -> the user row the check reads, or None when there is no such user.
+TokenChecks: TypeAlias = Batches[None, tuple[int, int], asyncpg.Record | None]
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Context:
     # Orders of one product arriving together, placed together (server/domain/orders.py).
     order_batches: Batches[int, NewOrder, asyncpg.Record]
     product_reads: ProductReads
+    token_checks: TokenChecks
 
     def refresh_gauges(self) -> None:
         """Copy this worker's pool and actor state into the gauges."""

@@ -193,6 +193,12 @@ class Metrics:
             buckets=(2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
+        self.token_check_batch_size = Histogram(
+            "token_check_batch_requests",
+            "Requests whose tokens were checked together in one statement (batches of two or more).",
+            buckets=(2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.count_catalog_read = {target: self.catalog_reads.labels(target).inc for target in ("primary", "standby")}
         self.standby_lag = Gauge(
             "standby_lag_seconds",
