@@ -104,6 +104,10 @@ class Database:
         """Requests (and actors) waiting in line for a connection now."""
         return self._line.waiting
 
+    def has_free_connection(self) -> bool:
+        """Whether a statement now would be handed a connection at once."""
+        return self._line.has_free_slot
+
     @property
     def new_work_waiting(self) -> int:
         """New work (requests at their first statement) waiting in line now: the lane
@@ -207,9 +211,13 @@ class _Line:
         self._new: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
         self._reaper: asyncio.TimerHandle | None = None
 
+    @property
+    def has_free_slot(self) -> bool:
+        return bool(self._free) and not self._new and not self._started
+
     async def enter(self, started: bool = False) -> float:
         """Take a slot; returns how long this waited in line (0.0 when a slot was free)."""
-        if self._free and not self._new and not self._started:
+        if self.has_free_slot:
             self._free -= 1
             return 0.0
         loop = asyncio.get_running_loop()

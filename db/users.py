@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from db.pool import Database
+from db.pool import Database, Executor
 from db.refusals import Refusal
 
 # What may leave the table: every column but password_hash (which no answer carries).
@@ -61,7 +61,7 @@ async def get(db: Database, user_id: int, session_id: int) -> asyncpg.Record | N
     return await db.fetchrow(_GET, user_id, session_id)
 
 
-async def get_many(db: Database, user_sessions: Sequence[tuple[int, int]]) -> list[asyncpg.Record | None]:
+async def get_many(db: Executor, user_sessions: Sequence[tuple[int, int]]) -> list[asyncpg.Record | None]:
     """`get` for each (user id, session id) pair, in one statement."""
     rows = await db.fetch(
         _GET_MANY, [user_id for user_id, _ in user_sessions], [session_id for _, session_id in user_sessions]

@@ -40,6 +40,7 @@ from server.domain.order_actors import OrderSupervisor, Supervisor
 from server.domain.payments import refunds
 from server.domain.payments import service as payments
 from server.domain.payments.provider import PaymentProvider
+from server.domain.token_checks import TokenChecks
 from server.gateways.simulated_provider import SimulatedProvider
 from server.gateways.stripe_provider import StripeProvider
 from server.gateways.webhook_sender import HttpSender
@@ -353,7 +354,7 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
             fresh_reads=FreshReadLimit(config.catalog_fresh_reads_per_ip),
             order_batches=orders.batches(app[_DATABASE], config, metrics),
             product_reads=catalog.product_reads(primary_reads, metrics, config),
-            token_checks=users.token_checks(app[_DATABASE], config, metrics),
+            token_checks=TokenChecks(app[_DATABASE], config.db_pool_shed_after, metrics.token_check_batch_size.observe),
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:

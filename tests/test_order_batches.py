@@ -163,18 +163,6 @@ async def test_new_orders_are_shed_at_once_while_the_oldest_waiting_has_waited_s
     assert recorder.calls == [["a"], ["z"], ["b"]]
 
 
-async def test_new_orders_are_shed_at_once_while_the_placement_under_way_has_waited_shed_after() -> None:
-    recorder = Recorder()
-    b = batches(recorder, shed_after=0.05)
-    first = asyncio.create_task(b.place(1, "a"))  # placed alone, held (as if in the pool's line)
-    await asyncio.sleep(0.1)  # nothing is queued, but "a" has waited longer than shed_after
-    with pytest.raises(Overloaded):
-        await b.place(1, "b")
-    recorder.gate.set()
-    assert await first == "placed a"
-    assert recorder.calls == [["a"]]
-
-
 async def test_no_order_is_shed_while_the_queue_is_younger_than_shed_after() -> None:
     recorder = Recorder()
     b = batches(recorder, shed_after=60.0)

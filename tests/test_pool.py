@@ -200,10 +200,7 @@ async def test_the_pool_gauges_show_the_new_requests_waiting_apart_from_the_whol
     holder = ctx.db.connection()
     await holder.__aenter__()
     try:
-        # Logins: their first statement (the throttle's) waits in the line itself, where
-        # token checks arriving together would wait as one (server/domain/users.py).
-        login = {"email": user.email, "password": user.password}
-        waiting = [asyncio.create_task(api.call("POST", "/api/users/login", json=login)) for _ in range(2)]
+        waiting = [asyncio.create_task(api.call("GET", "/api/users/profile", token=user.token)) for _ in range(2)]
         await eventually(lambda: _requests_in_line(ctx.db, 2))
         metrics = await scrape(api)
     finally:

@@ -1,18 +1,20 @@
-"""Token checks made together (server/domain/users.py `token_checks`, db/users.py
-`get_many`): on a real database, each check of a batch answers what it would alone."""
+"""Token checks made together once the pool is busy (server/domain/token_checks.py,
+db/users.py `get_many`): on a real database, each check of a batch answers what it
+would alone, and a batch waits in the pool's line as one."""
 
 from __future__ import annotations
 
 import asyncio
 
 import asyncpg
+import pytest
 from aiohttp import web
 
 from db import users as users_db
+from db.pool import Database, Overloaded, new_request
 from handlers.routing import CONTEXT
-from server.domain import users
-from server.runtime.metrics import Metrics
-from tests.helpers import Api, User
+from server.domain.token_checks import TokenChecks
+from tests.helpers import Api, User, eventually
 
 NO_SUCH_USER = 10**12
 
@@ -44,21 +46,106 @@ async def test_checks_in_one_statement_answer_in_order_what_each_answers_alone(a
     assert [None if row is None else row["id"] for row in many] == [live_user, ended_user, live_user, None, live_user]
 
 
-async def test_checks_arriving_while_one_runs_are_made_together_next(api: Api, app: web.Application) -> None:
-    ctx = app[CONTEXT]
-    metrics = Metrics()
-    checks = users.token_checks(ctx.db, ctx.config, metrics)
+async def _customers_pairs(api: Api, app: web.Application, count: int) -> list[tuple[int, int]]:
     customers = [await api.customer() for _ in range(4)]
-    pairs = [_pair(app, customers[n % 4]) for n in range(30)]
-    # The first check finds no check running and goes alone; the other 29 are all
-    # queued in the same turn of the loop, before its answer can arrive.
-    answers = await asyncio.gather(*(checks.place(None, pair) for pair in pairs))
+    return [_pair(app, customers[n % 4]) for n in range(count)]
+
+
+async def _one_batch_waiting(db: Database) -> bool:
+    return db.new_work_waiting == 1
+
+
+ONE_CONNECTION = {"db_pool_max_size": 1, "db_pool_min_size": 1, "db_pool_acquire_timeout": 120.0}
+
+
+@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
+async def test_checks_that_would_wait_for_a_connection_wait_and_are_made_as_one_batch(
+    api: Api, app: web.Application
+) -> None:
+    db, sizes = app[CONTEXT].db, list[int]()
+    checks = TokenChecks(db, 0.0, sizes.append, alone_at_most=0)
+    pairs = await _customers_pairs(api, app, 30)
+    holder = db.connection()
+    await holder.__aenter__()
+    try:
+        waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
+        await eventually(lambda: _one_batch_waiting(db))  # one place in the line for all 30
+    finally:
+        await holder.__aexit__(None, None, None)
+    answers = await asyncio.gather(*waiting)
     await checks.close()
     assert [row["id"] if row is not None else None for row in answers] == [user for user, _ in pairs]
     assert all(row is not None and row["session_live"] is True for row in answers)
-    (histogram,) = metrics.token_check_batch_size.collect()
-    sizes = {sample.name: sample.value for sample in histogram.samples}
-    assert (sizes["token_check_batch_requests_count"], sizes["token_check_batch_requests_sum"]) == (1, 29)
+    assert sizes == [30]
+
+
+async def _checks_in_line(db: Database, count: int) -> bool:
+    return db.new_work_waiting == count
+
+
+@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
+async def test_checks_wait_in_the_line_alone_until_alone_at_most_do_then_as_one_batch(
+    api: Api, app: web.Application
+) -> None:
+    db, sizes = app[CONTEXT].db, list[int]()
+    checks = TokenChecks(db, 0.0, sizes.append, alone_at_most=3)
+    pairs = await _customers_pairs(api, app, 8)
+    holder = db.connection()
+    await holder.__aenter__()
+    new_request()  # the checks' tasks start as a request's first statement does
+    try:
+        waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
+        await eventually(lambda: _checks_in_line(db, 4))  # three alone, and one batch of five
+    finally:
+        await holder.__aexit__(None, None, None)
+    answers = await asyncio.gather(*waiting)
+    await checks.close()
+    assert [row["id"] if row is not None else None for row in answers] == [user for user, _ in pairs]
+    assert sizes == [5]
+
+
+async def test_checks_that_get_a_connection_at_once_are_made_alone(api: Api, app: web.Application) -> None:
+    sizes: list[int] = []
+    checks = TokenChecks(app[CONTEXT].db, 0.0, sizes.append)
+    pairs = await _customers_pairs(api, app, 3)
+    answers = await asyncio.gather(*(checks.check(*pair) for pair in pairs))
+    assert [row["id"] if row is not None else None for row in answers] == [user for user, _ in pairs]
+    assert sizes == []
+
+
+@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
+async def test_a_check_is_shed_at_once_while_the_batch_it_would_join_has_waited_shed_after(
+    api: Api, app: web.Application
+) -> None:
+    db = app[CONTEXT].db
+    checks = TokenChecks(db, 0.05, lambda size: None, alone_at_most=0)
+    first_pair, second_pair = await _customers_pairs(api, app, 2)
+    holder = db.connection()
+    await holder.__aenter__()
+    try:
+        first = asyncio.create_task(checks.check(*first_pair))
+        await eventually(lambda: _one_batch_waiting(db))
+        await asyncio.sleep(0.1)  # the batch has now waited longer than shed_after
+        with pytest.raises(Overloaded):
+            await checks.check(*second_pair)
+    finally:
+        await holder.__aexit__(None, None, None)
+    row = await first
+    assert row is not None and row["id"] == first_pair[0]
+
+
+@pytest.mark.parametrize("config_overrides", [{**ONE_CONNECTION, "db_pool_acquire_timeout": 0.1}])
+async def test_a_batch_that_gets_no_connection_in_time_fails_each_of_its_checks(api: Api, app: web.Application) -> None:
+    db = app[CONTEXT].db
+    checks = TokenChecks(db, 0.0, lambda size: None, alone_at_most=0)
+    pairs = await _customers_pairs(api, app, 3)
+    holder = db.connection()
+    await holder.__aenter__()
+    try:
+        answers = await asyncio.gather(*(checks.check(*pair) for pair in pairs), return_exceptions=True)
+    finally:
+        await holder.__aexit__(None, None, None)
+    assert [type(answer) for answer in answers] == [TimeoutError] * 3
 
 
 async def test_tokens_checked_together_each_get_their_own_answer(api: Api) -> None:

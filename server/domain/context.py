@@ -15,6 +15,7 @@ from server.domain.cursors import CursorCodec
 from server.domain.order_actors import OrderSupervisor
 from server.domain.order_batches import Batches
 from server.domain.payments.provider import PaymentProvider
+from server.domain.token_checks import TokenChecks
 from server.runtime.config import Config
 from server.runtime.liveness import Liveness
 from server.runtime.metrics import Metrics
@@ -24,9 +25,6 @@ from server.runtime.standby import ReadTarget, Standby
 # batched by the standby they may use (None: the primary only), (product id, this
 # process's last write of it) -> (row, the moment before which every commit shows in it).
 ProductReads: TypeAlias = Batches[Standby | None, tuple[int, float], tuple[asyncpg.Record, float]]
-# Token checks made together (server/domain/users.py): all under one key, (user id,
-# session id) -> the user row the check reads, or None when there is no such user.
-TokenChecks: TypeAlias = Batches[None, tuple[int, int], asyncpg.Record | None]
 
 
 @dataclass

@@ -17,16 +17,14 @@ a client that goes away cannot cancel the others' work), and a batch that fails 
 a reason other than an outage is retried order by order, so that one bad order
 cannot fail its neighbours. Waiting is bounded as the connection line bounds it
 (DB_POOL_ACQUIRE_TIMEOUT): an order that waited longer gets 503 and is never placed;
-and while the oldest order of a key not yet answered (waiting, or in the placement
-under way) has waited DB_POOL_SHED_AFTER, new ones for it are answered 503 at once
-(Overloaded), so that the queue holds a bounded wait however many buyers arrive.
-Unlike the connection line, the queue sheds an order whatever its request did before
-(its token check, say): placing the order is the request's work, and every order for
-the key waits behind the queue.
+and while the oldest order waiting for a key has waited DB_POOL_SHED_AFTER, new ones
+for it are answered 503 at once (Overloaded), so that the queue holds a bounded wait
+however many buyers arrive. Unlike the connection line, the queue sheds an order
+whatever its request did before (its token check, say): placing the order is the
+request's work, and every order for the key waits behind the queue.
 
 Reads of products that missed the catalog cache are batched the same way
-(server/domain/catalog.py `product_reads`): there an "order" is a product to read;
-and so are token checks (server/domain/users.py `token_checks`), all under one key.
+(server/domain/catalog.py `product_reads`): there an "order" is a product to read.
 """
 
 from __future__ import annotations
@@ -85,8 +83,6 @@ class Batches(Generic[K, Order, Answer]):
         self._shed_after = shed_after  # as the pool's line sheds (db/pool.py)
         # A key is here while a placement for it runs: with the orders waiting for the next.
         self._busy: dict[K, collections.deque[_Waiting[Order, Answer]]] = {}
-        # And when the oldest order of that placement arrived: none for the key is older.
-        self._placing_since: dict[K, float] = {}
         self._running: set[asyncio.Task[None]] = set()
 
     @property
@@ -94,23 +90,26 @@ class Batches(Generic[K, Order, Answer]):
         return sum(len(queue) for queue in self._busy.values())
 
     async def place(self, key: K, order: Order) -> Answer:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         queue = self._busy.get(key)
         if queue is None:
             self._busy[key] = collections.deque()
-            self._placing_since[key] = now
             try:
                 return await self._place_one(key, order)
             finally:
                 self._next(key)
-        # The oldest order not yet answered, the placement's under way included: one
-        # that waits for a connection (the pool's line) holds up the queue behind it.
-        if self._shed_after and now - self._placing_since[key] >= self._shed_after:
-            raise Overloaded("the oldest waiting for this key has waited too long")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._shed_after and self._waited_longest(queue, now) >= self._shed_after:
+            raise Overloaded("too many orders are waiting to be placed")
         reply: asyncio.Future[Answer] = loop.create_future()
         queue.append(_Waiting(order, reply, now + self._timeout))
         return await reply
+
+    def _waited_longest(self, queue: collections.deque[_Waiting[Order, Answer]], now: float) -> float:
+        """How long the oldest order still waiting for the key has waited."""
+        while queue and queue[0].reply.done():  # its request was cancelled
+            queue.popleft()
+        return now - (queue[0].deadline - self._timeout) if queue else 0.0
 
     def _next(self, key: K) -> None:
         """The placement for `key` is over: start the next batch, or free the key."""
@@ -126,9 +125,8 @@ class Batches(Generic[K, Order, Answer]):
                 continue
             batch.append(waiting)
         if not batch:
-            del self._busy[key], self._placing_since[key]
+            del self._busy[key]
             return
-        self._placing_since[key] = batch[0].deadline - self._timeout
         # A context of its own: the batch is nobody's request (its log lines must not
         # carry the id of the request that happened to finish before it).
         task = asyncio.get_running_loop().create_task(self._run(key, batch), context=contextvars.Context())

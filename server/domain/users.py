@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -12,15 +12,12 @@ import asyncpg
 from db import password_resets as password_resets_db
 from db import rate_limits
 from db import users as users_db
-from db.pool import Database
+from db.pool import mark_work_started
 from db.rate_limits import Limit
 from db.refusals import Refusal
 from server.domain import sessions
 from server.domain.auth import Principal, bearer_token, new_secret, secret_hash
-from server.domain.context import Context, TokenChecks
-from server.domain.order_batches import Batches
-from server.runtime.config import Config
-from server.runtime.metrics import Metrics
+from server.domain.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -97,48 +94,18 @@ async def _password_attempt(ctx: Context, email: str, client_ip: str) -> _Passwo
     return _PasswordAttempt(ctx, limits, pair)
 
 
-def token_checks(db: Database, config: Config, metrics: Metrics) -> TokenChecks:
-    """This worker's token checks, batched: while one check's query runs, the checks
-    that arrive meanwhile are made next by one statement (db/users.py `get_many`),
-    each with the answer it would have had alone. A burst of requests (a flash sale's
-    buyers, a thousand connections) then costs the database a statement per batch
-    instead of one per request, and the pool a connection instead of one each. A
-    check still waiting for its batch after DB_POOL_ACQUIRE_TIMEOUT is answered 503,
-    and while the oldest waiting has waited DB_POOL_SHED_AFTER new ones are shed at
-    once, as the pool's line sheds the first statement of a request. Built once, by
-    the composition root."""
-
-    async def check_one(_all: None, user_session: tuple[int, int]) -> asyncpg.Record | None:
-        return await users_db.get(db, *user_session)
-
-    async def check_many(_all: None, user_sessions: Sequence[tuple[int, int]]) -> list[asyncpg.Record | None]:
-        return await users_db.get_many(db, user_sessions)
-
-    return Batches(
-        check_one,
-        check_many,
-        max_batch=_TOKEN_CHECK_BATCH_MAX,
-        timeout=config.db_pool_acquire_timeout,
-        shed_after=config.db_pool_shed_after,
-        observe=metrics.token_check_batch_size.observe,
-    )
-
-
-# Tokens checked together at most: primary-key lookups, a statement of a few milliseconds.
-_TOKEN_CHECK_BATCH_MAX = 256
-
-
 async def authenticate(ctx: Context, authorization: str | None) -> Principal:
     """The caller of a request with this Authorization header, or refused: the one token
     check of the service. The signature, lifetime and claims are checked without a
     query; the user's existence and token version with one, which also reads the
     profile that `GET /api/users/profile` answers with, and the token's session: a
     revoked or expired session is seen at once by every process (the query starts
-    after the request arrived, alone or in a batch: `token_checks`)."""
+    after the request arrived, alone or in a batch: server/domain/token_checks.py)."""
     claims = ctx.tokens.decode(bearer_token(authorization))
-    # A check made in a batch leaves this request's first statement of its own new work
-    # in the pool's line: under overload that is the one the line may shed (db/pool.py).
-    row = await ctx.token_checks.place(None, (claims.user_id, claims.session_id))
+    row = await ctx.token_checks.check(claims.user_id, claims.session_id)
+    # A check made in a batch ran in the batch's task: mark this request's next
+    # statements as work already started, as a check made alone does (db/pool.py).
+    mark_work_started()
     if row is None or row["token_version"] != claims.token_version or row["session_live"] is not True:
         raise Refusal("token_revoked")
     return Principal(claims.user_id, row["role"], row, claims.session_id)
