@@ -40,12 +40,12 @@ _CHECKED = """SELECT u.id, u.email, u.name, u.role, u.created_at, u.updated_at, 
 
 _GET = _CHECKED.format(user="$1", session="$2") + " FROM users u WHERE u.id = $1"
 
-# Many checks at once (a worker's checks arriving together, server/domain/users.py):
+# Many checks at once (a worker's checks made together, server/domain/token_checks.py):
 # one row per (user, session) pair, in the pairs' order, its id NULL when there is no
 # such user. The user in a LATERAL subquery that OFFSET 0 keeps from being flattened
 # into a join, whose generic plan (made for ten pairs) hashes the whole users table:
-# this way each pair is two primary-key lookups. One check alone is `_GET`: arrays
-# cost a single check 16% more (loadtests/auth_query_cost.py).
+# this way each pair is two primary-key lookups. One check alone is `_GET`: the arrays
+# cost a single check 8% more (loadtests/auth_query_cost.py).
 _GET_MANY = (
     _CHECKED.format(user="c.user_id", session="c.session_id")
     + """
