@@ -24,6 +24,10 @@ def _pair(app: web.Application, user: User) -> tuple[int, int]:
     return claims.user_id, claims.session_id
 
 
+def _ids(rows: list[asyncpg.Record | None]) -> list[int | None]:
+    return [None if row is None else row["id"] for row in rows]
+
+
 def _rows(rows: list[asyncpg.Record | None]) -> list[dict[str, object] | None]:
     return [None if row is None else dict(row) for row in rows]
 
@@ -43,7 +47,7 @@ async def test_checks_in_one_statement_answer_in_order_what_each_answers_alone(a
     many = await users_db.get_many(db, pairs)
     assert _rows(many) == _rows([await users_db.get(db, *pair) for pair in pairs])
     assert [None if row is None else row["session_live"] for row in many] == [True, False, None, None, True]
-    assert [None if row is None else row["id"] for row in many] == [live_user, ended_user, live_user, None, live_user]
+    assert _ids(many) == [live_user, ended_user, live_user, None, live_user]
 
 
 async def _customers_pairs(api: Api, app: web.Application, count: int) -> list[tuple[int, int]]:
@@ -51,57 +55,45 @@ async def _customers_pairs(api: Api, app: web.Application, count: int) -> list[t
     return [_pair(app, customers[n % 4]) for n in range(count)]
 
 
-async def _one_batch_waiting(db: Database) -> bool:
-    return db.new_work_waiting == 1
-
-
-ONE_CONNECTION = {"db_pool_max_size": 1, "db_pool_min_size": 1, "db_pool_acquire_timeout": 120.0}
-
-
-@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
-async def test_checks_that_would_wait_for_a_connection_wait_and_are_made_as_one_batch(
-    api: Api, app: web.Application
-) -> None:
-    db, sizes = app[CONTEXT].db, list[int]()
-    checks = TokenChecks(db, 0.0, sizes.append, alone_at_most=0)
-    pairs = await _customers_pairs(api, app, 30)
-    holder = db.connection()
-    await holder.__aenter__()
-    try:
-        waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
-        await eventually(lambda: _one_batch_waiting(db))  # one place in the line for all 30
-    finally:
-        await holder.__aexit__(None, None, None)
-    answers = await asyncio.gather(*waiting)
-    await checks.close()
-    assert [row["id"] if row is not None else None for row in answers] == [user for user, _ in pairs]
-    assert all(row is not None and row["session_live"] is True for row in answers)
-    assert sizes == [30]
-
-
 async def _checks_in_line(db: Database, count: int) -> bool:
     return db.new_work_waiting == count
 
 
-@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
-async def test_checks_wait_in_the_line_alone_until_alone_at_most_do_then_as_one_batch(
-    api: Api, app: web.Application
-) -> None:
-    db, sizes = app[CONTEXT].db, list[int]()
-    checks = TokenChecks(db, 0.0, sizes.append, alone_at_most=3)
-    pairs = await _customers_pairs(api, app, 8)
+async def _checked_once_in_line(
+    db: Database, checks: TokenChecks, pairs: list[tuple[int, int]], places: int
+) -> list[asyncpg.Record | None]:
+    """The checks of `pairs`, made while the pool's one connection is held until they
+    take `places` places in its line."""
     holder = db.connection()
     await holder.__aenter__()
     new_request()  # the checks' tasks start as a request's first statement does
     try:
         waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
-        await eventually(lambda: _checks_in_line(db, 4))  # three alone, and one batch of five
+        await eventually(lambda: _checks_in_line(db, places))
     finally:
         await holder.__aexit__(None, None, None)
     answers = await asyncio.gather(*waiting)
     await checks.close()
-    assert [row["id"] if row is not None else None for row in answers] == [user for user, _ in pairs]
-    assert sizes == [5]
+    return answers
+
+
+ONE_CONNECTION = {"db_pool_max_size": 1, "db_pool_min_size": 1, "db_pool_acquire_timeout": 120.0}
+
+
+# (checks, alone_at_most, places they take in the line, the batch's size): all in one
+# batch; or three alone, each in a place of its own, and the other five in one batch.
+@pytest.mark.parametrize(("count", "alone_at_most", "places", "batch"), [(30, 0, 1, 30), (8, 3, 4, 5)])
+@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
+async def test_checks_beyond_alone_at_most_that_would_wait_for_a_connection_are_made_as_one_batch(
+    api: Api, app: web.Application, count: int, alone_at_most: int, places: int, batch: int
+) -> None:
+    db, sizes = app[CONTEXT].db, list[int]()
+    pairs = await _customers_pairs(api, app, count)
+    checks = TokenChecks(db, 0.0, sizes.append, alone_at_most=alone_at_most)
+    answers = await _checked_once_in_line(db, checks, pairs, places)
+    assert _ids(answers) == [user for user, _ in pairs]
+    assert all(row is not None and row["session_live"] is True for row in answers)
+    assert sizes == [batch]
 
 
 async def test_checks_that_get_a_connection_at_once_are_made_alone(api: Api, app: web.Application) -> None:
@@ -109,7 +101,7 @@ async def test_checks_that_get_a_connection_at_once_are_made_alone(api: Api, app
     checks = TokenChecks(app[CONTEXT].db, 0.0, sizes.append)
     pairs = await _customers_pairs(api, app, 3)
     answers = await asyncio.gather(*(checks.check(*pair) for pair in pairs))
-    assert [row["id"] if row is not None else None for row in answers] == [user for user, _ in pairs]
+    assert _ids(answers) == [user for user, _ in pairs]
     assert sizes == []
 
 
@@ -124,7 +116,7 @@ async def test_a_check_is_shed_at_once_while_the_batch_it_would_join_has_waited_
     await holder.__aenter__()
     try:
         first = asyncio.create_task(checks.check(*first_pair))
-        await eventually(lambda: _one_batch_waiting(db))
+        await eventually(lambda: _checks_in_line(db, 1))
         await asyncio.sleep(0.1)  # the batch has now waited longer than shed_after
         with pytest.raises(Overloaded):
             await checks.check(*second_pair)
