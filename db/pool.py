@@ -104,9 +104,15 @@ class Database:
         """Requests (and actors) waiting in line for a connection now."""
         return self._line.waiting
 
+    @property
     def has_free_connection(self) -> bool:
         """Whether a statement now would be handed a connection at once."""
         return self._line.has_free_slot
+
+    @property
+    def sheds_new_work(self) -> bool:
+        """Whether new work now would be refused at once (Overloaded)."""
+        return self._line.sheds_new_work
 
     @property
     def new_work_waiting(self) -> int:
@@ -215,15 +221,19 @@ class _Line:
     def has_free_slot(self) -> bool:
         return bool(self._free) and not self._new and not self._started
 
+    @property
+    def sheds_new_work(self) -> bool:
+        return bool(self._shed_after) and self._waited_longest(asyncio.get_running_loop().time()) >= self._shed_after
+
     async def enter(self, started: bool = False) -> float:
         """Take a slot; returns how long this waited in line (0.0 when a slot was free)."""
         if self.has_free_slot:
             self._free -= 1
             return 0.0
+        if not started and self.sheds_new_work:
+            raise Overloaded("too much work is waiting for the database")
         loop = asyncio.get_running_loop()
         queued_at = loop.time()
-        if not started and self._shed_after and self._waited_longest(queued_at) >= self._shed_after:
-            raise Overloaded("too much work is waiting for the database")
         waiter: asyncio.Future[None] = loop.create_future()
         (self._started if started else self._new).append((queued_at + self._timeout, waiter))
         if self._reaper is None:

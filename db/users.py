@@ -55,7 +55,7 @@ ORDER BY c.n"""
 )
 
 
-async def get(db: Database, user_id: int, session_id: int) -> asyncpg.Record | None:
+async def get(db: Executor, user_id: int, session_id: int) -> asyncpg.Record | None:
     """A user with its token_version and whether this session of it is live (NULL
     when the user has no such session), to check a token against in one query."""
     return await db.fetchrow(_GET, user_id, session_id)

@@ -354,7 +354,7 @@ def _context(config: Config, options: Options, metrics: Metrics, tracer: Tracer 
             fresh_reads=FreshReadLimit(config.catalog_fresh_reads_per_ip),
             order_batches=orders.batches(app[_DATABASE], config, metrics),
             product_reads=catalog.product_reads(primary_reads, metrics, config),
-            token_checks=TokenChecks(app[_DATABASE], config.db_pool_shed_after, metrics.token_check_batch_size.observe),
+            token_checks=TokenChecks(app[_DATABASE], metrics.token_check_batch_size.observe),
         )
         app[CONTEXT] = ctx
         if options.ensure_admin and config.admin_email and config.admin_password:

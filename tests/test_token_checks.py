@@ -5,13 +5,15 @@ would alone, and a batch waits in the pool's line as one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
 from aiohttp import web
 
 from db import users as users_db
-from db.pool import Database, Overloaded, new_request
+from db.pool import Database, Overloaded, end_request, new_request
 from handlers.routing import CONTEXT
 from server.domain.token_checks import TokenChecks
 from tests.helpers import Api, User, eventually
@@ -24,7 +26,7 @@ def _pair(app: web.Application, user: User) -> tuple[int, int]:
     return claims.user_id, claims.session_id
 
 
-def _ids(rows: list[asyncpg.Record | None]) -> list[int | None]:
+def _ids(rows: Sequence[asyncpg.Record | None]) -> list[int | None]:
     return [None if row is None else row["id"] for row in rows]
 
 
@@ -55,26 +57,29 @@ async def _customers_pairs(api: Api, app: web.Application, count: int) -> list[t
     return [_pair(app, customers[n % 4]) for n in range(count)]
 
 
-async def _checks_in_line(db: Database, count: int) -> bool:
+async def _in_line(db: Database, count: int) -> bool:
     return db.new_work_waiting == count
+
+
+@contextlib.asynccontextmanager
+async def _held(db: Database) -> AsyncIterator[None]:
+    """The pool's one connection held; what the block starts is a request's first work."""
+    async with db.connection():
+        token = new_request()
+        try:
+            yield
+        finally:
+            end_request(token)
 
 
 async def _checked_once_in_line(
     db: Database, checks: TokenChecks, pairs: list[tuple[int, int]], places: int
 ) -> list[asyncpg.Record | None]:
-    """The checks of `pairs`, made while the pool's one connection is held until they
-    take `places` places in its line."""
-    holder = db.connection()
-    await holder.__aenter__()
-    new_request()  # the checks' tasks start as a request's first statement does
-    try:
+    """The checks of `pairs`, made once they take `places` places in the pool's line."""
+    async with _held(db):
         waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
-        await eventually(lambda: _checks_in_line(db, places))
-    finally:
-        await holder.__aexit__(None, None, None)
-    answers = await asyncio.gather(*waiting)
-    await checks.close()
-    return answers
+        await eventually(lambda: _in_line(db, places))
+    return await asyncio.gather(*waiting)
 
 
 ONE_CONNECTION = {"db_pool_max_size": 1, "db_pool_min_size": 1, "db_pool_acquire_timeout": 120.0}
@@ -89,16 +94,15 @@ async def test_checks_beyond_alone_at_most_that_would_wait_for_a_connection_are_
 ) -> None:
     db, sizes = app[CONTEXT].db, list[int]()
     pairs = await _customers_pairs(api, app, count)
-    checks = TokenChecks(db, 0.0, sizes.append, alone_at_most=alone_at_most)
-    answers = await _checked_once_in_line(db, checks, pairs, places)
+    answers = await _checked_once_in_line(db, TokenChecks(db, sizes.append, alone_at_most=alone_at_most), pairs, places)
     assert _ids(answers) == [user for user, _ in pairs]
     assert all(row is not None and row["session_live"] is True for row in answers)
     assert sizes == [batch]
 
 
 async def test_checks_that_get_a_connection_at_once_are_made_alone(api: Api, app: web.Application) -> None:
-    sizes: list[int] = []
-    checks = TokenChecks(app[CONTEXT].db, 0.0, sizes.append)
+    sizes = list[int]()
+    checks = TokenChecks(app[CONTEXT].db, sizes.append, alone_at_most=0)
     pairs = await _customers_pairs(api, app, 3)
     answers = await asyncio.gather(*(checks.check(*pair) for pair in pairs))
     assert _ids(answers) == [user for user, _ in pairs]
@@ -106,44 +110,62 @@ async def test_checks_that_get_a_connection_at_once_are_made_alone(api: Api, app
 
 
 @pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
-async def test_a_check_is_shed_at_once_while_the_batch_it_would_join_has_waited_shed_after(
-    api: Api, app: web.Application
-) -> None:
+async def test_a_cancelled_check_leaves_its_batch_and_the_others_are_answered(api: Api, app: web.Application) -> None:
+    db, sizes = app[CONTEXT].db, list[int]()
+    checks = TokenChecks(db, sizes.append, alone_at_most=0)
+    pairs = await _customers_pairs(api, app, 3)
+    async with _held(db):
+        waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
+        await eventually(lambda: _in_line(db, 1))
+        waiting[1].cancel()
+    answers = await asyncio.gather(waiting[0], waiting[2])
+    assert _ids(answers) == [pairs[0][0], pairs[2][0]]
+    assert sizes == [2]
+
+
+@pytest.mark.parametrize("config_overrides", [{**ONE_CONNECTION, "db_pool_shed_after": 0.05}])
+async def test_a_check_that_would_wait_is_shed_at_once_while_the_line_sheds(api: Api, app: web.Application) -> None:
     db = app[CONTEXT].db
-    checks = TokenChecks(db, 0.05, lambda size: None, alone_at_most=0)
+    checks = TokenChecks(db, lambda size: None, alone_at_most=0)
     first_pair, second_pair = await _customers_pairs(api, app, 2)
-    holder = db.connection()
-    await holder.__aenter__()
-    try:
+    async with _held(db):
         first = asyncio.create_task(checks.check(*first_pair))
-        await eventually(lambda: _checks_in_line(db, 1))
-        await asyncio.sleep(0.1)  # the batch has now waited longer than shed_after
+        await eventually(lambda: _in_line(db, 1))
+        await asyncio.sleep(0.1)  # the batch has now waited in the line longer than shed_after
         with pytest.raises(Overloaded):
             await checks.check(*second_pair)
-    finally:
-        await holder.__aexit__(None, None, None)
     row = await first
     assert row is not None and row["id"] == first_pair[0]
 
 
-@pytest.mark.parametrize("config_overrides", [{**ONE_CONNECTION, "db_pool_acquire_timeout": 0.1}])
-async def test_a_batch_that_gets_no_connection_in_time_fails_each_of_its_checks(api: Api, app: web.Application) -> None:
-    db = app[CONTEXT].db
-    checks = TokenChecks(db, 0.0, lambda size: None, alone_at_most=0)
+async def test_a_batch_that_gets_no_connection_in_time_fails_each_of_its_checks(
+    api: Api, app: web.Application, clean_db: str
+) -> None:
     pairs = await _customers_pairs(api, app, 3)
-    holder = db.connection()
-    await holder.__aenter__()
+    # A pool of its own, so that the short deadline counts only the batch's wait.
+    db = Database(await asyncpg.create_pool(clean_db, min_size=1, max_size=1), acquire_timeout=0.1, shed_after=0.0)
     try:
-        answers = await asyncio.gather(*(checks.check(*pair) for pair in pairs), return_exceptions=True)
+        checks = TokenChecks(db, lambda size: None, alone_at_most=0)
+        async with _held(db):
+            answers = await asyncio.gather(*(checks.check(*pair) for pair in pairs), return_exceptions=True)
     finally:
-        await holder.__aexit__(None, None, None)
+        await db.close(5)
     assert [type(answer) for answer in answers] == [TimeoutError] * 3
 
 
-async def test_tokens_checked_together_each_get_their_own_answer(api: Api) -> None:
+@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
+async def test_tokens_checked_in_one_batch_each_get_their_own_answer(api: Api, app: web.Application) -> None:
+    ctx = app[CONTEXT]
     live, ended = await api.customer(), await api.customer()
     assert (await api.call("POST", "/api/users/logout", json={}, token=ended.token)).status == 204
+    ctx.token_checks = checks = TokenChecks(ctx.db, lambda size: None, alone_at_most=0)
     callers = [live, ended] * 10
-    replies = await asyncio.gather(*(api.call("GET", "/api/users/profile", token=user.token) for user in callers))
-    assert [reply.status for reply in replies] == [200, 401] * 10
-    assert all(reply.json["id"] == live.id for reply in replies[::2])
+    async with ctx.db.connection():
+        replies = [asyncio.create_task(api.call("GET", "/api/users/profile", token=user.token)) for user in callers]
+        await eventually(lambda: _waiting(checks, len(callers)))
+    assert [reply.status for reply in await asyncio.gather(*replies)] == [200, 401] * 10
+    assert all(reply.result().json["id"] == live.id for reply in replies[::2])
+
+
+async def _waiting(checks: TokenChecks, count: int) -> bool:
+    return checks.waiting == count
