@@ -93,9 +93,11 @@ class TokenChecks:
             async with self._db.connection() as conn:
                 self._close(batch)
                 pending = [(pair, reply) for pair, reply in batch.checks if not reply.done()]
-                if len(pending) == 1:  # the others went away: one check's own statement
-                    (pair, reply), *_ = pending
-                    reply.set_result(await users_db.get(conn, *pair))
+                if len(pending) == 1:  # one check (none joined, or they went away): its own statement
+                    [(pair, reply)] = pending
+                    row = await users_db.get(conn, *pair)
+                    if not reply.done():
+                        reply.set_result(row)
                 elif pending:
                     self._observe(len(pending))
                     rows = await users_db.get_many(conn, [pair for pair, _ in pending])
