@@ -23,6 +23,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from db.pool import Database
 from server.domain import invariants
 from server.domain.catalog_cache import STALE_BOUND_SECONDS, CatalogCache
 from server.runtime.ports import free_port
@@ -345,6 +346,12 @@ def hold_provider(provider: Any, method: str) -> ProviderHold:
 
     setattr(provider, method, held)
     return hold
+
+
+async def new_work_in_line(db: Database, count: int) -> bool:
+    """Whether `count` pieces of new work (requests' first statements) wait in the
+    pool's line: a condition for `eventually`."""
+    return db.new_work_waiting == count
 
 
 async def eventually(check: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:

@@ -16,7 +16,7 @@ from db.pool import Database, Overloaded, _Line, is_outage, mark_work_started, n
 from db.refusals import Refusal
 from handlers.routing import CONTEXT
 from server.domain.auth import Tokens
-from tests.helpers import Api, eventually, scrape
+from tests.helpers import Api, eventually, new_work_in_line, scrape
 
 
 @pytest.fixture
@@ -150,10 +150,6 @@ async def test_nothing_is_shed_while_the_line_is_younger_than_shed_after(clean_d
         await db.close(5)
 
 
-async def _requests_in_line(db: Database, count: int) -> bool:
-    return db.new_work_waiting == count
-
-
 async def _upkeep_in_line_beyond(db: Database, count: int) -> bool:
     return db.waiting - db.new_work_waiting > count
 
@@ -172,7 +168,7 @@ async def test_an_overloaded_worker_answers_new_requests_503_busy_at_once(api: A
     await holder.__aenter__()
     try:
         first = asyncio.create_task(api.call("GET", "/api/users/profile", token=user.token))
-        await eventually(lambda: _requests_in_line(db, 1))
+        await eventually(lambda: new_work_in_line(db, 1))
         await asyncio.sleep(0.1)  # the first in line has now waited longer than shed_after
         reply = await api.call("GET", "/api/users/profile", token=user.token)
         assert reply.status == 503
@@ -201,7 +197,7 @@ async def test_the_pool_gauges_show_the_new_requests_waiting_apart_from_the_whol
     await holder.__aenter__()
     try:
         waiting = [asyncio.create_task(api.call("GET", "/api/users/profile", token=user.token)) for _ in range(2)]
-        await eventually(lambda: _requests_in_line(ctx.db, 2))
+        await eventually(lambda: new_work_in_line(ctx.db, 2))
         metrics = await scrape(api)
     finally:
         await holder.__aexit__(None, None, None)

@@ -16,7 +16,7 @@ from db import users as users_db
 from db.pool import Database, Overloaded, end_request, new_request
 from handlers.routing import CONTEXT
 from server.domain.token_checks import TokenChecks
-from tests.helpers import Api, User, eventually
+from tests.helpers import Api, User, eventually, new_work_in_line
 
 NO_SUCH_USER = 10**12
 
@@ -57,10 +57,6 @@ async def _customers_pairs(api: Api, app: web.Application, count: int) -> list[t
     return [_pair(app, customers[n % 4]) for n in range(count)]
 
 
-async def _in_line(db: Database, count: int) -> bool:
-    return db.new_work_waiting == count
-
-
 @contextlib.asynccontextmanager
 async def _held(db: Database) -> AsyncIterator[None]:
     """The pool's one connection held; what the block starts is a request's first work."""
@@ -78,7 +74,7 @@ async def _checked_once_in_line(
     """The checks of `pairs`, made once they take `places` places in the pool's line."""
     async with _held(db):
         waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
-        await eventually(lambda: _in_line(db, places))
+        await eventually(lambda: new_work_in_line(db, places))
     return await asyncio.gather(*waiting)
 
 
@@ -94,7 +90,9 @@ async def test_checks_beyond_alone_at_most_that_would_wait_for_a_connection_are_
 ) -> None:
     db, sizes = app[CONTEXT].db, list[int]()
     pairs = await _customers_pairs(api, app, count)
-    answers = await _checked_once_in_line(db, TokenChecks(db, sizes.append, alone_at_most=alone_at_most), pairs, places)
+    answers = await _checked_once_in_line(
+        db, TokenChecks(db, sizes.append, alone_at_most=alone_at_most), pairs, places
+    )
     assert _ids(answers) == [user for user, _ in pairs]
     assert all(row is not None and row["session_live"] is True for row in answers)
     assert sizes == [batch]
@@ -116,7 +114,7 @@ async def test_a_cancelled_check_leaves_its_batch_and_the_others_are_answered(ap
     pairs = await _customers_pairs(api, app, 3)
     async with _held(db):
         waiting = [asyncio.create_task(checks.check(*pair)) for pair in pairs]
-        await eventually(lambda: _in_line(db, 1))
+        await eventually(lambda: new_work_in_line(db, 1))
         waiting[1].cancel()
     answers = await asyncio.gather(waiting[0], waiting[2])
     assert _ids(answers) == [pairs[0][0], pairs[2][0]]
@@ -130,7 +128,7 @@ async def test_a_check_that_would_wait_is_shed_at_once_while_the_line_sheds(api:
     first_pair, second_pair = await _customers_pairs(api, app, 2)
     async with _held(db):
         first = asyncio.create_task(checks.check(*first_pair))
-        await eventually(lambda: _in_line(db, 1))
+        await eventually(lambda: new_work_in_line(db, 1))
         await asyncio.sleep(0.1)  # the batch has now waited in the line longer than shed_after
         with pytest.raises(Overloaded):
             await checks.check(*second_pair)
