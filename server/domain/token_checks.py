@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from db import users as users_db
-from db.pool import Database, Overloaded
+from db.pool import Database, Overloaded, mark_work_started
 
 
 @dataclass(slots=True)
@@ -86,7 +86,11 @@ class TokenChecks:
         batch.checks.append(((user_id, session_id), reply))
         if len(batch.checks) >= _BATCH_MAX:
             self._close(batch)
-        return await reply
+        row = await reply
+        # The batch's statement ran in its own task: mark this request's next statements
+        # as work already started, as a check made alone marks them (db/pool.py's lanes).
+        mark_work_started()
+        return row
 
     async def _make(self, batch: _Batch) -> None:
         try:

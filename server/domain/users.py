@@ -12,7 +12,6 @@ import asyncpg
 from db import password_resets as password_resets_db
 from db import rate_limits
 from db import users as users_db
-from db.pool import mark_work_started
 from db.rate_limits import Limit
 from db.refusals import Refusal
 from server.domain import sessions
@@ -103,9 +102,6 @@ async def authenticate(ctx: Context, authorization: str | None) -> Principal:
     after the request arrived, alone or in a batch: server/domain/token_checks.py)."""
     claims = ctx.tokens.decode(bearer_token(authorization))
     row = await ctx.token_checks.check(claims.user_id, claims.session_id)
-    # A check made in a batch ran in the batch's task: mark this request's next
-    # statements as work already started, as a check made alone does (db/pool.py).
-    mark_work_started()
     if row is None or row["token_version"] != claims.token_version or row["session_live"] is not True:
         raise Refusal("token_revoked")
     return Principal(claims.user_id, row["role"], row, claims.session_id)
