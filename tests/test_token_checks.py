@@ -90,9 +90,7 @@ async def test_checks_beyond_alone_at_most_that_would_wait_for_a_connection_are_
 ) -> None:
     db, sizes = app[CONTEXT].db, list[int]()
     pairs = await _customers_pairs(api, app, count)
-    answers = await _checked_once_in_line(
-        db, TokenChecks(db, sizes.append, alone_at_most=alone_at_most), pairs, places
-    )
+    answers = await _checked_once_in_line(db, TokenChecks(db, sizes.append, alone_at_most=alone_at_most), pairs, places)
     assert _ids(answers) == [user for user, _ in pairs]
     assert all(row is not None and row["session_live"] is True for row in answers)
     assert sizes == [batch]
