@@ -57,7 +57,8 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
-    ensure_venv("dev,tools" if command == "tools" else "dev")
+    # lint type-checks the load tools too, which import locust and matplotlib (tools).
+    ensure_venv("dev,tools" if command in {"tools", "lint"} else "dev")
     os.chdir(ROOT)
     if command == "serve":
         os.execv(PYTHON, [str(PYTHON), "-m", "server", *rest])
