@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from typing import Generic, TypeVar
 
 from db.pool import Overloaded, is_outage, mark_work_started
 from db.refusals import Refusal
+from server.runtime.detached import Detached
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class Batches(Generic[K, Order, Answer]):
         self._shed_after = shed_after  # as the pool's line sheds (db/pool.py)
         # A key is here while a placement for it runs: with the orders waiting for the next.
         self._busy: dict[K, collections.deque[_Waiting[Order, Answer]]] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        self._batches = Detached()
 
     @property
     def waiting_count(self) -> int:
@@ -127,11 +126,7 @@ class Batches(Generic[K, Order, Answer]):
         if not batch:
             del self._busy[key]
             return
-        # A context of its own: the batch is nobody's request (its log lines must not
-        # carry the id of the request that happened to finish before it).
-        task = asyncio.get_running_loop().create_task(self._run(key, batch), context=contextvars.Context())
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._batches.start(self._run(key, batch))
 
     async def _run(self, key: K, batch: list[_Waiting[Order, Answer]]) -> None:
         mark_work_started()  # admitted work: these orders were taken in, not new arrivals
@@ -172,9 +167,7 @@ class Batches(Generic[K, Order, Answer]):
 
     async def close(self) -> None:
         """Wait for the batches under way (at shutdown, before the pool closes)."""
-        while self._running:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*self._running)
+        await self._batches.close()
 
 
 def _reply_error(waiting: _Waiting[Order, Answer], exc: BaseException) -> None:

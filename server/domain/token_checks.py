@@ -24,8 +24,6 @@ lost nothing (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +31,7 @@ import asyncpg
 
 from db import users as users_db
 from db.pool import Database, Overloaded, mark_work_started
+from server.runtime.detached import Detached
 
 
 @dataclass(slots=True)
@@ -55,7 +54,8 @@ class TokenChecks:
         self._observe = observe  # told each batch's size (of two or more)
         self._open: _Batch | None = None  # the batch waiting for its connection
         self._alone = 0  # checks under way alone
-        self._running: set[asyncio.Task[None]] = set()
+        # The batches' own tasks: each batch's statement is new work in the line.
+        self._batches = Detached()
 
     @property
     def waiting(self) -> int:
@@ -73,16 +73,11 @@ class TokenChecks:
         if db.sheds_new_work:
             # As the line would shed this check alone (the batch waiting in it included).
             raise Overloaded("too much work is waiting for the database")
-        loop = asyncio.get_running_loop()
         batch = self._open
         if batch is None:
             batch = self._open = _Batch()
-            # A context of its own: the batch is nobody's request (its statement is new
-            # work in the line, and its log lines carry no request's id).
-            task = loop.create_task(self._make(batch), context=contextvars.Context())
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-        reply: asyncio.Future[asyncpg.Record | None] = loop.create_future()
+            self._batches.start(self._make(batch))
+        reply: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
         batch.checks.append(((user_id, session_id), reply))
         if len(batch.checks) >= _BATCH_MAX:
             self._close(batch)
@@ -126,6 +121,4 @@ class TokenChecks:
 
     async def close(self) -> None:
         """Wait for the batches under way (at shutdown, before the pool closes)."""
-        while self._running:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*self._running)
+        await self._batches.close()
