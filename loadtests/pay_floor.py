@@ -4,10 +4,11 @@ telling the service's own cost from the cost of the work itself.
 `POST /api/payments` runs exactly what the service's payment runs against the database
 and the simulated gateway, through the same code: the owner check, `begin_payment`, the
 simulated provider's charge (its two half-latencies and its ledger write), and
-`settle_payment` (db/payments.py, server/gateways/simulated_provider.py), on the
-service's own pool (db/pool.py). Nothing else: no authentication (the order's owner
-pays), no validation beyond reading two fields, no actor, no idempotency keys, no
-middleware, metrics, logging or tracing, no reconciliation. So its rate at a load is
+`settle_payment` (db/payments.py, server/gateways/simulated_provider.py, the
+service's `charge_request` and `record_outcome`), on the service's own pool
+(db/pool.py). Nothing else: no authentication (the order's owner pays), no
+validation beyond reading two fields, no actor, no idempotency keys, no middleware,
+metrics, logging or tracing, no reconciliation. So its rate at a load is
 what aiohttp, asyncpg and PostgreSQL make of a payment on this machine, the ceiling the
 service's own rate can be read against (as ../shared/bench/floor is for the catalog
 reads).
@@ -35,7 +36,7 @@ from aiohttp import web
 from db import payments as payments_db
 from db.pool import Database, create_database
 from db.refusals import Refusal
-from server.domain.payments.service import charge_request
+from server.domain.payments.service import charge_request, record_outcome
 from server.gateways.simulated_provider import SimulatedProvider
 from server.runtime.config import Config, load, pool_settings
 from server.runtime.jsonio import json_response, loads
@@ -75,13 +76,7 @@ async def pay(request: web.Request) -> web.Response:
         return json_response({"code": refusal.code}, 409)
     assert payment is not None  # only a claimed Idempotency-Key answers None
     result = await gateway.charge(charge_request(payment))
-    settled = await payments_db.settle(
-        db,
-        payment["id"],
-        status="succeeded" if result.status == "succeeded" else "failed",
-        provider_ref=result.provider_ref,
-        failure_reason=result.failure_reason,
-    )
+    settled = await record_outcome(db, payment["id"], result)
     assert settled is not None  # nothing else settles payments here
     return json_response(dict(settled), 201)
 

@@ -46,7 +46,7 @@ import orjson
 
 from db import payments as payments_db
 from db.idempotency import Claim
-from db.pool import Database
+from db.pool import Database, Executor
 from db.refusals import Refusal
 from server.domain import orders
 from server.domain.auth import Principal
@@ -220,9 +220,9 @@ async def _begin(
         raise
 
 
-async def settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> asyncpg.Record:
-    """Step 3, in the order's actor: record the outcome (None: the provider never made
-    the charge)."""
+async def record_outcome(db: Executor, payment_id: int, result: ChargeResult | None) -> asyncpg.Record | None:
+    """Step 3's statement for the provider's answer (None: the provider never made the
+    charge): the payment as settled, or None when something else settled it first."""
     secret = next_action = None
     if result is None:
         status, provider_ref, reason = "failed", None, "not_charged"
@@ -234,8 +234,8 @@ async def settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> 
         next_action = None if result.next_action is None else orjson.dumps(result.next_action).decode()
     else:
         status, provider_ref, reason = "failed", result.provider_ref, result.failure_reason
-    row = await payments_db.settle(
-        ctx.db,
+    return await payments_db.settle(
+        db,
         payment_id,
         status=status,
         provider_ref=provider_ref,
@@ -243,6 +243,12 @@ async def settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> 
         client_secret=secret,
         next_action=next_action,
     )
+
+
+async def settle(ctx: Context, payment_id: int, result: ChargeResult | None) -> asyncpg.Record:
+    """Step 3, in the order's actor: record the outcome (None: the provider never made
+    the charge)."""
+    row = await record_outcome(ctx.db, payment_id, result)
     if row is None:
         # Settled by someone else meanwhile (a reconciler): report what it recorded.
         current = await payments_db.get(ctx.db, payment_id, None)
