@@ -134,6 +134,41 @@ async def test_a_check_that_would_wait_is_shed_at_once_while_the_line_sheds(api:
     assert row is not None and row["id"] == first_pair[0]
 
 
+@pytest.mark.parametrize("config_overrides", [ONE_CONNECTION])
+async def test_a_request_checked_in_a_batch_waits_for_its_next_statement_as_work_already_started(
+    api: Api, app: web.Application
+) -> None:
+    db = app[CONTEXT].db
+    checks = TokenChecks(db, lambda size: None, alone_at_most=0)
+    [pair] = await _customers_pairs(api, app, 1)
+    checked, go_on = asyncio.Event(), asyncio.Event()
+
+    async def request() -> int:
+        token = new_request()
+        try:
+            row = await checks.check(*pair)
+            assert row is not None
+            checked.set()
+            await go_on.wait()
+            user_id: int = await db.fetchval("SELECT $1::bigint", row["id"])  # the request's next statement
+            return user_id
+        finally:
+            end_request(token)
+
+    async with _held(db):
+        made = asyncio.create_task(request())
+        await eventually(lambda: new_work_in_line(db, 1))  # its check, in a batch
+    await checked.wait()
+    async with _held(db):
+        go_on.set()
+        await eventually(lambda: _started_work_in_line(db, 1))
+    assert await made == pair[0]
+
+
+async def _started_work_in_line(db: Database, count: int) -> bool:
+    return db.waiting == count and db.new_work_waiting == 0
+
+
 async def test_a_batch_that_gets_no_connection_in_time_fails_each_of_its_checks(
     api: Api, app: web.Application, clean_db: str
 ) -> None:
