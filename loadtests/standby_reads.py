@@ -27,18 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import stack_drills  # (scripts/ is not a package: found through the path above)
 
 
-async def metric_totals(stack: stack_drills.Stack, prefixes: tuple[str, ...]) -> Counter[str]:
-    """Sums of the named counters over the replicas, by their label line."""
-    totals: Counter[str] = Counter()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-        for key, port in stack.settings.items():
-            if key.startswith("API_PORT_"):
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                    for line in (await response.text()).splitlines():
-                        if line.startswith(prefixes):
-                            name, value = line.rsplit(" ", 1)
-                            totals[name] += int(float(value))  # counters: whole numbers, printed as floats
-    return totals
+async def _reads_and_hits(stack: stack_drills.Stack) -> tuple[dict[str, float], dict[str, float]]:
+    """Catalog reads so far by target, and the cache's hits by kind, over the replicas."""
+    reads = await stack_drills.catalog_reads(stack)
+    return reads, await stack_drills.counter_totals(stack, "catalog_cache_hits_total", "kind")
+
+
+def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    return {key: round(value - before.get(key, 0.0)) for key, value in after.items()}
 
 
 async def visitor(url: str, catalog: list[int], statuses: Counter[str], until: float, seed: int) -> None:
@@ -73,8 +69,7 @@ async def run(args: argparse.Namespace, stack: stack_drills.Stack) -> dict[str, 
             async with http.post("/api/products", json=body, headers={"Authorization": f"Bearer {admin}"}) as r:
                 catalog.append((await r.json())["id"])
     await asyncio.sleep(1.5)  # the standby has the catalog; no worker remembers making it
-    prefixes = ("catalog_reads_total{", "catalog_cache_hits_total{")
-    before = await metric_totals(stack, prefixes)
+    before = await _reads_and_hits(stack)
     shop = stack_drills.Load()
     statuses: Counter[str] = Counter()
     until = time.monotonic() + args.seconds
@@ -82,11 +77,11 @@ async def run(args: argparse.Namespace, stack: stack_drills.Stack) -> dict[str, 
         *(stack_drills.shopper(stack.url, token, ordered, shop, until, seed) for seed, token in enumerate(tokens)),
         *(visitor(stack.url, catalog, statuses, until, seed) for seed in range(args.visitors)),
     )
-    after = await metric_totals(stack, prefixes)
+    after = await _reads_and_hits(stack)
     return {
         "seconds": args.seconds,
-        "reads_by_target": {k: round(after[k] - before[k]) for k in after if k.startswith("catalog_reads")},
-        "cache_hits": {k: round(after[k] - before[k]) for k in after if k.startswith("catalog_cache_hits")},
+        "reads_by_target": _grown(before[0], after[0]),
+        "cache_hits": _grown(before[1], after[1]),
         "visitor_statuses": dict(statuses),
         "shopper_statuses": dict(shop.statuses),
     }

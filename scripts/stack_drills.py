@@ -47,6 +47,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "scripts" / "stack.sh"
@@ -299,20 +300,26 @@ async def streaming_caught_up(stack: Stack, timeout: float) -> float:
     raise RuntimeError("the standby did not catch up")
 
 
-async def catalog_reads(stack: Stack) -> dict[str, float]:
-    """Catalog reads made on each database so far, summed over the API replicas (each
-    replica's /metrics adds up its workers)."""
-    totals: Counter[str] = Counter()
+async def counter_totals(stack: Stack, name: str, label: str) -> dict[str, float]:
+    """The samples `name` of a counter summed over the API replicas (each replica's
+    /metrics adds up its workers), by the value of their label `label`."""
+    totals: dict[str, float] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         for key, port in stack.settings.items():
             if not key.startswith("API_PORT_"):
                 continue
             async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-                for line in (await response.text()).splitlines():
-                    if line.startswith("catalog_reads_total{"):
-                        target = line.split('target="', 1)[1].split('"', 1)[0]
-                        totals[target] += int(float(line.rsplit(" ", 1)[1]))  # a counter, printed as a float
-    return dict(totals)
+                for family in text_string_to_metric_families(await response.text()):
+                    for sample in family.samples:
+                        if sample.name == name:
+                            by = sample.labels[label]
+                            totals[by] = totals.get(by, 0.0) + sample.value
+    return totals
+
+
+async def catalog_reads(stack: Stack) -> dict[str, float]:
+    """Catalog reads made on each database so far, by target (primary, standby)."""
+    return await counter_totals(stack, "catalog_reads_total", "target")
 
 
 async def read_routing(stack: Stack, rounds: int) -> dict[str, Any]:
