@@ -223,17 +223,20 @@ class _Line:
 
     @property
     def sheds_new_work(self) -> bool:
-        return bool(self._shed_after) and self._waited_longest(asyncio.get_running_loop().time()) >= self._shed_after
+        return self._sheds_at(asyncio.get_running_loop().time())
+
+    def _sheds_at(self, now: float) -> bool:
+        return bool(self._shed_after) and self._waited_longest(now) >= self._shed_after
 
     async def enter(self, started: bool = False) -> float:
         """Take a slot; returns how long this waited in line (0.0 when a slot was free)."""
         if self.has_free_slot:
             self._free -= 1
             return 0.0
-        if not started and self.sheds_new_work:
-            raise Overloaded("too much work is waiting for the database")
         loop = asyncio.get_running_loop()
         queued_at = loop.time()
+        if not started and self._sheds_at(queued_at):
+            raise Overloaded("too much work is waiting for the database")
         waiter: asyncio.Future[None] = loop.create_future()
         (self._started if started else self._new).append((queued_at + self._timeout, waiter))
         if self._reaper is None:
