@@ -170,28 +170,14 @@ class Database:
 # Whether the current request (or actor) has had a connection already: its work has
 # started. The HTTP layer starts every request with `new_request`.
 _work_started: contextvars.ContextVar[bool] = contextvars.ContextVar("db_work_started", default=False)
-# When the current request arrived, on the running loop's clock; None outside a request.
-_arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_arrived", default=None)
-
-# What `new_request` set, for `end_request` to undo.
-Admission = tuple[contextvars.Token[bool], contextvars.Token[float | None]]
 
 
-def new_request() -> Admission:
-    return _work_started.set(False), _arrived.set(asyncio.get_running_loop().time())
+def new_request() -> contextvars.Token[bool]:
+    return _work_started.set(False)
 
 
-def end_request(admission: Admission) -> None:
-    started, arrived = admission
-    _arrived.reset(arrived)
-    _work_started.reset(started)
-
-
-def request_arrived() -> float | None:
-    """When the current request arrived (the running loop's clock), for the queues past
-    the connection line that shed on how long a request has been in the service (its
-    waits before them included); None outside a request."""
-    return _arrived.get()
+def end_request(token: contextvars.Token[bool]) -> None:
+    _work_started.reset(token)
 
 
 def mark_work_started() -> None:

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 
-from db.pool import Overloaded, end_request, new_request
+from db.pool import Overloaded
 from db.refusals import Refusal
 from server.domain.order_batches import Batches
-from tests.helpers import eventually
 
 
 class Recorder:
@@ -162,32 +161,6 @@ async def test_new_orders_are_shed_at_once_while_the_oldest_waiting_has_waited_s
     recorder.gate.set()
     assert await settle([first, waiting, other]) == ["placed a", "placed b", "placed z"]
     assert recorder.calls == [["a"], ["z"], ["b"]]
-
-
-async def test_new_orders_are_shed_while_the_oldest_waiting_request_arrived_shed_after_ago() -> None:
-    recorder = Recorder()
-    b = batches(recorder, shed_after=0.05)
-    first = asyncio.create_task(b.place(1, "a"))
-    await asyncio.sleep(0)
-
-    async def request_that_waited_before() -> str:
-        admission = new_request()
-        try:
-            await asyncio.sleep(0.1)  # longer than shed_after elsewhere (its token check, say)
-            return await b.place(1, "b")
-        finally:
-            end_request(admission)
-
-    async def queued() -> bool:
-        return b.waiting_count == 1
-
-    waiting = asyncio.create_task(request_that_waited_before())
-    await eventually(queued)  # "b" has just joined the queue, but its request is old
-    late = asyncio.create_task(b.place(1, "c"))
-    await asyncio.sleep(0)
-    assert late.done() and isinstance(late.exception(), Overloaded)
-    recorder.gate.set()
-    assert await settle([first, waiting]) == ["placed a", "placed b"]
 
 
 async def test_no_order_is_shed_while_the_queue_is_younger_than_shed_after() -> None:

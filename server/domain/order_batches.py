@@ -17,13 +17,11 @@ a client that goes away cannot cancel the others' work), and a batch that fails 
 a reason other than an outage is retried order by order, so that one bad order
 cannot fail its neighbours. Waiting is bounded as the connection line bounds it
 (DB_POOL_ACQUIRE_TIMEOUT): an order that waited longer gets 503 and is never placed;
-and while the oldest order waiting for a key has been in the service
-DB_POOL_SHED_AFTER (since its request arrived: what it waited before, for its token
-check say, counts), new ones for it are answered 503 at once (Overloaded), so that a
-request served waits about that long in all, not that long at each queue, however many
-buyers arrive. Unlike the connection line, the queue sheds an order whatever its
-request did before: placing the order is the request's work, and every order for the
-key waits behind the queue.
+and while the oldest order waiting for a key has waited DB_POOL_SHED_AFTER, new ones
+for it are answered 503 at once (Overloaded), so that the queue holds a bounded wait
+however many buyers arrive. Unlike the connection line, the queue sheds an order
+whatever its request did before (its token check, say): placing the order is the
+request's work, and every order for the key waits behind the queue.
 
 Reads of products that missed the catalog cache are batched the same way
 (server/domain/catalog.py `product_reads`): there an "order" is a product to read.
@@ -38,7 +36,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from db.pool import Overloaded, is_outage, mark_work_started, request_arrived
+from db.pool import Overloaded, is_outage, mark_work_started
 from db.refusals import Refusal
 from server.runtime.detached import Detached
 
@@ -60,7 +58,6 @@ class _Waiting(Generic[Order, Answer]):
     order: Order
     reply: asyncio.Future[Answer]
     deadline: float
-    arrived: float  # when its request arrived (when it was queued, outside a request)
 
 
 class Batches(Generic[K, Order, Answer]):
@@ -101,19 +98,17 @@ class Batches(Generic[K, Order, Answer]):
                 self._next(key)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._shed_after and self._oldest_in_service(queue, now) >= self._shed_after:
+        if self._shed_after and self._waited_longest(queue, now) >= self._shed_after:
             raise Overloaded("too many orders are waiting to be placed")
         reply: asyncio.Future[Answer] = loop.create_future()
-        arrived = request_arrived()
-        queue.append(_Waiting(order, reply, now + self._timeout, now if arrived is None else arrived))
+        queue.append(_Waiting(order, reply, now + self._timeout))
         return await reply
 
-    @staticmethod
-    def _oldest_in_service(queue: collections.deque[_Waiting[Order, Answer]], now: float) -> float:
-        """How long the first order still waiting for the key has been in the service."""
+    def _waited_longest(self, queue: collections.deque[_Waiting[Order, Answer]], now: float) -> float:
+        """How long the oldest order still waiting for the key has waited."""
         while queue and queue[0].reply.done():  # its request was cancelled
             queue.popleft()
-        return now - queue[0].arrived if queue else 0.0
+        return now - (queue[0].deadline - self._timeout) if queue else 0.0
 
     def _next(self, key: K) -> None:
         """The placement for `key` is over: start the next batch, or free the key."""
