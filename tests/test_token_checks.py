@@ -157,7 +157,8 @@ async def test_a_request_checked_in_a_batch_waits_for_its_next_statement_as_work
 
     async with _held(db):
         made = asyncio.create_task(request())
-        await eventually(lambda: new_work_in_line(db, 1))  # its check, in a batch
+        await eventually(lambda: new_work_in_line(db, 1))
+        assert checks.waiting == 1  # its check, in a batch
     await checked.wait()
     async with _held(db):
         go_on.set()
